@@ -1,0 +1,19 @@
+"""One module per RWKV architecture. Each exposes the same small set of pure functions:
+
+- ``expected_shapes(cfg, keys) -> {key: shape}``: every per-layer tensor it reads, for validation;
+- ``prepare_layer(tensors, i, cfg, dtype) -> dict``: layer ``i``'s weights in run-time form;
+- ``init_state(cfg, w, dtype) -> tuple``: a layer's fresh recurrent state;
+- ``layer(x, w, state, cfg, carry) -> (x, state, carry)``: one block over ``x`` of shape (T, C).
+  ``carry`` passes values between layers within a forward pass (RWKV-7's first-layer values).
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+_MODULES = {"v4": "v4", "v5.0": "v5", "v5.1": "v5", "v5.2": "v5", "v6.0": "v6", "v7.0": "v7"}
+
+
+def arch_module(arch: str) -> ModuleType:
+    return importlib.import_module(f"engine.arch.{_MODULES[arch]}")

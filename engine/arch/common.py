@@ -1,0 +1,88 @@
+"""Pieces shared by several RWKV versions."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+GROUP_NORM_EPS = 64e-5  # RWKV-5/6/7: eps 1e-5 scaled by head_size_divisor 8 squared
+
+
+def token_shift(x: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+    """The previous token's vector for each position: (T, C) from x (T, C) and prev (C)."""
+    if x.shape[0] == 1:
+        return prev.unsqueeze(0)
+    return torch.cat((prev.unsqueeze(0), x[:-1]), dim=0)
+
+
+def vec(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A per-channel parameter stored as (1, 1, C) or (C,), as a contiguous (C,) tensor."""
+    return t.reshape(-1).to(dtype).contiguous()
+
+
+def mat(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t.to(dtype).contiguous()
+
+
+def layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return F.layer_norm(x, (x.shape[-1],), weight=w, bias=b)
+
+
+def ffn_shapes(p: str, cfg, *, gated: bool, mix: tuple[str, ...]) -> dict:
+    c, f = cfg.n_embd, cfg.n_ffn
+    shapes = {p + "ffn.key.weight": (f, c), p + "ffn.value.weight": (c, f)}
+    if gated:
+        shapes[p + "ffn.receptance.weight"] = (c, c)
+    shapes.update({p + "ffn." + m: (c,) for m in mix})
+    return shapes
+
+
+def channel_mix(x: torch.Tensor, prev: torch.Tensor, w: dict, *, maa: bool):
+    """RWKV-4/5/6 channel mixing (squared-ReLU FFN with a receptance gate). x (T, C) normed."""
+    sx = token_shift(x, prev)
+    if maa:  # RWKV-6: x + (shifted - x) * maa
+        d = sx - x
+        kx, rx = x + d * w["ffn.time_maa_k"], x + d * w["ffn.time_maa_r"]
+    else:  # RWKV-4/5: x * mix + shifted * (1 - mix)
+        kx = x * w["ffn.time_mix_k"] + sx * (1 - w["ffn.time_mix_k"])
+        rx = x * w["ffn.time_mix_r"] + sx * (1 - w["ffn.time_mix_r"])
+    r = torch.sigmoid(F.linear(rx, w["ffn.receptance.weight"]))
+    k = torch.relu(F.linear(kx, w["ffn.key.weight"])).square()
+    return r * F.linear(k, w["ffn.value.weight"]), x[-1].clone()
+
+
+def prepare_ffn(get, p: str, dtype, mix: tuple[str, ...]) -> dict:
+    w = {"ffn." + m: vec(get(p + "ffn." + m), dtype) for m in mix}
+    for m in ("key", "value", "receptance"):
+        key = f"{p}ffn.{m}.weight"
+        w[f"ffn.{m}.weight"] = mat(get(key), dtype) if get(key, None) is not None else None
+    return w
+
+
+def wkv_chunked(r, k, v, logw, u, s, chunk: int = 32):
+    """The RWKV-5/6 linear-attention recurrence over T tokens, exactly, in chunks.
+
+    Per head, with state S (K, V):  out_t = r_t (diag(u) k_t v_t^T + S);  S <- diag(w_t) S + k_t v_t^T
+    r, k, v, logw: (T, H, N) float32 (logw = log w_t <= 0); u: (H, N); s: (H, N, N).
+    Within a chunk the decay between positions is exp(sum of logw), masked before the exp so that
+    every exponent is <= 0: no overflow however strong the decay. Returns out (T, H, N) and S.
+    """
+    T, H, N = r.shape
+    outs = []
+    for c0 in range(0, T, chunk):
+        rc, kc, vc, lw = (z[c0:c0 + chunk].transpose(0, 1) for z in (r, k, v, logw))  # (H, L, N)
+        L = rc.shape[1]
+        inc = lw.cumsum(dim=1)  # inclusive cumulative log decay (H, L, N)
+        exc = inc - lw  # exclusive: decay from the chunk start to just before t
+        # decay from s (exclusive) to t (exclusive) for s < t: exc_t - inc_s
+        diff = exc.unsqueeze(2) - inc.unsqueeze(1)  # (H, Lt, Ls, N)
+        mask = torch.ones(L, L, dtype=torch.bool, device=r.device).tril(-1)
+        diff = diff.masked_fill(~mask.view(1, L, L, 1), float("-inf"))
+        att = torch.einsum("htn,hsn,htsn->hts", rc, kc, diff.exp())  # (H, L, L)
+        out = att @ vc  # (H, L, N)
+        out = out + (rc * u.unsqueeze(1) * kc).sum(-1, keepdim=True) * vc  # the current token
+        out = out + (rc * exc.exp()) @ s  # the state carried into the chunk
+        total = inc[:, -1:, :]  # (H, 1, N)
+        s = total.transpose(1, 2).exp() * s + (kc * (total - inc).exp()).transpose(1, 2) @ vc
+        outs.append(out.transpose(0, 1))
+    return torch.cat(outs, dim=0), s

@@ -1,0 +1,73 @@
+"""RWKV-4: per-channel exponential decay with numerically safe running sums (aa, bb, pp)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from engine.arch.common import channel_mix, ffn_shapes, layer_norm, mat, prepare_ffn, token_shift, vec
+
+_MIX = ("time_mix_k", "time_mix_v", "time_mix_r")
+
+
+def expected_shapes(cfg, keys) -> dict:
+    c, a = cfg.n_embd, cfg.n_att
+    shapes = {}
+    for i in range(cfg.n_layer):
+        p = f"blocks.{i}."
+        shapes.update({p + n: (c,) for n in ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias")})
+        shapes.update({p + "att." + m: (c,) for m in _MIX})
+        shapes.update({p + "att.time_decay": (a,), p + "att.time_first": (a,)})
+        shapes.update({p + f"att.{m}.weight": (a, c) for m in ("key", "value", "receptance")})
+        shapes[p + "att.output.weight"] = (c, a)
+        shapes.update(ffn_shapes(p, cfg, gated=True, mix=("time_mix_k", "time_mix_r")))
+    return shapes
+
+
+def prepare_layer(t, i: int, cfg, dtype) -> dict:
+    p = f"blocks.{i}."
+    w = {n: vec(t[p + n], dtype) for n in ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias")}
+    w.update({"att." + m: vec(t[p + "att." + m], dtype) for m in _MIX})
+    w["att.time_decay"] = -torch.exp(vec(t[p + "att.time_decay"], torch.float32))
+    w["att.time_first"] = vec(t[p + "att.time_first"], torch.float32)
+    for m in ("key", "value", "receptance", "output"):
+        w[f"att.{m}.weight"] = mat(t[f"{p}att.{m}.weight"], dtype)
+    w.update(prepare_ffn(t.get, p, dtype, ("time_mix_k", "time_mix_r")))
+    return w
+
+
+def init_state(cfg, w: dict, dtype) -> tuple:
+    c, a = cfg.n_embd, cfg.n_att
+    z = torch.zeros
+    return (z(c, dtype=dtype), z(a), z(a), torch.full((a,), -1e30), z(c, dtype=dtype))
+
+
+def time_mix(x, prev, aa, bb, pp, w):
+    """x (T, C) normed. Returns out (T, C), the new (aa, bb, pp) and the last x."""
+    sx = token_shift(x, prev)
+    mk, mv, mr = w["att.time_mix_k"], w["att.time_mix_v"], w["att.time_mix_r"]
+    r = torch.sigmoid(F.linear(x * mr + sx * (1 - mr), w["att.receptance.weight"]))
+    k = F.linear(x * mk + sx * (1 - mk), w["att.key.weight"]).float()
+    v = F.linear(x * mv + sx * (1 - mv), w["att.value.weight"]).float()
+    decay, first = w["att.time_decay"], w["att.time_first"]
+    out = torch.empty_like(k)
+    for t in range(x.shape[0]):
+        kt, vt = k[t], v[t]
+        ww = first + kt
+        p = torch.maximum(pp, ww)
+        e1, e2 = torch.exp(pp - p), torch.exp(ww - p)
+        out[t] = (e1 * aa + e2 * vt) / (e1 * bb + e2)
+        ww = decay + pp
+        p = torch.maximum(ww, kt)
+        e1, e2 = torch.exp(ww - p), torch.exp(kt - p)
+        aa, bb, pp = e1 * aa + e2 * vt, e1 * bb + e2, p
+    out = F.linear(r * out.to(x.dtype), w["att.output.weight"])
+    return out, aa, bb, pp, x[-1].clone()
+
+
+def layer(x, w, st, cfg, carry):
+    att_x, aa, bb, pp, ffn_x = st
+    h, aa, bb, pp, att_x = time_mix(layer_norm(x, w["ln1.weight"], w["ln1.bias"]), att_x, aa, bb, pp, w)
+    x = x + h
+    h, ffn_x = channel_mix(layer_norm(x, w["ln2.weight"], w["ln2.bias"]), ffn_x, w, maa=False)
+    return x + h, (att_x, aa, bb, pp, ffn_x), carry

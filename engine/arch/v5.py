@@ -1,0 +1,101 @@
+"""RWKV-5 (5.0, 5.1, 5.2 "Eagle"): multi-head matrix-valued state with a learned decay per channel.
+
+5.0 has no gate and a decay per head; 5.1 adds the SiLU gate; 5.2 has a decay per channel.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from engine.arch.common import (
+    GROUP_NORM_EPS, channel_mix, ffn_shapes, layer_norm, mat, prepare_ffn, token_shift, vec,
+    wkv_chunked,
+)
+
+
+def _gated(cfg) -> bool:
+    return cfg.arch != "v5.0"
+
+
+def _mix(cfg) -> tuple[str, ...]:
+    return ("time_mix_k", "time_mix_v", "time_mix_r") + (("time_mix_g",) if _gated(cfg) else ())
+
+
+def expected_shapes(cfg, keys) -> dict:
+    c, a, h, n = cfg.n_embd, cfg.n_att, cfg.n_head, cfg.head_size
+    per_head = (h, n) if cfg.arch == "v5.2" else (h,)
+    shapes = {}
+    for i in range(cfg.n_layer):
+        p = f"blocks.{i}."
+        shapes.update({p + x: (c,) for x in ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias")})
+        shapes.update({p + "att." + m: (c,) for m in _mix(cfg)})
+        shapes[p + "att.time_decay"] = per_head
+        shapes[p + ("att.time_faaaa" if p + "att.time_faaaa" in keys else "att.time_first")] = per_head
+        mats = ("key", "value", "receptance") + (("gate",) if _gated(cfg) else ())
+        shapes.update({p + f"att.{m}.weight": (a, c) for m in mats})
+        shapes.update({p + "att.output.weight": (c, a), p + "att.ln_x.weight": (a,), p + "att.ln_x.bias": (a,)})
+        shapes.update(ffn_shapes(p, cfg, gated=True, mix=("time_mix_k", "time_mix_r")))
+    return shapes
+
+
+def prepare_layer(t, i: int, cfg, dtype) -> dict:
+    p = f"blocks.{i}."
+    h, n = cfg.n_head, cfg.head_size
+    w = {x: vec(t[p + x], dtype) for x in ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias")}
+    w.update({"att." + m: vec(t[p + "att." + m], dtype) for m in _mix(cfg)})
+    f32 = torch.float32
+    # log of the decay w = exp(-exp(time_decay)), per channel (H, N)
+    w["att.logw"] = (-torch.exp(t[p + "att.time_decay"].to(f32))).reshape(h, -1).expand(h, n).contiguous()
+    if p + "att.time_faaaa" in t:  # the bonus stored as is (5.2 files)
+        u = t[p + "att.time_faaaa"].to(f32)
+    else:  # older files store its log
+        u = torch.exp(t[p + "att.time_first"].to(f32))
+    w["att.u"] = u.reshape(h, -1).expand(h, n).contiguous()
+    mats = ("key", "value", "receptance", "output") + (("gate",) if _gated(cfg) else ())
+    w.update({f"att.{m}.weight": mat(t[f"{p}att.{m}.weight"], dtype) for m in mats})
+    w["att.ln_x.weight"] = vec(t[p + "att.ln_x.weight"], f32)
+    w["att.ln_x.bias"] = vec(t[p + "att.ln_x.bias"], f32)
+    if cfg.has_time_state:  # stored as (H, V, K)
+        w["att.time_state"] = t[p + "att.time_state"].to(f32).reshape(h, n, n).transpose(1, 2).contiguous()
+    w.update(prepare_ffn(t.get, p, dtype, ("time_mix_k", "time_mix_r")))
+    return w
+
+
+def init_state(cfg, w: dict, dtype) -> tuple:
+    c, h, n = cfg.n_embd, cfg.n_head, cfg.head_size
+    s = w["att.time_state"].clone() if "att.time_state" in w else torch.zeros(h, n, n)
+    return (torch.zeros(c, dtype=dtype), s, torch.zeros(c, dtype=dtype))
+
+
+def wkv_output(x, y, g, w, h):
+    """Group norm over heads, optional gate, output projection. y (T, H*N) float32."""
+    y = F.group_norm(y, h, weight=w["att.ln_x.weight"], bias=w["att.ln_x.bias"], eps=GROUP_NORM_EPS)
+    y = y.to(x.dtype)
+    if g is not None:
+        y = y * g
+    return F.linear(y, w["att.output.weight"])
+
+
+def time_mix(x, prev, s, w, cfg):
+    T, h, n = x.shape[0], cfg.n_head, cfg.head_size
+    sx = token_shift(x, prev)
+
+    def mixed(name):
+        m = w["att." + name]
+        return x * m + sx * (1 - m)
+
+    r = F.linear(mixed("time_mix_r"), w["att.receptance.weight"]).float().view(T, h, n)
+    k = F.linear(mixed("time_mix_k"), w["att.key.weight"]).float().view(T, h, n)
+    v = F.linear(mixed("time_mix_v"), w["att.value.weight"]).float().view(T, h, n)
+    g = F.silu(F.linear(mixed("time_mix_g"), w["att.gate.weight"])) if _gated(cfg) else None
+    y, s = wkv_chunked(r, k, v, w["att.logw"].expand(T, h, n), w["att.u"], s)
+    return wkv_output(x, y.reshape(T, h * n), g, w, h), s, x[-1].clone()
+
+
+def layer(x, w, st, cfg, carry):
+    att_x, s, ffn_x = st
+    h, s, att_x = time_mix(layer_norm(x, w["ln1.weight"], w["ln1.bias"]), att_x, s, w, cfg)
+    x = x + h
+    h, ffn_x = channel_mix(layer_norm(x, w["ln2.weight"], w["ln2.bias"]), ffn_x, w, maa=False)
+    return x + h, (att_x, s, ffn_x), carry

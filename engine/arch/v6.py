@@ -1,0 +1,78 @@
+"""RWKV-6 "Finch" (x060): RWKV-5's heads with data-dependent token shift and decay (low-rank)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from engine.arch.common import channel_mix, ffn_shapes, layer_norm, mat, prepare_ffn, token_shift, vec, wkv_chunked
+from engine.arch.v5 import init_state, wkv_output  # noqa: F401 (RWKV-6 keeps RWKV-5's state)
+
+_MAA = ("time_maa_x", "time_maa_w", "time_maa_k", "time_maa_v", "time_maa_r", "time_maa_g")
+_LORA = ("time_maa_w1", "time_maa_w2", "time_decay_w1", "time_decay_w2")
+
+
+def expected_shapes(cfg, keys) -> dict:
+    c, a, h, n = cfg.n_embd, cfg.n_att, cfg.n_head, cfg.head_size
+    shapes = {}
+    for i in range(cfg.n_layer):
+        p = f"blocks.{i}."
+        shapes.update({p + x: (c,) for x in ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias")})
+        shapes.update({p + "att." + m: (c,) for m in _MAA})
+        shapes.update({p + "att." + m: None for m in _LORA})
+        shapes.update({p + "att.time_decay": (a,), p + "att.time_faaaa": (h, n)})
+        shapes.update({p + f"att.{m}.weight": (a, c) for m in ("key", "value", "receptance", "gate")})
+        shapes.update({p + "att.output.weight": (c, a), p + "att.ln_x.weight": (a,), p + "att.ln_x.bias": (a,)})
+        shapes.update(ffn_shapes(p, cfg, gated=True, mix=("time_maa_k", "time_maa_r")))
+    return shapes
+
+
+def prepare_layer(t, i: int, cfg, dtype) -> dict:
+    p = f"blocks.{i}."
+    h, n, f32 = cfg.n_head, cfg.head_size, torch.float32
+    w = {x: vec(t[p + x], dtype) for x in ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias")}
+    w.update({"att." + m: vec(t[p + "att." + m], dtype) for m in _MAA})
+    w["att.time_maa_w1"] = mat(t[p + "att.time_maa_w1"], dtype)  # (C, 5*D)
+    w["att.time_maa_w2"] = mat(t[p + "att.time_maa_w2"], dtype)  # (5, D, C)
+    w["att.time_decay_w1"] = mat(t[p + "att.time_decay_w1"], dtype)  # (C, D2)
+    w["att.time_decay_w2"] = mat(t[p + "att.time_decay_w2"], dtype)  # (D2, C)
+    w["att.time_decay"] = t[p + "att.time_decay"].to(f32).reshape(h, n).contiguous()
+    w["att.u"] = t[p + "att.time_faaaa"].to(f32).reshape(h, n).contiguous()
+    for m in ("key", "value", "receptance", "gate", "output"):
+        w[f"att.{m}.weight"] = mat(t[f"{p}att.{m}.weight"], dtype)
+    w["att.ln_x.weight"] = vec(t[p + "att.ln_x.weight"], f32)
+    w["att.ln_x.bias"] = vec(t[p + "att.ln_x.bias"], f32)
+    if cfg.has_time_state:  # stored as (H, V, K)
+        w["att.time_state"] = t[p + "att.time_state"].to(f32).reshape(h, n, n).transpose(1, 2).contiguous()
+    w.update(prepare_ffn(t.get, p, dtype, ("time_maa_k", "time_maa_r")))
+    return w
+
+
+def time_mix(x, prev, s, w, cfg):
+    T, h, n = x.shape[0], cfg.n_head, cfg.head_size
+    d = token_shift(x, prev) - x  # (T, C)
+    lora = torch.tanh((x + d * w["att.time_maa_x"]) @ w["att.time_maa_w1"])  # (T, 5*D)
+    lora = torch.bmm(lora.view(T, 5, -1).transpose(0, 1), w["att.time_maa_w2"])  # (5, T, C)
+    mw, mk, mv, mr, mg = lora.unbind(0)
+    wx = x + d * (w["att.time_maa_w"] + mw)
+    kx = x + d * (w["att.time_maa_k"] + mk)
+    vx = x + d * (w["att.time_maa_v"] + mv)
+    rx = x + d * (w["att.time_maa_r"] + mr)
+    gx = x + d * (w["att.time_maa_g"] + mg)
+
+    r = F.linear(rx, w["att.receptance.weight"]).float().view(T, h, n)
+    k = F.linear(kx, w["att.key.weight"]).float().view(T, h, n)
+    v = F.linear(vx, w["att.value.weight"]).float().view(T, h, n)
+    g = F.silu(F.linear(gx, w["att.gate.weight"]))
+    dec = torch.tanh(wx @ w["att.time_decay_w1"]) @ w["att.time_decay_w2"]  # (T, C)
+    logw = -torch.exp(w["att.time_decay"] + dec.float().view(T, h, n))  # log of exp(-exp(.))
+    y, s = wkv_chunked(r, k, v, logw, w["att.u"], s)
+    return wkv_output(x, y.reshape(T, h * n), g, w, h), s, x[-1].clone()
+
+
+def layer(x, w, st, cfg, carry):
+    att_x, s, ffn_x = st
+    h, s, att_x = time_mix(layer_norm(x, w["ln1.weight"], w["ln1.bias"]), att_x, s, w, cfg)
+    x = x + h
+    h, ffn_x = channel_mix(layer_norm(x, w["ln2.weight"], w["ln2.bias"]), ffn_x, w, maa=True)
+    return x + h, (att_x, s, ffn_x), carry

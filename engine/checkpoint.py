@@ -1,0 +1,281 @@
+"""Open an RWKV checkpoint safely and read what model it holds from its keys and shapes.
+
+Official BlinkDL checkpoints are ``torch.save`` zip archives of a plain dict of bf16 tensors;
+``.safetensors`` files with the same keys are accepted too. Nothing here unpickles code:
+``torch.load(weights_only=True)`` refuses any object that is not a tensor or a plain container,
+and the file is memory-mapped so that opening it costs no RAM.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from engine.errors import (
+    CheckpointError,
+    CorruptCheckpointError,
+    NotACheckpointError,
+    UnsafeCheckpointError,
+    UnsupportedModelError,
+)
+
+# variant name -> (major version, what users call it)
+ARCHS = {
+    "v4": (4, "RWKV-4"),
+    "v5.0": (5, "RWKV-5.0"),
+    "v5.1": (5, "RWKV-5.1"),
+    "v5.2": (5, "RWKV-5.2 Eagle (x052)"),
+    "v6.0": (6, "RWKV-6 Finch (x060)"),
+    "v7.0": (7, "RWKV-7 Goose (x070)"),
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The shape of a model, read from its tensors."""
+
+    arch: str  # a key of ARCHS
+    n_layer: int
+    n_embd: int
+    vocab_size: int
+    n_att: int  # width of the time-mixing projections (n_embd in every official model)
+    n_ffn: int  # hidden width of the channel mixing
+    n_head: int  # 0 for RWKV-4, which has no heads
+    head_size: int
+    has_time_state: bool = False  # a state-tuned checkpoint carrying its initial state
+
+    @property
+    def version(self) -> int:
+        return ARCHS[self.arch][0]
+
+    @property
+    def label(self) -> str:
+        return f"{ARCHS[self.arch][1]} {self.n_layer}x{self.n_embd}"
+
+
+class TensorFile(Mapping):
+    """Read-only ``name -> tensor`` view of a checkpoint; tensors are memory-mapped views."""
+
+    def __init__(self, path: Path, tensors: Mapping[str, torch.Tensor] | None, st_file=None):
+        self.path = path
+        self._tensors = tensors
+        self._st = st_file  # safetensors handle: tensors are read on demand
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if self._st is not None:
+            if key not in self._st_keys:
+                raise KeyError(key)
+            return self._st.get_tensor(key)
+        return self._tensors[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._st_keys if self._st is not None else self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._st_keys if self._st is not None else self._tensors)
+
+    @property
+    def _st_keys(self) -> list[str]:
+        if not hasattr(self, "_keys_cache"):
+            self._keys_cache = list(self._st.keys())
+        return self._keys_cache
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        if self._st is not None:
+            return tuple(self._st.get_slice(key).get_shape())
+        return tuple(self._tensors[key].shape)
+
+    def close(self) -> None:
+        self._tensors = {}
+        self._st = None
+
+
+def open_checkpoint(path: str | os.PathLike) -> tuple[TensorFile, ModelConfig]:
+    """Open ``path`` and return its tensors and the model configuration read from them."""
+    tensors = read_tensors(path)
+    return tensors, detect_config(tensors)
+
+
+def read_tensors(path: str | os.PathLike) -> TensorFile:
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"There is no file at {path}.", path=str(path))
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; choose the model's .pth file.", path=str(path))
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if size == 0:
+        raise CorruptCheckpointError(
+            f"{path.name} is empty (0 bytes). The download probably failed; download it again.",
+            path=str(path),
+        )
+    if head.startswith(b"PK\x03\x04"):
+        return TensorFile(path, _torch_load(path, mmap=True))
+    if head[:1] == b"\x80":  # a pickle: the legacy (pre-zip) torch format, which cannot be mmap'd
+        return TensorFile(path, _torch_load(path, mmap=False))
+    if len(head) >= 9 and head[8:9] == b"{":
+        return _open_safetensors(path)
+    kind = "a GGUF file (llama.cpp format)" if head.startswith(b"GGUF") else "not a PyTorch file"
+    raise NotACheckpointError(
+        f"{path.name} is {kind}. Roost runs the official RWKV checkpoints (.pth or .safetensors).",
+        path=str(path),
+    )
+
+
+def _torch_load(path: Path, *, mmap: bool) -> Mapping[str, torch.Tensor]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        if "weights only" in str(e).lower():
+            raise UnsafeCheckpointError(
+                f"{path.name} contains program code, not just model weights. Roost refused to "
+                "run it: an official RWKV checkpoint never does this. Delete the file and "
+                "download the model from its official page.",
+                path=str(path),
+            ) from None
+        raise CorruptCheckpointError(
+            f"{path.name} is damaged ({e}). Download it again.", path=str(path)
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CorruptCheckpointError(
+            f"{path.name} is damaged or incomplete and cannot be read (often an interrupted "
+            f"download). Download it again. Details: {str(e).splitlines()[0][:160]}",
+            path=str(path),
+        ) from None
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    ):
+        raise NotACheckpointError(
+            f"{path.name} is a PyTorch file but not a dictionary of weights, so it is not an "
+            "RWKV checkpoint.",
+            path=str(path),
+        )
+    return obj
+
+
+def _open_safetensors(path: Path) -> TensorFile:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        handle = safe_open(str(path), framework="pt", device="cpu")
+        handle.keys()
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CorruptCheckpointError(
+            f"{path.name} is damaged or incomplete (often an interrupted download). Download it "
+            f"again. Details: {e}",
+            path=str(path),
+        ) from None
+    return TensorFile(path, None, handle)
+
+
+_BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
+
+
+def detect_config(t: TensorFile) -> ModelConfig:
+    """Find the RWKV version and shape from the tensor names and shapes."""
+    keys = set(t)
+    name = t.path.name
+    if "_strategy" in keys or "_version" in keys:
+        raise UnsupportedModelError(
+            f"{name} was converted by ChatRWKV's convert_model.py for one strategy. Roost loads "
+            "the original checkpoint: use the .pth file published by BlinkDL.",
+            path=str(t.path),
+        )
+    if "emb.weight" not in keys or not any(k.startswith("blocks.") for k in keys):
+        hf = any(k.startswith(("rwkv.", "model.")) for k in keys)
+        raise NotACheckpointError(
+            f"{name} holds model weights, but not an RWKV model in BlinkDL's layout"
+            + (" (it looks like a Hugging Face transformers conversion; use the original .pth "
+               "file)" if hf else " (no 'emb.weight' and 'blocks.*' tensors)")
+            + ".",
+            path=str(t.path),
+        )
+    layer_ids = {int(m.group(1)) for k in keys if (m := _BLOCK_RE.match(k))}
+    n_layer = max(layer_ids) + 1
+    if layer_ids != set(range(n_layer)):
+        missing = sorted(set(range(n_layer)) - layer_ids)
+        raise CorruptCheckpointError(
+            f"{name} is incomplete: layers {missing[:5]} are missing.", path=str(t.path)
+        )
+    vocab, n_embd = t.shape("emb.weight")
+    b0 = "blocks.0."
+    has = lambda suffix: b0 + suffix in keys  # noqa: E731
+
+    if has("ffn.s_emb.weight"):
+        raise UnsupportedModelError(
+            f"{name} is an experimental RWKV-7 DeepEmbed model, which Roost does not run yet.",
+            path=str(t.path),
+        )
+    if has("att.r_k") or has("att.x_r"):
+        arch = "v7.0"
+    elif has("att.time_maa_x"):
+        arch = "v6.0"
+    elif has("att.ln_x.weight"):
+        arch = "v5.0"
+        if has("att.gate.weight"):
+            td = [d for d in t.shape(b0 + "att.time_decay")]
+            arch = "v5.2" if len(td) > 1 and td[1] > 1 else "v5.1"
+    elif has("att.time_mix_k") and has("att.time_decay"):
+        arch = "v4"
+    else:
+        raise UnsupportedModelError(
+            f"{name} looks like an RWKV model of a kind Roost does not know (its first layer has "
+            f"{', '.join(sorted(k[len(b0):] for k in keys if k.startswith(b0))[:8])}, ...). "
+            "Roost runs RWKV-4, -5, -6 and -7.",
+            path=str(t.path),
+        )
+
+    n_att = t.shape(b0 + "att.key.weight")[0]
+    n_ffn = t.shape(b0 + "ffn.key.weight")[0]
+    if arch == "v7.0":
+        n_head, head_size = t.shape(b0 + "att.r_k")
+    elif arch == "v4":
+        n_head, head_size = 0, 0
+    else:
+        n_head = t.shape(b0 + ("att.time_faaaa" if has("att.time_faaaa") else "att.time_decay"))[0]
+        head_size = n_att // n_head
+    cfg = ModelConfig(
+        arch=arch, n_layer=n_layer, n_embd=n_embd, vocab_size=vocab, n_att=n_att, n_ffn=n_ffn,
+        n_head=n_head, head_size=head_size, has_time_state=has("att.time_state"),
+    )
+    _check_shapes(t, cfg)
+    return cfg
+
+
+def _check_shapes(t: TensorFile, cfg: ModelConfig) -> None:
+    """Every tensor the model uses exists with the right shape, so loading cannot fail midway."""
+    from engine.arch import arch_module
+
+    expected = arch_module(cfg.arch).expected_shapes(cfg, set(t))
+    expected.update({
+        "emb.weight": (cfg.vocab_size, cfg.n_embd),
+        "blocks.0.ln0.weight": (cfg.n_embd,), "blocks.0.ln0.bias": (cfg.n_embd,),
+        "ln_out.weight": (cfg.n_embd,), "ln_out.bias": (cfg.n_embd,),
+        "head.weight": (cfg.vocab_size, cfg.n_embd),
+    })
+    for key, shape in expected.items():
+        if key not in t:
+            raise CorruptCheckpointError(
+                f"{t.path.name} is incomplete or damaged: the tensor '{key}' of a "
+                f"{cfg.label} model is missing.",
+                path=str(t.path),
+            )
+        if shape is None:  # any shape (low-rank matrices whose rank varies between sizes)
+            continue
+        got = tuple(d for d in t.shape(key) if d != 1)
+        want = tuple(d for d in shape if d != 1)
+        if got != want:
+            raise CorruptCheckpointError(
+                f"{t.path.name} is damaged: '{key}' has shape {t.shape(key)}, a {cfg.label} "
+                f"model needs {shape}.",
+                path=str(t.path),
+            )
