@@ -62,10 +62,24 @@ class ModelConfig:
 class TensorFile(Mapping):
     """Read-only ``name -> tensor`` view of a checkpoint; tensors are memory-mapped views."""
 
-    def __init__(self, path: Path, tensors: Mapping[str, torch.Tensor] | None, st_file=None):
+    def __init__(self, path: Path, tensors: Mapping[str, torch.Tensor] | None, st_file=None,
+                 *, mapped: bool = False):
         self.path = path
         self._tensors = tensors
-        self._st = st_file  # safetensors handle: tensors are read on demand
+        self._st = st_file  # safetensors handle: tensors are read on demand (as copies)
+        self.mapped = mapped  # tensors are views of a private file mapping (torch zip format)
+
+    def release(self, source: torch.Tensor, converted) -> None:
+        """Drop ``source``'s file pages once ``converted`` (a new copy) replaces it."""
+        if not self.mapped or not isinstance(source, torch.Tensor):
+            return
+        data = converted.q if hasattr(converted, "q") else converted
+        if isinstance(data, torch.Tensor) and data.device.type == "cpu" and \
+                data.untyped_storage().data_ptr() == source.untyped_storage().data_ptr():
+            return  # not a copy: the model runs on the mapped pages themselves
+        from engine.memory import release_pages
+
+        release_pages(source)
 
     def __getitem__(self, key: str) -> torch.Tensor:
         if self._st is not None:
@@ -117,7 +131,7 @@ def read_tensors(path: str | os.PathLike) -> TensorFile:
             path=str(path),
         )
     if head.startswith(b"PK\x03\x04"):
-        return TensorFile(path, _torch_load(path, mmap=True))
+        return TensorFile(path, _torch_load(path, mmap=True), mapped=True)
     if head[:1] == b"\x80":  # a pickle: the legacy (pre-zip) torch format, which cannot be mmap'd
         return TensorFile(path, _torch_load(path, mmap=False))
     if len(head) >= 9 and head[8:9] == b"{":
@@ -151,6 +165,12 @@ def _torch_load(path: Path, *, mmap: bool) -> Mapping[str, torch.Tensor]:
         ) from None
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
+    if isinstance(obj, Mapping) and "_strategy" in obj:
+        raise UnsupportedModelError(
+            f"{path.name} was converted by ChatRWKV's convert_model.py for one strategy. Roost "
+            "loads the original checkpoint: use the .pth file published by BlinkDL.",
+            path=str(path),
+        )
     if not isinstance(obj, Mapping) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
     ):
@@ -184,12 +204,6 @@ def detect_config(t: TensorFile) -> ModelConfig:
     """Find the RWKV version and shape from the tensor names and shapes."""
     keys = set(t)
     name = t.path.name
-    if "_strategy" in keys or "_version" in keys:
-        raise UnsupportedModelError(
-            f"{name} was converted by ChatRWKV's convert_model.py for one strategy. Roost loads "
-            "the original checkpoint: use the .pth file published by BlinkDL.",
-            path=str(t.path),
-        )
     if "emb.weight" not in keys or not any(k.startswith("blocks.") for k in keys):
         hf = any(k.startswith(("rwkv.", "model.")) for k in keys)
         raise NotACheckpointError(

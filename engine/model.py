@@ -4,6 +4,11 @@
 go through each layer together (matrix multiplies over the chunk, the recurrence in chunked
 parallel form where the architecture allows), which yields the same state as one token at a time.
 The state passed in is never modified, so a caller may keep it and branch from it (chat caching).
+
+Layers are placed by the strategy: each block runs on its stage's device in its precision, and a
+layer's state lives on that layer's device, so with a GPU/CPU split only the activations of the
+current chunk cross devices. Streamed layers keep their big matrices in pinned CPU memory and
+copy them to the GPU for each forward.
 """
 
 from __future__ import annotations
@@ -18,12 +23,17 @@ import torch
 import torch.nn.functional as F
 
 from engine.arch import arch_module
-from engine.checkpoint import ModelConfig, open_checkpoint
-from engine.errors import StrategyError
-from engine.strategy import Strategy, check_devices, machine_devices, parse_strategy
+from engine.checkpoint import ModelConfig, TensorFile, open_checkpoint
+from engine.linear import Int8Linear, linear
+from engine.strategy import Placement, Strategy, check_devices, machine_devices, parse_strategy, plan_layers
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-SUPPORTED_NOW = ("cpu fp32", "cpu bf16")
+
+
+def act_dtype(stage) -> torch.dtype:
+    """Activations run in float32 on the CPU (only weights are stored smaller), else in the stage's type."""
+    return torch.float32 if stage.device == "cpu" else _DTYPES[stage.dtype]
+RESCALE_EVERY = 6  # fp16, RWKV-4/5/6: halve the residual stream every 6 layers (as ChatRWKV)
 
 
 @dataclass(frozen=True)
@@ -40,17 +50,19 @@ class State:
 class RWKV:
     """An RWKV model ready to run. Build it with :func:`load_model`."""
 
-    def __init__(self, config: ModelConfig, strategy: Strategy, weights: dict, layers: list[dict],
-                 tokenizer, path: Path, chunk_len: int = 128):
+    def __init__(self, config: ModelConfig, strategy: Strategy, placements: list[Placement],
+                 weights: dict, layers: list[dict], tokenizer, path: Path, chunk_len: int = 128):
         self.config = config
         self.strategy = strategy
         self.path = path
         self.tokenizer = tokenizer
         self.chunk_len = chunk_len
+        self.load_seconds = 0.0
         self._arch = arch_module(config.arch)
-        self._w = weights  # emb (ln0 applied), ln_out, head
+        self._w = weights  # emb (ln0 folded in, on the CPU), ln_out, head
         self._layers = layers
-        self._dtype = _DTYPES[strategy.stages[0].dtype]
+        self._places = placements
+        self._rescale = config.version < 7 and any(p.stage.dtype == "fp16" for p in placements)
 
     # the names RWKV users know from the rwkv pip package
     version = property(lambda self: self.config.version)
@@ -62,13 +74,16 @@ class RWKV:
         return f"<RWKV {self.config.label} on '{self.strategy}' from {self.path.name}>"
 
     def zero_state(self) -> State:
-        return State(tuple(self._arch.init_state(self.config, lw, self._dtype) for lw in self._layers))
+        layers = []
+        for lw, place in zip(self._layers, self._places):
+            st = self._arch.init_state(self.config, lw, act_dtype(place.stage))
+            layers.append(tuple(t.to(place.stage.torch_device) for t in st))
+        return State(tuple(layers))
 
     @torch.inference_mode()
     def forward(self, tokens: Sequence[int], state: State | None = None) -> tuple[torch.Tensor, State]:
         """Feed ``tokens``; return float32 logits ``[vocab]`` of the last one and the new state."""
-        logits, state = self._run(tokens, state, all_logits=False)
-        return logits, state
+        return self._run(tokens, state, all_logits=False)
 
     @torch.inference_mode()
     def forward_all(self, tokens: Sequence[int], state: State | None = None) -> tuple[torch.Tensor, State]:
@@ -91,15 +106,110 @@ class RWKV:
             x = self._w["emb"][torch.tensor(chunk)]  # (T, C)
             carry = None
             for i, lw in enumerate(self._layers):
-                x, layers_state[i], carry = self._arch.layer(x, lw, layers_state[i], self.config, carry)
+                stage = self._places[i].stage
+                dev, dt = stage.torch_device, act_dtype(stage)
+                x = x.to(device=dev, dtype=dt)
+                if carry is not None:
+                    carry = carry.to(device=dev, dtype=dt)
+                if self._places[i].stream:
+                    lw = _to_device(lw, dev)
+                st = tuple(t.to(dev) for t in layers_state[i])
+                x, layers_state[i], carry = self._arch.layer(x, lw, st, self.config, carry)
+                if self._rescale and (i + 1) % RESCALE_EVERY == 0:
+                    x = x / 2
             if all_logits or c0 + self.chunk_len >= len(tokens):
                 outs.append(self._head(x if all_logits else x[-1:]))
         logits = torch.cat(outs) if all_logits else outs[-1][0]
-        return logits.float(), State(tuple(layers_state), state.n_tokens + len(tokens))
+        return logits.float().cpu(), State(tuple(layers_state), state.n_tokens + len(tokens))
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
+        stage = self._places[-1].stage
+        x = x.to(device=stage.torch_device, dtype=act_dtype(stage))
         x = F.layer_norm(x, (x.shape[-1],), weight=self._w["ln_out.weight"], bias=self._w["ln_out.bias"])
-        return F.linear(x, self._w["head.weight"])
+        return linear(x, self._w["head.weight"])
+
+
+def _to_device(lw: dict, dev: str) -> dict:
+    return {k: (v.to(dev, non_blocking=True) if v is not None else None) for k, v in lw.items()}
+
+
+def load_model(path: str | os.PathLike, strategy: str = "cpu fp32", *,
+               tokenizer_path: str | os.PathLike | None = None,
+               progress: Callable[[float], None] | None = None,
+               chunk_len: int = 128, check_memory: bool = True) -> RWKV:
+    """Load an official RWKV checkpoint (``.pth`` or ``.safetensors``) to run with ``strategy``.
+
+    Raises :class:`~engine.errors.CheckpointError` subclasses for files that cannot be used,
+    :class:`~engine.errors.StrategyError` for strategies this machine cannot run,
+    :class:`~engine.errors.OutOfMemoryError` when the model would not fit, and
+    :class:`~engine.errors.TokenizerError` when the model's tokenizer is missing.
+    ``progress`` is called with the fraction loaded (0..1).
+
+    Memory stays near the final footprint: the file is memory-mapped and converted tensor by
+    tensor, and the file pages of each converted tensor are released as soon as it is done.
+    """
+    from engine import memory
+    from engine.tokenizer import tokenizer_for_vocab
+
+    strat = parse_strategy(strategy)
+    check_devices(strat, **machine_devices())
+    started = time.perf_counter()
+    tensors, cfg = open_checkpoint(path)
+    try:
+        places = plan_layers(strat, cfg.n_layer)
+        if check_memory:
+            est = memory.estimate(tensors, cfg, strat, chunk_len)
+            memory.check_fits(est, memory.available(), model_name=Path(path).name, strategy=strat)
+        tokenizer = tokenizer_for_vocab(cfg.vocab_size, path, tokenizer_path)  # fail before the heavy part
+        arch = arch_module(cfg.arch)
+        rescale = cfg.version < 7 and any(p.stage.dtype == "fp16" for p in places)
+        layers = []
+        for i in range(cfg.n_layer):
+            big = _matrix_loader(places[i], i if rescale else 0)
+            lw = arch.prepare_layer(tensors, i, cfg, act_dtype(places[i].stage), big)
+            dev = places[i].stage.torch_device
+            layers.append(lw if places[i].stream or dev == "cpu" else _to_device(lw, dev))
+            if progress:
+                progress((i + 1) / (cfg.n_layer + 1))
+        head = places[-1].stage
+        hdt = act_dtype(head)
+        weights = {
+            "emb": _embedding(tensors, cfg, act_dtype(places[0].stage)),
+            "ln_out.weight": tensors["ln_out.weight"].to(device=head.torch_device, dtype=hdt),
+            "ln_out.bias": tensors["ln_out.bias"].to(device=head.torch_device, dtype=hdt),
+            "head.weight": _matrix_loader(places[-1], 0)(tensors, "head.weight"),
+        }
+    finally:
+        tensors.close()
+    if progress:
+        progress(1.0)
+    model = RWKV(cfg, strat, places, weights, layers, tokenizer, Path(path), chunk_len=chunk_len)
+    model.load_seconds = time.perf_counter() - started
+    return model
+
+
+def _matrix_loader(place: Placement, layer_id: int) -> Callable[[TensorFile, str], object]:
+    """How a layer's big matrices are stored: in the stage's dtype or int8, on its device."""
+    stage = place.stage
+    dtype = _DTYPES[stage.dtype]
+    # streamed layers stay in CPU memory (pinned when a GPU is there) until each forward
+    dev = "cpu" if place.stream else stage.torch_device
+
+    def load(t: TensorFile, key: str):
+        src = t[key]
+        w = src
+        if layer_id and key.endswith(("att.output.weight", "ffn.value.weight")):
+            w = w.float() / 2 ** (layer_id // RESCALE_EVERY)  # fp16 rescaling, as ChatRWKV
+        if stage.int8:
+            out = Int8Linear(w, device=dev if dev != "cpu" else "cpu")
+        else:
+            out = w.to(device=dev, dtype=dtype).contiguous()
+            if place.stream and torch.cuda.is_available():
+                out = out.pin_memory()
+        t.release(src, out)
+        return out
+
+    return load
 
 
 def _embedding(tensors, cfg: ModelConfig, dtype: torch.dtype) -> torch.Tensor:
@@ -107,57 +217,15 @@ def _embedding(tensors, cfg: ModelConfig, dtype: torch.dtype) -> torch.Tensor:
 
     For RWKV-4/5/6 the reference runtime (ChatRWKV, the rwkv package) folds it in the file's own
     precision (bf16 for official files) and the models are used that way, so Roost does the same
-    and its logits agree with the reference; RWKV-7's reference folds it in float32.
+    and its logits agree with the reference; RWKV-7's reference folds it in float32. The
+    embedding stays on the CPU: one row per token is all a forward pass reads.
     """
+    if dtype == torch.float16:
+        dtype = torch.float32  # rows are cast to the first layer's dtype on use
     emb, w, b = tensors["emb.weight"], tensors["blocks.0.ln0.weight"], tensors["blocks.0.ln0.bias"]
     if cfg.version < 7 and emb.dtype == w.dtype == b.dtype and emb.dtype in (torch.bfloat16, torch.float32):
-        return F.layer_norm(emb, (cfg.n_embd,), weight=w, bias=b).to(dtype)
-    return F.layer_norm(emb.float(), (cfg.n_embd,), weight=w.float(), bias=b.float()).to(dtype)
-
-
-def load_model(path: str | os.PathLike, strategy: str = "cpu fp32", *,
-               tokenizer_path: str | os.PathLike | None = None,
-               progress: Callable[[float], None] | None = None,
-               chunk_len: int = 128) -> RWKV:
-    """Load an official RWKV checkpoint (``.pth`` or ``.safetensors``) to run with ``strategy``.
-
-    Raises :class:`~engine.errors.CheckpointError` subclasses for files that cannot be used,
-    :class:`~engine.errors.StrategyError` for strategies this machine or version cannot run and
-    :class:`~engine.errors.TokenizerError` when the model's tokenizer is missing.
-    ``progress`` is called with the fraction loaded (0..1).
-    """
-    strat = parse_strategy(strategy)
-    check_devices(strat, **machine_devices())
-    if str(strat) not in SUPPORTED_NOW:
-        raise StrategyError(
-            f"The strategy '{strat}' is not available in this version of Roost yet. "
-            f"Available: {', '.join(SUPPORTED_NOW)}."
-        )
-    stage = strat.stages[0]
-    dtype = _DTYPES[stage.dtype]
-    started = time.perf_counter()
-    tensors, cfg = open_checkpoint(path)
-    from engine.tokenizer import tokenizer_for_vocab
-
-    tokenizer = tokenizer_for_vocab(cfg.vocab_size, path, tokenizer_path)  # fail before the heavy part
-    arch = arch_module(cfg.arch)
-    try:
-        emb = _embedding(tensors, cfg, dtype)
-        layers = []
-        for i in range(cfg.n_layer):
-            layers.append(arch.prepare_layer(tensors, i, cfg, dtype))
-            if progress:
-                progress((i + 1) / (cfg.n_layer + 1))
-        weights = {
-            "emb": emb,
-            "ln_out.weight": tensors["ln_out.weight"].to(dtype),
-            "ln_out.bias": tensors["ln_out.bias"].to(dtype),
-            "head.weight": tensors["head.weight"].to(dtype).contiguous(),
-        }
-    finally:
-        tensors.close()
-    if progress:
-        progress(1.0)
-    model = RWKV(cfg, strat, weights, layers, tokenizer, Path(path), chunk_len=chunk_len)
-    model.load_seconds = time.perf_counter() - started
-    return model
+        out = F.layer_norm(emb, (cfg.n_embd,), weight=w, bias=b).to(dtype)
+    else:
+        out = F.layer_norm(emb.float(), (cfg.n_embd,), weight=w.float(), bias=b.float()).to(dtype)
+    tensors.release(emb, out)
+    return out

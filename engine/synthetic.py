@@ -35,7 +35,15 @@ def make_weights(arch: str, *, n_layer: int = 2, n_embd: int = 128, vocab: int =
 
     ffn = {"v4": 4 * c, "v5.0": 4 * c, "v5.1": 4 * c, "v5.2": int(c * 3.5) // 32 * 32,
            "v6.0": int(c * 3.5) // 32 * 32, "v7.0": 4 * c}[arch]
-    w = {"emb.weight": randn(vocab, c), "head.weight": lin(vocab, c),
+    head = lin(vocab, c)
+    # A trained model's next-token distribution is peaked on a few likely tokens, not spread over
+    # the whole vocabulary: give a small set of "frequent" tokens larger output rows, so that the
+    # top token stands out as it does in real use (a flat distribution makes top-1 comparisons
+    # meaningless).
+    res_scale = (2 * n_layer) ** -0.5
+    frequent = torch.randperm(vocab, generator=g)[:64]
+    head[frequent] *= 6.0
+    w = {"emb.weight": randn(vocab, c), "head.weight": head,
          "ln_out.weight": uniform(0.8, 1.2, c), "ln_out.bias": randn(c, std=0.1)}
     for i in range(n_layer):
         p = f"blocks.{i}."
@@ -45,9 +53,11 @@ def make_weights(arch: str, *, n_layer: int = 2, n_embd: int = 128, vocab: int =
             w[p + ln + ".bias"] = randn(c, std=0.1)
         for m in ("key", "value", "receptance"):
             w[f"{p}att.{m}.weight"] = lin(c, c)
-        w[p + "att.output.weight"] = lin(c, c)
+        # residual updates small next to the stream, as in a trained pre-norm network
+        # (GPT-2's initialisation: output projections scaled by 1/sqrt(2 n_layer))
+        w[p + "att.output.weight"] = lin(c, c) * res_scale
         w[p + "ffn.key.weight"] = lin(ffn, c)
-        w[p + "ffn.value.weight"] = lin(c, ffn)
+        w[p + "ffn.value.weight"] = lin(c, ffn) * res_scale
         if arch != "v7.0":
             w[p + "ffn.receptance.weight"] = lin(c, c)
         if arch == "v4":

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from engine.linear import linear
+
 GROUP_NORM_EPS = 64e-5  # RWKV-5/6/7: eps 1e-5 scaled by head_size_divisor 8 squared
 
 
@@ -46,16 +48,15 @@ def channel_mix(x: torch.Tensor, prev: torch.Tensor, w: dict, *, maa: bool):
     else:  # RWKV-4/5: x * mix + shifted * (1 - mix)
         kx = x * w["ffn.time_mix_k"] + sx * (1 - w["ffn.time_mix_k"])
         rx = x * w["ffn.time_mix_r"] + sx * (1 - w["ffn.time_mix_r"])
-    r = torch.sigmoid(F.linear(rx, w["ffn.receptance.weight"]))
-    k = torch.relu(F.linear(kx, w["ffn.key.weight"])).square()
-    return r * F.linear(k, w["ffn.value.weight"]), x[-1].clone()
+    r = torch.sigmoid(linear(rx, w["ffn.receptance.weight"]))
+    k = torch.relu(linear(kx, w["ffn.key.weight"])).square()
+    return r * linear(k, w["ffn.value.weight"]), x[-1].clone()
 
 
-def prepare_ffn(get, p: str, dtype, mix: tuple[str, ...]) -> dict:
-    w = {"ffn." + m: vec(get(p + "ffn." + m), dtype) for m in mix}
+def prepare_ffn(t, p: str, dtype, big, mix: tuple[str, ...]) -> dict:
+    w = {"ffn." + m: vec(t[p + "ffn." + m], dtype) for m in mix}
     for m in ("key", "value", "receptance"):
-        key = f"{p}ffn.{m}.weight"
-        w[f"ffn.{m}.weight"] = mat(get(key), dtype) if get(key, None) is not None else None
+        w[f"ffn.{m}.weight"] = big(t, f"{p}ffn.{m}.weight")
     return w
 
 

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from engine.arch.common import channel_mix, ffn_shapes, layer_norm, mat, prepare_ffn, token_shift, vec
+from engine.arch.common import (
+    channel_mix,
+    ffn_shapes,
+    layer_norm,
+    prepare_ffn,
+    token_shift,
+    vec,
+)
+from engine.linear import linear
 
 _MIX = ("time_mix_k", "time_mix_v", "time_mix_r")
 
@@ -24,15 +31,15 @@ def expected_shapes(cfg, keys) -> dict:
     return shapes
 
 
-def prepare_layer(t, i: int, cfg, dtype) -> dict:
+def prepare_layer(t, i: int, cfg, dtype, big) -> dict:
     p = f"blocks.{i}."
     w = {n: vec(t[p + n], dtype) for n in ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias")}
     w.update({"att." + m: vec(t[p + "att." + m], dtype) for m in _MIX})
     w["att.time_decay"] = -torch.exp(vec(t[p + "att.time_decay"], torch.float32))
     w["att.time_first"] = vec(t[p + "att.time_first"], torch.float32)
     for m in ("key", "value", "receptance", "output"):
-        w[f"att.{m}.weight"] = mat(t[f"{p}att.{m}.weight"], dtype)
-    w.update(prepare_ffn(t.get, p, dtype, ("time_mix_k", "time_mix_r")))
+        w[f"att.{m}.weight"] = big(t, f"{p}att.{m}.weight")
+    w.update(prepare_ffn(t, p, dtype, big, ("time_mix_k", "time_mix_r")))
     return w
 
 
@@ -46,9 +53,9 @@ def time_mix(x, prev, aa, bb, pp, w):
     """x (T, C) normed. Returns out (T, C), the new (aa, bb, pp) and the last x."""
     sx = token_shift(x, prev)
     mk, mv, mr = w["att.time_mix_k"], w["att.time_mix_v"], w["att.time_mix_r"]
-    r = torch.sigmoid(F.linear(x * mr + sx * (1 - mr), w["att.receptance.weight"]))
-    k = F.linear(x * mk + sx * (1 - mk), w["att.key.weight"]).float()
-    v = F.linear(x * mv + sx * (1 - mv), w["att.value.weight"]).float()
+    r = torch.sigmoid(linear(x * mr + sx * (1 - mr), w["att.receptance.weight"]))
+    k = linear(x * mk + sx * (1 - mk), w["att.key.weight"]).float()
+    v = linear(x * mv + sx * (1 - mv), w["att.value.weight"]).float()
     decay, first = w["att.time_decay"], w["att.time_first"]
     out = torch.empty_like(k)
     for t in range(x.shape[0]):
@@ -61,7 +68,7 @@ def time_mix(x, prev, aa, bb, pp, w):
         p = torch.maximum(ww, kt)
         e1, e2 = torch.exp(ww - p), torch.exp(kt - p)
         aa, bb, pp = e1 * aa + e2 * vt, e1 * bb + e2, p
-    out = F.linear(r * out.to(x.dtype), w["att.output.weight"])
+    out = linear(r * out.to(x.dtype), w["att.output.weight"])
     return out, aa, bb, pp, x[-1].clone()
 
 

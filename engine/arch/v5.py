@@ -9,9 +9,16 @@ import torch
 import torch.nn.functional as F
 
 from engine.arch.common import (
-    GROUP_NORM_EPS, channel_mix, ffn_shapes, layer_norm, mat, prepare_ffn, token_shift, vec,
+    GROUP_NORM_EPS,
+    channel_mix,
+    ffn_shapes,
+    layer_norm,
+    prepare_ffn,
+    token_shift,
+    vec,
     wkv_chunked,
 )
+from engine.linear import linear
 
 
 def _gated(cfg) -> bool:
@@ -39,7 +46,7 @@ def expected_shapes(cfg, keys) -> dict:
     return shapes
 
 
-def prepare_layer(t, i: int, cfg, dtype) -> dict:
+def prepare_layer(t, i: int, cfg, dtype, big) -> dict:
     p = f"blocks.{i}."
     h, n = cfg.n_head, cfg.head_size
     w = {x: vec(t[p + x], dtype) for x in ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias")}
@@ -53,12 +60,12 @@ def prepare_layer(t, i: int, cfg, dtype) -> dict:
         u = torch.exp(t[p + "att.time_first"].to(f32))
     w["att.u"] = u.reshape(h, -1).expand(h, n).contiguous()
     mats = ("key", "value", "receptance", "output") + (("gate",) if _gated(cfg) else ())
-    w.update({f"att.{m}.weight": mat(t[f"{p}att.{m}.weight"], dtype) for m in mats})
+    w.update({f"att.{m}.weight": big(t, f"{p}att.{m}.weight") for m in mats})
     w["att.ln_x.weight"] = vec(t[p + "att.ln_x.weight"], f32)
     w["att.ln_x.bias"] = vec(t[p + "att.ln_x.bias"], f32)
     if cfg.has_time_state:  # stored as (H, V, K)
         w["att.time_state"] = t[p + "att.time_state"].to(f32).reshape(h, n, n).transpose(1, 2).contiguous()
-    w.update(prepare_ffn(t.get, p, dtype, ("time_mix_k", "time_mix_r")))
+    w.update(prepare_ffn(t, p, dtype, big, ("time_mix_k", "time_mix_r")))
     return w
 
 
@@ -74,7 +81,7 @@ def wkv_output(x, y, g, w, h):
     y = y.to(x.dtype)
     if g is not None:
         y = y * g
-    return F.linear(y, w["att.output.weight"])
+    return linear(y, w["att.output.weight"])
 
 
 def time_mix(x, prev, s, w, cfg):
@@ -85,10 +92,10 @@ def time_mix(x, prev, s, w, cfg):
         m = w["att." + name]
         return x * m + sx * (1 - m)
 
-    r = F.linear(mixed("time_mix_r"), w["att.receptance.weight"]).float().view(T, h, n)
-    k = F.linear(mixed("time_mix_k"), w["att.key.weight"]).float().view(T, h, n)
-    v = F.linear(mixed("time_mix_v"), w["att.value.weight"]).float().view(T, h, n)
-    g = F.silu(F.linear(mixed("time_mix_g"), w["att.gate.weight"])) if _gated(cfg) else None
+    r = linear(mixed("time_mix_r"), w["att.receptance.weight"]).float().view(T, h, n)
+    k = linear(mixed("time_mix_k"), w["att.key.weight"]).float().view(T, h, n)
+    v = linear(mixed("time_mix_v"), w["att.value.weight"]).float().view(T, h, n)
+    g = F.silu(linear(mixed("time_mix_g"), w["att.gate.weight"])) if _gated(cfg) else None
     y, s = wkv_chunked(r, k, v, w["att.logw"].expand(T, h, n), w["att.u"], s)
     return wkv_output(x, y.reshape(T, h * n), g, w, h), s, x[-1].clone()
 

@@ -5,8 +5,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from engine.arch.common import channel_mix, ffn_shapes, layer_norm, mat, prepare_ffn, token_shift, vec, wkv_chunked
+from engine.arch.common import (
+    channel_mix,
+    ffn_shapes,
+    layer_norm,
+    mat,
+    prepare_ffn,
+    token_shift,
+    vec,
+    wkv_chunked,
+)
 from engine.arch.v5 import init_state, wkv_output  # noqa: F401 (RWKV-6 keeps RWKV-5's state)
+from engine.linear import linear
 
 _MAA = ("time_maa_x", "time_maa_w", "time_maa_k", "time_maa_v", "time_maa_r", "time_maa_g")
 _LORA = ("time_maa_w1", "time_maa_w2", "time_decay_w1", "time_decay_w2")
@@ -27,7 +37,7 @@ def expected_shapes(cfg, keys) -> dict:
     return shapes
 
 
-def prepare_layer(t, i: int, cfg, dtype) -> dict:
+def prepare_layer(t, i: int, cfg, dtype, big) -> dict:
     p = f"blocks.{i}."
     h, n, f32 = cfg.n_head, cfg.head_size, torch.float32
     w = {x: vec(t[p + x], dtype) for x in ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias")}
@@ -39,12 +49,12 @@ def prepare_layer(t, i: int, cfg, dtype) -> dict:
     w["att.time_decay"] = t[p + "att.time_decay"].to(f32).reshape(h, n).contiguous()
     w["att.u"] = t[p + "att.time_faaaa"].to(f32).reshape(h, n).contiguous()
     for m in ("key", "value", "receptance", "gate", "output"):
-        w[f"att.{m}.weight"] = mat(t[f"{p}att.{m}.weight"], dtype)
+        w[f"att.{m}.weight"] = big(t, f"{p}att.{m}.weight")
     w["att.ln_x.weight"] = vec(t[p + "att.ln_x.weight"], f32)
     w["att.ln_x.bias"] = vec(t[p + "att.ln_x.bias"], f32)
     if cfg.has_time_state:  # stored as (H, V, K)
         w["att.time_state"] = t[p + "att.time_state"].to(f32).reshape(h, n, n).transpose(1, 2).contiguous()
-    w.update(prepare_ffn(t.get, p, dtype, ("time_maa_k", "time_maa_r")))
+    w.update(prepare_ffn(t, p, dtype, big, ("time_maa_k", "time_maa_r")))
     return w
 
 
@@ -60,10 +70,10 @@ def time_mix(x, prev, s, w, cfg):
     rx = x + d * (w["att.time_maa_r"] + mr)
     gx = x + d * (w["att.time_maa_g"] + mg)
 
-    r = F.linear(rx, w["att.receptance.weight"]).float().view(T, h, n)
-    k = F.linear(kx, w["att.key.weight"]).float().view(T, h, n)
-    v = F.linear(vx, w["att.value.weight"]).float().view(T, h, n)
-    g = F.silu(F.linear(gx, w["att.gate.weight"]))
+    r = linear(rx, w["att.receptance.weight"]).float().view(T, h, n)
+    k = linear(kx, w["att.key.weight"]).float().view(T, h, n)
+    v = linear(vx, w["att.value.weight"]).float().view(T, h, n)
+    g = F.silu(linear(gx, w["att.gate.weight"]))
     dec = torch.tanh(wx @ w["att.time_decay_w1"]) @ w["att.time_decay_w2"]  # (T, C)
     logw = -torch.exp(w["att.time_decay"] + dec.float().view(T, h, n))  # log of exp(-exp(.))
     y, s = wkv_chunked(r, k, v, logw, w["att.u"], s)

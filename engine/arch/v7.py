@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.arch.common import GROUP_NORM_EPS, layer_norm, mat, token_shift, vec
+from engine.linear import linear
 
 _MIX = ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g")
 _LORA = ("w1", "w2", "a1", "a2", "g1", "g2")
@@ -33,7 +34,7 @@ def expected_shapes(cfg, keys) -> dict:
     return shapes
 
 
-def prepare_layer(t, i: int, cfg, dtype) -> dict:
+def prepare_layer(t, i: int, cfg, dtype, big) -> dict:
     p = f"blocks.{i}."
     f32 = torch.float32
     w = {x: vec(t[p + x], dtype) for x in ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias")}
@@ -44,12 +45,12 @@ def prepare_layer(t, i: int, cfg, dtype) -> dict:
     if i > 0:
         w["att.v0"] = vec(t[p + "att.v0"], dtype)
     for m in ("key", "value", "receptance", "output"):
-        w[f"att.{m}.weight"] = mat(t[f"{p}att.{m}.weight"], dtype)
+        w[f"att.{m}.weight"] = big(t, f"{p}att.{m}.weight")
     w["att.ln_x.weight"] = vec(t[p + "att.ln_x.weight"], f32)
     w["att.ln_x.bias"] = vec(t[p + "att.ln_x.bias"], f32)
     w["ffn.x_k"] = vec(t[p + "ffn.x_k"], dtype)
-    w["ffn.key.weight"] = mat(t[p + "ffn.key.weight"], dtype)
-    w["ffn.value.weight"] = mat(t[p + "ffn.value.weight"], dtype)
+    w["ffn.key.weight"] = big(t, p + "ffn.key.weight")
+    w["ffn.value.weight"] = big(t, p + "ffn.value.weight")
     return w
 
 
@@ -74,9 +75,9 @@ def time_mix(x, prev, s, v_first, w, cfg, first_layer: bool):
     d = token_shift(x, prev) - x
     xr, xw, xk, xv, xa, xg = (x + d * w["att." + m] for m in _MIX)
 
-    r = F.linear(xr, w["att.receptance.weight"])
-    k = F.linear(xk, w["att.key.weight"])
-    v = F.linear(xv, w["att.value.weight"])
+    r = linear(xr, w["att.receptance.weight"])
+    k = linear(xk, w["att.key.weight"])
+    v = linear(xv, w["att.value.weight"])
     dec = torch.tanh(xw @ w["att.w1"]) @ w["att.w2"]
     a = torch.sigmoid(w["att.a0"] + (xa @ w["att.a1"]) @ w["att.a2"])
     g = torch.sigmoid(xg @ w["att.g1"]) @ w["att.g2"]
@@ -95,13 +96,13 @@ def time_mix(x, prev, s, v_first, w, cfg, first_layer: bool):
                      eps=GROUP_NORM_EPS).to(x.dtype)
     bonus = (r * k * w["att.r_k"]).view(T, h, n).sum(-1, keepdim=True) * v.view(T, h, n)
     y = y + bonus.view(T, h * n)
-    return F.linear(y * g, w["att.output.weight"]), s, x[-1].clone(), v_first
+    return linear(y * g, w["att.output.weight"]), s, x[-1].clone(), v_first
 
 
 def channel_mix(x, prev, w):
     k = x + (token_shift(x, prev) - x) * w["ffn.x_k"]
-    k = torch.relu(F.linear(k, w["ffn.key.weight"])).square()
-    return F.linear(k, w["ffn.value.weight"]), x[-1].clone()
+    k = torch.relu(linear(k, w["ffn.key.weight"])).square()
+    return linear(k, w["ffn.value.weight"]), x[-1].clone()
 
 
 def layer(x, w, st, cfg, carry):

@@ -1,0 +1,148 @@
+"""Memory: what a (model, strategy) pair needs, what the machine has, and releasing file pages.
+
+The estimate is computed from the checkpoint's tensor shapes (no weights are read), so the app
+and the loader can refuse a model that will not fit with a plain message instead of dying.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from engine.checkpoint import ModelConfig, TensorFile
+from engine.errors import OutOfMemoryError
+from engine.strategy import Strategy, plan_layers
+
+_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+GIB = 1024 ** 3
+BIG_SUFFIXES = ("key.weight", "value.weight", "receptance.weight", "gate.weight", "output.weight")
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes a model needs per device kind ("cpu", "cuda:0", "mps") once loaded and running."""
+
+    per_device: dict[str, int]
+
+    def total(self) -> int:
+        return sum(self.per_device.values())
+
+    def describe(self) -> str:
+        return ", ".join(f"{gib(b)} on {d}" for d, b in self.per_device.items())
+
+
+def gib(n: float) -> str:
+    return f"{n / GIB:.1f} GB"
+
+
+def layer_numels(t: TensorFile, cfg: ModelConfig) -> list[tuple[int, int]]:
+    """(big-matrix elements, other elements) for each block, from the shapes alone."""
+    out = [[0, 0] for _ in range(cfg.n_layer)]
+    for key in t:
+        if not key.startswith("blocks."):
+            continue
+        i = int(key.split(".")[1])
+        n = 1
+        for d in t.shape(key):
+            n *= d
+        out[i][0 if key.endswith(BIG_SUFFIXES) else 1] += n
+    return [tuple(x) for x in out]
+
+
+def estimate(t: TensorFile, cfg: ModelConfig, strategy: Strategy, chunk_len: int = 128) -> MemoryEstimate:
+    """Bytes needed on each device by ``cfg`` run with ``strategy`` (weights, state, work space)."""
+    placements = plan_layers(strategy, cfg.n_layer)
+    need: dict[str, int] = {}
+
+    def add(dev: str, n: int) -> None:
+        need[dev] = need.get(dev, 0) + int(n)
+
+    emb_dtype = placements[0].stage.dtype
+    add("cpu", cfg.vocab_size * cfg.n_embd * _BYTES[emb_dtype])  # the embedding stays on the CPU
+    for (big, small), place in zip(layer_numels(t, cfg), placements):
+        st = place.stage
+        big_bytes = big * (1 + 4 / cfg.n_embd) if st.int8 else big * _BYTES[st.dtype]
+        small_bytes = small * 4
+        if place.stream:  # kept in (pinned) CPU memory, copied to the GPU per forward
+            add("cpu", big_bytes)
+            add(st.torch_device, big_bytes / cfg.n_layer)  # one layer's copy at a time
+            add(st.torch_device, small_bytes)
+        else:
+            add(st.torch_device, big_bytes + small_bytes)
+        add(st.torch_device, _state_bytes(cfg))
+    head = placements[-1].stage
+    head_n = cfg.vocab_size * cfg.n_embd
+    add(head.torch_device, head_n * (1 + 4 / cfg.n_embd) if head.int8 else head_n * _BYTES[head.dtype])
+    # work space: a chunk of activations through the widest layer, plus the logits
+    for dev in list(need):
+        add(dev, chunk_len * (cfg.n_ffn + 8 * cfg.n_embd) * 4 + cfg.vocab_size * 8)
+        if dev != "cpu":
+            add(dev, 300 * 1024 ** 2)  # CUDA context and allocator slack
+    add("cpu", 200 * 1024 ** 2)  # the interpreter, torch and the tokenizer
+    return MemoryEstimate(need)
+
+
+def _state_bytes(cfg: ModelConfig) -> int:
+    if cfg.version == 4:
+        return (2 * cfg.n_embd + 3 * cfg.n_att) * 4
+    return (2 * cfg.n_embd + cfg.n_head * cfg.head_size ** 2) * 4
+
+
+def available() -> dict[str, int]:
+    """Free memory per device: "cpu" (available RAM), "cuda:N" (free VRAM), "mps"."""
+    import psutil
+
+    free = {"cpu": psutil.virtual_memory().available}
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            free[f"cuda:{i}"] = torch.cuda.mem_get_info(i)[0]
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        free["mps"] = free["cpu"]  # unified memory
+    return free
+
+
+def check_fits(est: MemoryEstimate, free: dict[str, int], *, model_name: str, strategy: Strategy,
+               alternatives: str = "") -> None:
+    """Raise :class:`OutOfMemoryError` naming the device, the need and what is free."""
+    for dev, need in est.per_device.items():
+        key = "cuda:0" if dev == "cuda" else dev
+        have = free.get(key, free.get(dev))
+        if have is not None and need > have:
+            what = "RAM" if dev == "cpu" else f"memory on {dev}"
+            raise OutOfMemoryError(
+                f"{model_name} with '{strategy}' needs about {gib(need)} of {what}, but only "
+                f"{gib(have)} is free. Close other programs, or choose a smaller model or a "
+                f"lighter strategy{(': ' + alternatives) if alternatives else ''}."
+            )
+
+
+def release_pages(tensor: torch.Tensor) -> None:
+    """Drop a memory-mapped tensor's file pages from this process's resident memory (Linux).
+
+    Called once a tensor read from the checkpoint has been converted into a new one, so that the
+    mapped file and the converted copy are never resident together. Only for tensors backed by a
+    private file mapping: the pages are read again from the file if touched later.
+    """
+    if not sys.platform.startswith("linux") or tensor.numel() == 0:
+        return
+    page = os.sysconf("SC_PAGE_SIZE")
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    a, b = (start + page - 1) // page * page, end // page * page  # whole pages inside the tensor
+    if b > a:
+        _libc().madvise(ctypes.c_void_p(a), ctypes.c_size_t(b - a), 4)  # MADV_DONTNEED
+
+
+_LIBC = None
+
+
+def _libc():
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+        _LIBC.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    return _LIBC

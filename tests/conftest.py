@@ -1,0 +1,59 @@
+"""Shared fixtures: the team's reference data and small random checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+RUNNER = Path(__file__).parent / "engine" / "reference_runner.py"
+ARCHS = ("v4", "v5.0", "v5.1", "v5.2", "v6.0", "v7.0")
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not (SHARED / "data").is_dir():
+        pytest.fail(f"the team's shared folder is missing: expected it at {SHARED}")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def make_checkpoint(tmp_path_factory):
+    """make_checkpoint(arch, **kw) -> path of a random checkpoint, built once per session."""
+    from engine.synthetic import save_checkpoint
+
+    cache: dict = {}
+    root = tmp_path_factory.mktemp("ckpt")
+
+    def make(arch: str, suffix: str = ".pth", **kw) -> Path:
+        key = (arch, suffix, tuple(sorted(kw.items())))
+        if key not in cache:
+            folder = root / f"m{len(cache)}"
+            folder.mkdir()
+            path = save_checkpoint(folder / f"model-{arch}{suffix}", arch, **kw)
+            if kw.get("vocab") == 50277:  # Raven models come with the 20B tokenizer beside them
+                shutil.copy(SHARED / "data" / "20B_tokenizer.json", folder / "20B_tokenizer.json")
+            cache[key] = path
+        return cache[key]
+
+    return make
+
+
+def run_reference(path: Path, out: Path, tokens: list[int], split: int, *, v7: bool) -> dict:
+    """Logits from the rwkv pip package (see reference_runner.py)."""
+    import torch
+
+    env = dict(os.environ, RWKV_JIT_ON="1", RWKV_CUDA_ON="0")
+    if v7:
+        env["RWKV_V7_ON"] = "1"
+    r = subprocess.run([sys.executable, str(RUNNER), str(path), str(out), json.dumps(tokens), str(split)],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"reference run failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
+    return torch.load(out)

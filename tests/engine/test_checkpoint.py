@@ -1,0 +1,150 @@
+"""Opening checkpoints: version detection, and a plain error for every file that cannot be used."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+import torch
+
+from engine.checkpoint import open_checkpoint
+from engine.errors import (
+    CheckpointError, CorruptCheckpointError, NotACheckpointError, UnsafeCheckpointError,
+    UnsupportedModelError,
+)
+from engine.synthetic import make_weights
+
+
+@pytest.mark.parametrize("arch, version", [("v4", 4), ("v5.0", 5), ("v5.1", 5), ("v5.2", 5),
+                                           ("v6.0", 6), ("v7.0", 7)])
+def test_version_and_shape_are_read_from_the_tensors(make_checkpoint, arch, version):
+    _, cfg = open_checkpoint(make_checkpoint(arch, n_layer=3, n_embd=128))
+    assert (cfg.arch, cfg.version, cfg.n_layer, cfg.n_embd, cfg.vocab_size) == (arch, version, 3, 128, 65536)
+    if version > 4:
+        assert (cfg.n_head, cfg.head_size) == (2, 64)
+
+
+def test_safetensors_and_pth_of_the_same_weights_agree(make_checkpoint):
+    from engine import load_model
+
+    a = load_model(make_checkpoint("v6.0", seed=3), "cpu fp32")
+    b = load_model(make_checkpoint("v6.0", suffix=".safetensors", seed=3), "cpu fp32")
+    assert torch.equal(a.forward([1, 2, 3])[0], b.forward([1, 2, 3])[0])
+
+
+def test_the_legacy_torch_format_still_loads(tmp_path):
+    path = tmp_path / "old.pth"
+    torch.save(make_weights("v4", n_layer=1, n_embd=64, vocab=1000), path, _use_new_zipfile_serialization=False)
+    _, cfg = open_checkpoint(path)
+    assert cfg.arch == "v4" and cfg.vocab_size == 1000
+
+
+class _WritesAFile:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_a_checkpoint_carrying_code_is_refused_and_the_code_never_runs(tmp_path):
+    target = tmp_path / "pwned.txt"
+    path = tmp_path / "evil.pth"
+    weights = make_weights("v4", n_layer=1, n_embd=64, vocab=100)
+    weights["payload"] = _WritesAFile(str(target))
+    torch.save(weights, path)
+    with pytest.raises(UnsafeCheckpointError, match="evil.pth contains program code"):
+        open_checkpoint(path)
+    assert not target.exists()
+
+
+def test_a_raw_pickle_with_code_is_refused_too(tmp_path):
+    target = tmp_path / "pwned.txt"
+    path = tmp_path / "evil2.pth"
+    path.write_bytes(pickle.dumps(_WritesAFile(str(target)), protocol=2))
+    with pytest.raises(CheckpointError):
+        open_checkpoint(path)
+    assert not target.exists()
+
+
+def test_a_truncated_download_is_reported_as_incomplete(make_checkpoint, tmp_path):
+    data = make_checkpoint("v5.2").read_bytes()
+    for cut in (len(data) // 2, len(data) - 100, 10):
+        path = tmp_path / f"cut{cut}.pth"
+        path.write_bytes(data[:cut])
+        with pytest.raises(CorruptCheckpointError, match=f"cut{cut}.pth is damaged or incomplete"):
+            open_checkpoint(path)
+
+
+def test_a_truncated_safetensors_file_is_reported(make_checkpoint, tmp_path):
+    data = make_checkpoint("v7.0", suffix=".safetensors").read_bytes()
+    path = tmp_path / "cut.safetensors"
+    path.write_bytes(data[: len(data) // 3])
+    with pytest.raises(CorruptCheckpointError, match="incomplete"):
+        open_checkpoint(path)
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"", "empty"),
+    (b"hello, I am a text file", "not a PyTorch file"),
+    (b"GGUF\x03\x00\x00\x00" + b"\x00" * 64, "GGUF"),
+])
+def test_files_that_are_not_checkpoints(tmp_path, content, words):
+    path = tmp_path / "model.pth"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=words):
+        open_checkpoint(path)
+
+
+def test_missing_file_and_folder(tmp_path):
+    with pytest.raises(CheckpointError, match="There is no file"):
+        open_checkpoint(tmp_path / "nope.pth")
+    with pytest.raises(CheckpointError, match="is a folder"):
+        open_checkpoint(tmp_path)
+
+
+def test_another_architecture_is_not_taken_for_rwkv(tmp_path):
+    path = tmp_path / "gpt2.pth"
+    torch.save({"transformer.h.0.attn.c_attn.weight": torch.zeros(4, 4)}, path)
+    with pytest.raises(NotACheckpointError, match="not an RWKV model"):
+        open_checkpoint(path)
+    torch.save([1, 2, 3], path)
+    with pytest.raises(NotACheckpointError, match="not a dictionary of weights"):
+        open_checkpoint(path)
+
+
+def test_a_missing_tensor_is_named(tmp_path):
+    weights = make_weights("v6.0", n_layer=2)
+    del weights["blocks.1.ffn.value.weight"]
+    torch.save(weights, tmp_path / "m.pth")
+    with pytest.raises(CorruptCheckpointError, match="'blocks.1.ffn.value.weight'.*missing"):
+        open_checkpoint(tmp_path / "m.pth")
+
+
+def test_a_missing_layer_is_named(tmp_path):
+    weights = {k: v for k, v in make_weights("v7.0", n_layer=3).items() if not k.startswith("blocks.1.")}
+    torch.save(weights, tmp_path / "m.pth")
+    with pytest.raises(CorruptCheckpointError, match=r"layers \[1\] are missing"):
+        open_checkpoint(tmp_path / "m.pth")
+
+
+def test_a_wrong_shape_is_named(tmp_path):
+    weights = make_weights("v5.2", n_layer=2)
+    weights["blocks.0.att.key.weight"] = weights["blocks.0.att.key.weight"][:, :64].contiguous()
+    torch.save(weights, tmp_path / "m.pth")
+    with pytest.raises(CorruptCheckpointError, match="'blocks.0.att.key.weight' has shape"):
+        open_checkpoint(tmp_path / "m.pth")
+
+
+def test_unsupported_variants_say_so(tmp_path):
+    weights = make_weights("v7.0", n_layer=1)
+    weights["blocks.0.ffn.s_emb.weight"] = torch.zeros(10, 1024)
+    torch.save(weights, tmp_path / "de.pth")
+    with pytest.raises(UnsupportedModelError, match="DeepEmbed"):
+        open_checkpoint(tmp_path / "de.pth")
+    weights = make_weights("v4", n_layer=1)
+    weights["_strategy"] = "cpu fp32i8"
+    torch.save(weights, tmp_path / "conv.pth")
+    with pytest.raises(UnsupportedModelError, match="convert_model.py"):
+        open_checkpoint(tmp_path / "conv.pth")

@@ -1,0 +1,69 @@
+"""The loaded model beyond reference parity: bf16, input checks, strategies, isolation."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from engine import load_model
+from engine.errors import StrategyError
+from tests.conftest import ARCHS, ROOT
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_bf16_picks_the_same_top_token_as_fp32(make_checkpoint, arch):
+    path = make_checkpoint(arch, n_layer=3, n_embd=256, seed=11)
+    tokens = torch.randint(0, 65536, (256,), generator=torch.Generator().manual_seed(5)).tolist()
+    ref, _ = load_model(path, "cpu fp32").forward_all(tokens)
+    got, _ = load_model(path, "cpu bf16").forward_all(tokens)
+    agree = (ref.argmax(-1) == got.argmax(-1)).float().mean().item()
+    assert got.dtype == torch.float32
+    assert agree >= 0.99, f"top-1 agreement {agree:.3f}"
+
+
+def test_model_attributes(make_checkpoint):
+    model = load_model(make_checkpoint("v7.0", n_layer=3, n_embd=128))
+    assert (model.version, model.n_layer, model.n_embd, model.vocab_size) == (7, 3, 128, 65536)
+    assert "RWKV-7" in repr(model)
+    assert model.tokenizer.decode(model.tokenizer.encode("Hello 你好")) == "Hello 你好"
+
+
+def test_bad_token_ids_and_empty_input_are_refused(make_checkpoint):
+    model = load_model(make_checkpoint("v5.2"))
+    with pytest.raises(ValueError, match="out of range"):
+        model.forward([70000])
+    with pytest.raises(ValueError, match="at least one token"):
+        model.forward([])
+
+
+@pytest.mark.parametrize("strategy, words", [
+    ("cuda fp16", "no usable NVIDIA GPU"),
+    ("gpu fp16", "Unknown device"),
+])
+def test_strategies_this_machine_cannot_run_are_refused_before_loading(make_checkpoint, strategy, words):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(StrategyError, match=words):
+        load_model(make_checkpoint("v6.0"), strategy)
+
+
+def test_importing_and_running_the_engine_pulls_in_no_gui_and_no_reference_code(make_checkpoint):
+    code = (
+        "import sys, engine\n"
+        f"m = engine.load_model({str(make_checkpoint('v6.0'))!r}, 'cpu fp32')\n"
+        "m.forward(m.tokenizer.encode('hi'))\n"
+        "bad = [n for n in sys.modules if n.split('.')[0] in ('PySide6', 'app') or n.startswith('rwkv.model')]\n"
+        "print(bad)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_import_engine_is_light():
+    out = subprocess.run([sys.executable, "-c", "import sys, engine; print('torch' in sys.modules)"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.stdout.strip() == "False"
