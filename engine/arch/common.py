@@ -69,6 +69,10 @@ def wkv_chunked(r, k, v, logw, u, s, chunk: int = 32):
     every exponent is <= 0: no overflow however strong the decay. Returns out (T, H, N) and S.
     """
     T, H, N = r.shape
+    if T == 1:  # one token: the recurrence itself
+        kv = k[0].unsqueeze(2) @ v[0].unsqueeze(1)  # (H, N, N)
+        out = (r[0].unsqueeze(1) @ (u.unsqueeze(2) * kv + s)).transpose(0, 1)  # (1, H, N)
+        return out, logw[0].exp().unsqueeze(2) * s + kv
     outs = []
     for c0 in range(0, T, chunk):
         rc, kc, vc, lw = (z[c0:c0 + chunk].transpose(0, 1) for z in (r, k, v, logw))  # (H, L, N)

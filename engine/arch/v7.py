@@ -59,15 +59,54 @@ def init_state(cfg, w: dict, dtype) -> tuple:
     return (torch.zeros(c, dtype=dtype), torch.zeros(h, n, n), torch.zeros(c, dtype=dtype))
 
 
+CHUNK = 32  # decays are >= exp(-0.6065) per token, so exp(+-cumsum) over a chunk stays < 2e8
+
+
 def wkv(r, w, k, v, kk, a, s):
-    """The delta-rule recurrence, token by token. All (T, H, N) float32; s (H, N, N) as [v, k]."""
-    out = torch.empty_like(r)
-    for t in range(r.shape[0]):
-        # s (diag(w) - kk^T (a*kk)) + v k^T
-        s = s * w[t].unsqueeze(1) - (s @ kk[t].unsqueeze(2)) @ (kk[t] * a[t]).unsqueeze(1) \
-            + v[t].unsqueeze(2) @ k[t].unsqueeze(1)
-        out[t] = (s @ r[t].unsqueeze(2)).squeeze(2)
-    return out, s
+    """The delta-rule recurrence over T tokens. All (T, H, N) float32; s (H, N, N) as [v, k]."""
+    if r.shape[0] == 1:
+        out, s = wkv_step(r[0], w[0], k[0], v[0], kk[0], a[0], s)
+        return out.unsqueeze(0), s
+    outs = []
+    for c0 in range(0, r.shape[0], CHUNK):
+        sl = slice(c0, c0 + CHUNK)
+        o, s = wkv_chunk(r[sl], w[sl], k[sl], v[sl], kk[sl], a[sl], s)
+        outs.append(o)
+    return torch.cat(outs), s
+
+
+def wkv_step(r, w, k, v, kk, a, s):
+    """One token: s <- s (diag(w) - kk^T (a*kk)) + v k^T; out = s r. Vectors (H, N)."""
+    s = s * w.unsqueeze(1) - (s @ kk.unsqueeze(2)) @ (kk * a).unsqueeze(1) + v.unsqueeze(2) @ k.unsqueeze(1)
+    return (s @ r.unsqueeze(2)).squeeze(2), s
+
+
+def wkv_chunk(r, w, k, v, kk, a, s):
+    """A chunk of tokens at once, exactly, in the WY form of the delta rule.
+
+    Writing S_t = S_{t-1} diag(w_t) + u_t b_t^T + v_t k_t^T with u_t = S_{t-1} (-kk_t) and
+    b_t = kk_t * a_t, the u_t of a chunk solve one unit lower-triangular system; outputs and the
+    final state are then matrix products. g_t = prod of w up to t (exp of a cumulative sum).
+    """
+    r, w, k, v, kk, a = (z.transpose(0, 1) for z in (r, w, k, v, kk, a))  # (H, L, N)
+    L = r.shape[1]
+    cum = torch.log(w).cumsum(dim=1)  # log g_t
+    g, g_prev, g_inv = cum.exp(), (cum - torch.log(w)).exp(), (-cum).exp()
+    alpha = -kk * g_prev  # S_{t-1} is reached from S_s by g_{t-1} / g_s
+    b_hat, k_hat = kk * a * g_inv, k * g_inv
+    r_hat = r * g
+    strict = torch.ones(L, L, dtype=torch.bool, device=r.device).tril(-1)
+    A = (alpha @ b_hat.transpose(1, 2)).masked_fill(~strict, 0)
+    B = (alpha @ k_hat.transpose(1, 2)).masked_fill(~strict, 0)
+    eye = torch.eye(L, dtype=r.dtype, device=r.device)
+    u = torch.linalg.solve_triangular(eye - A, alpha @ s.transpose(1, 2) + B @ v, upper=False,
+                                      unitriangular=True)  # (H, L, N_v)
+    upto = strict | torch.eye(L, dtype=torch.bool, device=r.device)
+    out = r_hat @ s.transpose(1, 2) + (r_hat @ b_hat.transpose(1, 2)).masked_fill(~upto, 0) @ u \
+        + (r_hat @ k_hat.transpose(1, 2)).masked_fill(~upto, 0) @ v
+    g_last = g[:, -1:, :]  # (H, 1, N)
+    s = s * g_last + u.transpose(1, 2) @ (b_hat * g_last) + v.transpose(1, 2) @ (k_hat * g_last)
+    return out.transpose(0, 1), s
 
 
 def time_mix(x, prev, s, v_first, w, cfg, first_layer: bool):

@@ -1,0 +1,199 @@
+"""Roost against the reference `rwkv` pip package, side by side, on random checkpoints of real shapes.
+
+    python benchmarks/bench.py                          # v6 1.6B shape, the default strategies
+    python benchmarks/bench.py --shape v7-1.5b --strategies "cpu fp32,cpu bf16"
+    python benchmarks/bench.py --shape v6-7b --strategies "cpu int8" --no-reference --gen 8
+
+Each (implementation, strategy) runs in a fresh process so that load time and peak RSS (the
+high-water mark, mapped file pages included) are its own. Prints generation tok/s (median of the
+per-token times), 512-token prefill tok/s, load time and peak RSS, with Roost/reference ratios.
+The reference runs with RWKV_JIT_ON=1 and the same thread count. This is a development tool: the
+reference package is not part of the product.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPES = {  # name: (arch, n_layer, n_embd)
+    "v6-0.4b": ("v6.0", 24, 1024),
+    "v6-1.6b": ("v6.0", 24, 2048),
+    "v7-0.4b": ("v7.0", 24, 1024),
+    "v7-1.5b": ("v7.0", 24, 2048),
+    "v5-1.5b": ("v5.2", 24, 2048),
+    "v4-1.5b": ("v4", 24, 2048),
+    "v6-7b": ("v6.0", 32, 4096),
+    "v7-7b": ("v7.0", 32, 4096),
+}
+
+
+def checkpoint(shape: str, cache: Path) -> Path:
+    arch, n_layer, n_embd = SHAPES[shape]
+    path = cache / f"bench-{shape}.pth"
+    if not path.exists():
+        sys.path.insert(0, str(ROOT))
+        from engine.synthetic import save_checkpoint
+
+        print(f"building {path} ...", file=sys.stderr, flush=True)
+        tmp = path.with_suffix(".tmp.pth")
+        save_checkpoint(tmp, arch, n_layer=n_layer, n_embd=n_embd, seed=1)
+        tmp.rename(path)
+    return path
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Runs inside the child process: load, prefill, generate; print one JSON line."""
+    import resource
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    tokens = torch.randint(0, 65536, (args.prefill,), generator=torch.Generator().manual_seed(0)).tolist()
+    t0 = time.perf_counter()
+    if args.impl == "roost":
+        sys.path.insert(0, str(ROOT))
+        import engine
+
+        model = engine.load_model(args.model, args.strategy)
+
+        def forward(toks, state):
+            return model.forward(toks, state)
+    else:
+        from rwkv.model import RWKV
+
+        name = args.model[:-4]
+        model = RWKV(name, args.strategy) if os.environ.get("RWKV_V7_ON") == "1" else \
+            RWKV(name, args.strategy, verbose=False)
+
+        def forward(toks, state):
+            return model.forward(toks, state)
+    load_s = time.perf_counter() - t0
+    rss_after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    forward(tokens[:16], None)  # warm-up
+    t0 = time.perf_counter()
+    state = None
+    for c in range(0, len(tokens), args.chunk):  # the reference wants bounded chunks too
+        _, state = forward(tokens[c:c + args.chunk], state)
+    prefill_s = time.perf_counter() - t0
+
+    times = []
+    token = tokens[-1]
+    for _ in range(args.gen):
+        t0 = time.perf_counter()
+        logits, state = forward([token], state)
+        token = int(logits.argmax())
+        times.append(time.perf_counter() - t0)
+    print(json.dumps({
+        "load_s": load_s, "prefill_tps": len(tokens) / prefill_s,
+        "gen_tps": 1 / statistics.median(times[1:] or times),
+        "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "rss_after_load": rss_after_load,
+    }))
+
+
+def run(impl: str, strategy: str, model: Path, args) -> dict | None:
+    env = dict(os.environ, RWKV_JIT_ON="1", RWKV_CUDA_ON="0", OMP_NUM_THREADS=str(args.threads))
+    if impl == "reference" and SHAPES[args.shape][0] == "v7.0":
+        env["RWKV_V7_ON"] = "1"
+    cmd = [sys.executable, __file__, "--worker", "--impl", impl, "--strategy", strategy,
+           "--model", str(model), "--gen", str(args.gen), "--prefill", str(args.prefill),
+           "--threads", str(args.threads), "--chunk", str(args.chunk), "--shape", args.shape]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        print(f"{impl} '{strategy}' failed: {r.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        return None
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def read_bandwidth_gbs() -> float:
+    """The machine's memory read bandwidth, by summing a 1 GiB tensor (best of 5)."""
+    import torch
+
+    x = torch.ones(256 * 1024 * 1024)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t0)
+    return x.numel() * 4 / best / 1e9
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", default="v6-1.6b", choices=sorted(SHAPES))
+    ap.add_argument("--strategies", default="cpu fp32,cpu bf16,cpu int8")
+    ap.add_argument("--reference-strategies", default=None,
+                    help="the reference's strategies (default: the same; int8 maps to cpu fp32i8)")
+    ap.add_argument("--no-reference", action="store_true")
+    ap.add_argument("--gen", type=int, default=32)
+    ap.add_argument("--prefill", type=int, default=512)
+    ap.add_argument("--chunk", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "roost-bench"))
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--impl", help=argparse.SUPPRESS)
+    ap.add_argument("--strategy", help=argparse.SUPPRESS)
+    ap.add_argument("--model", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        return worker(args)
+
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    model = checkpoint(args.shape, cache)
+    bw = read_bandwidth_gbs()
+    print(f"shape {args.shape} ({model.stat().st_size / 1e9:.2f} GB file), {args.threads} threads, "
+          f"read bandwidth {bw:.1f} GB/s")
+    header = f"{'strategy':<14} {'impl':<10} {'gen tok/s':>9} {'prefill tok/s':>13} {'load s':>7} {'peak RSS GB':>11}"
+    print(header)
+    print("-" * len(header))
+    for strategy in [s.strip() for s in args.strategies.split(",")]:
+        ours = run("roost", strategy, model, args)
+        ref = None
+        if not args.no_reference:
+            ref_strategy = {"cpu int8": "cpu bf16", "cpu fp32i8": "cpu bf16"}.get(strategy, strategy)
+            ref = run("reference", ref_strategy, model, args)
+        for name, r in (("roost", ours), ("reference", ref)):
+            if r:
+                print(f"{strategy:<14} {name:<10} {r['gen_tps']:9.2f} {r['prefill_tps']:13.1f} "
+                      f"{r['load_s']:7.1f} {r['peak_rss'] / 1e9:11.2f}")
+        if ours and ref:
+            print(f"{'':<14} {'ratio':<10} {ours['gen_tps'] / ref['gen_tps']:8.2f}x "
+                  f"{ours['prefill_tps'] / ref['prefill_tps']:12.2f}x {ref['load_s'] / ours['load_s']:6.2f}x "
+                  f"{ours['peak_rss'] / ref['peak_rss']:10.2f}x  (reference: '{ref_strategy}')")
+        if ours and "int8" in strategy:
+            arch, n_layer, n_embd = SHAPES[args.shape]
+            bytes_per_token = _weight_bytes_per_token(model, 1)
+            bound = bw * 1e9 / bytes_per_token
+            print(f"{'':<14} int8 bandwidth bound {bound:.2f} tok/s; Roost reaches "
+                  f"{100 * ours['gen_tps'] / bound:.0f}% of it")
+
+
+def _weight_bytes_per_token(model: Path, bytes_per_weight: float) -> float:
+    """Bytes of weights read per generated token: every matrix but the embedding."""
+    sys.path.insert(0, str(ROOT))
+    from engine.checkpoint import open_checkpoint
+
+    t, cfg = open_checkpoint(model)
+    n = 0
+    for key in t:
+        if key != "emb.weight" and len(t.shape(key)) >= 2:
+            numel = 1
+            for d in t.shape(key):
+                numel *= d
+            n += numel
+    return n * bytes_per_weight
+
+
+if __name__ == "__main__":
+    main()
