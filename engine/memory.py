@@ -61,8 +61,7 @@ def estimate(t: TensorFile, cfg: ModelConfig, strategy: Strategy, chunk_len: int
     def add(dev: str, n: int) -> None:
         need[dev] = need.get(dev, 0) + int(n)
 
-    emb_dtype = placements[0].stage.dtype
-    add("cpu", cfg.vocab_size * cfg.n_embd * _BYTES[emb_dtype])  # the embedding stays on the CPU
+    add("cpu", cfg.vocab_size * cfg.n_embd * 4)  # the embedding: float32, on the CPU
     for (big, small), place in zip(layer_numels(t, cfg), placements):
         st = place.stage
         big_bytes = big * (1 + 4 / cfg.n_embd) if st.int8 else big * _BYTES[st.dtype]

@@ -1,0 +1,78 @@
+"""Lower-precision strategies against Roost cpu fp32: top-1 agreement and logit error.
+
+The reference package has no int8 or bf16 path for RWKV-7 and its CPU int8 differs from ours, so
+Roost's own float32 (itself checked against the reference in test_parity.py) is the yardstick.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine import load_model
+from tests.conftest import ARCHS
+
+TOKENS = torch.randint(0, 65536, (256,), generator=torch.Generator().manual_seed(5)).tolist()
+
+
+def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.argmax(-1) == b.argmax(-1)).float().mean().item()
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().amax(-1) / b.abs().amax(-1)).median().item()
+
+
+def token_by_token(model, tokens):
+    rows, state = [], None
+    for t in tokens:
+        logits, state = model.forward([t], state)
+        rows.append(logits)
+    return torch.stack(rows)
+
+
+@pytest.fixture(scope="module")
+def fp32_logits(make_checkpoint):
+    cache = {}
+
+    def get(arch, n_layer, n_embd, mode):
+        key = (arch, n_layer, n_embd, mode)
+        if key not in cache:
+            path = make_checkpoint(arch, n_layer=n_layer, n_embd=n_embd, seed=11)
+            model = load_model(path, "cpu fp32")
+            cache[key] = (path, model.forward_all(TOKENS)[0] if mode == "seq" else token_by_token(model, TOKENS))
+        return cache[key]
+
+    return get
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("strategy, min_agree, max_err", [("cpu bf16", 0.99, 0.02), ("cpu int8", 0.95, 0.05)])
+@pytest.mark.parametrize("mode", ["seq", "one"])
+def test_low_precision_agrees_with_fp32(fp32_logits, arch, strategy, min_agree, max_err, mode):
+    path, ref = fp32_logits(arch, 4, 256, mode)
+    model = load_model(path, strategy)
+    got = model.forward_all(TOKENS)[0] if mode == "seq" else token_by_token(model, TOKENS)
+    assert got.dtype == torch.float32
+    assert agreement(got, ref) >= min_agree
+    assert rel_err(got, ref) <= max_err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["v6.0", "v7.0"])
+def test_int8_on_a_real_shape(fp32_logits, arch):
+    """24 layers x 1024, the shape of the 0.4B models."""
+    path, ref = fp32_logits(arch, 24, 1024, "one")
+    got = token_by_token(load_model(path, "cpu int8"), TOKENS)
+    assert agreement(got, ref) >= 0.95
+    assert rel_err(got, ref) <= 0.05
+
+
+def test_int8_weights_take_a_quarter_of_fp32(make_checkpoint):
+    from engine.linear import Int8Linear
+
+    model = load_model(make_checkpoint("v6.0", n_layer=2, n_embd=256), "cpu int8")
+    w = model._layers[0]["att.key.weight"]
+    assert isinstance(w, Int8Linear) and w.q.dtype == torch.int8 and w.q.shape == (256, 256)
+    assert isinstance(model._w["head.weight"], Int8Linear)
+    assert model._layers[0]["att.time_maa_w1"].dtype == torch.float32  # small LoRA stays precise
