@@ -1,0 +1,156 @@
+"""The ``roost`` command.
+
+    roost                       the desktop app (coming; prints help for now)
+    roost generate --model PATH "prompt"
+    roost chat --model PATH
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from app import __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        print("\nThe desktop window is not built yet: use 'roost chat --model PATH'.\n"
+              "桌面窗口尚未完成：请使用 'roost chat --model 模型路径'。")
+        return 0
+    from engine.errors import RoostError
+
+    try:
+        return args.func(args)
+    except RoostError as e:
+        print(f"roost: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="roost", description="Run RWKV language models on your computer.")
+    p.add_argument("--version", action="version", version=f"roost {__version__}")
+    sub = p.add_subparsers(dest="command")
+
+    def model_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--model", required=True, help="an RWKV checkpoint (.pth or .safetensors)")
+        sp.add_argument("--strategy", default="cpu fp32", help="e.g. 'cpu fp32', 'cpu bf16', 'cpu int8'")
+        sp.add_argument("--max-tokens", type=int, default=None)
+        sp.add_argument("--temperature", type=float, default=None)
+        sp.add_argument("--top-p", type=float, default=None)
+        sp.add_argument("--top-k", type=int, default=None)
+        sp.add_argument("--presence-penalty", type=float, default=None)
+        sp.add_argument("--frequency-penalty", type=float, default=None)
+        sp.add_argument("--penalty-decay", type=float, default=None)
+        sp.add_argument("--seed", type=int, default=None)
+
+    g = sub.add_parser("generate", help="continue a prompt and stream the text to stdout")
+    model_args(g)
+    g.add_argument("--format", choices=["raw", "world-chat", "raven-chat", "g1-chat"], default="raw",
+                   help="raw continuation (default), or wrap the prompt as one chat turn")
+    g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    g.add_argument("prompt", help="the prompt; '-' reads it from stdin")
+    g.set_defaults(func=_generate)
+
+    c = sub.add_parser("chat", help="chat in the terminal; the model's state is kept between turns")
+    model_args(c)
+    c.add_argument("--system", default=None, help="a system prompt")
+    c.add_argument("--think", choices=["on", "off"], default=None, help="G1 reasoning models: think first")
+    c.set_defaults(func=_chat)
+    return p
+
+
+def _params(args, **defaults):
+    from engine.sampling import SamplingParams
+
+    values = dict(defaults)
+    for name in ("max_tokens", "temperature", "top_p", "top_k", "presence_penalty",
+                 "frequency_penalty", "penalty_decay", "seed"):
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    try:
+        return SamplingParams(**values)
+    except ValueError as e:
+        from engine.errors import RoostError
+
+        raise RoostError(f"bad sampling setting: {e}") from None
+
+
+def _load(args):
+    import engine
+
+    print(f"Loading {args.model} ({args.strategy}) ...", file=sys.stderr, flush=True)
+    model = engine.load_model(args.model, args.strategy)
+    print(f"{model.config.label}, loaded in {model.load_seconds:.1f} s", file=sys.stderr, flush=True)
+    return model
+
+
+def _stream(gen) -> None:
+    for piece in gen:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+
+def _generate(args) -> int:
+    from engine.generate import Generation
+    from engine.prompts import FORMATS, Message, build_prompt
+
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if args.format == "raw":
+        text, stops = prompt, tuple(args.stop)
+        params = _params(args, max_tokens=200, presence_penalty=0.0, frequency_penalty=0.3,
+                         top_p=0.7, stop=stops)
+    else:
+        fmt = FORMATS[args.format]
+        text = build_prompt(fmt, [Message("user", prompt)])
+        params = _params(args, stop=tuple(args.stop) + fmt.stop_strings)
+    model = _load(args)
+    gen = Generation(model, text, params)
+    try:
+        _stream(gen)
+    except KeyboardInterrupt:
+        gen.stop()
+    print()
+    r = gen.result
+    print(f"[{len(r.tokens)} tokens, {r.tokens_per_second:.1f} tok/s, {r.finish_reason}]", file=sys.stderr)
+    return 0
+
+
+def _chat(args) -> int:
+    from engine.chat import ChatSession
+    from engine.prompts import G1_CHAT, default_format
+
+    model = _load(args)
+    fmt = G1_CHAT if args.think else default_format(model.vocab_size)
+    think = None if args.think is None else args.think == "on"
+    session = ChatSession(model, fmt, _params(args), system=args.system, think=think)
+    print("Type a message and press Enter. /reset starts over, /exit quits. "
+          "输入消息后回车；/reset 重新开始，/exit 退出。", file=sys.stderr)
+    while True:
+        try:
+            line = input(f"\n{fmt.user}: ")
+        except EOFError:
+            return 0
+        if line.strip() in ("/exit", "/quit"):
+            return 0
+        if line.strip() == "/reset":
+            session.reset()
+            print("(conversation reset / 对话已重置)", file=sys.stderr)
+            continue
+        if not line.strip():
+            continue
+        print(f"\n{fmt.assistant}:", end="", flush=True)
+        gen = session.send(line)
+        try:
+            _stream(gen)
+        except KeyboardInterrupt:
+            gen.stop()
+            print(" [stopped]", end="")
+        session.finish(gen)
+        print()

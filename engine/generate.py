@@ -1,0 +1,184 @@
+"""Streaming generation with stop strings, a thread-safe stop flag and reusable state.
+
+    gen = Generation(model, "User: hi\\n\\nAssistant:", SamplingParams(stop=("\\n\\n",)))
+    for piece in gen:          # text pieces as soon as they are whole UTF-8 characters
+        print(piece, end="")
+    gen.result.finish_reason   # "stop" | "length" | "cancelled"
+    gen.result.state           # the model state after the prompt and every token fed back
+
+Another thread may call ``gen.stop()`` (or set the :class:`StopFlag` passed in): generation ends
+before the next token is computed. A stop string is never emitted, not even its beginning: text
+that could start one is held back until it is clear.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.sampling import PenaltyTracker, SamplingParams, sample_logits
+from engine.tokenizer import StreamDecoder
+
+
+class StopFlag:
+    """A thread-safe flag: set it from any thread to stop a generation within one token."""
+
+    def __init__(self):
+        self._event = threading.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def clear(self) -> None:
+        self._event.clear()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+
+@dataclass
+class GenerationResult:
+    text: str = ""  # what was emitted (stop string excluded)
+    tokens: list[int] = field(default_factory=list)  # every sampled token (end-of-text excluded)
+    finish_reason: str = ""  # "stop" (stop string or end of text) | "length" | "cancelled"
+    stop_string: str | None = None
+    state: object = None  # model state after the prompt and tokens[:n_fed]
+    n_fed: int = 0  # how many of ``tokens`` the state has seen (the last one usually not)
+    prompt_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+
+    @property
+    def unfed_tokens(self) -> list[int]:
+        return self.tokens[self.n_fed:]
+
+    @property
+    def tokens_per_second(self) -> float:
+        return len(self.tokens) / self.decode_seconds if self.decode_seconds > 0 else 0.0
+
+
+class Generation:
+    """An iterator of text pieces; after it ends, :attr:`result` holds the outcome."""
+
+    def __init__(self, model, prompt: str | Sequence[int], params: SamplingParams, *,
+                 state=None, stop_flag: StopFlag | None = None, chunk_size: int = 256,
+                 on_prefill_progress: Callable[[int, int], None] | None = None):
+        self.model = model
+        self.params = params
+        self.prompt_tokens = model.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        if not self.prompt_tokens:
+            raise ValueError("the prompt is empty")
+        self.state = state
+        self.stop_flag = stop_flag or StopFlag()
+        self.chunk_size = chunk_size
+        self.on_prefill_progress = on_prefill_progress
+        self.result = GenerationResult(prompt_tokens=len(self.prompt_tokens))
+        self._iter = self._run()
+
+    def __iter__(self) -> Iterator[str]:
+        return self._iter
+
+    def __next__(self) -> str:
+        return next(self._iter)
+
+    def stop(self) -> None:
+        self.stop_flag.set()
+
+    def run(self) -> GenerationResult:
+        """Consume the whole generation and return the result."""
+        for _ in self:
+            pass
+        return self.result
+
+    def _run(self) -> Iterator[str]:
+        res, params, model = self.result, self.params, self.model
+        tok = model.tokenizer
+        t0 = time.perf_counter()
+        state, logits = self.state, None
+        total = len(self.prompt_tokens)
+        for c0 in range(0, total, self.chunk_size):
+            if self.stop_flag.is_set():  # stopped mid-prompt: no state that matches any text
+                res.state, res.finish_reason = None, "cancelled"
+                return
+            logits, state = model.forward(self.prompt_tokens[c0:c0 + self.chunk_size], state)
+            if self.on_prefill_progress:
+                self.on_prefill_progress(min(c0 + self.chunk_size, total), total)
+        res.state = state
+        res.prefill_seconds = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        seed = params.seed if params.seed is not None else random.randrange(2 ** 63)
+        gen = torch.Generator().manual_seed(seed)
+        penalties = PenaltyTracker(logits.numel(), params)
+        stops = set(params.stop_tokens) | ({tok.eos_token} if tok.eos_token is not None else set())
+        decoder = StreamDecoder(tok)
+        pending = ""
+        res.finish_reason = "length"
+        try:
+            for i in range(params.max_tokens):
+                if self.stop_flag.is_set():
+                    res.finish_reason = "cancelled"
+                    break
+                token = sample_logits(penalties.apply(logits), params, gen)
+                if token in stops:
+                    res.finish_reason = "stop"
+                    break
+                res.tokens.append(token)
+                penalties.update(token)
+                pending += decoder.feed(token)
+                hit = _find_stop(pending, params.stop)
+                if hit is not None:
+                    cut, res.stop_string = hit
+                    res.finish_reason = "stop"
+                    pending = pending[:cut]
+                    break
+                safe = len(pending) - _held_back(pending, params.stop)
+                if safe > 0:
+                    res.text += pending[:safe]
+                    yield pending[:safe]
+                    pending = pending[safe:]
+                if i + 1 == params.max_tokens:
+                    break
+                logits, state = model.forward([token], state)
+                res.state, res.n_fed = state, len(res.tokens)
+            if res.stop_string is None:
+                pending += decoder.flush()
+                hit = _find_stop(pending, params.stop)
+                if hit is not None:
+                    pending, res.stop_string, res.finish_reason = pending[:hit[0]], hit[1], "stop"
+            if pending:
+                res.text += pending
+                yield pending
+        finally:
+            res.decode_seconds = time.perf_counter() - t0
+
+
+def _find_stop(text: str, stops: Sequence[str]) -> tuple[int, str] | None:
+    """The earliest stop string in ``text``: (its index, the string)."""
+    best = None
+    for s in stops:
+        i = text.find(s)
+        if i >= 0 and (best is None or i < best[0]):
+            best = (i, s)
+    return best
+
+
+def _held_back(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest end of ``text`` that is the start of some stop string."""
+    longest = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), longest, -1):
+            if text.endswith(s[:n]):
+                longest = n
+                break
+    return longest
+
+
+def generate(model, prompt: str | Sequence[int], params: SamplingParams, **kwargs) -> GenerationResult:
+    """Generate to the end and return the result (see :class:`Generation`)."""
+    return Generation(model, prompt, params, **kwargs).run()

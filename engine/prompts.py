@@ -1,0 +1,81 @@
+"""Prompt formats, as pure functions.
+
+World models (RWKV-5/6/7, G1): ``System: ...\\n\\nUser: ...\\n\\nAssistant: ...\\n\\n``. A blank line
+(``\\n\\n``) ends a turn in their training data, so blank lines inside a message become single
+newlines. RWKV-4 Raven uses ``Bob:`` / ``Alice:``. G1 reasoning models think inside
+``<think>...</think>`` before answering; "no think" pre-fills an empty thought. Completion is the
+raw text, continued as is (the novel models).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str  # "system" | "user" | "assistant"
+    content: str
+    verbatim: bool = False  # a reply exactly as the model wrote it (after "Assistant:"), not cleaned
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    name: str
+    user: str  # the user's role name in the transcript
+    assistant: str
+    system: str | None  # None: system text is put at the start without a role
+    stop_strings: tuple[str, ...]
+    reasoning: bool = False
+
+    def turn(self, message: Message) -> str:
+        if message.verbatim:
+            return f"{self.assistant}:{message.content}\n\n"
+        text = clean(message.content)
+        if message.role == "user":
+            return f"{self.user}: {text}\n\n"
+        if message.role == "assistant":
+            return f"{self.assistant}: {text}\n\n"
+        if message.role == "system":
+            return f"{self.system}: {text}\n\n" if self.system else f"{text}\n\n"
+        raise ValueError(f"unknown role {message.role!r}")
+
+    def reply_prefix(self, think: bool | None = None) -> str:
+        """What the prompt ends with so that the model writes the assistant's reply."""
+        if not self.reasoning or think is None:
+            return f"{self.assistant}:"
+        return f"{self.assistant}: <think" if think else f"{self.assistant}: <think>\n</think>"
+
+
+WORLD_CHAT = PromptFormat("world-chat", "User", "Assistant", "System", ("\n\nUser:", "\n\n"))
+G1_CHAT = PromptFormat("g1-chat", "User", "Assistant", "System", ("\n\nUser:",), reasoning=True)
+RAVEN_CHAT = PromptFormat("raven-chat", "Bob", "Alice", None, ("\n\nBob:", "\n\n"))
+FORMATS = {f.name: f for f in (WORLD_CHAT, G1_CHAT, RAVEN_CHAT)}
+
+
+def clean(text: str) -> str:
+    """Strip a message and turn blank lines into single newlines (a blank line ends a turn)."""
+    text = text.replace("\r\n", "\n").strip()
+    return re.sub(r"\n\s*\n+", "\n", text)
+
+
+def build_prompt(fmt: PromptFormat, messages: list[Message], *, think: bool | None = None) -> str:
+    """The whole transcript, ending where the assistant's next reply begins."""
+    return "".join(fmt.turn(m) for m in messages) + fmt.reply_prefix(think)
+
+
+def split_reasoning(text: str) -> tuple[str, str]:
+    """(reasoning, answer) of a G1 reply that starts inside ``<think``; works on partial text."""
+    body = text[1:] if text.startswith(">") else text  # the prompt ended with "<think"
+    if body.startswith("<think>"):
+        body = body[len("<think>"):]
+    end = body.find("</think>")
+    if end < 0:
+        return body.strip(), ""
+    return body[:end].strip(), body[end + len("</think>"):].strip()
+
+
+def default_format(vocab_size: int) -> PromptFormat:
+    """Raven chat for the 20B-tokenizer models, World chat for the rest."""
+    return RAVEN_CHAT if vocab_size in (50277, 50304) else WORLD_CHAT

@@ -1,0 +1,98 @@
+"""Sampling parameters and the sampler, with ChatRWKV / RWKV-Runner semantics.
+
+Penalties: every generated token t has an occurrence count; before sampling,
+``logits[t] -= presence_penalty + count[t] * frequency_penalty``; after each token every count is
+multiplied by ``penalty_decay`` and the chosen token's count grows by 1. Prompt tokens do not count.
+Temperature is applied after the top-p / top-k cut, as ``probs ** (1 / temperature)``; 0 is greedy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0
+    top_p: float = 0.3
+    top_k: int = 0  # 0: off
+    presence_penalty: float = 0.5
+    frequency_penalty: float = 0.5
+    penalty_decay: float = 0.996
+    stop: tuple[str, ...] = ()
+    banned_tokens: tuple[int, ...] = ()
+    max_tokens: int = 500
+    seed: int | None = None
+    stop_tokens: tuple[int, ...] = field(default=())  # besides the tokenizer's end-of-text
+
+    def __post_init__(self):
+        for name in ("stop", "banned_tokens", "stop_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = (value,)
+            object.__setattr__(self, name, tuple(value))
+        checks = [
+            (0 <= self.temperature <= 5, "temperature must be between 0 and 5"),
+            (0 <= self.top_p <= 1, "top_p must be between 0 and 1"),
+            (self.top_k >= 0, "top_k must be 0 (off) or more"),
+            (-2.5 <= self.presence_penalty <= 2.5, "presence_penalty must be between -2.5 and 2.5"),
+            (-2.5 <= self.frequency_penalty <= 2.5, "frequency_penalty must be between -2.5 and 2.5"),
+            (0 < self.penalty_decay <= 1, "penalty_decay must be above 0 and at most 1"),
+            (self.max_tokens >= 0, "max_tokens must be 0 or more"),
+            (all(s for s in self.stop), "stop strings cannot be empty"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def replace(self, **changes) -> "SamplingParams":
+        return dataclasses.replace(self, **changes)
+
+
+class PenaltyTracker:
+    """Occurrence counts of generated tokens, as one float tensor over the vocabulary."""
+
+    def __init__(self, vocab_size: int, params: SamplingParams):
+        self.params = params
+        self.counts = torch.zeros(vocab_size)
+        self.seen = torch.zeros(vocab_size, dtype=torch.bool)
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        p = self.params
+        if not (p.presence_penalty or p.frequency_penalty) or not self.seen.any():
+            return logits
+        penalty = (p.presence_penalty + self.counts * p.frequency_penalty) * self.seen
+        return logits - penalty
+
+    def update(self, token: int) -> None:
+        self.counts.mul_(self.params.penalty_decay)
+        self.counts[token] += 1
+        self.seen[token] = True
+
+
+def sample_logits(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None) -> int:
+    """Pick a token from float32 ``logits [vocab]``."""
+    logits = logits.float()
+    if params.banned_tokens:
+        logits = logits.clone()
+        logits[list(params.banned_tokens)] = float("-inf")
+    if params.temperature == 0:
+        return int(logits.argmax())
+    full = torch.softmax(logits, dim=-1)  # top_p is measured on the whole distribution
+    if params.top_k:
+        probs, top_ids = full.topk(min(params.top_k, full.numel()))
+    else:
+        probs, top_ids = full.sort(descending=True)
+    if params.top_p < 1:
+        cum = probs.cumsum(-1)
+        keep = int((cum < params.top_p).sum()) + 1  # the smallest set reaching top_p, at least one
+        probs = probs[:keep]
+    if params.temperature != 1:
+        probs = probs ** (1.0 / params.temperature)
+    if not torch.isfinite(probs).all() or probs.sum() <= 0:
+        return int(top_ids[0])
+    choice = torch.multinomial(probs / probs.sum(), 1, generator=generator)
+    return int(top_ids[choice])

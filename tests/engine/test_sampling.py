@@ -1,0 +1,82 @@
+"""The sampler and the penalties, with ChatRWKV semantics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.sampling import PenaltyTracker, SamplingParams, sample_logits
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_greedy_and_its_equivalents_pick_the_argmax():
+    logits = torch.randn(1000, generator=gen(1))
+    best = int(logits.argmax())
+    assert sample_logits(logits, SamplingParams(temperature=0), gen()) == best
+    assert sample_logits(logits, SamplingParams(top_k=1), gen()) == best
+    assert sample_logits(logits, SamplingParams(top_p=0.0), gen()) == best
+
+
+def test_top_p_keeps_only_the_nucleus():
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    picks = {sample_logits(logits, SamplingParams(top_p=0.7), gen(s)) for s in range(200)}
+    assert picks == {0, 1}
+    picks = {sample_logits(logits, SamplingParams(top_p=1.0), gen(s)) for s in range(400)}
+    assert picks == {0, 1, 2, 3}
+
+
+def test_top_k_limits_the_candidates():
+    logits = torch.log(torch.tensor([0.4, 0.3, 0.2, 0.1]))
+    picks = {sample_logits(logits, SamplingParams(top_p=1.0, top_k=2), gen(s)) for s in range(200)}
+    assert picks == {0, 1}
+
+
+def test_banned_tokens_are_never_chosen():
+    logits = torch.tensor([5.0, 1.0, 0.0])
+    assert sample_logits(logits, SamplingParams(temperature=0, banned_tokens=[0]), gen()) == 1
+    assert all(sample_logits(logits, SamplingParams(top_p=1, banned_tokens=(0,)), gen(s)) != 0 for s in range(50))
+
+
+def test_low_temperature_sharpens():
+    logits = torch.log(torch.tensor([0.6, 0.4]))
+    hot = sum(sample_logits(logits, SamplingParams(top_p=1, temperature=2.0), gen(s)) for s in range(2000))
+    cold = sum(sample_logits(logits, SamplingParams(top_p=1, temperature=0.3), gen(s)) for s in range(2000))
+    assert cold < hot  # fewer picks of the less likely token when cold
+
+
+def test_penalties_follow_the_formula_with_decay():
+    p = SamplingParams(presence_penalty=0.4, frequency_penalty=0.3, penalty_decay=0.5)
+    t = PenaltyTracker(5, p)
+    t.update(2)
+    t.update(2)
+    t.update(3)
+    # token 2: count 1 -> decayed 0.5 -> +1 = 1.5 -> decayed 0.75; token 3: 1
+    out = t.apply(torch.zeros(5))
+    assert out[2].item() == pytest.approx(-(0.4 + 0.75 * 0.3))
+    assert out[3].item() == pytest.approx(-(0.4 + 1.0 * 0.3))
+    assert out[0].item() == 0 and out[4].item() == 0
+
+
+def test_a_penalty_changes_the_greedy_choice():
+    p = SamplingParams(temperature=0, presence_penalty=1.0, frequency_penalty=0.0)
+    t = PenaltyTracker(3, p)
+    logits = torch.tensor([2.0, 1.5, 0.0])
+    assert sample_logits(t.apply(logits), p) == 0
+    t.update(0)
+    assert sample_logits(t.apply(logits), p) == 1
+
+
+@pytest.mark.parametrize("bad", [dict(temperature=-1), dict(top_p=1.5), dict(top_k=-1),
+                                 dict(penalty_decay=0), dict(max_tokens=-1), dict(stop=("",))])
+def test_invalid_parameters_are_refused(bad):
+    with pytest.raises(ValueError):
+        SamplingParams(**bad)
+
+
+def test_lists_become_tuples_and_replace_works():
+    p = SamplingParams(stop=["a"], banned_tokens=[1, 2])
+    assert p.stop == ("a",) and p.banned_tokens == (1, 2)
+    assert p.replace(top_k=5).top_k == 5
