@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -35,8 +36,7 @@ def make_checkpoint(tmp_path_factory):
     def make(arch: str, suffix: str = ".pth", **kw) -> Path:
         key = (arch, suffix, tuple(sorted(kw.items())))
         if key not in cache:
-            folder = root / f"m{len(cache)}"
-            folder.mkdir()
+            folder = Path(tempfile.mkdtemp(dir=root))
             path = save_checkpoint(folder / f"model-{arch}{suffix}", arch, **kw)
             if kw.get("vocab") == 50277:  # Raven models come with the 20B tokenizer beside them
                 shutil.copy(SHARED / "data" / "20B_tokenizer.json", folder / "20B_tokenizer.json")
