@@ -41,10 +41,7 @@ class Int8Linear:
 
     def __init__(self, weight: torch.Tensor, *, device: str | torch.device = "cpu",
                  kernel: str | None = None):
-        w = weight.to(device=device, dtype=torch.float32)
-        scale = w.abs().amax(dim=1).clamp(min=1e-10) / 127.0
-        q = torch.round(w / scale.unsqueeze(1)).clamp_(-127, 127).to(torch.int8).contiguous()
-        del w
+        q, scale = quantize_rows(weight, device)
         self.shape = tuple(q.shape)
         self.scale = scale  # float32 (out,)
         self.kernel = kernel or default_kernel(q.device)
@@ -96,6 +93,21 @@ class Int8Linear:
 
     def nbytes(self) -> int:
         return self.shape[0] * self.shape[1] + self.scale.numel() * 4
+
+
+def quantize_rows(weight: torch.Tensor, device, block: int = 1 << 22) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per output row, a block of rows at a time so that the float32 work space
+    stays small (the output head is 65536 rows: converting it whole would spike RAM by GBs)."""
+    rows, cols = weight.shape
+    q = torch.empty(rows, cols, dtype=torch.int8, device=device)
+    scale = torch.empty(rows, dtype=torch.float32, device=device)
+    step = max(1, block // cols)
+    for r0 in range(0, rows, step):
+        w = weight[r0:r0 + step].to(device=device, dtype=torch.float32)
+        s = w.abs().amax(dim=1).clamp(min=1e-10) / 127.0
+        q[r0:r0 + step] = w.div_(s.unsqueeze(1)).round_().clamp_(-127, 127).to(torch.int8)
+        scale[r0:r0 + step] = s
+    return q, scale
 
 
 @functools.cache

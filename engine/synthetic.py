@@ -43,8 +43,10 @@ def make_weights(arch: str, *, n_layer: int = 2, n_embd: int = 128, vocab: int =
     res_scale = (2 * n_layer) ** -0.5
     frequent = torch.randperm(vocab, generator=g)[:64]
     head[frequent] *= 6.0
-    w = {"emb.weight": randn(vocab, c), "head.weight": head,
-         "ln_out.weight": uniform(0.8, 1.2, c), "ln_out.bias": randn(c, std=0.1)}
+    w = _Converting(dtype)  # each tensor is cast as it is made: a 7B model never exists in fp32
+    w.update({"emb.weight": randn(vocab, c), "head.weight": head,
+              "ln_out.weight": uniform(0.8, 1.2, c), "ln_out.bias": randn(c, std=0.1)})
+    del head
     for i in range(n_layer):
         p = f"blocks.{i}."
         lns = ("ln0", "ln1", "ln2") if i == 0 else ("ln1", "ln2")
@@ -103,7 +105,20 @@ def make_weights(arch: str, *, n_layer: int = 2, n_embd: int = 128, vocab: int =
             w[p + "att.time_state"] = randn(h, head_size, head_size, std=0.3)
         if arch == "v7.0":
             _v7_layer(w, p, i, c, h, head_size, randn, uniform)
-    return {k: v.to(dtype).contiguous() for k, v in w.items()}
+    return dict(w)
+
+
+class _Converting(dict):
+    def __init__(self, dtype):
+        super().__init__()
+        self.dtype = dtype
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value.to(self.dtype).contiguous())
+
+    def update(self, other):
+        for k, v in other.items():
+            self[k] = v
 
 
 def _v7_layer(w, p, i, c, h, n, randn, uniform) -> None:
