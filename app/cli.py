@@ -63,6 +63,13 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--system", default=None, help="a system prompt")
     c.add_argument("--think", choices=["on", "off"], default=None, help="G1 reasoning models: think first")
     c.set_defaults(func=_chat)
+
+    d = sub.add_parser("doctor", help="what this machine has, and what it can run")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=_doctor)
+    m = sub.add_parser("models", help="the catalog of official models, with what fits this machine")
+    m.add_argument("--all", action="store_true", help="every release, not only the newest of each size")
+    m.set_defaults(func=_models)
     return p
 
 
@@ -154,3 +161,55 @@ def _chat(args) -> int:
             print(" [stopped]", end="")
         session.finish(gen)
         print()
+
+
+def _doctor(args) -> int:
+    import json
+
+    from app.core.catalog import load_catalog, recommend
+    from app.core.hardware import probe
+    from engine.memory import gib
+
+    machine = probe()
+    model, advice = recommend(load_catalog(), machine)
+    if args.json:
+        print(json.dumps({"machine": machine.to_dict(), "recommended": {
+            "model": model.id, "strategy": advice.strategy, "label": advice.label,
+            "reason": advice.reason}}, indent=1, ensure_ascii=False))
+        return 0
+    print(f"System     {machine.os}")
+    print(f"CPU        {machine.cpu_name}, {machine.cpu_cores} cores")
+    print(f"RAM        {gib(machine.ram_total)} total, {gib(machine.ram_free)} free")
+    for g in machine.gpus:
+        cc = f", compute {g.compute_capability[0]}.{g.compute_capability[1]}" if g.compute_capability else ""
+        print(f"GPU {g.index}      {g.name}: {gib(g.total_bytes)} total, {gib(g.free_bytes)} free{cc}")
+    if not machine.gpus:
+        print("GPU        no NVIDIA GPU found" + (" (Apple MPS available)" if machine.mps else ""))
+    for note in machine.notes:
+        print(f"Note       {note}")
+    print(f"Suggested  {model.display} with '{advice.strategy}': {advice.reason}")
+    print(f"建议       {model.display}，策略 '{advice.strategy}'：{advice.reason_zh}")
+    return 0
+
+
+def _models(args) -> int:
+    from app.core.advisor import choose_strategy
+    from app.core.catalog import load_catalog
+    from app.core.hardware import probe
+    from engine.memory import gib
+
+    machine = probe()
+    models = load_catalog()
+    if not args.all:
+        newest: dict = {}
+        for m in models:
+            key = (m.family, m.params)
+            if key not in newest or m.date > newest[key].date:
+                newest[key] = m
+        models = sorted(newest.values(), key=lambda m: (m.version, m.billions))
+    print(f"{'model':<22} {'size':>8} {'strategy':<30} {'speed':<7} {'fit':<34} file")
+    for m in models:
+        a = choose_strategy(m.shape, machine)
+        print(f"{m.display:<22} {gib(m.size_bytes):>8} {a.strategy:<30} {a.speed:<7} "
+              f"{a.label + ' / ' + a.label_zh:<34} {m.file}")
+    return 0

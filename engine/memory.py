@@ -53,16 +53,28 @@ def layer_numels(t: TensorFile, cfg: ModelConfig) -> list[tuple[int, int]]:
     return [tuple(x) for x in out]
 
 
-def estimate(t: TensorFile, cfg: ModelConfig, strategy: Strategy, chunk_len: int = 128) -> MemoryEstimate:
-    """Bytes needed on each device by ``cfg`` run with ``strategy`` (weights, state, work space)."""
+def shape_numels(cfg: ModelConfig) -> list[tuple[int, int]]:
+    """(big-matrix elements, other elements) per block from the configuration alone, for models
+    not downloaded yet (a catalog entry). Low-rank and per-channel tensors are a few percent."""
+    c, a, f = cfg.n_embd, cfg.n_att, cfg.n_ffn
+    big = (4 if cfg.version in (4, 7) else 5) * a * c + 2 * f * c + (c * c if cfg.version < 7 else 0)
+    small = 20 * c + (c * 512 if cfg.version >= 6 else 0)
+    return [(big, small)] * cfg.n_layer
+
+
+def estimate(t: TensorFile | None, cfg: ModelConfig, strategy: Strategy, chunk_len: int = 128) -> MemoryEstimate:
+    """Bytes needed on each device by ``cfg`` run with ``strategy`` (weights, state, work space).
+
+    From the checkpoint's tensor shapes when ``t`` is given, else from ``cfg`` alone."""
     placements = plan_layers(strategy, cfg.n_layer)
+    numels = layer_numels(t, cfg) if t is not None else shape_numels(cfg)
     need: dict[str, int] = {}
 
     def add(dev: str, n: int) -> None:
         need[dev] = need.get(dev, 0) + int(n)
 
     add("cpu", cfg.vocab_size * cfg.n_embd * 4)  # the embedding: float32, on the CPU
-    for (big, small), place in zip(layer_numels(t, cfg), placements):
+    for (big, small), place in zip(numels, placements):
         st = place.stage
         big_bytes = big * (1 + 4 / cfg.n_embd) if st.int8 else big * _BYTES[st.dtype]
         small_bytes = small * 4

@@ -44,3 +44,14 @@ def test_errors_are_one_plain_line(tmp_path):
 def test_version_and_help():
     assert roost("--version").stdout.startswith("roost ")
     assert "chat" in roost().stdout
+
+
+def test_doctor_and_models_describe_this_machine():
+    import json
+
+    r = roost("doctor", "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["machine"]["ram_total"] > 0 and report["recommended"]["strategy"]
+    r = roost("models")
+    assert r.returncode == 0 and "RWKV-7 G1" in r.stdout and "runs well" in r.stdout

@@ -1,0 +1,141 @@
+"""Which strategy runs a model best on a machine, whether it fits, and why: pure functions.
+
+Memory needs come from the engine's estimate over the model's shape (engine.memory), so the
+advice and the loader's own check agree. Every choice carries one sentence in English and Chinese.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.core.hardware import Machine
+from engine.checkpoint import ModelConfig
+from engine.memory import estimate, gib
+from engine.strategy import parse_strategy
+
+GPU_RESERVE = 300 * 1024 ** 2  # left free on the card for the driver and other programs
+OS_SHARE = 0.85  # of total RAM, the most a model can ever get: the OS and desktop keep the rest
+# effective bytes/s a token's weights are read at, to class the expected speed
+CPU_READ, GPU_READ, MPS_READ = 15e9, 400e9, 80e9
+RUNS_WELL, CLOSE_OTHERS, WILL_NOT_FIT = "runs well", "runs, close other programs first", "will not fit"
+LABELS_ZH = {RUNS_WELL: "运行流畅", CLOSE_OTHERS: "可运行，请先关闭其他程序", WILL_NOT_FIT: "内存不足，无法运行"}
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    version: int
+    n_layer: int
+    n_embd: int
+    vocab_size: int = 65536
+
+    def config(self) -> ModelConfig:
+        arch = {4: "v4", 5: "v5.2", 6: "v6.0", 7: "v7.0"}[self.version]
+        ffn = int(self.n_embd * 3.5) // 32 * 32 if self.version in (5, 6) else 4 * self.n_embd
+        return ModelConfig(arch=arch, n_layer=self.n_layer, n_embd=self.n_embd, vocab_size=self.vocab_size,
+                           n_att=self.n_embd, n_ffn=ffn, n_head=0 if self.version == 4 else self.n_embd // 64,
+                           head_size=0 if self.version == 4 else 64)
+
+
+@dataclass(frozen=True)
+class Advice:
+    strategy: str
+    label: str
+    tokens_per_second: float  # a rough expectation, for the speed class
+    reason: str
+    reason_zh: str
+    need: dict  # bytes per device
+
+    @property
+    def speed(self) -> str:
+        t = self.tokens_per_second
+        return "fast" if t >= 15 else "usable" if t >= 4 else "slow"
+
+    @property
+    def label_zh(self) -> str:
+        return LABELS_ZH[self.label]
+
+
+def need_for(shape: ModelShape, strategy: str) -> dict[str, int]:
+    est = estimate(None, shape.config(), parse_strategy(strategy)).per_device
+    return {("cuda:0" if k == "cuda" else k): v for k, v in est.items()}
+
+
+def _bytes_per_token(shape: ModelShape, bytes_per_weight: float) -> float:
+    cfg = shape.config()
+    big = sum(b for b, _ in __import__("engine.memory", fromlist=["x"]).shape_numels(cfg))
+    return (big + cfg.vocab_size * cfg.n_embd) * bytes_per_weight
+
+
+def _label(need: dict[str, int], machine: Machine) -> str:
+    worst = RUNS_WELL
+    for dev, n in need.items():
+        if dev in ("cpu", "mps"):
+            free, total = machine.ram_free, machine.ram_total * OS_SHARE
+        else:
+            gpu = machine.gpus[int(dev.split(":")[1])]
+            free, total = gpu.free_bytes - GPU_RESERVE, gpu.total_bytes - GPU_RESERVE
+        if n > total:
+            return WILL_NOT_FIT
+        if n > free:
+            worst = CLOSE_OTHERS
+    return worst
+
+
+def choose_strategy(shape: ModelShape, machine: Machine) -> Advice:
+    """The fastest strategy that fits, with its label and a one-sentence reason."""
+    gpu = machine.usable_gpu
+    if gpu is not None:
+        room = gpu.free_bytes - GPU_RESERVE
+        for strategy, bpw, what, what_zh in (
+            ("cuda fp16", 2, "the whole model fits in the GPU's free memory in half precision",
+             "整个模型以半精度放入显卡空闲显存"),
+            ("cuda fp16i8", 1, "the model fits in the GPU's free memory with 8-bit weights",
+             "模型以 8 位权重放入显卡空闲显存"),
+        ):
+            need = need_for(shape, strategy)
+            if need.get("cuda:0", 0) <= room and need.get("cpu", 0) <= machine.ram_free:
+                tps = GPU_READ / _bytes_per_token(shape, bpw)
+                return Advice(strategy, RUNS_WELL, tps,
+                              f"{gpu.name}: {what} ({gib(need['cuda:0'])} of {gib(room)} free).",
+                              f"{gpu.name}：{what_zh}（需要 {gib(need['cuda:0'])}，空闲 {gib(room)}）。", need)
+        k = _gpu_layers(shape, room)
+        if k >= 1:
+            strategy = f"cuda fp16i8 *{k} -> cpu fp32i8"
+            need = need_for(shape, strategy)
+            label = _label(need, machine)
+            if label != WILL_NOT_FIT:
+                frac = k / (shape.n_layer + 1)
+                tps = 1 / (frac * _bytes_per_token(shape, 1) / GPU_READ + (1 - frac) * _bytes_per_token(shape, 1) / CPU_READ)
+                return Advice(strategy, label, tps,
+                              f"{gpu.name} has {gib(room)} free: {k} of {shape.n_layer + 1} layers run on it "
+                              "with 8-bit weights, the rest on the CPU.",
+                              f"{gpu.name} 空闲显存 {gib(room)}：{k}/{shape.n_layer + 1} 层在显卡上以 8 位权重运行，其余在 CPU 上。",
+                              need)
+    if machine.mps:
+        need = need_for(shape, "mps fp32")
+        if need.get("mps", 0) + need.get("cpu", 0) <= machine.ram_free:
+            return Advice("mps fp32", RUNS_WELL, MPS_READ / _bytes_per_token(shape, 4),
+                          "Apple Silicon GPU (MPS), in full precision: it fits in the free unified memory.",
+                          "使用 Apple 芯片的 GPU（MPS），全精度，可放入空闲的统一内存。", need)
+    need = need_for(shape, "cpu int8")
+    label = _label(need, machine)
+    why_no_gpu = ("no usable GPU" if gpu is None and not machine.mps else "the GPU is too small")
+    why_no_gpu_zh = "没有可用的显卡" if gpu is None and not machine.mps else "显卡显存不足"
+    return Advice("cpu int8", label, CPU_READ / _bytes_per_token(shape, 1),
+                  f"On the CPU with 8-bit weights ({why_no_gpu}): needs {gib(need['cpu'])} of RAM, "
+                  f"{gib(machine.ram_free)} free.",
+                  f"在 CPU 上以 8 位权重运行（{why_no_gpu_zh}）：需要内存 {gib(need['cpu'])}，空闲 {gib(machine.ram_free)}。",
+                  need)
+
+
+def _gpu_layers(shape: ModelShape, room: int) -> int:
+    """How many leading layers fit on the GPU with int8 weights (0 if none)."""
+    lo, hi = 0, shape.n_layer  # the head stays on the CPU stage
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        need = need_for(shape, f"cuda fp16i8 *{mid} -> cpu fp32i8")
+        if need.get("cuda:0", 0) <= room:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo

@@ -1,0 +1,86 @@
+"""Automatic strategy and fit labels over many imagined machines; the first-run recommendation."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.core.advisor import CLOSE_OTHERS, RUNS_WELL, WILL_NOT_FIT, ModelShape, choose_strategy
+from app.core.catalog import load_catalog, recommend
+from app.core.hardware import Gpu, Machine
+
+G = 1024 ** 3
+M_0_4B, M_1_5B, M_2_9B, M_7B, M_14B = (ModelShape(7, 24, 1024), ModelShape(7, 24, 2048), ModelShape(7, 32, 2560),
+                                       ModelShape(7, 32, 4096), ModelShape(4, 40, 5120, 50277))
+
+
+def pc(ram, free=None, gpu=None, vram_free=None, torch_cuda=True, mps=False):
+    gpus = (Gpu(0, f"GPU {gpu}GB", int(gpu * G), int((vram_free if vram_free is not None else gpu - 0.5) * G)),) if gpu else ()
+    return Machine("test", "cpu", 8, int(ram * G), int((free if free is not None else ram * 0.75) * G),
+                   gpus=gpus, torch_cuda=torch_cuda, mps=mps)
+
+
+@pytest.mark.parametrize("shape, machine, strategy, label", [
+    # no GPU: int8 on the CPU, labelled by RAM
+    (M_1_5B, pc(8), "cpu int8", RUNS_WELL),
+    (M_7B, pc(8), "cpu int8", WILL_NOT_FIT),
+    (M_7B, pc(16, free=6), "cpu int8", CLOSE_OTHERS),
+    (M_7B, pc(64), "cpu int8", RUNS_WELL),
+    (M_14B, pc(16), "cpu int8", WILL_NOT_FIT),
+    # cards from 2 to 80 GB
+    (M_0_4B, pc(16, gpu=2), "cuda fp16", RUNS_WELL),
+    (M_1_5B, pc(16, gpu=2), "cuda fp16i8", RUNS_WELL),
+    (M_2_9B, pc(16, gpu=2), "cuda fp16i8 *", RUNS_WELL),
+    (M_1_5B, pc(16, gpu=4), "cuda fp16", RUNS_WELL),
+    (M_7B, pc(16, gpu=4), "cuda fp16i8 *", RUNS_WELL),
+    (M_7B, pc(32, gpu=8), "cuda fp16i8", RUNS_WELL),
+    (M_7B, pc(32, gpu=6), "cuda fp16i8 *", RUNS_WELL),
+    (M_7B, pc(32, gpu=16), "cuda fp16", RUNS_WELL),
+    (M_7B, pc(64, gpu=24), "cuda fp16", RUNS_WELL),
+    (M_14B, pc(64, gpu=80), "cuda fp16", RUNS_WELL),
+    (M_14B, pc(16, gpu=8), "cuda fp16i8 *", RUNS_WELL),  # 21 layers on the card, 7.5 GB in RAM
+    (M_14B, pc(12, free=5, gpu=8), "cuda fp16i8 *", CLOSE_OTHERS),
+    # a busy card: free VRAM, not total, decides
+    (M_7B, pc(32, gpu=24, vram_free=4), "cuda fp16i8 *", RUNS_WELL),
+    # an NVIDIA card but a CPU build of torch: the CPU
+    (M_1_5B, pc(16, gpu=12, torch_cuda=False), "cpu int8", RUNS_WELL),
+    # Apple Silicon
+    (M_1_5B, pc(16, mps=True), "mps fp32", RUNS_WELL),
+    (M_7B, pc(16, mps=True), "cpu int8", RUNS_WELL),
+])
+def test_automatic_strategy(shape, machine, strategy, label):
+    advice = choose_strategy(shape, machine)
+    assert advice.strategy.startswith(strategy)
+    assert advice.label == label
+    assert advice.reason and advice.reason_zh and advice.label_zh
+
+
+def test_the_split_puts_as_many_layers_on_the_gpu_as_fit():
+    small = choose_strategy(M_7B, pc(32, gpu=4)).strategy
+    big = choose_strategy(M_7B, pc(32, gpu=6)).strategy
+    k_small, k_big = (int(s.split("*")[1].split()[0]) for s in (small, big))
+    assert 0 < k_small < k_big < 33
+
+
+def test_speed_classes_order_sensibly():
+    cpu = choose_strategy(M_7B, pc(64))
+    gpu = choose_strategy(M_7B, pc(64, gpu=24))
+    assert gpu.tokens_per_second > cpu.tokens_per_second and gpu.speed == "fast"
+
+
+def test_catalog_covers_the_families_with_both_languages():
+    models = load_catalog()
+    assert {m.family for m in models} >= {"RWKV-4 Raven", "RWKV-5 Eagle", "RWKV-6 Finch", "RWKV-7 G1"}
+    assert all(m.description and m.description_zh and len(m.sha256) == 64 for m in models)
+    raven = next(m for m in models if m.family == "RWKV-4 Raven")
+    assert raven.vocab_size == 50277 and raven.companions
+
+
+@pytest.mark.parametrize("machine, at_least, at_most", [
+    (pc(8), 0.1, 1.5),
+    (pc(32, gpu=24), 2.9, 20),
+    (pc(4, free=1), 0.1, 0.4),
+])
+def test_first_run_recommendation_is_a_g1_model_that_fits(machine, at_least, at_most):
+    model, advice = recommend(load_catalog(), machine)
+    assert model.family == "RWKV-7 G1"
+    assert at_least <= model.billions <= at_most
