@@ -57,3 +57,11 @@ def run_reference(path: Path, out: Path, tokens: list[int], split: int, *, v7: b
                        env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, f"reference run failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
     return torch.load(out)
+
+
+def top1_agreement(got, ref, tie: float = 0.0) -> float:
+    """Share of positions where `got` picks `ref`'s top token, or (with `tie` > 0) a token that `ref`
+    scores within `tie` of its best: a near-tie that any rounding may flip."""
+    best = ref.max(-1).values
+    picked = ref.gather(-1, got.argmax(-1, keepdim=True)).squeeze(-1)
+    return (picked >= best - tie).float().mean().item()

@@ -10,7 +10,7 @@ import torch
 
 from engine import load_model
 from engine.errors import StrategyError
-from tests.conftest import ARCHS, ROOT
+from tests.conftest import ARCHS, ROOT, top1_agreement
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -19,9 +19,10 @@ def test_bf16_picks_the_same_top_token_as_fp32(make_checkpoint, arch):
     tokens = torch.randint(0, 65536, (256,), generator=torch.Generator().manual_seed(5)).tolist()
     ref, _ = load_model(path, "cpu fp32").forward_all(tokens)
     got, _ = load_model(path, "cpu bf16").forward_all(tokens)
-    agree = (ref.argmax(-1) == got.argmax(-1)).float().mean().item()
+    strict = top1_agreement(got, ref)
+    agree = top1_agreement(got, ref, tie=0.1)  # a flip is allowed only where fp32's top two nearly tie
     assert got.dtype == torch.float32
-    assert agree >= 0.99, f"top-1 agreement {agree:.3f}"
+    assert agree >= 0.99 and strict >= 0.97, f"top-1 agreement {agree:.3f} (strict {strict:.3f})"
 
 
 def test_model_attributes(make_checkpoint):

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from engine import load_model
-from tests.conftest import ARCHS
+from tests.conftest import ARCHS, top1_agreement
 
 TOKENS = torch.randint(0, 65536, (256,), generator=torch.Generator().manual_seed(5)).tolist()
 
 
-def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a.argmax(-1) == b.argmax(-1)).float().mean().item()
+def agreement(a: torch.Tensor, b: torch.Tensor, tie: float = 0.0) -> float:
+    return top1_agreement(a, b, tie)
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -47,14 +47,17 @@ def fp32_logits(make_checkpoint):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("strategy, min_agree, max_err", [("cpu bf16", 0.99, 0.02), ("cpu int8", 0.95, 0.05)])
+# bf16: every pick is fp32's top token or a near-tie (within 0.1 logit; random models have a few
+# positions whose top two differ by less than bf16's rounding). int8: strict top-1 agreement.
+@pytest.mark.parametrize("strategy, min_agree, tie, max_err",
+                         [("cpu bf16", 0.99, 0.1, 0.02), ("cpu int8", 0.95, 0.0, 0.05)])
 @pytest.mark.parametrize("mode", ["seq", "one"])
-def test_low_precision_agrees_with_fp32(fp32_logits, arch, strategy, min_agree, max_err, mode):
+def test_low_precision_agrees_with_fp32(fp32_logits, arch, strategy, min_agree, tie, max_err, mode):
     path, ref = fp32_logits(arch, 4, 256, mode)
     model = load_model(path, strategy)
     got = model.forward_all(TOKENS)[0] if mode == "seq" else token_by_token(model, TOKENS)
     assert got.dtype == torch.float32
-    assert agreement(got, ref) >= min_agree
+    assert agreement(got, ref, tie) >= min_agree
     assert rel_err(got, ref) <= max_err
 
 
