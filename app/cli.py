@@ -3,12 +3,16 @@
     roost                       the desktop app (coming; prints help for now)
     roost generate --model PATH "prompt"
     roost chat --model PATH
+    roost doctor [--json]       what this machine has
+    roost models [--all]        the catalog with what fits this machine
+    roost download NAME         download a model into the models folder
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from app import __version__
 
@@ -70,6 +74,14 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="the catalog of official models, with what fits this machine")
     m.add_argument("--all", action="store_true", help="every release, not only the newest of each size")
     m.set_defaults(func=_models)
+    dl = sub.add_parser("download", help="download a model (resumable, sha256-verified)")
+    dl.add_argument("spec", help="a catalog name or file (see 'roost models --all'), or REPO_ID/FILE")
+    dl.add_argument("--models-dir", default=None, help="where models are kept (default: the per-user folder)")
+    dl.add_argument("--endpoint", default=None, help="Hugging Face endpoint (default: $HF_ENDPOINT or the Hub)")
+    dl.add_argument("--source", choices=["hf", "mirror", "modelscope"], default=None,
+                    help="preferred source: the Hub, hf-mirror.com or ModelScope (default: from Settings)")
+    dl.add_argument("--token", default=None, help="Hugging Face token (default: $HF_TOKEN)")
+    dl.set_defaults(func=_download)
     return p
 
 
@@ -213,3 +225,70 @@ def _models(args) -> int:
         print(f"{m.display:<22} {gib(m.size_bytes):>8} {a.strategy:<30} {a.speed:<7} "
               f"{a.label + ' / ' + a.label_zh:<34} {m.file}")
     return 0
+
+
+def _download(args) -> int:
+    import os
+
+    from app.core import paths
+    from app.core.catalog import load_catalog
+    from app.core.download import human_size
+    from app.core.library import download_target, target_for
+
+    folder = Path(args.models_dir).expanduser() if args.models_dir else paths.models_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = paths.load_settings()
+    source = args.source or settings.get("source") or "hf"
+    token = args.token or os.environ.get("HF_TOKEN") or settings.get("hf_token")
+    target = target_for(args.spec, load_catalog())
+    print(f"{target.repo}/{target.file} -> {folder}", file=sys.stderr)
+    bar = _ProgressBar()
+    try:
+        path = download_target(target, folder, source=source, endpoints={"hf": args.endpoint},
+                               token=token, progress=bar)
+    except KeyboardInterrupt:
+        bar.end()
+        print("Stopped; run the same command again to resume. 已停止；再次运行同一命令即可继续下载。",
+              file=sys.stderr)
+        return 130
+    bar.end()
+    note = "sha256 verified" if target.sha256 else "verified against the server's checksum where it gave one"
+    print(f"{path} ({human_size(path.stat().st_size)}, {note})")
+    return 0
+
+
+class _ProgressBar:
+    """One line on a terminal (redrawn), a line per 10% when output goes to a file."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.shown = -1
+        self.drawn = False
+
+    def __call__(self, p) -> None:
+        from app.core.download import human_size
+
+        frac = p.fraction or 0.0
+        eta = f"{int(p.eta // 60)}m{int(p.eta % 60):02d}s" if p.eta is not None else "--"
+        text = (f"{p.name[:40]:<40} {p.phase:<11} {frac * 100:5.1f}% {human_size(p.done):>9}"
+                f" / {human_size(p.total or 0):<9} {human_size(p.speed)}/s  ETA {eta}")
+        if self.tty:
+            width = 24
+            fill = int(frac * width)
+            self.stream.write("\r[" + "#" * fill + "-" * (width - fill) + "] " + text + "  ")
+            self.stream.flush()
+            self.drawn = True
+            if p.phase == "done":
+                self.end()
+        else:
+            step = int(frac * 10)
+            if step != self.shown or p.phase in ("verifying", "done"):
+                self.shown = step
+                print(text, file=self.stream, flush=True)
+
+    def end(self) -> None:
+        if self.tty and self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.drawn = False

@@ -1,0 +1,195 @@
+"""The models folder: what is installed, downloads of catalog models with their companion files,
+import of a file the user already has, delete, and unfinished downloads to resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.core import download
+from app.core.catalog import CatalogModel
+from app.core.download import (
+    ChecksumError,
+    Control,
+    DownloadError,
+    Progress,
+    human_size,
+)
+from app.core.sources import HUB, candidates
+
+MODEL_SUFFIXES = (".pth", ".safetensors")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One thing to download: a catalog model, or a REPO_ID/FILE the user named."""
+
+    repo: str
+    file: str
+    host: str = HUB
+    sha256: str | None = None
+    size: int | None = None
+    companions: tuple = ()  # ((repo, file, save_as), ...)
+    model: CatalogModel | None = None
+
+    @property
+    def name(self) -> str:
+        return Path(self.file).name
+
+
+def target_for(spec: str, catalog: list[CatalogModel]) -> Target:
+    """A catalog id or file name, or `owner/repo/path/to/file` for any file on the Hub."""
+    for m in catalog:
+        if spec in (m.id, m.file):
+            return from_catalog(m)
+    parts = spec.strip("/").split("/")
+    if len(parts) >= 3:
+        return Target("/".join(parts[:2]), "/".join(parts[2:]))
+    raise DownloadError(
+        f"'{spec}' is neither a model in the catalog (see 'roost models --all') nor REPO_ID/FILE "
+        f"such as BlinkDL/rwkv-7-world/RWKV-x070-World-0.1B-v2.8-20241210-ctx4096.pth.\n"
+        f"“{spec}” 既不是模型列表中的名称，也不是“仓库/文件”格式。")
+
+
+def from_catalog(m: CatalogModel) -> Target:
+    comps = tuple((dict(c)["repo"], dict(c)["file"], dict(c).get("save_as") or Path(dict(c)["file"]).name)
+                  for c in m.companions)
+    return Target(m.repo, m.file, m.host, m.sha256, m.size_bytes, comps, m)
+
+
+def download_target(target: Target, models_dir: str | os.PathLike, *, source: str = HUB,
+                    endpoints: dict[str, str] | None = None, token: str | None = None,
+                    progress: Callable[[Progress], None] | None = None,
+                    control: Control | None = None, **kw) -> Path:
+    """Companion files first (small), then the model; each verified. Returns the model's path."""
+    folder = Path(models_dir)
+    for repo, file, save_as in target.companions:
+        download.download_file(candidates(repo, file, HUB, source, endpoints), folder / save_as,
+                               token=token, progress=progress, control=control, **kw)
+    cands = candidates(target.repo, target.file, target.host, source, endpoints)
+    return download.download_file(cands, folder / target.name, sha256=target.sha256, size=target.size,
+                                  token=token, progress=progress, control=control, **kw)
+
+
+@dataclass
+class Installed:
+    path: Path
+    size: int
+    model: CatalogModel | None  # None for a file that is not in the catalog
+    missing_companions: tuple[str, ...] = ()
+
+
+def installed(models_dir: str | os.PathLike, catalog: list[CatalogModel]) -> list[Installed]:
+    folder = Path(models_dir)
+    by_file = {m.file: m for m in catalog}
+    out = []
+    for p in sorted(folder.iterdir()) if folder.is_dir() else ():
+        if p.suffix not in MODEL_SUFFIXES or not p.is_file():
+            continue
+        m = by_file.get(p.name)
+        missing = ()
+        if m is not None:
+            missing = tuple(t[2] for t in from_catalog(m).companions if not (folder / t[2]).is_file())
+        out.append(Installed(p, p.stat().st_size, m, missing))
+    return out
+
+
+@dataclass
+class Pending:
+    name: str
+    have: int
+    total: int | None
+
+
+def pending(models_dir: str | os.PathLike) -> list[Pending]:
+    """Unfinished downloads (a `.part` beside its sidecar) that a new download call resumes."""
+    out = []
+    for side in sorted(Path(models_dir).glob("*.part.json")):
+        part = side.with_suffix("")
+        try:
+            total = json.loads(side.read_text(encoding="utf-8")).get("size")
+        except (OSError, ValueError):
+            total = None
+        out.append(Pending(part.name[: -len(".part")], part.stat().st_size if part.exists() else 0, total))
+    return out
+
+
+def delete(path: str | os.PathLike, models_dir: str | os.PathLike, catalog: list[CatalogModel]) -> list[Path]:
+    """Delete a model (or an unfinished download of it) and companion files no other model needs."""
+    folder = Path(models_dir)
+    path = folder / Path(path).name
+    removed = []
+    for p in (path, path.with_name(path.name + ".part"), path.with_name(path.name + ".part.json")):
+        if p.exists():
+            p.unlink()
+            removed.append(p)
+    still = installed(folder, catalog)
+    needed = {t[2] for i in still if i.model for t in from_catalog(i.model).companions}
+    by_file = {m.file: m for m in catalog}
+    if path.name in by_file:
+        for _repo, _file, save_as in from_catalog(by_file[path.name]).companions:
+            comp = folder / save_as
+            if save_as not in needed and comp.exists():
+                comp.unlink()
+                removed.append(comp)
+    return removed
+
+
+def import_file(src: str | os.PathLike, models_dir: str | os.PathLike, catalog: list[CatalogModel],
+                progress: Callable[[Progress], None] | None = None) -> Installed:
+    """Copy a checkpoint the user already has into the models folder. It must open as an RWKV model
+    (nothing in it is executed); a file named like a catalog model must have that model's sha256."""
+    from engine.checkpoint import open_checkpoint
+
+    src = Path(src)
+    folder = Path(models_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not src.is_file():
+        raise DownloadError(f"{src} does not exist or is not a file.\n{src} 不存在或不是文件。")
+    tensors, _cfg = open_checkpoint(src)  # raises a CheckpointError that says what is wrong
+    tensors.close()
+    model = next((m for m in catalog if m.file == src.name), None)
+    dest = folder / src.name
+    size = src.stat().st_size
+    if dest.exists() and dest.resolve() == src.resolve():
+        return Installed(dest, size, model)
+    if dest.exists():
+        raise DownloadError(f"{dest} already exists; delete it first or rename the file you import.\n"
+                            f"{dest} 已存在；请先删除或重命名要导入的文件。")
+    download._check_disk(folder, size)
+    part = dest.with_name(dest.name + ".import")
+    h = hashlib.sha256()
+    meter = download._Meter(dest.name, size, progress)
+    try:
+        with open(src, "rb") as fi, open(part, "wb") as fo:
+            done = 0
+            while chunk := fi.read(8 << 20):
+                fo.write(chunk)
+                h.update(chunk)
+                done += len(chunk)
+                meter.report(done, "copying")
+        if model is not None and h.hexdigest() != model.sha256:
+            raise ChecksumError(
+                f"{src.name} has the name of an official model but not its content (sha256 differs): "
+                "the copy is damaged or incomplete. Download it again instead.\n"
+                f"{src.name} 与官方模型同名但内容不同（sha256 不符），文件可能已损坏或不完整，请重新下载。")
+        os.replace(part, dest)
+    finally:
+        part.unlink(missing_ok=True)
+    meter.report(size, "done", force=True)
+    return Installed(dest, size, model)
+
+
+def describe_pending(p: Pending) -> str:
+    total = human_size(p.total) if p.total else "?"
+    return f"{p.name}: {human_size(p.have)} of {total}"
+
+
+def free_space(models_dir: str | os.PathLike) -> int:
+    return shutil.disk_usage(models_dir).free

@@ -1,0 +1,86 @@
+"""Where Roost keeps its files: the models folder, settings and caches.
+
+The models folder is per user and writable by default (not beside the app: macOS app bundles and
+Windows Program Files are read-only). A portable pack (a frozen Roost with a writable `models/`
+folder beside it) keeps its models there. The user may choose another folder; that choice is stored
+in the settings file. `ROOST_MODELS_DIR` and `ROOST_HOME` override both (tests, power users).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+APP = "Roost"
+
+
+def data_dir() -> Path:
+    """The per-user folder for settings, caches and (by default) models."""
+    if os.environ.get("ROOST_HOME"):
+        return Path(os.environ["ROOST_HOME"])
+    home = Path.home()
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or home / "AppData" / "Local")
+        return base / APP
+    if sys.platform == "darwin":
+        return home / "Library" / "Application Support" / APP
+    base = Path(os.environ.get("XDG_DATA_HOME") or home / ".local" / "share")
+    return base / APP.lower()
+
+
+def settings_file() -> Path:
+    return data_dir() / "settings.json"
+
+
+def load_settings() -> dict:
+    try:
+        return json.loads(settings_file().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def save_settings(settings: dict) -> None:
+    path = settings_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(settings, indent=1, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def portable_models_dir() -> Path | None:
+    """`models/` beside a frozen Roost, when it exists or can be made and is writable."""
+    if not getattr(sys, "frozen", False):
+        return None
+    folder = Path(sys.executable).resolve().parent / "models"
+    try:
+        folder.mkdir(exist_ok=True)
+        probe = folder / ".roost-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+        return folder
+    except OSError:
+        return None
+
+
+def models_dir(create: bool = True) -> Path:
+    """The models folder in force: override, user's choice, portable pack, or the per-user default."""
+    chosen = os.environ.get("ROOST_MODELS_DIR") or load_settings().get("models_dir")
+    folder = Path(chosen).expanduser() if chosen else (portable_models_dir() or data_dir() / "models")
+    if create:
+        folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def set_models_dir(folder: str | os.PathLike) -> Path:
+    """Remember the user's choice of models folder (it must be writable)."""
+    folder = Path(folder).expanduser().resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / ".roost-write-test"
+    probe.write_bytes(b"")
+    probe.unlink()
+    settings = load_settings()
+    settings["models_dir"] = str(folder)
+    save_settings(settings)
+    return folder

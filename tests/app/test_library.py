@@ -1,0 +1,187 @@
+"""Models folder, catalog models with companions, the download queue, catalog refresh, `roost download`."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+
+from app.core import catalog as catalog_mod
+from app.core import paths
+from app.core.catalog import CatalogRefreshError, load_catalog, refresh_catalog
+from app.core.download import ChecksumError, DownloadError
+from app.core.library import (
+    delete,
+    download_target,
+    from_catalog,
+    import_file,
+    installed,
+    pending,
+    target_for,
+)
+from app.core.queue import CANCELLED, DONE, FAILED, PAUSED, DownloadQueue
+from engine.errors import NotACheckpointError
+from tests.conftest import ROOT
+from tests.hubserver import HubServer
+
+RAVEN = next(m for m in load_catalog(refreshed=False) if m.version == 4)
+MODEL = os.urandom(2_500_000)
+TOKENIZER = b'{"version": "1.0", "model": {}}' * 2000
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROOST_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("ROOST_MODELS_DIR", raising=False)
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def hub():
+    server = HubServer()
+    server.add(RAVEN.repo, RAVEN.file, MODEL)
+    server.add("EleutherAI/gpt-neox-20b", "tokenizer.json", TOKENIZER, lfs=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def raven():
+    """The catalog's Raven entry with the facts of the bytes our server holds."""
+    return replace(RAVEN, sha256=hashlib.sha256(MODEL).hexdigest(), size_bytes=len(MODEL))
+
+
+def test_models_folder_is_per_user_and_can_be_chosen(tmp_path, home):
+    assert paths.models_dir() == home / "models" and (home / "models").is_dir()
+    chosen = paths.set_models_dir(tmp_path / "elsewhere")
+    assert paths.models_dir() == chosen and paths.load_settings()["models_dir"] == str(chosen)
+
+
+def test_default_folder_per_platform(monkeypatch, tmp_path):
+    monkeypatch.delenv("ROOST_HOME")
+    monkeypatch.setattr(paths.Path, "home", lambda: tmp_path)
+    for platform, expect in [("win32", tmp_path / "AppData" / "Local" / "Roost"),
+                             ("darwin", tmp_path / "Library" / "Application Support" / "Roost"),
+                             ("linux", tmp_path / ".local" / "share" / "roost")]:
+        monkeypatch.setattr(paths.sys, "platform", platform)
+        monkeypatch.delenv("LOCALAPPDATA", raising=False)
+        monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+        assert paths.data_dir() == expect
+
+
+def test_catalog_model_downloads_with_its_companion(hub, raven, tmp_path):
+    folder = tmp_path / "models"
+    path = download_target(from_catalog(raven), folder, endpoints={"hf": hub.hub_url})
+    assert path.read_bytes() == MODEL
+    assert (folder / "20B_tokenizer.json").read_bytes() == TOKENIZER
+    [inst] = installed(folder, [raven])
+    assert inst.model == raven and inst.missing_companions == ()
+    removed = delete(path, folder, [raven])
+    assert not list(folder.iterdir()) and len(removed) == 2
+
+
+def test_names_resolve_to_catalog_models_or_repo_files():
+    models = load_catalog(refreshed=False)
+    assert target_for(RAVEN.id, models).sha256 == RAVEN.sha256
+    assert target_for(RAVEN.file, models).companions
+    t = target_for("BlinkDL/rwkv-7-world/sub/x.pth", models)
+    assert (t.repo, t.file, t.sha256) == ("BlinkDL/rwkv-7-world", "sub/x.pth", None)
+    with pytest.raises(DownloadError, match="neither a model in the catalog"):
+        target_for("nonsense", models)
+
+
+def test_queue_runs_jobs_pauses_resumes_and_cancels(hub, raven, tmp_path):
+    hub.faults.rate = 3_000_000
+    folder = tmp_path / "models"
+    q = DownloadQueue(folder, endpoints={"hf": hub.hub_url}, backoff=0.01)
+    states = []
+    q.listen(lambda j: states.append(j.state))
+    try:
+        job = q.add(from_catalog(raven))
+        assert q.add(from_catalog(raven)) is job  # not queued twice
+        while not (job.progress and job.progress.phase == "downloading" and job.progress.done > 500_000):
+            q.wait(job, 0.05)
+        q.pause(job)
+        assert q.wait(job, 10) and job.state == PAUSED
+        assert pending(folder)[0].have >= 500_000
+        hub.faults.rate = None
+        q.resume(job)
+        assert q.wait(job, 30) and job.state == DONE and job.path.read_bytes() == MODEL
+        assert hub.range_starts("cdn")[-1] > 0 and "running" in states
+
+        other = replace(raven, file="other.pth", id="other")
+        job2 = q.add(from_catalog(other))  # not on the server
+        assert q.wait(job2, 30) and job2.state == FAILED and "not found" in job2.error
+        q.cancel(job2)
+        assert job2.state == CANCELLED
+    finally:
+        q.close()
+
+
+def test_closing_the_queue_mid_download_keeps_the_partial_file(hub, raven, tmp_path):
+    hub.faults.rate = 1_000_000
+    folder = tmp_path / "models"
+    q = DownloadQueue(folder, endpoints={"hf": hub.hub_url})
+    job = q.add(from_catalog(raven))
+    while not (job.progress and job.progress.phase == "downloading" and job.progress.done > 200_000):
+        q.wait(job, 0.05)
+    q.close()
+    assert job.state == PAUSED and pending(folder) and not (folder / raven.file).exists()
+
+
+def test_import_checks_the_file(tmp_path, raven, make_checkpoint):
+    folder = tmp_path / "models"
+    ckpt = make_checkpoint("v7.0")
+    inst = import_file(ckpt, folder, [raven])
+    assert inst.path.read_bytes() == ckpt.read_bytes() and inst.model is None
+    with pytest.raises(DownloadError, match="already exists"):
+        import_file(ckpt, folder, [raven])
+    junk = tmp_path / "notes.pth"
+    junk.write_bytes(b"hello")
+    with pytest.raises(NotACheckpointError):
+        import_file(junk, folder, [raven])
+    fake = tmp_path / raven.file  # a real checkpoint under an official name, other content
+    fake.write_bytes(ckpt.read_bytes())
+    with pytest.raises(ChecksumError, match="damaged or incomplete"):
+        import_file(fake, folder, [raven])
+    assert not (folder / raven.file).exists() and not list(folder.glob("*.import"))
+
+
+def test_refresh_marks_files_removed_upstream_and_survives_offline(hub, home):
+    models = load_catalog(refreshed=False)
+    ravens = [m for m in models if m.repo == RAVEN.repo]
+    fresh = refresh_catalog(ravens, endpoint=hub.hub_url)
+    by_file = {m.file: m for m in fresh}
+    assert by_file[RAVEN.file].available and by_file[RAVEN.file].size_bytes == len(MODEL)
+    assert all(not m.available for m in fresh if m.file != RAVEN.file)
+    again = {m.file: m for m in load_catalog()}  # remembered for the next start
+    assert not again[ravens[1].file].available and again[RAVEN.file].sha256 == hashlib.sha256(MODEL).hexdigest()
+    with pytest.raises(CatalogRefreshError, match="bundled"):
+        refresh_catalog(ravens, endpoint="http://127.0.0.1:9")
+    assert catalog_mod.cache_file().exists()
+
+
+def roost(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "app", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, **(env or {})}, check=False)
+
+
+def test_cli_download_by_repo_and_file(hub, tmp_path):
+    spec = f"{RAVEN.repo}/{RAVEN.file}"
+    r = roost("download", spec, "--models-dir", str(tmp_path / "m"), "--endpoint", hub.hub_url)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "m" / RAVEN.file).read_bytes() == MODEL
+    assert "100.0%" in r.stderr and "verified" in r.stdout
+    hub.faults.corrupt_at = 10
+    r = roost("download", spec, "--models-dir", str(tmp_path / "n"), env={"HF_ENDPOINT": hub.hub_url})
+    assert r.returncode == 2 and "damaged" in r.stderr
+    assert not (tmp_path / "n" / RAVEN.file).exists()
+    r = roost("download", f"{RAVEN.repo}/missing.pth", "--models-dir", str(tmp_path / "n"),
+              "--endpoint", hub.hub_url)
+    assert r.returncode == 2 and "not found" in r.stderr
