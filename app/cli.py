@@ -178,16 +178,21 @@ def _chat(args) -> int:
 def _doctor(args) -> int:
     import json
 
+    from app.core import paths
     from app.core.catalog import load_catalog, recommend
     from app.core.hardware import probe
+    from app.core.sources import suggested_source
     from engine.memory import gib
 
-    machine = probe()
+    folder = paths.models_dir()
+    machine = probe(folder)
     model, advice = recommend(load_catalog(), machine)
+    source = paths.load_settings().get("source") or suggested_source()
     if args.json:
-        print(json.dumps({"machine": machine.to_dict(), "recommended": {
-            "model": model.id, "strategy": advice.strategy, "label": advice.label,
-            "reason": advice.reason}}, indent=1, ensure_ascii=False))
+        print(json.dumps({"machine": machine.to_dict(), "models_dir": str(folder), "source": source,
+                          "recommended": {"model": model.id, "strategy": advice.strategy,
+                                          "label": advice.label, "reason": advice.reason}},
+                         indent=1, ensure_ascii=False))
         return 0
     print(f"System     {machine.os}")
     print(f"CPU        {machine.cpu_name}, {machine.cpu_cores} cores")
@@ -197,6 +202,8 @@ def _doctor(args) -> int:
         print(f"GPU {g.index}      {g.name}: {gib(g.total_bytes)} total, {gib(g.free_bytes)} free{cc}")
     if not machine.gpus:
         print("GPU        no NVIDIA GPU found" + (" (Apple MPS available)" if machine.mps else ""))
+    print(f"Models     {folder} ({gib(machine.disk_free or 0)} free)")
+    print(f"Source     {source}")
     for note in machine.notes:
         print(f"Note       {note}")
     print(f"Suggested  {model.display} with '{advice.strategy}': {advice.reason}")
@@ -205,13 +212,16 @@ def _doctor(args) -> int:
 
 
 def _models(args) -> int:
+    from app.core import paths
     from app.core.advisor import choose_strategy
     from app.core.catalog import load_catalog
     from app.core.hardware import probe
     from engine.memory import gib
 
-    machine = probe()
+    folder = paths.models_dir()
+    machine = probe(folder)
     models = load_catalog()
+    here = {p.name for p in folder.iterdir()}
     if not args.all:
         newest: dict = {}
         for m in models:
@@ -222,8 +232,10 @@ def _models(args) -> int:
     print(f"{'model':<22} {'size':>8} {'strategy':<30} {'speed':<7} {'fit':<34} file")
     for m in models:
         a = choose_strategy(m.shape, machine)
+        mark = " [downloaded]" if m.file in here else " [removed upstream]" if not m.available else ""
         print(f"{m.display:<22} {gib(m.size_bytes):>8} {a.strategy:<30} {a.speed:<7} "
-              f"{a.label + ' / ' + a.label_zh:<34} {m.file}")
+              f"{a.label + ' / ' + a.label_zh:<34} {m.file}{mark}")
+    print(f"\nModels folder: {folder}    Download one: roost download FILE")
     return 0
 
 
@@ -234,11 +246,12 @@ def _download(args) -> int:
     from app.core.catalog import load_catalog
     from app.core.download import human_size
     from app.core.library import download_target, target_for
+    from app.core.sources import suggested_source
 
     folder = Path(args.models_dir).expanduser() if args.models_dir else paths.models_dir()
     folder.mkdir(parents=True, exist_ok=True)
     settings = paths.load_settings()
-    source = args.source or settings.get("source") or "hf"
+    source = args.source or settings.get("source") or suggested_source()
     token = args.token or os.environ.get("HF_TOKEN") or settings.get("hf_token")
     target = target_for(args.spec, load_catalog())
     print(f"{target.repo}/{target.file} -> {folder}", file=sys.stderr)

@@ -42,6 +42,27 @@ def endpoints(overrides: dict[str, str] | None = None) -> dict[str, str]:
     return {k: v.rstrip("/") for k, v in out.items()}
 
 
+def suggested_source(lang: str | None = None, tz: str | None = None) -> str:
+    """hf-mirror.com for users who appear to be in mainland China (the Hub is often unreachable
+    there), else the Hub. A guess from the locale and time zone; Settings overrides it."""
+    import locale
+    import time
+
+    if lang is None:
+        try:
+            lang = os.environ.get("LC_ALL") or os.environ.get("LANG") or (locale.getlocale()[0] or "")
+        except ValueError:
+            lang = ""
+    if tz is None:
+        tz = os.environ.get("TZ") or " ".join(time.tzname)
+    lang = lang.replace("-", "_").lower()
+    china_tz = any(z in tz for z in ("Asia/Shanghai", "Asia/Chongqing", "Asia/Harbin", "Asia/Urumqi",
+                                     "PRC", "China Standard Time", "CST-8"))
+    if lang.startswith(("zh_cn", "zh_hans", "chinese (simplified)")) or (lang.startswith("zh") and china_tz):
+        return MIRROR
+    return MIRROR if china_tz else HUB
+
+
 @dataclass(frozen=True)
 class Candidate:
     source: str  # HUB, MIRROR or MODELSCOPE

@@ -185,3 +185,21 @@ def test_cli_download_by_repo_and_file(hub, tmp_path):
     r = roost("download", f"{RAVEN.repo}/missing.pth", "--models-dir", str(tmp_path / "n"),
               "--endpoint", hub.hub_url)
     assert r.returncode == 2 and "not found" in r.stderr
+
+
+@pytest.mark.parametrize("lang, tz, want", [
+    ("zh_CN.UTF-8", "UTC", "mirror"), ("en_US.UTF-8", "Asia/Shanghai", "mirror"),
+    ("en_US.UTF-8", "Europe/Berlin", "hf"), ("zh_TW.UTF-8", "Asia/Taipei", "hf"), ("C", "UTC", "hf"),
+])
+def test_source_suggestion(lang, tz, want):
+    from app.core.sources import suggested_source
+
+    assert suggested_source(lang, tz) == want
+
+
+def test_models_lists_what_is_downloaded(tmp_path):
+    (tmp_path / RAVEN.file).write_bytes(b"x")
+    r = roost("models", "--all", env={"ROOST_MODELS_DIR": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    line = next(x for x in r.stdout.splitlines() if RAVEN.file in x)
+    assert "[downloaded]" in line and str(tmp_path) in r.stdout
