@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import pytest
+
+from app.core.runtime import Runtime
+from engine.errors import RoostError
+from engine.generate import StopFlag
+from engine.sampling import SamplingParams
+
+PARAMS = SamplingParams(max_tokens=12, seed=1)
+
+
+def test_chat_keeps_the_state_between_turns(make_checkpoint):
+    rt = Runtime()
+    info = rt.load(make_checkpoint("v6.0"), "cpu fp32")
+    assert info.version == 6 and not info.reasoning
+    pieces = []
+    r1 = rt.chat(1, [], "Hello there, how are you today?", params=PARAMS, on_piece=pieces.append)
+    assert "".join(pieces).strip() == r1.text and r1.tokens > 0
+    hist = [("user", "Hello there, how are you today?"), ("assistant", r1.text)]
+    r2 = rt.chat(1, hist, "Fine.", params=PARAMS)
+    fresh = rt.chat(2, hist, "Fine.", params=PARAMS)  # the same turn without a cached state
+    assert r2.fed_tokens + r1.tokens <= fresh.fed_tokens  # only the new turn was fed
+    assert r2.context_tokens > r1.context_tokens
+    # an edited history (or a restart) starts over and still answers
+    r3 = rt.chat(1, [("user", "Something else entirely")], "Fine.", params=PARAMS)
+    assert r3.fed_tokens > r2.fed_tokens
+
+
+def test_stop_flag_and_no_model(make_checkpoint):
+    rt = Runtime()
+    with pytest.raises(RoostError, match="No model is loaded"):
+        rt.complete("Once", params=PARAMS)
+    rt.load(make_checkpoint("v7.0"), "cpu fp32")
+    flag = StopFlag()
+    seen = []
+
+    def on_piece(p):
+        seen.append(p)
+        flag.set()
+
+    r = rt.complete("Once upon a time", params=PARAMS.replace(max_tokens=50), on_piece=on_piece, stop_flag=flag)
+    assert r.finish_reason == "cancelled" and r.tokens <= 2
+    rt.unload()
+    assert rt.model is None and rt.info is None
