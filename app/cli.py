@@ -1,6 +1,6 @@
 """The ``roost`` command.
 
-    roost                       the desktop app (coming; prints help for now)
+    roost                       the desktop app
     roost generate --model PATH "prompt"
     roost chat --model PATH
     roost doctor [--json]       what this machine has
@@ -21,10 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
-        print("\nThe desktop window is not built yet: use 'roost chat --model PATH'.\n"
-              "桌面窗口尚未完成：请使用 'roost chat --model 模型路径'。")
-        return 0
+        from app.gui.app import run
+
+        return run()
     from engine.errors import RoostError
 
     try:

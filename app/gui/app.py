@@ -1,0 +1,125 @@
+"""Start the desktop app: the window first, then (after it is shown) the engine thread, the download
+queue and the machine probe, which import torch and take a moment."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from logging.handlers import RotatingFileHandler
+from pathlib import Path
+
+from app.core import paths
+
+
+def log_file() -> Path:
+    return paths.data_dir() / "roost.log"
+
+
+def setup_logging() -> None:
+    path = log_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = RotatingFileHandler(path, maxBytes=1_000_000, backupCount=2, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def create_window(start_engine: bool = True):
+    """The main window, shown, with the heavy parts started right after (from the event loop)."""
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication
+
+    from app.gui.i18n import set_language
+    from app.gui.settings_page import apply_proxy
+    from app.gui.theme import apply_theme
+    from app.gui.window import MainWindow
+
+    app = QApplication.instance() or QApplication(sys.argv)
+    app.setApplicationName("Roost")
+    settings = paths.load_settings()
+    set_language(settings.get("language") or default_language())
+    apply_theme(app, settings.get("theme", "system"))
+    apply_proxy(settings.get("proxy", ""))
+    win = MainWindow()
+    win.show()
+    if start_engine:
+        QTimer.singleShot(0, lambda: start_background(win))
+    return win
+
+
+def default_language() -> str:
+    import locale
+    import os
+
+    lang = os.environ.get("LC_ALL") or os.environ.get("LANG") or ""
+    if not lang:
+        try:
+            lang = locale.getlocale()[0] or ""
+        except ValueError:
+            lang = ""
+    return "zh" if lang.lower().startswith("zh") else "en"
+
+
+def start_background(win) -> None:
+    from app.core.queue import DownloadQueue
+    from app.core.sources import suggested_source
+    from app.gui.worker import EngineThread
+
+    win.attach_engine(EngineThread(win))
+    s = win.settings
+    queue = DownloadQueue(paths.models_dir(), source=s.get("source") or suggested_source(),
+                          token=s.get("hf_token") or None)
+    queue.listen(win.bridge.job.emit)
+    win.queue = queue
+    win.bridge.machine.connect(lambda machine, catalog: on_machine(win, machine, catalog))
+
+    def probe():
+        from app.core.catalog import load_catalog
+        from app.core.hardware import probe as probe_machine
+
+        machine = probe_machine(paths.models_dir())
+        win.bridge.machine.emit(machine, load_catalog())
+
+    threading.Thread(target=probe, name="roost-probe", daemon=True).start()
+
+
+def on_machine(win, machine, catalog) -> None:
+    from app.core.catalog import recommend
+    from app.core.library import installed
+
+    win.machine = machine
+    win.catalog = catalog
+    win.models.set_catalog(catalog)
+    have = installed(paths.models_dir(), catalog)
+    if not have:
+        model, advice = recommend(catalog, machine)
+        win.chat.welcome.set_recommendation(machine, model, advice)
+        win.chat.show_welcome(True)
+        return
+    last = win.settings.get("last_model")
+    if last and Path(last).is_file() and win.info is None and win.loading is None:
+        override = win.settings.get("strategy_overrides", {}).get(Path(last).name)
+        win.load_model(last, override or win.settings.get("default_strategy") or "auto")
+
+
+def run() -> int:
+    try:
+        import PySide6  # noqa: F401
+    except ImportError:
+        print("The desktop app needs PySide6: pip install PySide6 (the command line works without it).\n"
+              "桌面程序需要 PySide6：pip install PySide6（命令行不需要）。", file=sys.stderr)
+        return 2
+    setup_logging()
+    from PySide6.QtWidgets import QApplication
+
+    win = create_window()
+    code = QApplication.instance().exec()
+    if win.engine is not None and win.engine.thread.isRunning():
+        import os  # a model still loading cannot be interrupted: leave without waiting for it
+
+        logging.getLogger("roost").warning("exiting while the engine is busy")
+        logging.shutdown()
+        os._exit(code)
+    return code

@@ -1,0 +1,126 @@
+"""Completion: free continuation of the user's text (stories, the novel models), with presets."""
+
+from __future__ import annotations
+
+from PySide6.QtGui import QTextCursor
+from PySide6.QtWidgets import (
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.gui.i18n import tr
+from app.gui.sampling import SamplingPanel
+
+PRESETS = {  # name: (opening text, sampling)
+    "Story": ("Once upon a time, in a village at the edge of the forest,", {"temperature": 1.0, "top_p": 0.7}),
+    "Poem": ("The moon over the quiet harbour\n", {"temperature": 1.1, "top_p": 0.8}),
+    "Email": ("Subject: Meeting next week\n\nDear team,\n\n", {"temperature": 0.8, "top_p": 0.5}),
+    "小说": ("第一章\n\n夜色渐深，城门口的灯笼在风里摇晃。", {"temperature": 1.0, "top_p": 0.7}),
+}
+
+
+def parse_stops(text: str) -> tuple[str, ...]:
+    """Comma-separated stop strings; \\n and \\t may be written as escapes."""
+    out = []
+    for s in text.split(","):
+        s = s.strip().replace("\\n", "\n").replace("\\t", "\t")
+        if s:
+            out.append(s)
+    return tuple(out)
+
+
+class CompletionPage(QWidget):
+    def __init__(self, win):
+        super().__init__()
+        self.win = win
+        self.rid = None
+        self.stop_flag = None
+        v = QVBoxLayout(self)
+        top = QHBoxLayout()
+        self.preset = QComboBox()
+        self.preset.addItems(list(PRESETS))
+        self.preset.activated.connect(self.apply_preset)
+        self.stops = QLineEdit(placeholderText="\\n\\n, THE END")
+        top.addWidget(QLabel(tr("Preset:")))
+        top.addWidget(self.preset)
+        top.addWidget(QLabel(tr("Stop strings:")))
+        top.addWidget(self.stops, 1)
+        self.text = QPlainTextEdit(placeholderText=tr("Start writing, then press Generate."))
+        self.sampling = SamplingPanel(win.settings, {"top_p": 0.7, "presence_penalty": 0.3,
+                                                     "frequency_penalty": 0.3, "max_tokens": 300})
+        mid = QHBoxLayout()
+        mid.addWidget(self.text, 1)
+        mid.addWidget(self.sampling)
+        bottom = QHBoxLayout()
+        self.gen_btn = QPushButton(tr("Generate"), objectName="primary", clicked=self.generate)
+        self.stop_btn = QPushButton(tr("Stop"), clicked=self.stop)
+        self.info = QLabel(objectName="hint")
+        bottom.addWidget(self.info, 1)
+        bottom.addWidget(self.stop_btn)
+        bottom.addWidget(self.gen_btn)
+        v.addLayout(top)
+        v.addLayout(mid, 1)
+        v.addLayout(bottom)
+        win.modelChanged.connect(self.update_controls)
+        self.update_controls()
+
+    def apply_preset(self) -> None:
+        opening, sampling = PRESETS[self.preset.currentText()]
+        self.text.setPlainText(opening)
+        self.sampling.set_values(sampling)
+
+    def generate(self) -> None:
+        from engine.generate import StopFlag
+
+        prompt = self.text.toPlainText()
+        if not prompt.strip() or self.rid is not None or self.win.info is None:
+            return
+        self.stop_flag = StopFlag()
+        self.rid = self.win.next_rid()
+        req = {"text": prompt, "params": self.sampling.params(stop=parse_stops(self.stops.text())),
+               "stop": self.stop_flag}
+        self.text.moveCursor(QTextCursor.End)
+        self.win.set_generating(True)
+        self.update_controls()
+        self.win.engine.requestComplete.emit(self.rid, req)
+
+    def stop(self) -> None:
+        if self.stop_flag is not None:
+            self.stop_flag.set()
+
+    def on_piece(self, rid: int, piece: str) -> None:
+        if rid == self.rid:
+            cursor = self.text.textCursor()
+            cursor.movePosition(QTextCursor.End)
+            cursor.insertText(piece)
+            self.text.ensureCursorVisible()
+
+    def on_done(self, rid: int, reply) -> None:
+        if rid == self.rid:
+            self.info.setText(f"{reply.tokens} tokens · {reply.tokens_per_second:.1f} tokens/s · {reply.finish_reason}")
+            self._finish(reply.tokens_per_second)
+
+    def on_failed(self, rid: int, message: str) -> None:
+        if rid == self.rid:
+            self.win.show_error(message)
+            self._finish()
+
+    def _finish(self, tps: float = 0.0) -> None:
+        self.rid = self.stop_flag = None
+        self.win.set_generating(False, tps)
+        self.update_controls()
+
+    def shutdown(self) -> None:
+        self.stop()
+
+    def update_controls(self) -> None:
+        busy = self.rid is not None
+        self.gen_btn.setEnabled(self.win.info is not None and not busy)
+        self.stop_btn.setEnabled(busy)
+        self.text.setReadOnly(busy)

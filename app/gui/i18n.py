@@ -1,0 +1,96 @@
+"""User-facing text in English and Simplified Chinese. `tr(key)` in the language chosen at start."""
+
+from __future__ import annotations
+
+LANGUAGES = {"en": "English", "zh": "简体中文"}
+_lang = "en"
+
+TEXT = {
+    # navigation and status
+    "Chat": "对话", "Completion": "续写", "Models": "模型", "Settings": "设置",
+    "No model loaded": "未加载模型",
+    "Loading {name} … {pct}%": "正在加载 {name} … {pct}%",
+    "Ready: {name} ({strategy})": "就绪：{name}（{strategy}）",
+    "Generating… {tps:.1f} tokens/s": "生成中… {tps:.1f} 词元/秒",
+    "Error: {msg}": "错误：{msg}",
+    "RAM {used} used of {total}": "内存 已用 {used} / 共 {total}",
+    "VRAM {used} used of {total}": "显存 已用 {used} / 共 {total}",
+    # chat
+    "New chat": "新对话", "Rename": "重命名", "Delete": "删除", "Search chats…": "搜索对话…",
+    "Send": "发送", "Stop": "停止", "Regenerate": "重新生成", "Export…": "导出…",
+    "Type a message (Ctrl+Enter to send)": "输入消息（Ctrl+Enter 发送）",
+    "Think before answering": "先思考再回答",
+    "Sampling": "采样参数", "Persona": "角色",
+    "You": "你", "Thinking": "思考过程", "show": "展开", "hide": "收起", "copy": "复制", "edit": "编辑",
+    "{n} tokens in context": "上下文 {n} 个词元",
+    "Load a model to start chatting.": "请先加载模型再开始对话。",
+    "Rename chat": "重命名对话", "Title:": "标题：",
+    "Delete this chat?": "删除这个对话？",
+    "Markdown (*.md)": "Markdown 文件 (*.md)",
+    # personas
+    "Assistant": "助手", "Concise": "简洁", "Translator": "翻译", "Writer": "写作",
+    # completion
+    "Generate": "生成", "Stop strings:": "停止词：", "Max tokens:": "最多词元：", "Preset:": "预设：",
+    "Start writing, then press Generate.": "写下开头，然后点“生成”。",
+    # models
+    "Search models…": "搜索模型…", "All releases": "全部版本", "All families": "全部系列",
+    "Model": "模型", "Family": "系列", "Speed": "速度", "fast": "快", "usable": "可用", "slow": "慢", "Size": "大小", "Fits this computer": "本机是否可用",
+    "Strategy": "运行方式", "Status": "状态",
+    "Download": "下载", "Pause": "暂停", "Resume": "继续", "Cancel": "取消", "Load": "加载",
+    "Unload": "卸载", "Import file…": "导入文件…", "Refresh list": "刷新列表",
+    "downloaded": "已下载", "not downloaded": "未下载", "queued": "排队中", "paused": "已暂停",
+    "failed": "失败", "removed upstream": "已从上游删除", "loaded": "已加载",
+    "{pct}% · {speed}/s · {eta} left": "{pct}% · {speed}/s · 剩余 {eta}",
+    "Automatic": "自动", "Custom…": "自定义…",
+    "Strategy for this model:": "此模型的运行方式：",
+    "Delete {name} from the models folder?": "从模型文件夹删除 {name}？",
+    "Choose an RWKV model file": "选择 RWKV 模型文件",
+    "RWKV models (*.pth *.safetensors)": "RWKV 模型 (*.pth *.safetensors)",
+    "Local file": "本地文件",
+    # first run
+    "Welcome to Roost": "欢迎使用 Roost",
+    "Recommended for this computer:": "推荐给这台电脑：",
+    "Download and start chatting": "下载并开始对话",
+    "Checking this computer…": "正在检测这台电脑…",
+    "Downloading {name}: {pct}%": "正在下载 {name}：{pct}%",
+    # settings
+    "Models folder:": "模型文件夹：", "Browse…": "浏览…", "Download source:": "下载源：",
+    "Hugging Face token:": "Hugging Face 令牌：", "Proxy:": "代理：", "Language:": "语言：",
+    "Theme:": "主题：", "Light": "浅色", "Dark": "深色", "System": "跟随系统",
+    "Default strategy:": "默认运行方式：", "Default sampling": "默认采样参数",
+    "Temperature:": "温度：", "Top P:": "Top P：", "Top K:": "Top K：",
+    "Presence penalty:": "存在惩罚：", "Frequency penalty:": "频率惩罚：", "Penalty decay:": "惩罚衰减：",
+    "Save": "保存", "Saved.": "已保存。",
+    "The language changes the next time Roost starts.": "语言将在下次启动 Roost 时生效。",
+    "Open log": "打开日志", "Copy diagnostics": "复制诊断信息",
+    "Diagnostics copied to the clipboard.": "诊断信息已复制到剪贴板。",
+    "optional, e.g. http://127.0.0.1:7890": "可选，例如 http://127.0.0.1:7890",
+    "optional, for gated or private models": "可选，用于受限或私有模型",
+}
+
+
+def set_language(lang: str) -> None:
+    global _lang
+    _lang = lang if lang in LANGUAGES else "en"
+
+
+def language() -> str:
+    return _lang
+
+
+def tr(key: str, **kw) -> str:
+    text = TEXT.get(key, key) if _lang == "zh" else key
+    return text.format(**kw) if kw else text
+
+
+def pick(en: str, zh: str) -> str:
+    """Choose between an English and a Chinese text that come together (catalog, advisor)."""
+    return zh if _lang == "zh" and zh else en
+
+
+def split_bilingual(message: str) -> str:
+    """Error messages from the core carry English, a newline, then Chinese: show one of them."""
+    parts = message.split("\n")
+    if len(parts) >= 2 and any("\u4e00" <= ch <= "\u9fff" for ch in parts[-1]):
+        return parts[-1] if _lang == "zh" else "\n".join(parts[:-1])
+    return message

@@ -1,0 +1,467 @@
+"""Models: the catalog with what fits this computer, downloads, local files, the strategy to run with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from PySide6.QtCore import QAbstractTableModel, QSortFilterProxyModel, Qt
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QTableView,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.gui.i18n import pick, split_bilingual, tr
+
+PRESETS = ["cpu int8", "cpu bf16", "cpu fp32", "cuda fp16", "cuda int8", "cuda fp16 *20 -> cpu fp32", "mps fp32"]
+FIT_COLORS = {"runs well": "#2e8b57", "runs, close other programs first": "#c77700", "will not fit": "#c0392b"}
+
+
+@dataclass
+class Row:
+    model: object | None  # CatalogModel, None for a local file outside the catalog
+    path: Path | None  # where the file is (or would be) in the models folder
+    advice: object | None = None
+
+    @property
+    def name(self) -> str:
+        return self.model.display if self.model else self.path.name
+
+    @property
+    def file(self) -> str:
+        return self.model.file if self.model else self.path.name
+
+
+def eta_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "--"
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+class CatalogTable(QAbstractTableModel):
+    HEADERS = ("Model", "Family", "Size", "Fits this computer", "Speed", "Strategy", "Status")
+
+    def __init__(self, page):
+        super().__init__()
+        self.page = page
+        self.rows: list[Row] = []
+
+    def rowCount(self, parent=None):
+        return 0 if parent is not None and parent.isValid() else len(self.rows)
+
+    def columnCount(self, parent=None):
+        return len(self.HEADERS)
+
+    def headerData(self, section, orientation, role=Qt.DisplayRole):
+        if orientation == Qt.Horizontal and role == Qt.DisplayRole:
+            return tr(self.HEADERS[section])
+        return None
+
+    def data(self, index, role=Qt.DisplayRole):
+        from app.core.download import human_size
+
+        row = self.rows[index.row()]
+        col = index.column()
+        if role == Qt.DisplayRole:
+            if col == 0:
+                return row.name
+            if col == 1:
+                return row.model.family if row.model else tr("Local file")
+            if col == 2:
+                size = row.model.size_bytes if row.model else (row.path.stat().st_size if row.path.exists() else 0)
+                return human_size(size)
+            if col == 3:
+                return pick(row.advice.label, row.advice.label_zh) if row.advice else ""
+            if col == 4:
+                return tr(row.advice.speed) if row.advice else ""
+            if col == 5:
+                return self.page.strategy_for(row)
+            if col == 6:
+                return self.page.status_text(row)
+        if role == Qt.ToolTipRole:
+            return row.file
+        if role == Qt.ForegroundRole and col == 3 and row.advice:
+            return QColor(FIT_COLORS.get(row.advice.label, "#888888"))
+        if role == Qt.UserRole:  # sort key
+            # newest generation first, then small to large
+            return (-row.model.version, row.model.family, row.model.billions) if row.model else (0, "", 0.0)
+        return None
+
+    def set_rows(self, rows: list[Row]) -> None:
+        self.beginResetModel()
+        self.rows = rows
+        self.endResetModel()
+
+    def changed(self, r: int) -> None:
+        self.dataChanged.emit(self.index(r, 0), self.index(r, self.columnCount() - 1))
+
+    def changed_all(self) -> None:
+        if self.rows:
+            self.dataChanged.emit(self.index(0, 0), self.index(len(self.rows) - 1, self.columnCount() - 1))
+
+
+class Filter(QSortFilterProxyModel):
+    def __init__(self, table: CatalogTable):
+        super().__init__()
+        self.table = table
+        self.family = ""
+        self.text = ""
+        self.setSourceModel(table)
+
+    def filterAcceptsRow(self, source_row, parent):
+        row = self.table.rows[source_row]
+        fam = row.model.family if row.model else tr("Local file")
+        if self.family and fam != self.family:
+            return False
+        hay = f"{row.name} {row.file} {fam}".lower()
+        return all(w in hay for w in self.text.lower().split())
+
+    def update(self, family: str, text: str) -> None:
+        self.family, self.text = family, text
+        self.invalidate()
+
+
+class ModelsPage(QWidget):
+    def __init__(self, win):
+        super().__init__()
+        self.win = win
+        self.catalog = []
+        self.jobs = {}  # file name -> Job
+        self.show_all = False
+        self.table = CatalogTable(self)
+        self.proxy = Filter(self.table)
+        self._build()
+        win.bridge.job.connect(self.on_job)
+        win.bridge.catalog.connect(self.on_catalog)
+        win.modelChanged.connect(self.on_model_changed)
+
+    def _build(self) -> None:
+        v = QVBoxLayout(self)
+        top = QHBoxLayout()
+        self.search = QLineEdit(placeholderText=tr("Search models…"), clearButtonEnabled=True)
+        self.family = QComboBox()
+        self.family.addItem(tr("All families"), "")
+        self.older = QCheckBox(tr("All releases"))
+        self.refresh_btn = QPushButton(tr("Refresh list"), clicked=self.refresh_catalog)
+        self.import_btn = QPushButton(tr("Import file…"), clicked=self.import_file)
+        top.addWidget(self.search, 1)
+        top.addWidget(self.family)
+        top.addWidget(self.older)
+        top.addWidget(self.refresh_btn)
+        top.addWidget(self.import_btn)
+        self.search.textChanged.connect(self._filter)
+        self.family.currentIndexChanged.connect(self._filter)
+        self.older.toggled.connect(self._toggle_all)
+
+        self.view = QTableView(sortingEnabled=True, alternatingRowColors=True)
+        self.view.setModel(self.proxy)
+        self.proxy.setSortRole(Qt.UserRole)
+        self.view.setSelectionBehavior(QAbstractItemView.SelectRows)
+        self.view.setSelectionMode(QAbstractItemView.SingleSelection)
+        self.view.verticalHeader().hide()
+        self.view.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
+        self.view.horizontalHeader().setSectionResizeMode(0, QHeaderView.Stretch)
+        self.view.selectionModel().currentRowChanged.connect(lambda *_: self.update_details())
+
+        self.details = QLabel(wordWrap=True)
+        self.details.setMinimumHeight(60)
+        self.reason = QLabel(wordWrap=True, objectName="hint")
+        strat = QHBoxLayout()
+        self.strategy = QComboBox(editable=True)
+        self.strategy.addItem(tr("Automatic"), "auto")
+        for s in PRESETS:
+            self.strategy.addItem(s, s)
+        self.strategy.setMinimumWidth(260)
+        self.strategy.lineEdit().editingFinished.connect(self._strategy_edited)
+        self.strategy.activated.connect(lambda _i: self._strategy_edited())
+        strat.addWidget(QLabel(tr("Strategy for this model:")))
+        strat.addWidget(self.strategy)
+        strat.addStretch(1)
+
+        buttons = QHBoxLayout()
+        self.btn = {}
+        for key, label in [("download", "Download"), ("pause", "Pause"), ("resume", "Resume"),
+                           ("cancel", "Cancel"), ("delete", "Delete"), ("unload", "Unload"), ("load", "Load")]:
+            b = QPushButton(tr(label), clicked=getattr(self, key))
+            if key in ("load", "download"):
+                b.setObjectName("primary")
+            self.btn[key] = b
+            if key == "unload":
+                buttons.addStretch(1)
+            buttons.addWidget(b)
+        v.addLayout(top)
+        v.addWidget(self.view, 1)
+        v.addWidget(self.details)
+        v.addWidget(self.reason)
+        v.addLayout(strat)
+        v.addLayout(buttons)
+        self.update_details()
+
+    # --- content -------------------------------------------------------------------------------
+    def set_catalog(self, catalog) -> None:
+        self.catalog = catalog
+        fams = sorted({m.family for m in catalog})
+        self.family.blockSignals(True)
+        while self.family.count() > 1:
+            self.family.removeItem(1)
+        for f in [*fams, tr("Local file")]:
+            self.family.addItem(f, f)
+        self.family.blockSignals(False)
+        self.refresh()
+
+    def refresh(self) -> None:
+        from app.core import paths
+        from app.core.advisor import choose_strategy
+
+        folder = paths.models_dir()
+        models = self.catalog
+        if not self.show_all:
+            newest = {}
+            for m in models:
+                key = (m.family, m.params)
+                if key not in newest or m.date > newest[key].date:
+                    newest[key] = m
+            here = {p.name for p in folder.iterdir()}
+            models = [m for m in models if newest[(m.family, m.params)] is m or m.file in here]
+        rows = [Row(m, folder / m.file) for m in models]
+        known = {m.file for m in self.catalog}
+        rows += [Row(None, p) for p in sorted(folder.iterdir())
+                 if p.suffix in (".pth", ".safetensors") and p.name not in known]
+        machine = self.win.machine
+        if machine is not None:
+            for r in rows:
+                if r.model is not None:
+                    r.advice = choose_strategy(r.model.shape, machine)
+        current = self.current()
+        self.table.set_rows(rows)
+        self.view.sortByColumn(0, Qt.AscendingOrder)
+        if current is not None:
+            self.select_file(current.file)
+        elif self.proxy.rowCount():
+            self.view.setCurrentIndex(self.proxy.index(0, 0))
+        self.update_details()
+
+    def _toggle_all(self, on: bool) -> None:
+        self.show_all = on
+        self.refresh()
+
+    def _filter(self) -> None:
+        self.proxy.update(self.family.currentData() or "", self.search.text())
+
+    def current(self) -> Row | None:
+        idx = self.view.selectionModel().currentIndex()
+        if not idx.isValid():
+            return None
+        return self.table.rows[self.proxy.mapToSource(idx).row()]
+
+    def select_file(self, file: str) -> None:
+        for r, row in enumerate(self.table.rows):
+            if row.file == file:
+                idx = self.proxy.mapFromSource(self.table.index(r, 0))
+                self.view.setCurrentIndex(idx)
+                return
+
+    # --- per-row facts -------------------------------------------------------------------------
+    def strategy_for(self, row: Row) -> str:
+        override = self.win.settings.get("strategy_overrides", {}).get(row.file)
+        if override:
+            return override
+        default = self.win.settings.get("default_strategy", "auto")
+        if default != "auto":
+            return default
+        return row.advice.strategy if row.advice else tr("Automatic")
+
+    def status_text(self, row: Row) -> str:
+        from app.core.download import human_size
+
+        info = self.win.info
+        if info is not None and row.path is not None and info.path == row.path:
+            return tr("loaded")
+        job = self.jobs.get(row.file)
+        if job is not None and not job.finished:
+            p = job.progress
+            if job.state == "running" and p is not None and p.total:
+                return tr("{pct}% · {speed}/s · {eta} left", pct=int(100 * p.done / p.total),
+                          speed=human_size(p.speed), eta=eta_text(p.eta))
+            return tr(job.state)
+        if job is not None and job.state == "failed":
+            return tr("failed")
+        if row.path is not None and row.path.exists():
+            return tr("downloaded")
+        if row.model is not None and not row.model.available:
+            return tr("removed upstream")
+        return tr("not downloaded")
+
+    def update_details(self) -> None:
+        row = self.current()
+        job = self.jobs.get(row.file) if row else None
+        present = bool(row and row.path is not None and row.path.exists())
+        active = job is not None and job.state in ("queued", "running")
+        paused = job is not None and job.state in ("paused", "failed")
+        self.btn["download"].setEnabled(bool(row and row.model and not present and job is None or
+                                             (row and row.model and job and job.state in ("cancelled", "done")
+                                              and not present)))
+        self.btn["pause"].setEnabled(active)
+        self.btn["resume"].setEnabled(paused)
+        self.btn["cancel"].setEnabled(active or paused)
+        self.btn["delete"].setEnabled(present and not (self.win.info and self.win.info.path == row.path))
+        self.btn["load"].setEnabled(present and self.win.engine is not None and not self.win.generating)
+        self.btn["unload"].setEnabled(self.win.info is not None and not self.win.generating)
+        if row is None:
+            self.details.setText("")
+            self.reason.setText("")
+            return
+        if row.model:
+            self.details.setText(f"<b>{row.model.display}</b> · {row.model.file}<br>"
+                                 f"{pick(row.model.description, row.model.description_zh)}")
+        else:
+            self.details.setText(f"<b>{row.path.name}</b>")
+        self.reason.setText(pick(row.advice.reason, row.advice.reason_zh) if row.advice else "")
+        override = self.win.settings.get("strategy_overrides", {}).get(row.file)
+        self.strategy.blockSignals(True)
+        if override:
+            self.strategy.setEditText(override)
+        else:
+            self.strategy.setCurrentIndex(0)
+        self.strategy.blockSignals(False)
+
+    def _strategy_edited(self) -> None:
+        row = self.current()
+        if row is None:
+            return
+        text = self.strategy.currentText().strip()
+        overrides = self.win.settings.setdefault("strategy_overrides", {})
+        if not text or text == tr("Automatic"):
+            overrides.pop(row.file, None)
+        else:
+            from engine.errors import StrategyError
+            from engine.strategy import parse_strategy
+
+            try:
+                parse_strategy(text)
+            except StrategyError as e:
+                self.reason.setText(split_bilingual(str(e)))
+                return
+            overrides[row.file] = text
+        from app.core import paths
+
+        paths.save_settings(self.win.settings)
+        self.table.changed_all()
+
+    # --- actions -------------------------------------------------------------------------------
+    def download(self) -> None:
+        from app.core.library import from_catalog
+
+        row = self.current()
+        if row and row.model and self.win.queue is not None:
+            self.jobs[row.file] = self.win.queue.add(from_catalog(row.model))
+            self.update_details()
+
+    def pause(self) -> None:
+        row = self.current()
+        if row and row.file in self.jobs:
+            self.win.queue.pause(self.jobs[row.file])
+
+    def resume(self) -> None:
+        row = self.current()
+        if row and row.file in self.jobs:
+            self.win.queue.resume(self.jobs[row.file])
+
+    def cancel(self) -> None:
+        row = self.current()
+        if row and row.file in self.jobs:
+            self.win.queue.cancel(self.jobs[row.file])
+
+    def delete(self) -> None:
+        from app.core import paths
+        from app.core.library import delete
+
+        row = self.current()
+        if row and row.path and self.win.ask(tr("Delete"), tr("Delete {name} from the models folder?", name=row.file)):
+            delete(row.path, paths.models_dir(), self.catalog)
+            self.refresh()
+
+    def load(self) -> None:
+        row = self.current()
+        if row and row.path and row.path.exists():
+            strategy = self.win.settings.get("strategy_overrides", {}).get(row.file)
+            strategy = strategy or self.win.settings.get("default_strategy") or "auto"
+            self.win.load_model(str(row.path), strategy)
+
+    def unload(self) -> None:
+        self.win.unload_model()
+
+    def import_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, tr("Choose an RWKV model file"), "",
+                                              tr("RWKV models (*.pth *.safetensors)"))
+        if path:
+            self.import_path(path)
+
+    def import_path(self, path: str) -> None:
+        from app.core import paths
+        from app.core.library import import_file
+        from engine.errors import RoostError
+
+        try:
+            inst = import_file(path, paths.models_dir(), self.catalog)
+        except RoostError as e:
+            self.win.show_error(str(e))
+            return
+        self.refresh()
+        self.select_file(inst.path.name)
+
+    def refresh_catalog(self) -> None:
+        """Ask the Hub which files still exist, on a thread (the network may be slow or blocked)."""
+        import threading
+
+        from app.core.catalog import CatalogRefreshError, refresh_catalog
+        from app.core.sources import HUB, MIRROR, endpoints
+
+        source = self.win.settings.get("source", HUB)
+        endpoint = endpoints()[MIRROR] if source == MIRROR else None
+        token = self.win.settings.get("hf_token")
+        self.refresh_btn.setEnabled(False)
+
+        def work():
+            try:
+                self.win.bridge.catalog.emit(refresh_catalog(endpoint=endpoint, token=token))
+            except CatalogRefreshError as e:
+                self.win.bridge.catalog.emit(str(e))
+
+        threading.Thread(target=work, name="roost-catalog", daemon=True).start()
+
+    def on_catalog(self, result) -> None:
+        self.refresh_btn.setEnabled(True)
+        if isinstance(result, str):
+            self.win.show_error(result)
+        else:
+            self.set_catalog(result)
+
+    # --- events --------------------------------------------------------------------------------
+    def on_job(self, job) -> None:
+        self.jobs[job.target.name] = job
+        for r, row in enumerate(self.table.rows):
+            if row.file == job.target.name:
+                self.table.changed(r)
+        if job.state == "done":
+            self.refresh()
+        elif job.state == "failed" and job.error:
+            self.win.show_error(job.error)
+        self.update_details()
+
+    def on_model_changed(self) -> None:
+        self.table.changed_all()
+        self.update_details()

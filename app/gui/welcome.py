@@ -1,0 +1,95 @@
+"""First run: what this computer can run, the one model we suggest and why, one click to get it."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (
+    QFrame,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.gui.i18n import pick, split_bilingual, tr
+
+
+class WelcomePanel(QWidget):
+    def __init__(self, win):
+        super().__init__()
+        self.win = win
+        self.model = None
+        self.advice = None
+        self.job = None
+        outer = QVBoxLayout(self)
+        outer.addStretch(1)
+        card = QFrame(objectName="card")
+        card.setFixedWidth(600)
+        v = QVBoxLayout(card)
+        v.setContentsMargins(28, 24, 28, 24)
+        v.setSpacing(10)
+        self.title = QLabel(tr("Welcome to Roost"), objectName="title")
+        self.machine = QLabel(tr("Checking this computer…"), wordWrap=True)
+        self.heading = QLabel(tr("Recommended for this computer:"), objectName="hint")
+        self.name = QLabel(wordWrap=True)
+        self.name.setStyleSheet("font-size: 16px; font-weight: 600;")
+        self.about = QLabel(wordWrap=True)
+        self.reason = QLabel(wordWrap=True, objectName="hint")
+        self.button = QPushButton(tr("Download and start chatting"), objectName="primary", clicked=self.start)
+        self.button.setEnabled(False)
+        self.bar = QProgressBar(visible=False, maximum=1000, textVisible=False)
+        self.progress = QLabel(wordWrap=True, objectName="hint")
+        for w in (self.title, self.machine, self.heading, self.name, self.about, self.reason, self.button,
+                  self.bar, self.progress):
+            v.addWidget(w)
+        row = QVBoxLayout()
+        row.addWidget(card, 0, Qt.AlignHCenter)
+        outer.addLayout(row)
+        outer.addStretch(2)
+
+    def set_recommendation(self, machine, model, advice) -> None:
+        from app.core.download import human_size
+
+        self.model, self.advice = model, advice
+        gpu = machine.gpus[0] if machine.gpus else None
+        hw = [f"{machine.cpu_cores} CPU cores", f"{human_size(machine.ram_total)} RAM"]
+        if gpu is not None:
+            hw.append(f"{gpu.name} ({human_size(gpu.total_bytes)})")
+        self.machine.setText(" · ".join(hw))
+        self.name.setText(f"{model.display} — {human_size(model.size_bytes)}")
+        self.about.setText(pick(model.description, model.description_zh))
+        self.reason.setText(pick(advice.reason, advice.reason_zh))
+        self.button.setEnabled(True)
+
+    def start(self) -> None:
+        from app.core.library import from_catalog
+
+        if self.model is None or self.win.queue is None:
+            return
+        self.button.setEnabled(False)
+        self.bar.show()
+        self.job = self.win.queue.add(from_catalog(self.model))
+        self.win.bridge.job.connect(self.on_job)
+
+    def on_job(self, job) -> None:
+        if self.job is None or job is not self.job:
+            return
+        p = job.progress
+        if job.state == "running" and p is not None and p.total:
+            self.bar.setValue(int(1000 * p.done / p.total))
+            self.progress.setText(tr("Downloading {name}: {pct}%", name=self.model.display,
+                                     pct=int(100 * p.done / p.total)))
+        elif job.state == "done":
+            self.progress.setText("")
+            self.job = None
+            self.win.bridge.job.disconnect(self.on_job)
+            self.win.load_model(str(job.path), self.advice.strategy)
+            self.win.models.refresh()
+            self.win.chat.show_welcome(False)
+            self.win.chat.new_chat()
+        elif job.state in ("failed", "paused", "cancelled"):
+            self.progress.setText(split_bilingual(job.error or job.state))
+            self.button.setEnabled(True)
+            self.job = None
+            self.win.bridge.job.disconnect(self.on_job)

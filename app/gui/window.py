@@ -1,0 +1,229 @@
+"""The main window: a sidebar of pages, a status area, model control and clean shutdown."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+
+import psutil
+from PySide6.QtCore import QByteArray, QObject, Qt, QTimer, Signal
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QMainWindow,
+    QMessageBox,
+    QProgressBar,
+    QStackedWidget,
+    QWidget,
+)
+
+from app.core import paths
+from app.core.conversations import ConversationStore
+from app.gui.i18n import split_bilingual, tr
+
+log = logging.getLogger("roost")
+
+
+def human(n: float) -> str:
+    return f"{n / 1e9:.1f} GB"
+
+
+class Bridge(QObject):
+    """Carries callbacks from non-Qt threads (the download queue) to the UI thread."""
+
+    job = Signal(object)
+    catalog = Signal(object)  # a refreshed catalog, or an error message
+    machine = Signal(object, object)  # Machine, catalog
+
+
+class MainWindow(QMainWindow):
+    modelChanged = Signal()  # loaded, unloaded or failed: pages update their controls
+
+    def __init__(self, *, engine=None, queue=None, catalog=None):
+        super().__init__()
+        self.setWindowTitle("Roost")
+        self.settings = paths.load_settings()
+        self.store = ConversationStore(paths.data_dir() / "conversations.sqlite")
+        self._rids = itertools.count(1)
+        self.engine = engine  # EngineThread, started after the window is shown (heavy imports)
+        self.queue = queue
+        self.catalog = catalog
+        self.machine = None
+        self.info = None  # LoadedInfo of the loaded model
+        self.strategy_reason = ""
+        self.loading: str | None = None  # name of the model being loaded
+        self.generating = False
+        self.error: str | None = None
+        self.bridge = Bridge()
+        self._build()
+        self._restore_geometry()
+        self.mem_timer = QTimer(self, interval=2000, timeout=self._update_memory)
+        self.mem_timer.start()
+        self._update_memory()
+        self.update_status()
+
+    # --- layout --------------------------------------------------------------------------------
+    def _build(self) -> None:
+        from app.gui.chat_page import ChatPage
+        from app.gui.completion_page import CompletionPage
+        from app.gui.models_page import ModelsPage
+        from app.gui.settings_page import SettingsPage
+
+        central = QWidget()
+        row = QHBoxLayout(central)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.setSpacing(0)
+        self.sidebar = QListWidget(objectName="sidebar")
+        self.sidebar.setFixedWidth(150)
+        self.pages = QStackedWidget()
+        self.chat = ChatPage(self)
+        self.completion = CompletionPage(self)
+        self.models = ModelsPage(self)
+        self.settings_page = SettingsPage(self)
+        for title, page in [(tr("Chat"), self.chat), (tr("Completion"), self.completion),
+                            (tr("Models"), self.models), (tr("Settings"), self.settings_page)]:
+            self.sidebar.addItem(title)
+            self.pages.addWidget(page)
+        self.sidebar.currentRowChanged.connect(self.pages.setCurrentIndex)
+        self.sidebar.setCurrentRow(0)
+        row.addWidget(self.sidebar)
+        row.addWidget(self.pages, 1)
+        self.setCentralWidget(central)
+
+        self.status_label = QLabel()
+        self.status_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.load_bar = QProgressBar(maximumWidth=160, maximum=100, visible=False)
+        self.mem_label = QLabel()
+        self.statusBar().addWidget(self.status_label, 1)
+        self.statusBar().addPermanentWidget(self.load_bar)
+        self.statusBar().addPermanentWidget(self.mem_label)
+
+    def show_page(self, name: str) -> None:
+        index = {"chat": 0, "completion": 1, "models": 2, "settings": 3}[name]
+        self.sidebar.setCurrentRow(index)
+
+    # --- engine --------------------------------------------------------------------------------
+    def attach_engine(self, engine) -> None:
+        self.engine = engine
+        w = engine.worker
+        w.loadProgress.connect(self._on_load_progress)
+        w.loaded.connect(self._on_loaded)
+        w.loadFailed.connect(self._on_load_failed)
+        w.unloaded.connect(self._on_unloaded)
+        w.piece.connect(self._on_piece)
+        w.done.connect(self._on_done)
+        w.failed.connect(self._on_failed)
+
+    def next_rid(self) -> int:
+        return next(self._rids)
+
+    def load_model(self, path: str, strategy: str = "auto") -> None:
+        """Load a model (the one loaded before is unloaded first: never two at once)."""
+        if self.engine is None or self.generating:
+            return
+        from pathlib import Path
+
+        self.loading, self.error = Path(path).name, None
+        self.load_bar.setValue(0)
+        self.load_bar.show()
+        self.update_status()
+        self.engine.requestLoad.emit(str(path), strategy or "auto")
+
+    def unload_model(self) -> None:
+        if self.engine is not None and not self.generating:
+            self.engine.requestUnload.emit()
+
+    def _on_load_progress(self, fraction: float) -> None:
+        self.load_bar.setValue(int(fraction * 100))
+        self.update_status()
+
+    def _on_loaded(self, info, why: str) -> None:
+        self.info, self.strategy_reason, self.loading = info, why, None
+        self.load_bar.hide()
+        self.settings["last_model"] = str(info.path)
+        paths.save_settings(self.settings)
+        self.update_status()
+        self.modelChanged.emit()
+
+    def _on_load_failed(self, message: str) -> None:
+        self.loading, self.info = None, None
+        self.load_bar.hide()
+        self.show_error(message)
+        self.modelChanged.emit()
+
+    def _on_unloaded(self) -> None:
+        self.info = None
+        self.update_status()
+        self.modelChanged.emit()
+
+    def _on_piece(self, rid: int, text: str) -> None:
+        for page in (self.chat, self.completion):
+            page.on_piece(rid, text)
+
+    def _on_done(self, rid: int, reply) -> None:
+        for page in (self.chat, self.completion):
+            page.on_done(rid, reply)
+
+    def _on_failed(self, rid: int, message: str) -> None:
+        for page in (self.chat, self.completion):
+            page.on_failed(rid, message)
+
+    def set_generating(self, on: bool, tps: float = 0.0) -> None:
+        self.generating = on
+        self.tps = tps
+        self.update_status()
+
+    # --- status --------------------------------------------------------------------------------
+    def show_error(self, message: str) -> None:
+        self.error = split_bilingual(message)
+        log.error("%s", message)
+        self.update_status()
+
+    def update_status(self) -> None:
+        if self.loading:
+            text = tr("Loading {name} … {pct}%", name=self.loading, pct=self.load_bar.value())
+        elif self.error:
+            text = tr("Error: {msg}", msg=self.error.splitlines()[0])
+        elif self.generating:
+            text = tr("Generating… {tps:.1f} tokens/s", tps=getattr(self, "tps", 0.0))
+        elif self.info:
+            text = tr("Ready: {name} ({strategy})", name=self.info.name, strategy=self.info.strategy)
+        else:
+            text = tr("No model loaded")
+        self.status_label.setText(text)
+        self.status_label.setToolTip(self.error or "")
+
+    def _update_memory(self) -> None:
+        vm = psutil.virtual_memory()
+        text = tr("RAM {used} used of {total}", used=human(vm.total - vm.available), total=human(vm.total))
+        import sys
+
+        torch = sys.modules.get("torch")  # only when already imported: never pay for it here
+        if torch is not None and torch.cuda.is_available():
+            free, total = torch.cuda.mem_get_info()
+            text += "   " + tr("VRAM {used} used of {total}", used=human(total - free), total=human(total))
+        self.mem_label.setText(text)
+
+    # --- geometry and shutdown -----------------------------------------------------------------
+    def _restore_geometry(self) -> None:
+        geo = self.settings.get("geometry")
+        if geo:
+            self.restoreGeometry(QByteArray.fromBase64(geo.encode()))
+        else:
+            self.resize(1100, 720)
+
+    def closeEvent(self, event) -> None:
+        self.chat.shutdown()  # stops a generation and saves what it wrote
+        self.completion.shutdown()
+        self.settings = {**paths.load_settings(), "geometry": bytes(self.saveGeometry().toBase64()).decode()}
+        paths.save_settings(self.settings)
+        if self.queue is not None:
+            self.queue.close(timeout=5)
+        if self.engine is not None:
+            self.engine.stop()
+        self.store.close()
+        super().closeEvent(event)
+
+    def ask(self, title: str, text: str) -> bool:
+        return QMessageBox.question(self, title, text) == QMessageBox.Yes

@@ -1,0 +1,118 @@
+"""The engine on a background thread. The UI sends requests through queued signals and gets
+pieces of text, progress and results back the same way; it never waits on the model.
+
+Stopping does not go through the (busy) worker's event loop: the UI sets the request's StopFlag,
+which the generation checks before every token.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+
+from PySide6.QtCore import QObject, QThread, Signal, Slot
+
+from app.core.runtime import Runtime
+
+log = logging.getLogger("roost.worker")
+
+
+class EngineWorker(QObject):
+    loadProgress = Signal(float)
+    loaded = Signal(object, str)  # LoadedInfo, explanation of the strategy
+    loadFailed = Signal(str)
+    unloaded = Signal()
+    piece = Signal(int, str)  # request id, text
+    done = Signal(int, object)  # request id, Reply
+    failed = Signal(int, str)
+
+    def __init__(self, runtime: Runtime | None = None):
+        super().__init__()
+        self.runtime = runtime or Runtime()
+
+    @Slot(str, str)
+    def load(self, path: str, strategy: str) -> None:
+        from engine.errors import RoostError
+
+        try:
+            why = ""
+            if strategy in ("", "auto"):
+                strategy, why = auto_strategy(path)
+            info = self.runtime.load(path, strategy, progress=self.loadProgress.emit)
+            self.loaded.emit(info, why)
+        except RoostError as e:
+            self.loadFailed.emit(str(e))
+        except MemoryError:
+            self.loadFailed.emit("The computer ran out of memory while loading the model. Close other "
+                                 "programs or choose a smaller model or the 'cpu int8' strategy.\n"
+                                 "加载模型时内存不足。请关闭其他程序，或选择更小的模型或 'cpu int8' 运行方式。")
+        except Exception as e:  # noqa: BLE001 -- shown to the user and logged, never a silent crash
+            log.error("load failed: %s", traceback.format_exc())
+            self.loadFailed.emit(f"{type(e).__name__}: {e}")
+
+    @Slot()
+    def unload(self) -> None:
+        self.runtime.unload()
+        self.unloaded.emit()
+
+    @Slot(int, object)
+    def chat(self, rid: int, req: dict) -> None:
+        self._run(rid, lambda on_piece: self.runtime.chat(
+            req["key"], req["history"], req["text"], params=req["params"], system=req.get("system", ""),
+            think=req.get("think"), on_piece=on_piece, stop_flag=req["stop"]))
+
+    @Slot(int, object)
+    def complete(self, rid: int, req: dict) -> None:
+        self._run(rid, lambda on_piece: self.runtime.complete(
+            req["text"], params=req["params"], on_piece=on_piece, stop_flag=req["stop"]))
+
+    def _run(self, rid: int, call) -> None:
+        from engine.errors import RoostError
+
+        try:
+            reply = call(lambda p: self.piece.emit(rid, p))
+            self.done.emit(rid, reply)
+        except RoostError as e:
+            self.failed.emit(rid, str(e))
+        except Exception as e:  # noqa: BLE001
+            log.error("generation failed: %s", traceback.format_exc())
+            self.failed.emit(rid, f"{type(e).__name__}: {e}")
+
+
+def auto_strategy(path: str) -> tuple[str, str]:
+    """The advisor's choice for this file on this machine, and its one-sentence reason."""
+    from app.core.advisor import ModelShape, choose_strategy
+    from app.core.hardware import probe
+    from app.gui.i18n import pick
+    from engine.checkpoint import open_checkpoint
+
+    tensors, cfg = open_checkpoint(path)
+    tensors.close()
+    shape = ModelShape(cfg.version, cfg.n_layer, cfg.n_embd, cfg.vocab_size)
+    advice = choose_strategy(shape, probe())
+    return advice.strategy, pick(advice.reason, advice.reason_zh)
+
+
+class EngineThread(QObject):
+    """Owns the worker's thread; `worker` signals are connected by the window."""
+
+    requestLoad = Signal(str, str)
+    requestUnload = Signal()
+    requestChat = Signal(int, object)
+    requestComplete = Signal(int, object)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.thread = QThread()
+        self.thread.setObjectName("roost-engine")
+        self.worker = EngineWorker()
+        self.worker.moveToThread(self.thread)
+        self.requestLoad.connect(self.worker.load)
+        self.requestUnload.connect(self.worker.unload)
+        self.requestChat.connect(self.worker.chat)
+        self.requestComplete.connect(self.worker.complete)
+        self.thread.start()
+
+    def stop(self, wait_ms: int = 10000) -> bool:
+        self.thread.quit()
+        return self.thread.wait(wait_ms)

@@ -1,0 +1,44 @@
+"""GUI tests run real widgets offscreen, each with its own data folder."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import pytest
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROOST_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("ROOST_MODELS_DIR", raising=False)
+    monkeypatch.setenv("LANG", "en_US.UTF-8")
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def window(qtbot, home):
+    """The main window with its engine thread, as `roost` starts it (no machine probe)."""
+    from app.gui.app import create_window
+    from app.gui.worker import EngineThread
+
+    wins = []
+
+    def make():
+        win = create_window(start_engine=False)
+        qtbot.addWidget(win)
+        win.attach_engine(EngineThread(win))
+        wins.append(win)
+        return win
+
+    yield make
+    for w in wins:
+        if w.isVisible():
+            w.close()
+
+
+def load(qtbot, win, path, strategy="cpu fp32"):
+    win.load_model(str(path), strategy)
+    qtbot.waitUntil(lambda: win.info is not None or win.error is not None, timeout=60000)
+    assert win.info is not None, win.error

@@ -1,0 +1,145 @@
+"""Chat and completion on real widgets with a small random-weight model."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt
+
+from tests.gui.conftest import load
+
+
+def send(qtbot, win, text):
+    win.chat.input.setPlainText(text)
+    qtbot.mouseClick(win.chat.send_btn, Qt.LeftButton)
+
+
+def test_reply_streams_in_and_is_saved(qtbot, window, make_checkpoint):
+    win = window()
+    assert win.status_label.text() == "No model loaded"
+    load(qtbot, win, make_checkpoint("v6.0"))
+    assert win.status_label.text().startswith("Ready: model-v6.0.pth")
+    win.chat.sampling.set_values({"max_tokens": 40})
+    pieces = []
+    win.engine.worker.piece.connect(lambda rid, p: pieces.append(p))
+    send(qtbot, win, "Hello, who are you?")
+    assert win.chat.rid is not None and not win.chat.send_btn.isEnabled() and win.chat.stop_btn.isEnabled()
+    qtbot.waitUntil(lambda: win.chat.rid is None, timeout=60000)
+    assert len(pieces) > 3  # streamed piece by piece
+    msgs = win.store.messages(win.chat.conv_id)
+    assert [m.role for m in msgs] == ["user", "assistant"]
+    assert msgs[1].content == "".join(pieces).strip() and msgs[1].content
+    assert msgs[1].content[:20] in win.chat.view.toPlainText()
+    assert win.store.get(win.chat.conv_id).title == "Hello, who are you?"
+    assert "tokens in context" in win.chat.tokens_label.text()
+
+    # the next turn reuses the conversation's state: only the new text is processed
+    send(qtbot, win, "Tell me more.")
+    qtbot.waitUntil(lambda: win.chat.rid is None, timeout=60000)
+    runtime = win.engine.worker.runtime
+    session = runtime._sessions[win.chat.conv_id][0]
+    assert session.last_fed_tokens < 20
+
+
+def test_stop_takes_effect_within_a_token(qtbot, window, make_checkpoint):
+    win = window()
+    load(qtbot, win, make_checkpoint("v7.0"))
+    win.chat.sampling.set_values({"max_tokens": 4000})
+    replies = []
+    win.engine.worker.done.connect(lambda rid, r: replies.append(r))
+    count = []
+    win.engine.worker.piece.connect(lambda rid, p: count.append(p))
+    send(qtbot, win, "Write a very long story.")
+    qtbot.waitUntil(lambda: len(count) >= 3, timeout=30000)
+    qtbot.mouseClick(win.chat.stop_btn, Qt.LeftButton)
+    qtbot.waitUntil(lambda: bool(replies), timeout=10000)
+    assert replies[0].finish_reason == "cancelled" and replies[0].tokens < 4000
+    assert len(count) <= replies[0].tokens + 1
+
+
+def test_conversation_survives_a_restart(qtbot, window, make_checkpoint):
+    win = window()
+    load(qtbot, win, make_checkpoint("v5.2"))
+    win.chat.sampling.set_values({"max_tokens": 10})
+    send(qtbot, win, "Remember the number 42.")
+    qtbot.waitUntil(lambda: win.chat.rid is None, timeout=60000)
+    reply = win.store.messages(win.chat.conv_id)[1].content
+    win.close()
+
+    again = window()
+    assert again.chat.list.count() == 1 and again.chat.list.item(0).text() == "Remember the number 42."
+    text = again.chat.view.toPlainText()
+    assert "Remember the number 42." in text and reply[:15] in text
+
+
+def test_closing_mid_generation_keeps_the_partial_reply(qtbot, window, make_checkpoint):
+    win = window()
+    load(qtbot, win, make_checkpoint("v6.0"))
+    win.chat.sampling.set_values({"max_tokens": 4000})
+    send(qtbot, win, "Go on and on.")
+    qtbot.waitUntil(lambda: len(win.chat.partial) > 10, timeout=30000)
+    conv = win.chat.conv_id
+    win.close()
+    assert not win.engine.thread.isRunning()
+    again = window()
+    saved = again.store.messages(conv)[1].content
+    assert len(saved) >= 5
+
+
+def test_switching_pages_while_generating(qtbot, window, make_checkpoint):
+    win = window()
+    load(qtbot, win, make_checkpoint("v6.0"))
+    win.chat.sampling.set_values({"max_tokens": 60})
+    send(qtbot, win, "Count to ten.")
+    for page in ("models", "settings", "completion", "chat", "models"):
+        win.show_page(page)
+        qtbot.wait(30)
+    assert "Generating" in win.status_label.text() or win.chat.rid is None
+    qtbot.waitUntil(lambda: win.chat.rid is None, timeout=60000)
+    assert win.store.messages(win.chat.conv_id)[1].content
+
+
+def test_edit_and_regenerate(qtbot, window, make_checkpoint):
+    win = window()
+    load(qtbot, win, make_checkpoint("v6.0"))
+    win.chat.sampling.set_values({"max_tokens": 8})
+    send(qtbot, win, "First question")
+    qtbot.waitUntil(lambda: win.chat.rid is None, timeout=60000)
+    send(qtbot, win, "Second question")
+    qtbot.waitUntil(lambda: win.chat.rid is None, timeout=60000)
+    from PySide6.QtCore import QUrl
+
+    win.chat._on_link(QUrl("roost:edit/2"))  # edit the second question
+    assert win.chat.input.toPlainText() == "Second question"
+    win.chat.input.setPlainText("Another second question")
+    qtbot.mouseClick(win.chat.send_btn, Qt.LeftButton)
+    qtbot.waitUntil(lambda: win.chat.rid is None, timeout=60000)
+    msgs = win.store.messages(win.chat.conv_id)
+    assert [m.content for m in msgs if m.role == "user"] == ["First question", "Another second question"]
+    qtbot.mouseClick(win.chat.regen_btn, Qt.LeftButton)
+    qtbot.waitUntil(lambda: win.chat.rid is None, timeout=60000)
+    msgs = win.store.messages(win.chat.conv_id)
+    assert len(msgs) == 4 and msgs[3].role == "assistant"
+
+
+def test_failed_load_shows_the_error(qtbot, window, tmp_path):
+    win = window()
+    junk = tmp_path / "broken.pth"
+    junk.write_bytes(b"this is not a model")
+    win.load_model(str(junk), "cpu fp32")
+    qtbot.waitUntil(lambda: win.error is not None, timeout=30000)
+    assert win.info is None and win.status_label.text().startswith("Error:")
+    assert "broken.pth" in win.status_label.toolTip() or "not" in win.status_label.text()
+    assert not win.chat.send_btn.isEnabled()
+
+
+def test_completion_continues_the_text(qtbot, window, make_checkpoint):
+    win = window()
+    load(qtbot, win, make_checkpoint("v7.0"))
+    page = win.completion
+    win.show_page("completion")
+    page.text.setPlainText("Once upon a time")
+    page.sampling.set_values({"max_tokens": 20})
+    qtbot.mouseClick(page.gen_btn, Qt.LeftButton)
+    qtbot.waitUntil(lambda: page.rid is None, timeout=60000)
+    assert page.text.toPlainText().startswith("Once upon a time")
+    assert len(page.text.toPlainText()) > len("Once upon a time")
+    assert "tokens/s" in page.info.text()

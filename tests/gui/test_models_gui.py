@@ -1,0 +1,132 @@
+"""Models page and first run, downloading from the local Hub test server."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+
+import pytest
+from PySide6.QtCore import Qt
+
+from app.core.advisor import RUNS_WELL
+from app.core.catalog import load_catalog
+from app.core.hardware import Machine
+from app.core.queue import DownloadQueue
+from tests.hubserver import HubServer
+
+MACHINE = Machine(os="Linux", cpu_name="Test CPU", cpu_cores=8, ram_total=16 << 30, ram_free=12 << 30,
+                  disk_free=100 << 30)
+
+
+@pytest.fixture
+def served(make_checkpoint):
+    """A catalog whose RWKV-7 G1 entry is a small random checkpoint served by a local Hub."""
+    data = make_checkpoint("v7.0", n_layer=2, n_embd=128).read_bytes()
+    g1 = [m for m in load_catalog(refreshed=False) if m.family == "RWKV-7 G1"]
+    base = max(g1, key=lambda m: (m.billions, m.date))  # the one recommended on a roomy machine
+    model = replace(base, host="hf", repo="BlinkDL/rwkv7-g1", sha256=hashlib.sha256(data).hexdigest(),
+                    size_bytes=len(data), n_layer=2, n_embd=128)
+    others = [m for m in load_catalog(refreshed=False) if m.family != "RWKV-7 G1"]
+    hub = HubServer()
+    hub.add(model.repo, model.file, data)
+    hub.faults.rate = 2_000_000
+    hub.start()
+    yield model, [model, *others], hub
+    hub.stop()
+
+
+def with_queue(win, hub, home):
+    from app.core import paths
+
+    q = DownloadQueue(paths.models_dir(), endpoints={"hf": hub.hub_url}, backoff=0.01)
+    q.listen(win.bridge.job.emit)
+    win.queue = q
+    return q
+
+
+def test_first_run_downloads_the_recommendation_and_opens_the_chat(qtbot, window, served, home):
+    from app.gui.app import on_machine
+
+    model, catalog, hub = served
+    win = window()
+    with_queue(win, hub, home)
+    on_machine(win, MACHINE, catalog)
+    assert win.chat.stack.currentIndex() == 1  # the welcome card
+    welcome = win.chat.welcome
+    assert welcome.model == model and welcome.advice.label == RUNS_WELL
+    assert model.display in welcome.name.text() and welcome.reason.text()
+    qtbot.mouseClick(welcome.button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: welcome.bar.value() > 0, timeout=20000)
+    qtbot.waitUntil(lambda: win.info is not None, timeout=60000)
+    assert win.chat.stack.currentIndex() == 0 and win.info.name == model.file
+    assert win.chat.send_btn.isEnabled()
+    assert (home / "models" / model.file).is_file()
+
+
+def test_models_page_lists_fit_downloads_pauses_resumes_deletes(qtbot, window, served, home):
+    from app.gui.app import on_machine
+
+    model, catalog, hub = served
+    win = window()
+    with_queue(win, hub, home)
+    (home / "models").mkdir(parents=True, exist_ok=True)
+    (home / "models" / "keep.pth").write_bytes(b"")  # something installed: no welcome card
+    on_machine(win, MACHINE, catalog)
+    page = win.models
+    win.show_page("models")
+    table = page.table
+    names = [r.file for r in table.rows]
+    assert model.file in names and "keep.pth" in names
+    big = next(r for r in table.rows if r.model and r.model.billions >= 14)
+    assert big.advice.label != RUNS_WELL  # 14B does not run well in 16 GB
+
+    page.search.setText(model.params + " G1")
+    page.select_file(model.file)
+    assert page.current().file == model.file
+    qtbot.mouseClick(page.btn["download"], Qt.LeftButton)
+    def downloading():
+        job = page.jobs.get(model.file)
+        return bool(job and job.progress and job.progress.phase == "downloading" and job.progress.done > 500_000)
+
+    qtbot.waitUntil(downloading, timeout=20000)
+    assert "%" in page.status_text(page.current()) and "/s" in page.status_text(page.current())
+    qtbot.mouseClick(page.btn["pause"], Qt.LeftButton)
+    qtbot.waitUntil(lambda: page.status_text(page.current()) == "paused", timeout=20000)
+    assert page.btn["resume"].isEnabled()
+    hub.faults.rate = None
+    qtbot.mouseClick(page.btn["resume"], Qt.LeftButton)
+    qtbot.waitUntil(lambda: page.status_text(page.current()) == "downloaded", timeout=30000)
+    assert hub.range_starts("cdn")[-1] > 0  # resumed, not restarted
+
+    page.select_file(model.file)
+    qtbot.mouseClick(page.btn["load"], Qt.LeftButton)
+    qtbot.waitUntil(lambda: win.info is not None, timeout=60000)
+    assert page.status_text(page.current()) == "loaded" and not page.btn["delete"].isEnabled()
+    win.unload_model()
+    qtbot.waitUntil(lambda: win.info is None, timeout=10000)
+    win.ask = lambda *a: True
+    page.select_file(model.file)
+    qtbot.mouseClick(page.btn["delete"], Qt.LeftButton)
+    assert not (home / "models" / model.file).exists()
+
+
+def test_strategy_override_and_import(qtbot, window, make_checkpoint, home, tmp_path):
+    win = window()
+    win.models.set_catalog(load_catalog(refreshed=False))
+    page = win.models
+    ckpt = make_checkpoint("v6.0")
+    page.import_path(str(ckpt))
+    assert page.current().file == ckpt.name
+    page.strategy.setEditText("cpu bf16")
+    page._strategy_edited()
+    assert win.settings["strategy_overrides"][ckpt.name] == "cpu bf16"
+    page.strategy.setEditText("gpu turbo")
+    page._strategy_edited()
+    assert win.settings["strategy_overrides"][ckpt.name] == "cpu bf16" and page.reason.text()
+    qtbot.mouseClick(page.btn["load"], Qt.LeftButton)
+    qtbot.waitUntil(lambda: win.info is not None, timeout=60000)
+    assert win.info.strategy == "cpu bf16"
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"garbage")
+    page.import_path(str(junk))
+    assert win.error and "junk.pth" not in [r.file for r in page.table.rows]
