@@ -48,7 +48,7 @@ TEXT = {
     "RWKV models (*.pth *.safetensors)": "RWKV 模型 (*.pth *.safetensors)",
     "Local file": "本地文件",
     # first run
-    "Welcome to Roost": "欢迎使用 Roost",
+    "Welcome to Roost": "欢迎使用 Roost", "{n} CPU cores": "{n} 核 CPU", "{size} RAM": "内存 {size}",
     "Recommended for this computer:": "推荐给这台电脑：",
     "Download and start chatting": "下载并开始对话",
     "Checking this computer…": "正在检测这台电脑…",

@@ -97,7 +97,9 @@ class CatalogTable(QAbstractTableModel):
             return QColor(FIT_COLORS.get(row.advice.label, "#888888"))
         if role == Qt.UserRole:  # sort key
             # newest generation first, then small to large
-            return (-row.model.version, row.model.family, row.model.billions) if row.model else (0, "", 0.0)
+            if row.model is None:
+                return "0"
+            return f"{9 - row.model.version}|{row.model.family}|{row.model.billions:09.3f}|{row.model.date}"
         return None
 
     def set_rows(self, rows: list[Row]) -> None:

@@ -32,7 +32,7 @@ QLabel#hint { color: palette(placeholder-text); }
 QFrame#card { border: 1px solid palette(mid); border-radius: 8px; background: palette(base); }
 QPushButton#primary { background: %(accent)s; color: white; border-radius: 5px; padding: 6px 14px;
                       min-height: 20px; }
-QPushButton#primary:disabled { background: palette(mid); }
+QPushButton#primary:disabled { background: palette(button); color: palette(placeholder-text); }
 """
 
 

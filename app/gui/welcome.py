@@ -53,7 +53,7 @@ class WelcomePanel(QWidget):
 
         self.model, self.advice = model, advice
         gpu = machine.gpus[0] if machine.gpus else None
-        hw = [f"{machine.cpu_cores} CPU cores", f"{human_size(machine.ram_total)} RAM"]
+        hw = [tr("{n} CPU cores", n=machine.cpu_cores), tr("{size} RAM", size=human_size(machine.ram_total))]
         if gpu is not None:
             hw.append(f"{gpu.name} ({human_size(gpu.total_bytes)})")
         self.machine.setText(" · ".join(hw))
