@@ -158,6 +158,16 @@ class MainWindow(QMainWindow):
         self.modelChanged.emit()
 
     def _on_piece(self, rid: int, text: str) -> None:
+        import time
+
+        now = time.monotonic()
+        self._pieces = getattr(self, "_pieces", 0) + 1
+        if self._pieces == 1:
+            self._first_piece = now
+        elif now - getattr(self, "_shown_tps", 0.0) > 0.5:  # pieces are about one token each
+            self._shown_tps = now
+            self.tps = (self._pieces - 1) / max(now - self._first_piece, 1e-6)
+            self.update_status()
         for page in (self.chat, self.completion):
             page.on_piece(rid, text)
 
@@ -172,6 +182,7 @@ class MainWindow(QMainWindow):
     def set_generating(self, on: bool, tps: float = 0.0) -> None:
         self.generating = on
         self.tps = tps
+        self._pieces = 0
         self.update_status()
 
     # --- status --------------------------------------------------------------------------------

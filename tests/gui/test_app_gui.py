@@ -1,0 +1,80 @@
+"""Start-up, window state, settings and the G1 reasoning display."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+from PySide6.QtCore import Qt
+
+from tests.conftest import ROOT
+from tests.gui.conftest import load
+
+STARTUP = """
+import sys, time
+from app.gui.app import create_window
+from PySide6.QtWidgets import QApplication
+win = create_window(start_engine=False)
+QApplication.instance().processEvents()
+print("torch" in sys.modules, win.isVisible())
+"""
+
+
+def test_window_appears_before_torch_is_imported(home):
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "ROOST_HOME": str(home)}
+    r = subprocess.run([sys.executable, "-c", STARTUP], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["False", "True"]
+
+
+def test_geometry_and_settings_are_remembered(qtbot, window, home, monkeypatch):
+    for var in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
+        monkeypatch.delenv(var, raising=False)  # restored after the test
+    win = window()
+    win.resize(1000, 610)
+    s = win.settings_page
+    s.theme.setCurrentIndex(s.theme.findData("dark"))
+    s.sampling.set_values({"temperature": 0.7})
+    s.proxy.setText("http://127.0.0.1:7890")
+    qtbot.mouseClick(next(b for b in s.findChildren(type(win.chat.send_btn)) if b.text() == "Save"), Qt.LeftButton)
+    assert os.environ["HTTPS_PROXY"] == "http://127.0.0.1:7890"
+    win.close()
+    again = window()
+    # the offscreen screen is 800 px wide, so only the height can be checked exactly
+    assert again.height() == 610 and again.settings.get("geometry")
+    assert again.settings["theme"] == "dark" and again.palette().window().color().lightness() < 128
+    assert again.chat.sampling.values()["temperature"] == 0.7  # the chat's defaults follow Settings
+
+
+def test_g1_reasoning_is_shown_folded_with_a_think_switch(qtbot, window, make_checkpoint, tmp_path):
+    g1 = tmp_path / "rwkv7-g1a-test-ctx4096.pth"
+    shutil.copy(make_checkpoint("v7.0"), g1)
+    win = window()
+    load(qtbot, win, g1)
+    assert win.info.reasoning
+    assert not win.chat.think.isHidden()
+    win.chat.sampling.set_values({"max_tokens": 30})
+    win.chat.input.setPlainText("Why is the sky blue?")
+    qtbot.mouseClick(win.chat.send_btn, Qt.LeftButton)
+    qtbot.waitUntil(lambda: win.chat.rid is None, timeout=60000)
+    reply = win.store.messages(win.chat.conv_id)[1]
+    assert reply.reasoning  # a random model never closes </think>: all of it is thinking
+    shown = win.chat.view.toPlainText()
+    assert "Thinking (" in shown and reply.reasoning[:20] not in shown  # folded
+    from PySide6.QtCore import QUrl
+
+    win.chat._on_link(QUrl(f"roost:think/{reply.position}"))
+    assert reply.reasoning.split()[0] in win.chat.view.toPlainText()
+
+
+def test_never_two_models(qtbot, window, make_checkpoint):
+    win = window()
+    load(qtbot, win, make_checkpoint("v6.0"))
+    first = win.engine.worker.runtime.model
+    win.info = None
+    load(qtbot, win, make_checkpoint("v5.2"))
+    rt = win.engine.worker.runtime
+    assert rt.model is not first and rt.info.version == 5
