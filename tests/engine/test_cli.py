@@ -43,7 +43,7 @@ def test_errors_are_one_plain_line(tmp_path):
 
 def test_version_and_help():
     assert roost("--version").stdout.startswith("roost ")
-    assert "chat" in roost().stdout
+    assert "chat" in roost("--help").stdout
 
 
 def test_doctor_and_models_describe_this_machine():
