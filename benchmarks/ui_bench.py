@@ -1,0 +1,145 @@
+"""How responsive the desktop app stays: time to window shown, and the longest UI-thread stall while
+generating and while downloading.
+
+    QT_QPA_PLATFORM=offscreen python benchmarks/ui_bench.py [--tokens 200] [--download-mb 300]
+
+A 5 ms QTimer runs on the UI thread; every gap between its ticks beyond 5 ms is time the UI could
+not react. Generation uses a random-weight RWKV-7 of the 0.1B shape (12x768, cpu fp32); the
+download comes from the local Hub test server at full loopback speed (sha256 verified as usual).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+STARTUP = """
+import time
+t0 = time.perf_counter()
+from app.gui.app import create_window
+from PySide6.QtWidgets import QApplication
+win = create_window(start_engine=False)
+QApplication.instance().processEvents()
+print("shown", time.perf_counter() - t0, flush=True)
+"""
+
+
+def time_to_window(runs: int = 3) -> tuple[float, float]:
+    """(seconds from process start, seconds from the first import) to the window shown; medians."""
+    home = tempfile.mkdtemp(prefix="roost-bench-")
+    env = {**os.environ, "ROOST_HOME": home}
+    total, inner = [], []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        p = subprocess.Popen([sys.executable, "-c", STARTUP], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+        for line in p.stdout:
+            if line.startswith("shown"):
+                total.append(time.perf_counter() - t0)
+                inner.append(float(line.split()[1]))
+                break
+        p.kill()
+        p.wait()
+    return statistics.median(total), statistics.median(inner)
+
+
+class StallMeter:
+    def __init__(self, app):
+        from PySide6.QtCore import QTimer
+
+        self.app = app
+        self.gaps: list[float] = []
+        self.last = time.perf_counter()
+        self.timer = QTimer(interval=5, timeout=self.tick)
+
+    def tick(self):
+        now = time.perf_counter()
+        self.gaps.append(now - self.last)
+        self.last = now
+
+    def run_until(self, done, timeout: float) -> None:
+        self.gaps.clear()
+        self.last = time.perf_counter()
+        self.timer.start()
+        end = time.time() + timeout
+        while not done() and time.time() < end:
+            self.app.processEvents()
+            time.sleep(0.001)
+        self.timer.stop()
+
+    def report(self) -> str:
+        g = sorted(self.gaps)
+        p99 = g[int(len(g) * 0.99) - 1] if g else 0.0
+        return f"longest stall {max(g) * 1000:.0f} ms, 99th percentile {p99 * 1000:.0f} ms over {len(g)} ticks"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tokens", type=int, default=200)
+    ap.add_argument("--download-mb", type=int, default=300)
+    args = ap.parse_args()
+
+    total, inner = time_to_window()
+    print(f"time to window shown: {total:.2f} s from process start ({inner:.2f} s after the first import)")
+
+    home = Path(tempfile.mkdtemp(prefix="roost-bench-"))
+    os.environ["ROOST_HOME"] = str(home)
+    from PySide6.QtWidgets import QApplication
+
+    from app.core.queue import DownloadQueue
+    from app.core.library import Target
+    from app.gui.app import create_window
+    from app.gui.worker import EngineThread
+    from engine.synthetic import save_checkpoint
+
+    win = create_window(start_engine=False)
+    app = QApplication.instance()
+    win.attach_engine(EngineThread(win))
+    meter = StallMeter(app)
+
+    ckpt = save_checkpoint(home / "bench-v7-12x768.pth", "v7.0", n_layer=12, n_embd=768)
+    win.load_model(str(ckpt), "cpu fp32")
+    meter.run_until(lambda: win.info is not None or win.error is not None, 300)
+    print(f"while loading a 12x768 model: {meter.report()}")
+    win.chat.sampling.set_values({"max_tokens": args.tokens})
+    replies = []
+    win.engine.worker.done.connect(lambda rid, r: replies.append(r))
+    win.chat.input.setPlainText("Tell me a long story about a lighthouse keeper.")
+    win.chat.send()
+    meter.run_until(lambda: bool(replies), 600)
+    r = replies[0]
+    print(f"while generating {r.tokens} tokens at {r.tokens_per_second:.1f} tokens/s: {meter.report()}")
+
+    from tests.hubserver import HubServer
+
+    data = os.urandom(args.download_mb << 20)
+    hub = HubServer()
+    hub.add("bench/repo", "big.pth", data)
+    hub.start()
+    q = DownloadQueue(home / "dl", endpoints={"hf": hub.hub_url})
+    q.listen(win.bridge.job.emit)
+    win.queue = q
+    import hashlib
+
+    t0 = time.perf_counter()
+    job = q.add(Target("bench/repo", "big.pth", sha256=hashlib.sha256(data).hexdigest(), size=len(data)))
+    meter.run_until(lambda: job.finished, 600)
+    secs = time.perf_counter() - t0
+    print(f"while downloading {args.download_mb} MB at {args.download_mb / secs:.0f} MB/s ({job.state}): "
+          f"{meter.report()}")
+    hub.stop()
+    win.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
