@@ -6,6 +6,7 @@
     roost doctor [--json]       what this machine has
     roost models [--all]        the catalog with what fits this machine
     roost download NAME         download a model into the models folder
+    roost selfcheck             check this installation; exit code 0 when it works
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="preferred source: the Hub, hf-mirror.com or ModelScope (default: from Settings)")
     dl.add_argument("--token", default=None, help="Hugging Face token (default: $HF_TOKEN)")
     dl.set_defaults(func=_download)
+    sc = sub.add_parser("selfcheck", help="check that this installation works (exit code 0 when it does)")
+    sc.set_defaults(func=lambda args: __import__("app.selfcheck", fromlist=["run"]).run())
     return p
 
 

@@ -17,9 +17,10 @@ from pathlib import Path
 
 from app.core.advisor import RUNS_WELL, Advice, ModelShape, choose_strategy
 from app.core.hardware import Machine
+from app.core.paths import assets_dir
 from engine.errors import RoostError
 
-CATALOG = Path(__file__).resolve().parents[2] / "assets" / "catalog.json"
+CATALOG = assets_dir() / "catalog.json"
 MIN_TPS = 8.0  # a first-time user should see text appear comfortably faster than reading speed
 
 

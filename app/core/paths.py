@@ -16,6 +16,12 @@ from pathlib import Path
 APP = "Roost"
 
 
+def assets_dir() -> Path:
+    """The app's bundled files: `assets/` in a checkout, inside the bundle when frozen."""
+    base = getattr(sys, "_MEIPASS", None)
+    return Path(base) / "assets" if base else Path(__file__).resolve().parents[2] / "assets"
+
+
 def data_dir() -> Path:
     """The per-user folder for settings, caches and (by default) models."""
     if os.environ.get("ROOST_HOME"):

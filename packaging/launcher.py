@@ -1,0 +1,8 @@
+"""Entry point of the frozen bundle: the same `roost` command as a Python install."""
+
+import sys
+
+from app.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
