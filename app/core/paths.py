@@ -59,7 +59,10 @@ def portable_models_dir() -> Path | None:
     """`models/` beside a frozen Roost, when it exists or can be made and is writable."""
     if not getattr(sys, "frozen", False):
         return None
-    folder = Path(sys.executable).resolve().parent / "models"
+    exe_dir = Path(sys.executable).resolve().parent
+    if exe_dir.parts[-2:] == ("Contents", "MacOS"):  # inside Roost.app: never write into the app
+        return None
+    folder = exe_dir / "models"
     try:
         folder.mkdir(exist_ok=True)
         probe = folder / ".roost-write-test"
