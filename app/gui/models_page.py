@@ -142,6 +142,7 @@ class ModelsPage(QWidget):
         self.win = win
         self.catalog = []
         self.jobs = {}  # file name -> Job
+        self.partial = {}  # file name -> Pending: a download stopped in an earlier session
         self.show_all = False
         self.table = CatalogTable(self)
         self.proxy = Filter(self.table)
@@ -228,7 +229,10 @@ class ModelsPage(QWidget):
         from app.core import paths
         from app.core.advisor import choose_strategy
 
+        from app.core.library import pending
+
         folder = paths.models_dir()
+        self.partial = {p.name: p for p in pending(folder)}
         models = self.catalog
         if not self.show_all:
             newest = {}
@@ -236,7 +240,7 @@ class ModelsPage(QWidget):
                 key = (m.family, m.params)
                 if key not in newest or m.date > newest[key].date:
                     newest[key] = m
-            here = {p.name for p in folder.iterdir()}
+            here = {p.name for p in folder.iterdir()} | set(self.partial)
             models = [m for m in models if newest[(m.family, m.params)] is m or m.file in here]
         rows = [Row(m, folder / m.file) for m in models]
         known = {m.file for m in self.catalog}
@@ -303,6 +307,9 @@ class ModelsPage(QWidget):
             return tr("failed")
         if row.path is not None and row.path.exists():
             return tr("downloaded")
+        part = self.partial.get(row.file)
+        if part is not None and part.total:
+            return f"{tr('paused')} · {int(100 * part.have / part.total)}%"
         if row.model is not None and not row.model.available:
             return tr("removed upstream")
         return tr("not downloaded")

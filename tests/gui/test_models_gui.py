@@ -130,3 +130,17 @@ def test_strategy_override_and_import(qtbot, window, make_checkpoint, home, tmp_
     junk.write_bytes(b"garbage")
     page.import_path(str(junk))
     assert win.error and "junk.pth" not in [r.file for r in page.table.rows]
+
+
+def test_a_download_stopped_in_an_earlier_session_shows_as_paused(qtbot, window, home):
+    import json
+
+    model = next(m for m in load_catalog(refreshed=False) if m.family == "RWKV-7 G1")
+    folder = home / "models"
+    folder.mkdir(parents=True)
+    (folder / (model.file + ".part")).write_bytes(b"x" * (model.size_bytes // 4 + 1000))
+    (folder / (model.file + ".part.json")).write_text(json.dumps({"sha256": model.sha256, "size": model.size_bytes}))
+    win = window()
+    win.models.set_catalog(load_catalog(refreshed=False))
+    row = next(r for r in win.models.table.rows if r.file == model.file)
+    assert win.models.status_text(row) == "paused · 25%"
