@@ -146,8 +146,9 @@ def linear(x: torch.Tensor, w) -> torch.Tensor:
     if x.dtype == w.dtype:
         return F.linear(x, w)
     # lower-precision weights under float32 activations (the CPU strategies)
-    if w.dtype == torch.bfloat16 and x.device.type == "cpu" and not cpu_has_bf16() \
-            and x.numel() > SMALL_BATCH * x.shape[-1]:
+    # (the size test first: one token never reads /proc/cpuinfo, which torch.compile cannot trace)
+    if w.dtype == torch.bfloat16 and x.device.type == "cpu" and x.numel() > SMALL_BATCH * x.shape[-1] \
+            and not cpu_has_bf16():
         return F.linear(x, w.to(x.dtype))
     return F.linear(x.to(w.dtype), w).to(x.dtype)
 

@@ -13,6 +13,7 @@ copy them to the GPU for each forward.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -22,11 +23,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from engine import compiled
 from engine.arch import arch_module
 from engine.checkpoint import ModelConfig, TensorFile, open_checkpoint
 from engine.linear import Int8Linear, linear
 from engine.strategy import Placement, Strategy, check_devices, machine_devices, parse_strategy, plan_layers
 
+log = logging.getLogger(__name__)
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -64,6 +67,39 @@ class RWKV:
         self._layers = layers
         self._places = placements
         self._rescale = config.version < 7 and any(p.stage.dtype == "fp16" for p in placements)
+        self._step = self._arch.layer  # one token through a layer; torch.compile'd when opted in
+        self.compiled = False  # whether the one-token step runs compiled
+        self.compile_note: str | None = None  # why not, when compilation was asked for
+
+    def enable_compile(self) -> bool:
+        """Compile the one-token layer step with torch.compile where this machine can; else say
+        why in :attr:`compile_note` and stay eager. Compiles now (one token through a fresh state)
+        so that the cost is paid at load time and failures show at once. Returns :attr:`compiled`."""
+        reason = compiled.unavailable_reason(self.strategy.devices)
+        if reason:
+            self._no_compile(reason)
+            return False
+        self._step = torch.compile(self._arch.layer, dynamic=False)
+        self.compiled, self.compile_note = True, None
+        self.forward([0])
+        return self.compiled
+
+    def _no_compile(self, reason: str) -> None:
+        self._step, self.compiled = self._arch.layer, False
+        self.compile_note = f"running without compilation because {reason}"
+        log.warning("%s", self.compile_note)
+
+    def _layer(self, x, lw, st, carry):
+        """One layer; a single token goes through the compiled step, if any (the prompt
+        chunks always run eagerly). A compiled step that fails is dropped for the eager one."""
+        if x.shape[0] != 1 or not self.compiled:
+            return self._arch.layer(x, lw, st, self.config, carry)
+        try:
+            return self._step(x, lw, st, self.config, carry)
+        except Exception as e:  # noqa: BLE001 (compiler errors come in many types)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            self._no_compile(f"torch.compile failed ({type(e).__name__}: {first[:300]})")
+            return self._arch.layer(x, lw, st, self.config, carry)
 
     # the names RWKV users know from the rwkv pip package
     version = property(lambda self: self.config.version)
@@ -115,7 +151,7 @@ class RWKV:
                 if self._places[i].stream:
                     lw = _to_device(lw, dev)
                 st = tuple(t.to(dev) for t in layers_state[i])
-                x, layers_state[i], carry = self._arch.layer(x, lw, st, self.config, carry)
+                x, layers_state[i], carry = self._layer(x, lw, st, carry)
                 if self._rescale and (i + 1) % RESCALE_EVERY == 0:
                     x = x / 2
             if all_logits or c0 + self.chunk_len >= len(tokens):
@@ -146,7 +182,7 @@ def _to_device(lw: dict, dev: str) -> dict:
 def load_model(path: str | os.PathLike, strategy: str = "cpu fp32", *,
                tokenizer_path: str | os.PathLike | None = None,
                progress: Callable[[float], None] | None = None,
-               chunk_len: int = 128, check_memory: bool = True) -> RWKV:
+               chunk_len: int = 128, check_memory: bool = True, compile: bool = False) -> RWKV:
     """Load an official RWKV checkpoint (``.pth`` or ``.safetensors``) to run with ``strategy``.
 
     Raises :class:`~engine.errors.CheckpointError` subclasses for files that cannot be used,
@@ -154,6 +190,11 @@ def load_model(path: str | os.PathLike, strategy: str = "cpu fp32", *,
     :class:`~engine.errors.OutOfMemoryError` when the model would not fit, and
     :class:`~engine.errors.TokenizerError` when the model's tokenizer is missing.
     ``progress`` is called with the fraction loaded (0..1).
+
+    ``compile=True`` (or the environment variable ``ROOST_COMPILE=1``) compiles the one-token
+    layer step with ``torch.compile`` where a C++ compiler (and for GPUs Triton) exists, which
+    makes loading slower by the compile time; elsewhere, or if compiling fails, the model runs
+    eagerly as by default and ``model.compile_note`` says why.
 
     Memory stays near the final footprint: the file is memory-mapped and converted tensor by
     tensor, and the file pages of each converted tensor are released as soon as it is done.
@@ -194,6 +235,8 @@ def load_model(path: str | os.PathLike, strategy: str = "cpu fp32", *,
     if progress:
         progress(1.0)
     model = RWKV(cfg, strat, places, weights, layers, tokenizer, Path(path), chunk_len=chunk_len)
+    if compiled.requested(compile):
+        model.enable_compile()
     model.load_seconds = time.perf_counter() - started
     return model
 

@@ -1,0 +1,87 @@
+"""The opt-in torch.compile of the one-token step: off by default, same logits when on, and a
+plain-English note (with the eager path kept) when this machine cannot compile."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import engine
+from engine import compiled
+
+TOKENS = [11, 4000, 300, 65535, 7]
+
+
+@pytest.fixture
+def ckpt(make_checkpoint):
+    return make_checkpoint("v6.0", n_layer=2, n_embd=128)
+
+
+@pytest.fixture
+def no_env(monkeypatch):
+    monkeypatch.delenv(compiled.ENV, raising=False)
+
+
+def _steps(model, prompt=(1, 2, 3)):
+    """Logits of a prompt (sequence mode) and then of TOKENS one at a time."""
+    logits, state = model.forward(list(prompt), None)
+    out = [logits]
+    for t in TOKENS:
+        logits, state = model.forward([t], state)
+        out.append(logits)
+    return torch.stack(out)
+
+
+def test_default_load_does_not_compile(ckpt, no_env, monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("torch.compile was called on the default path")
+
+    monkeypatch.setattr(torch, "compile", boom)
+    monkeypatch.setattr(compiled, "unavailable_reason", boom)  # not even the compiler check
+    model = engine.load_model(ckpt, "cpu fp32")
+    _steps(model)
+    assert model.compiled is False
+    assert model.compile_note is None
+
+
+@pytest.mark.parametrize("via_env", [False, True])
+def test_without_compiler_runs_eagerly_and_says_why(ckpt, no_env, monkeypatch, via_env):
+    monkeypatch.setattr(compiled, "unavailable_reason", lambda devices: "no C++ compiler was found (test)")
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("compiled without a compiler"))
+    if via_env:
+        monkeypatch.setenv(compiled.ENV, "1")
+    model = engine.load_model(ckpt, "cpu fp32", compile=not via_env)
+    assert model.compiled is False
+    assert model.compile_note == "running without compilation because no C++ compiler was found (test)"
+    monkeypatch.delenv(compiled.ENV, raising=False)
+    eager = engine.load_model(ckpt, "cpu fp32")
+    assert eager.compile_note is None
+    torch.testing.assert_close(_steps(model), _steps(eager), atol=0, rtol=0)
+
+
+def test_compile_failing_at_first_call_falls_back(ckpt, no_env, monkeypatch):
+    def broken_compile(fn, **kw):
+        def run(*a, **k):
+            raise RuntimeError("InductorError: C++ compile error\nmore lines")
+        return run
+
+    monkeypatch.setattr(compiled, "unavailable_reason", lambda devices: None)
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    model = engine.load_model(ckpt, "cpu fp32", compile=True)
+    assert model.compiled is False
+    assert model.compile_note.startswith("running without compilation because torch.compile failed")
+    assert "C++ compile error" in model.compile_note and "more lines" not in model.compile_note
+    eager = engine.load_model(ckpt, "cpu fp32")
+    torch.testing.assert_close(_steps(model), _steps(eager), atol=0, rtol=0)
+
+
+def test_compiled_logits_match_eager(ckpt, no_env):
+    reason = compiled.unavailable_reason(("cpu",))
+    if reason:
+        pytest.skip(f"torch.compile is not available here: {reason}")
+    model = engine.load_model(ckpt, "cpu fp32", compile=True)
+    assert model.compiled is True, model.compile_note
+    assert model.compile_note is None
+    eager = engine.load_model(ckpt, "cpu fp32")
+    torch.testing.assert_close(_steps(model), _steps(eager), atol=1e-4, rtol=0)
+    assert model.compiled is True, model.compile_note  # no fallback happened while running
