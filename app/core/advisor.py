@@ -139,3 +139,13 @@ def _gpu_layers(shape: ModelShape, room: int) -> int:
         else:
             hi = mid - 1
     return lo
+
+
+def advise_file(path) -> Advice:
+    """The advice for a model file on this machine (its shape read from the tensors, not loaded)."""
+    from app.core.hardware import probe
+    from engine.checkpoint import open_checkpoint
+
+    tensors, cfg = open_checkpoint(path)
+    tensors.close()
+    return choose_strategy(ModelShape(cfg.version, cfg.n_layer, cfg.n_embd, cfg.vocab_size), probe())

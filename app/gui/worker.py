@@ -81,15 +81,10 @@ class EngineWorker(QObject):
 
 def auto_strategy(path: str) -> tuple[str, str]:
     """The advisor's choice for this file on this machine, and its one-sentence reason."""
-    from app.core.advisor import ModelShape, choose_strategy
-    from app.core.hardware import probe
+    from app.core.advisor import advise_file
     from app.gui.i18n import pick
-    from engine.checkpoint import open_checkpoint
 
-    tensors, cfg = open_checkpoint(path)
-    tensors.close()
-    shape = ModelShape(cfg.version, cfg.n_layer, cfg.n_embd, cfg.vocab_size)
-    advice = choose_strategy(shape, probe())
+    advice = advise_file(path)
     return advice.strategy, pick(advice.reason, advice.reason_zh)
 
 
