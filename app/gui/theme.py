@@ -28,6 +28,8 @@ QListWidget#sidebar::item { padding: 10px 16px; border-radius: 6px; margin: 2px 
 QListWidget#sidebar::item:selected, QListWidget#sidebar::item:selected:active,
 QListWidget#sidebar::item:selected:!active { background: %(accent)s; color: white; border: none; }
 QLabel#title { font-size: 20px; font-weight: 600; }
+QFrame#banner { background: #f8d7da; border: 1px solid #e0a4aa; border-radius: 6px; margin: 6px; }
+QFrame#banner QLabel, QFrame#banner QPushButton { color: #6b1a22; }
 QLabel#hint { color: palette(placeholder-text); }
 QFrame#card { border: 1px solid palette(mid); border-radius: 8px; background: palette(base); }
 QPushButton#primary { background: %(accent)s; color: white; border-radius: 5px; padding: 6px 14px;

@@ -8,13 +8,16 @@ import logging
 import psutil
 from PySide6.QtCore import QByteArray, QObject, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
+    QFrame,
     QHBoxLayout,
     QLabel,
     QListWidget,
     QMainWindow,
     QMessageBox,
     QProgressBar,
+    QPushButton,
     QStackedWidget,
+    QVBoxLayout,
     QWidget,
 )
 
@@ -88,7 +91,18 @@ class MainWindow(QMainWindow):
         self.sidebar.currentRowChanged.connect(self.pages.setCurrentIndex)
         self.sidebar.setCurrentRow(0)
         row.addWidget(self.sidebar)
-        row.addWidget(self.pages, 1)
+        right = QVBoxLayout()
+        right.setContentsMargins(0, 0, 0, 0)
+        self.banner = QFrame(objectName="banner", visible=False)
+        bl = QHBoxLayout(self.banner)
+        self.banner_text = QLabel(wordWrap=True, textInteractionFlags=Qt.TextSelectableByMouse)
+        close = QPushButton("×", flat=True, clicked=self.clear_error)
+        close.setFixedWidth(28)
+        bl.addWidget(self.banner_text, 1)
+        bl.addWidget(close, 0, Qt.AlignTop)
+        right.addWidget(self.banner)
+        right.addWidget(self.pages, 1)
+        row.addLayout(right, 1)
         self.setCentralWidget(central)
 
         self.status_label = QLabel()
@@ -124,7 +138,8 @@ class MainWindow(QMainWindow):
             return
         from pathlib import Path
 
-        self.loading, self.error = Path(path).name, None
+        self.clear_error()
+        self.loading = Path(path).name
         self.load_bar.setValue(0)
         self.load_bar.show()
         self.update_status()
@@ -187,8 +202,16 @@ class MainWindow(QMainWindow):
 
     # --- status --------------------------------------------------------------------------------
     def show_error(self, message: str) -> None:
+        """The whole message in a banner above the page (it says what to do), its first line below."""
         self.error = split_bilingual(message)
         log.error("%s", message)
+        self.banner_text.setText(self.error)
+        self.banner.show()
+        self.update_status()
+
+    def clear_error(self) -> None:
+        self.error = None
+        self.banner.hide()
         self.update_status()
 
     def update_status(self) -> None:

@@ -127,6 +127,7 @@ def test_failed_load_shows_the_error(qtbot, window, tmp_path):
     win.load_model(str(junk), "cpu fp32")
     qtbot.waitUntil(lambda: win.error is not None, timeout=30000)
     assert win.info is None and win.status_label.text().startswith("Error:")
+    assert not win.banner.isHidden() and "broken.pth" in win.banner_text.text()
     assert "broken.pth" in win.status_label.toolTip() or "not" in win.status_label.text()
     assert not win.chat.send_btn.isEnabled()
 
