@@ -44,9 +44,35 @@ def create_window(start_engine: bool = True):
     apply_proxy(settings.get("proxy", ""))
     win = MainWindow()
     win.show()
+    keep_gc_on_ui_thread(app)
     if start_engine:
         QTimer.singleShot(0, lambda: start_background(win))
     return win
+
+
+def keep_gc_on_ui_thread(app) -> None:
+    """Python's cyclic garbage collector runs in whichever thread happens to allocate; if that is
+    the engine's worker and the garbage holds Qt objects, Qt destroys widgets off the UI thread and
+    crashes. So automatic collection is off and the UI thread collects on a timer, by generation,
+    as the interpreter would."""
+    import gc
+
+    from PySide6.QtCore import QTimer
+
+    gc.disable()
+    if getattr(app, "_roost_gc", None) is not None:
+        return
+
+    def collect():
+        counts, limits = gc.get_count(), gc.get_threshold()
+        for gen in (2, 1, 0):
+            if counts[gen] > limits[gen]:
+                gc.collect(gen)
+                break
+
+    timer = QTimer(app, interval=500, timeout=collect)
+    timer.start()
+    app._roost_gc = timer
 
 
 def default_language() -> str:

@@ -36,6 +36,10 @@ def window(qtbot, home):
     for w in wins:
         if w.isVisible():
             w.close()
+    import gc
+
+    gc.collect()  # on this (the UI) thread, never on the next test's worker thread
+    gc.enable()  # the app turned automatic collection off; tests outside the GUI expect it on
 
 
 def load(qtbot, win, path, strategy="cpu fp32"):

@@ -78,3 +78,13 @@ def test_never_two_models(qtbot, window, make_checkpoint):
     load(qtbot, win, make_checkpoint("v5.2"))
     rt = win.engine.worker.runtime
     assert rt.model is not first and rt.info.version == 5
+
+
+def test_garbage_is_collected_on_the_ui_thread(window):
+    import gc
+
+    window()
+    assert not gc.isenabled()  # no collection can start on the engine's thread
+    from PySide6.QtWidgets import QApplication
+
+    assert QApplication.instance()._roost_gc.isActive()
