@@ -74,9 +74,11 @@ def estimate(t: TensorFile | None, cfg: ModelConfig, strategy: Strategy, chunk_l
         need[dev] = need.get(dev, 0) + int(n)
 
     add("cpu", cfg.vocab_size * cfg.n_embd * 4)  # the embedding: float32, on the CPU
-    for (big, small), place in zip(numels, placements):
+    for i, ((big, small), place) in enumerate(zip(numels, placements)):
         st = place.stage
         big_bytes = big * (1 + 4 / cfg.n_embd) if st.int8 else big * _BYTES[st.dtype]
+        if st.int8 and st.torch_device == "cpu" and cfg.version == 7 and i == 0:
+            big_bytes = big * 2  # RWKV-7's first block stays bf16 (engine.model.keeps_bf16)
         small_bytes = small * 4
         if place.stream:  # kept in (pinned) CPU memory, copied to the GPU per forward
             add("cpu", big_bytes)
