@@ -7,6 +7,7 @@
     roost models [--all]        the catalog with what fits this machine
     roost download NAME         download a model into the models folder
     roost selfcheck             check this installation; exit code 0 when it works
+    roost serve --model PATH    an OpenAI-compatible API on http://127.0.0.1:8000/v1
 """
 
 from __future__ import annotations
@@ -82,6 +83,19 @@ def _parser() -> argparse.ArgumentParser:
                     help="preferred source: the Hub, hf-mirror.com or ModelScope (default: from Settings)")
     dl.add_argument("--token", default=None, help="Hugging Face token (default: $HF_TOKEN)")
     dl.set_defaults(func=_download)
+    sv = sub.add_parser("serve", help="serve a model through an OpenAI-compatible API (http://127.0.0.1:8000/v1)")
+    sv.add_argument("--model", required=True, help="a model file, or the name of a downloaded catalog model")
+    sv.add_argument("--strategy", default="auto", help="'auto' (the advisor's choice, default) or e.g. 'cpu int8'")
+    sv.add_argument("--host", default="127.0.0.1",
+                    help="default 127.0.0.1 (this computer only); any other address needs --api-key")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--api-key", default=None,
+                    help="clients must send 'Authorization: Bearer KEY' (default: $ROOST_API_KEY)")
+    sv.add_argument("--model-id", default=None, help="the model name clients use (default: the file name)")
+    sv.add_argument("--max-queue", type=int, default=16, help="requests that may wait; more get 503 (default 16)")
+    sv.add_argument("--max-tokens-limit", type=int, default=4096, help="the most max_tokens a request may ask")
+    sv.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    sv.set_defaults(func=_serve)
     sc = sub.add_parser("selfcheck", help="check that this installation works (exit code 0 when it does)")
     sc.set_defaults(func=lambda args: __import__("app.selfcheck", fromlist=["run"]).run())
     return p
@@ -175,6 +189,12 @@ def _chat(args) -> int:
             print(" [stopped]", end="")
         session.finish(gen)
         print()
+
+
+def _serve(args) -> int:
+    from app.server.run import serve_cli
+
+    return serve_cli(args)
 
 
 def _doctor(args) -> int:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import gc
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,6 +128,27 @@ class Runtime:
             r = gen.result
             return Reply(r.text, "", r.finish_reason, len(r.tokens), r.prompt_tokens,
                          r.prompt_tokens + len(r.tokens), r.tokens_per_second)
+
+    # --- exclusive use (the API server) --------------------------------------------------------
+    @contextmanager
+    def exclusive(self) -> Iterator[object]:
+        """Hold the loaded model for one job: no other generation, load or unload runs meanwhile.
+        Yields the model; raises RoostError when none is loaded."""
+        with self._lock:
+            yield self._need_model()
+
+    def generate(self, prompt: str | Sequence[int], *, params, state=None,
+                 on_piece: Callable[[str], None] | None = None, stop_flag=None):
+        """One generation on a text or token-id prompt, from `state` (None: a fresh state), holding
+        the lock. Returns the engine's GenerationResult (text, tokens, finish_reason, state, ...)."""
+        from engine.generate import Generation
+
+        with self.exclusive() as model:
+            gen = Generation(model, prompt, params, state=state, stop_flag=stop_flag)
+            for piece in gen:
+                if on_piece:
+                    on_piece(piece)
+            return gen.result
 
     def count_tokens(self, text: str) -> int:
         return len(self.model.tokenizer.encode(text)) if self.model else 0

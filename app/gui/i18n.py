@@ -66,6 +66,16 @@ TEXT = {
     "Diagnostics copied to the clipboard.": "诊断信息已复制到剪贴板。",
     "optional, e.g. http://127.0.0.1:7890": "可选，例如 http://127.0.0.1:7890",
     "optional, for gated or private models": "可选，用于受限或私有模型",
+    # local API server
+    "Local API server": "本地 API 服务器",
+    "Local API server (OpenAI-compatible)": "本地 API 服务器（兼容 OpenAI）",
+    "Host:": "监听地址：", "Port:": "端口：", "API key:": "API 密钥：",
+    "required when the host is not 127.0.0.1": "监听地址不是 127.0.0.1 时必填",
+    "Starting…": "正在启动…", "Stopping…": "正在停止…", "Stopped.": "已停止。",
+    "Running at {url}": "运行中：{url}",
+    "No model is loaded yet: requests get an error until one is.": "尚未加载模型：加载模型之前，请求会返回错误。",
+    "Other computers can reach it; keep the API key secret.": "其他电脑可以访问它，请妥善保管 API 密钥。",
+    "The engine is still starting. Try again in a moment.": "引擎仍在启动，请稍后再试。",
 }
 
 

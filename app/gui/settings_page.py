@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 
-from PySide6.QtCore import QUrl
+from PySide6.QtCore import QObject, Qt, QUrl, Signal
 from PySide6.QtGui import QDesktopServices, QGuiApplication
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
@@ -16,11 +17,12 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QPushButton,
     QScrollArea,
+    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
-from app.gui.i18n import LANGUAGES, language, tr
+from app.gui.i18n import LANGUAGES, language, split_bilingual, tr
 from app.gui.sampling import SamplingPanel
 from app.gui.theme import apply_theme
 
@@ -87,6 +89,7 @@ class SettingsPage(QWidget):
         self.sampling.setMaximumWidth(400)
         QVBoxLayout(box).addWidget(self.sampling)
         v.addWidget(box)
+        v.addWidget(self._api_box(s))
         buttons = QHBoxLayout()
         self.saved = QLabel(objectName="hint")
         buttons.addWidget(QPushButton(tr("Open log"), clicked=self.open_log))
@@ -99,6 +102,131 @@ class SettingsPage(QWidget):
         scroll = QScrollArea(widgetResizable=True)
         scroll.setWidget(inner)
         QVBoxLayout(self).addWidget(scroll)
+
+    # --- the local API server --------------------------------------------------------------------
+    def _api_box(self, s: dict) -> QGroupBox:
+        """A switch that serves the loaded model through an OpenAI-compatible API (app/server)."""
+        box = QGroupBox(tr("Local API server"))
+        form = QFormLayout(box)
+        self.api_switch = QCheckBox(tr("Local API server (OpenAI-compatible)"))
+        self.api_switch.toggled.connect(self._api_toggled)
+        form.addRow(self.api_switch)
+        self.api_host = QLineEdit(s.get("api_host", "127.0.0.1"))
+        self.api_host.setMaximumWidth(220)
+        form.addRow(tr("Host:"), self.api_host)
+        self.api_port = QSpinBox(minimum=1, maximum=65535, value=int(s.get("api_port", 8000)))
+        form.addRow(tr("Port:"), self.api_port)
+        self.api_key = QLineEdit(s.get("api_key", ""), echoMode=QLineEdit.Password,
+                                 placeholderText=tr("required when the host is not 127.0.0.1"))
+        self.api_key.setMaximumWidth(320)
+        form.addRow(tr("API key:"), self.api_key)
+        self.api_status = QLabel(objectName="hint", wordWrap=True,
+                                 textInteractionFlags=Qt.TextSelectableByMouse)
+        form.addRow(self.api_status)
+        self.api_server = None  # app.server.run.ApiServer while it runs
+        self._api_open = False  # listening beyond this computer
+        self._api_bridge = _ServerBridge(self)
+        self._api_bridge.started.connect(self._api_started)
+        self._api_bridge.failed.connect(self._api_failed)
+        self._api_bridge.stopped.connect(lambda: self.api_status.setText(tr("Stopped.")))
+        app = QGuiApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(self.stop_api_server)
+        return box
+
+    def _api_toggled(self, on: bool) -> None:
+        if on:
+            self.start_api_server()
+        else:
+            self.stop_api_server(wait=False)
+
+    def start_api_server(self) -> None:
+        """Start the server for the model the app has loaded (binding, imports and start-up run on
+        a background thread; the result comes back through signals)."""
+        import threading
+
+        from app.server.run import ServerError, check_bind, is_loopback
+
+        engine = self.win.engine
+        host, port, key = self.api_host.text().strip(), self.api_port.value(), self.api_key.text().strip()
+        if engine is None:
+            return self._api_failed(tr("The engine is still starting. Try again in a moment."))
+        try:
+            check_bind(host, port, key)
+        except ServerError as e:
+            return self._api_failed(split_bilingual(str(e)))
+        self.win.settings.update(api_host=host, api_port=port, api_key=key)
+        from app.core import paths
+
+        paths.save_settings({**paths.load_settings(), "api_host": host, "api_port": port, "api_key": key})
+        for w in (self.api_host, self.api_port, self.api_key):
+            w.setEnabled(False)
+        self.api_status.setText(tr("Starting…"))
+        from app.gui.sampling import defaults
+
+        sampling = defaults(self.win.settings)
+        chat_defaults = {k: sampling[k] for k in ("temperature", "top_p", "top_k", "presence_penalty",
+                                                  "frequency_penalty", "penalty_decay") if k in sampling}
+        runtime, bridge = engine.worker.runtime, self._api_bridge
+        self._api_open = not is_loopback(host)
+
+        def run():
+            from app.server.run import ApiServer
+
+            try:
+                server = ApiServer(runtime, host=host, port=port, api_key=key or None,
+                                   chat_defaults=chat_defaults,
+                                   chat_max_tokens=int(sampling.get("max_tokens", 1024))).start()
+            except Exception as e:  # noqa: BLE001 -- shown beside the switch
+                bridge.failed.emit(split_bilingual(str(e)) or type(e).__name__)
+                return
+            bridge.started.emit(server)
+
+        threading.Thread(target=run, name="roost-api-start", daemon=True).start()
+
+    def _api_started(self, server) -> None:
+        if not self.api_switch.isChecked():  # switched off while it was starting
+            self.api_server = server
+            self.stop_api_server(wait=False)
+            return
+        self.api_server = server
+        text = tr("Running at {url}", url=server.base_url)
+        if self.win.info is None:
+            text += " " + tr("No model is loaded yet: requests get an error until one is.")
+        if self._api_open:
+            text += " " + tr("Other computers can reach it; keep the API key secret.")
+        self.api_status.setText(text)
+
+    def _api_failed(self, message: str) -> None:
+        self.api_status.setText(tr("Error: {msg}", msg=message))
+        for w in (self.api_host, self.api_port, self.api_key):
+            w.setEnabled(True)
+        if self.api_switch.isChecked():
+            self.api_switch.blockSignals(True)
+            self.api_switch.setChecked(False)
+            self.api_switch.blockSignals(False)
+
+    def stop_api_server(self, wait: bool = True) -> None:
+        """Stop the server (its running generations end within a token)."""
+        import threading
+
+        server, self.api_server = self.api_server, None
+        for w in (self.api_host, self.api_port, self.api_key):
+            w.setEnabled(True)
+        if server is None:
+            return
+        self.api_status.setText(tr("Stopping…"))
+        if wait:
+            server.stop()
+            self.api_status.setText(tr("Stopped."))
+            return
+        bridge = self._api_bridge
+
+        def run():
+            server.stop()
+            bridge.stopped.emit()
+
+        threading.Thread(target=run, name="roost-api-stop", daemon=True).start()
 
     def browse(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, tr("Models folder:"), self.folder.text())
@@ -150,6 +278,14 @@ class SettingsPage(QWidget):
     def copy_diagnostics(self) -> None:
         QGuiApplication.clipboard().setText(diagnostics(self.win))
         self.saved.setText(tr("Diagnostics copied to the clipboard."))
+
+
+class _ServerBridge(QObject):
+    """Brings the API server's start and stop results from their threads to the UI thread."""
+
+    started = Signal(object)  # ApiServer
+    failed = Signal(str)
+    stopped = Signal()
 
 
 def diagnostics(win) -> str:

@@ -1,0 +1,250 @@
+"""Generation jobs for the API server: one worker thread runs them in order on the shared Runtime.
+
+The event loop never touches the model. A request becomes a :class:`Job`; the :class:`Worker`
+thread takes jobs first come, first served, holds the Runtime (so the app's own chat waits for the
+job and the job for it), feeds the prompt from the longest cached prefix, and streams text pieces
+back to the event loop through an asyncio queue. Setting a job's stop flag (its client left, or
+the server stops) ends it within one token; a job stopped while still waiting is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from app.server.cache import PrefixCache
+
+log = logging.getLogger("roost.server")
+
+PREFILL_CHUNK = 256  # prompt tokens per forward call; the stop flag is checked between chunks
+
+
+class QueueFull(Exception):
+    pass
+
+
+class Closed(Exception):
+    pass
+
+
+class Cancelled(Exception):
+    """The job was stopped before its generation began."""
+
+
+@dataclass
+class Outcome:
+    text: str
+    finish_reason: str  # the engine's: "stop" | "length" | "cancelled"
+    prompt_tokens: int
+    cached_tokens: int  # prompt tokens resumed from the prefix cache, not processed
+    completion_tokens: int
+    queue_seconds: float
+    seconds: float
+
+
+# --- prompts -------------------------------------------------------------------------------------
+def chat_format(model, info):
+    """The prompt format for the loaded model, and the text that starts the assistant's reply."""
+    from engine.prompts import G1_CHAT, default_format
+
+    if info is not None and info.reasoning:  # G1: answer directly (an empty thought pre-filled)
+        return G1_CHAT, G1_CHAT.reply_prefix(False)
+    fmt = default_format(model.vocab_size)
+    return fmt, fmt.reply_prefix()
+
+
+def chat_tokens(model, info, messages: Sequence[tuple[str, str]]) -> list[int]:
+    """Token ids of a chat transcript that ends where the assistant's reply begins.
+
+    Each turn is tokenised on its own, and an assistant turn as the reply prefix, then its text:
+    the same pieces as when that reply was generated. So the prompt of a continued chat starts
+    with exactly the tokens of the previous request's prompt, and the prefix cache finds it.
+    """
+    from engine.prompts import Message, clean
+
+    fmt, prefix = chat_format(model, info)
+    enc = model.tokenizer.encode
+    ids: list[int] = []
+    for role, content in messages:
+        if role == "assistant":
+            ids += enc(prefix) + enc(" " + clean(content)) + enc("\n\n")
+        else:
+            ids += enc(fmt.turn(Message(role, content)))
+    return ids + enc(prefix)
+
+
+def chat_stops(model, info) -> tuple[str, ...]:
+    return chat_format(model, info)[0].stop_strings
+
+
+# --- jobs ----------------------------------------------------------------------------------------
+class Job:
+    """One request's generation. ``prompt`` is a function (model, info) -> token ids, called
+    once the job holds the model; ``stops`` (model, info) -> extra stop strings, likewise."""
+
+    def __init__(self, prompt, params, *, stops=None, stream: bool = False,
+                 loop: asyncio.AbstractEventLoop | None = None):
+        from engine.generate import StopFlag
+
+        self.prompt = prompt
+        self.params = params
+        self.stops = stops
+        self.stream = stream
+        self.stop_flag = StopFlag()
+        self.loop = loop or asyncio.get_running_loop()
+        self.events: asyncio.Queue = asyncio.Queue()
+        self.created = time.monotonic()
+        self.outcome: Outcome | None = None
+
+    def cancel(self) -> None:
+        self.stop_flag.set()
+
+    def emit(self, kind: str, value=None) -> None:
+        """From the worker thread: ("started", None), ("piece", text), ("done", Outcome),
+        ("error", exception)."""
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+        except RuntimeError:  # the event loop is gone (the server stopped)
+            pass
+
+
+class Worker:
+    """The one thread that runs jobs, in order, on the shared Runtime."""
+
+    def __init__(self, runtime, cache: PrefixCache | None = None, *, max_queue: int = 16):
+        self.runtime = runtime
+        self.cache = cache if cache is not None else PrefixCache()
+        self.max_queue = max_queue
+        self._queue: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._waiting: list[Job] = []
+        self._current: Job | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        # counters, for /roost/stats and the tests
+        self.completed = self.cancelled = self.rejected = self.failed = 0
+        self.generated_tokens = 0
+        self.last: Outcome | None = None
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def busy(self) -> bool:
+        return self._current is not None
+
+    def submit(self, job: Job) -> None:
+        """Queue a job; QueueFull when `max_queue` jobs already wait, Closed after close()."""
+        with self._lock:
+            if self._closed:
+                raise Closed()
+            if len(self._waiting) >= self.max_queue:
+                self.rejected += 1
+                raise QueueFull()
+            self._waiting.append(job)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="roost-api-worker", daemon=True)
+                self._thread.start()
+        self._queue.put(job)
+
+    def close(self) -> None:
+        """Stop every job (running or waiting) and end the thread after the current one."""
+        with self._lock:
+            self._closed = True
+            jobs = [*self._waiting, *([self._current] if self._current else [])]
+        for job in jobs:
+            job.cancel()
+        self._queue.put(None)
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def stats(self) -> dict:
+        return {"waiting": self.waiting, "busy": self.busy, "max_queue": self.max_queue,
+                "completed": self.completed, "cancelled": self.cancelled, "rejected": self.rejected,
+                "failed": self.failed, "generated_tokens": self.generated_tokens,
+                "cache": self.cache.stats().to_dict()}
+
+    # --- the thread ----------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            with self._lock:
+                self._waiting.remove(job)
+                self._current = job
+            try:
+                if job.stop_flag.is_set():
+                    raise Cancelled()
+                outcome = self._run(job)
+                job.outcome = self.last = outcome
+                self.generated_tokens += outcome.completion_tokens
+                if outcome.finish_reason == "cancelled":
+                    self.cancelled += 1
+                else:
+                    self.completed += 1
+                job.emit("done", outcome)
+            except Cancelled as e:
+                self.cancelled += 1
+                job.emit("error", e)
+            except Exception as e:  # noqa: BLE001 -- reported to the client as an error object
+                from engine.errors import RoostError
+
+                if not isinstance(e, (RoostError, ValueError)):
+                    log.error("generation failed: %s", traceback.format_exc())
+                self.failed += 1
+                job.emit("error", e)
+            finally:
+                with self._lock:
+                    self._current = None
+            # let a thread that waits for the Runtime (the app's own chat) have its turn
+            time.sleep(0.002)
+
+    def _run(self, job: Job) -> Outcome:
+        from engine.generate import Generation
+
+        with self.runtime.exclusive() as model:
+            started = time.monotonic()
+            if job.stop_flag.is_set():
+                raise Cancelled()
+            info = self.runtime.info
+            ids = list(job.prompt(model, info))
+            if not ids:  # an empty prompt: start from end-of-text, as a document start
+                ids = [model.tokenizer.eos_token or 0]
+            params = job.params
+            if job.stops is not None:
+                extra = tuple(job.stops(model, info))
+                params = params.replace(stop=tuple(dict.fromkeys(params.stop + extra)))
+            job.emit("started")
+            cached, state = self.cache.lookup(model, ids)
+            rest = ids[cached:]
+            # the state before the prompt's last token is kept: a later prompt that extends this
+            # one (or repeats it) resumes there and feeds only what follows
+            head = rest[:-1]
+            for c0 in range(0, len(head), PREFILL_CHUNK):
+                if job.stop_flag.is_set():
+                    self.cache.record(len(ids), c0)
+                    return Outcome("", "cancelled", len(ids), cached, 0, started - job.created,
+                                   time.monotonic() - started)
+                _, state = model.forward(head[c0:c0 + PREFILL_CHUNK], state)
+            if head:
+                self.cache.store(model, ids[:-1], state)
+            self.cache.record(len(ids), len(rest))
+            gen = Generation(model, rest[-1:], params, state=state, stop_flag=job.stop_flag)
+            for piece in gen:
+                if job.stream:
+                    job.emit("piece", piece)
+            r = gen.result
+            if r.state is not None and r.n_fed:  # the state after the reply, for the next turn
+                self.cache.store(model, ids + r.tokens[:r.n_fed], r.state)
+            return Outcome(r.text, r.finish_reason, len(ids), cached, len(r.tokens),
+                           started - job.created, time.monotonic() - started)

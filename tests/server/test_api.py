@@ -1,0 +1,395 @@
+"""The OpenAI-compatible server, driven by the official `openai` client against a real uvicorn
+server on 127.0.0.1 (a free port) with a small random-weight model. Random weights write gibberish,
+which is fine: the tests check the protocol, the token counts, the cache and the concurrency."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx2
+import openai
+import pytest
+
+from app.core.runtime import Runtime
+from app.server.cache import PrefixCache
+from app.server.jobs import chat_tokens
+from app.server.run import ApiServer, ServerError, check_bind, is_loopback
+from engine.sampling import SamplingParams
+
+LONG = 3000  # a max_tokens that takes far longer than any test waits
+
+
+@pytest.fixture(scope="module")
+def runtime(make_checkpoint):
+    rt = Runtime()
+    rt.load(make_checkpoint("v6.0"), "cpu fp32")
+    yield rt
+    rt.unload()
+
+
+@pytest.fixture(scope="module")
+def server(runtime):
+    srv = ApiServer(runtime, port=0).start()
+    yield srv
+    srv.stop()
+    assert not srv.running
+
+
+@pytest.fixture(scope="module")
+def model(runtime) -> str:
+    return runtime.info.path.stem
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=server.base_url, api_key="not-needed-on-loopback", max_retries=0, timeout=60)
+
+
+def wait_idle(worker, timeout=20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while worker.busy or worker.waiting:
+        assert time.monotonic() < deadline, "the server did not become idle"
+        time.sleep(0.02)
+
+
+def chat(client, model, messages, **kw):
+    kw = {"max_tokens": 8, "seed": 7, **kw}
+    return client.chat.completions.create(model=model, messages=messages, **kw)
+
+
+# --- endpoints -------------------------------------------------------------------------------------
+def test_models_are_listed(client, model, runtime):
+    listed = client.models.list()
+    assert [m.id for m in listed.data] == [model]
+    assert listed.data[0].owned_by == "roost"
+    assert client.models.retrieve(model).id == model
+    assert client.models.retrieve(runtime.info.name).id == model  # the file name works too
+
+
+def test_chat_non_streaming_and_streaming_agree(client, model, runtime):
+    messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hello there!"}]
+    r = chat(client, model, messages, max_tokens=6)
+    choice = r.choices[0]
+    assert r.object == "chat.completion" and r.model == model and r.id.startswith("chatcmpl-")
+    assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
+    assert choice.finish_reason in ("stop", "length")
+    want_prompt = len(chat_tokens(runtime.model, runtime.info, [("system", "You are terse."), ("user", "Hello there!")]))
+    assert r.usage.prompt_tokens == want_prompt
+    assert 1 <= r.usage.completion_tokens <= 6
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    if choice.finish_reason == "length":
+        assert r.usage.completion_tokens == 6
+
+    chunks = list(chat(client, model, messages, max_tokens=6, stream=True, stream_options={"include_usage": True}))
+    assert all(c.object == "chat.completion.chunk" and c.id == chunks[0].id for c in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    with_choice = [c for c in chunks if c.choices]
+    assert [c.choices[0].finish_reason for c in with_choice][-1] == choice.finish_reason
+    assert all(c.choices[0].finish_reason is None for c in with_choice[:-1])
+    text = "".join(c.choices[0].delta.content or "" for c in with_choice)
+    assert text == choice.message.content  # the same seed: the same reply, streamed or not
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == r.usage.completion_tokens
+    assert chunks[-1].usage.prompt_tokens == r.usage.prompt_tokens
+
+
+def test_raw_sse_framing(server, model):
+    body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "stream": True}
+    with httpx2.stream("POST", f"{server.base_url}/chat/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = [e for e in r.read().decode().split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events)
+    assert events[-1] == "data: [DONE]"
+    last = json.loads(events[-2][6:])
+    assert last["choices"][0]["finish_reason"] in ("stop", "length") and last["choices"][0]["delta"] == {}
+
+
+def test_completions(client, model, runtime):
+    prompt = "The quick brown fox"
+    r = client.completions.create(model=model, prompt=prompt, max_tokens=5, seed=3)
+    assert r.object == "text_completion" and r.choices[0].finish_reason in ("stop", "length")
+    assert r.usage.prompt_tokens == len(runtime.model.tokenizer.encode(prompt))
+    if r.choices[0].finish_reason == "length":
+        assert r.usage.completion_tokens == 5
+    streamed = list(client.completions.create(model=model, prompt=prompt, max_tokens=5, seed=3, stream=True))
+    assert "".join(c.choices[0].text for c in streamed) == r.choices[0].text
+    assert streamed[-1].choices[0].finish_reason == r.choices[0].finish_reason
+    echoed = client.completions.create(model=model, prompt=prompt, max_tokens=5, seed=3, echo=True)
+    assert echoed.choices[0].text == prompt + r.choices[0].text
+    ids = runtime.model.tokenizer.encode(prompt)
+    by_ids = client.completions.create(model=model, prompt=ids, max_tokens=5, seed=3)
+    assert by_ids.choices[0].text == r.choices[0].text
+    default = client.completions.create(model=model, prompt=prompt, seed=3)  # OpenAI's default: 16 tokens
+    assert default.usage.completion_tokens <= 16
+
+
+def test_stop_strings(client, model):
+    prompt = "Once upon a time"
+    full = client.completions.create(model=model, prompt=prompt, max_tokens=24, seed=11, temperature=0.8)
+    text = full.choices[0].text
+    stop = next(text[i:i + 2] for i in range(3, len(text) - 2) if text[i:i + 2].strip() and "\ufffd" not in text[i:i + 2])
+    cut = client.completions.create(model=model, prompt=prompt, max_tokens=24, seed=11, temperature=0.8, stop=[stop])
+    assert cut.choices[0].text == text[:text.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+    streamed = client.completions.create(model=model, prompt=prompt, max_tokens=24, seed=11, temperature=0.8,
+                                         stop=stop, stream=True)
+    pieces = list(streamed)
+    assert "".join(c.choices[0].text for c in pieces) == cut.choices[0].text
+    assert pieces[-1].choices[0].finish_reason == "stop"
+
+
+def test_continued_chat_resumes_from_the_cached_state(client, model, server, runtime):
+    worker = server.worker
+    history = [{"role": "user", "content": "Tell me about the sea, please."}]
+    first = chat(client, model, history, max_tokens=10, temperature=0)
+    history += [{"role": "assistant", "content": first.choices[0].message.content},
+                {"role": "user", "content": "And the mountains?"}]
+    before = worker.cache.stats()
+    second = chat(client, model, history, max_tokens=10, temperature=0)
+    after = worker.cache.stats()
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    # the whole previous prompt (at least) came from the cache; only the rest was processed
+    assert cached >= first.usage.prompt_tokens - 1
+    assert after.hits == before.hits + 1
+    assert after.processed_tokens - before.processed_tokens == second.usage.prompt_tokens - cached
+    assert second.usage.prompt_tokens - cached < second.usage.prompt_tokens // 2
+
+    # the resumed state gives the reply a fresh state gives (greedy, so the same tokens)
+    fresh_rt = Runtime()
+    fresh_rt.load(runtime.info.path, "cpu fp32")
+    fresh = ApiServer(fresh_rt, port=0, cache_entries=0).start()
+    try:
+        other = openai.OpenAI(base_url=fresh.base_url, api_key="x", max_retries=0)
+        again = chat(other, model, history, max_tokens=10, temperature=0)
+        assert again.usage.prompt_tokens_details.cached_tokens == 0
+        assert again.choices[0].message.content == second.choices[0].message.content
+    finally:
+        fresh.stop()
+        fresh_rt.unload()
+
+
+def test_a_client_that_disconnects_stops_its_generation(client, model, server):
+    worker = server.worker
+    wait_idle(worker)
+    cancelled = worker.cancelled
+    stream = client.completions.create(model=model, prompt="Far away", max_tokens=LONG, seed=5, stream=True)
+    for i, _ in enumerate(stream):
+        if i == 3:
+            break
+    stream.close()
+    wait_idle(worker, timeout=15)
+    assert worker.cancelled == cancelled + 1
+    assert worker.last.finish_reason == "cancelled" and worker.last.completion_tokens < LONG
+
+    # a non-streaming client that gives up: the same
+    with pytest.raises(httpx2.TimeoutException):
+        httpx2.post(f"{server.base_url}/completions", timeout=1.0,
+                    json={"model": model, "prompt": "Far away", "max_tokens": LONG})
+    wait_idle(worker, timeout=15)
+    assert worker.cancelled == cancelled + 2
+    assert worker.last.completion_tokens < LONG
+    # and the model is free for the next request
+    assert chat(client, model, [{"role": "user", "content": "Hi"}], max_tokens=2).choices
+
+
+def test_a_full_queue_answers_503(runtime, model):
+    srv = ApiServer(runtime, port=0, max_queue=1).start()
+    try:
+        c = openai.OpenAI(base_url=srv.base_url, api_key="x", max_retries=0, timeout=60)
+        busy = c.completions.create(model=model, prompt="One", max_tokens=LONG, seed=1, stream=True)
+        next(iter(busy))  # generating
+        waiting: list = []
+        t = threading.Thread(target=lambda: waiting.append(
+            c.completions.create(model=model, prompt="Two", max_tokens=2)))
+        t.start()
+        deadline = time.monotonic() + 10
+        while srv.worker.waiting < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        with pytest.raises(openai.APIStatusError) as e:
+            c.completions.create(model=model, prompt="Three", max_tokens=2)
+        assert e.value.status_code == 503
+        assert e.value.body["code"] == "queue_full" and "busy" in e.value.body["message"]
+        busy.close()  # frees the model: the waiting request is served
+        t.join(30)
+        assert waiting and waiting[0].choices[0].finish_reason in ("stop", "length")
+    finally:
+        srv.stop()
+
+
+def test_requests_wait_for_the_app_using_the_same_runtime(client, model, server, runtime):
+    """The app's chat and the server share one Runtime: a request waits while the app generates."""
+    wait_idle(server.worker)
+    done: list = []
+    with runtime.exclusive():  # what Runtime.chat holds while the app generates
+        t = threading.Thread(target=lambda: done.append(chat(client, model, [{"role": "user", "content": "Hi"}])))
+        t.start()
+        time.sleep(0.5)
+        assert not done and server.worker.busy
+    t.join(30)
+    assert done and done[0].choices[0].message is not None
+    reply = runtime.chat("app", [], "Hello", params=SamplingParams(max_tokens=3, seed=1))  # and the app still works
+    assert reply.tokens >= 1
+
+
+# --- errors ---------------------------------------------------------------------------------------
+def test_bad_requests_get_openai_error_objects(client, model, server):
+    url = server.base_url
+    with pytest.raises(openai.NotFoundError) as e:
+        chat(client, "gpt-4o", [{"role": "user", "content": "Hi"}])
+    assert e.value.body["code"] == "model_not_found" and e.value.body["param"] == "model"
+    cases = [
+        ({"messages": [{"role": "user", "content": "Hi"}]}, 400, "model"),
+        ({"model": model, "messages": []}, 400, "messages"),
+        ({"model": model, "messages": [{"role": "wizard", "content": "Hi"}]}, 400, "messages[0].role"),
+        ({"model": model, "messages": [{"role": "tool", "content": "Hi"}]}, 400, "messages[0].role"),
+        ({"model": model, "messages": [{"role": "user", "content": 5}]}, 400, "messages[0].content"),
+        ({"model": model, "messages": [{"role": "user", "content": "Hi"}], "temperature": "hot"}, 400, "temperature"),
+        ({"model": model, "messages": [{"role": "user", "content": "Hi"}], "temperature": 9}, 400, "temperature"),
+        ({"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 10 ** 6}, 400, "max_tokens"),
+        ({"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 0}, 400, "max_tokens"),
+        ({"model": model, "messages": [{"role": "user", "content": "Hi"}], "n": 3}, 400, "n"),
+        ({"model": model, "messages": [{"role": "user", "content": "Hi"}], "stop": [1]}, 400, "stop"),
+        ({"model": model, "messages": [{"role": "user", "content": "Hi"}], "tools": [{"type": "function"}]},
+         400, "tools"),
+    ]
+    for body, status, param in cases:
+        r = httpx2.post(f"{url}/chat/completions", json=body, timeout=30)
+        assert r.status_code == status, (body, r.text)
+        err = r.json()["error"]
+        assert err["param"] == param and err["message"] and err["type"] == "invalid_request_error", (body, err)
+    for body in ({"model": model}, {"model": model, "prompt": {"x": 1}}, {"model": model, "prompt": [10 ** 9]},
+                 {"model": model, "prompt": ["a", "b"]}, {"model": model, "prompt": "x", "logprobs": 2}):
+        r = httpx2.post(f"{url}/completions", json=body, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["message"], (body, r.text)
+    raw = [
+        ("POST", "/chat/completions", b"{not json", 400),
+        ("POST", "/chat/completions", b"[1, 2]", 400),
+        ("POST", "/chat/completions", b"\xff\xfe", 400),
+        ("POST", "/chat/completions", b"{" + b" " * (5 * 2 ** 20) + b"}", 413),
+        ("GET", "/chat/completions", b"", 405),
+        ("POST", "/engines/davinci/completions", b"{}", 404),
+    ]
+    for method, path, content, status in raw:
+        r = httpx2.request(method, url + path, content=content, timeout=30,
+                           headers={"content-type": "application/json"})
+        assert r.status_code == status, (path, r.text[:200])
+        assert set(r.json()) == {"error"} and "Traceback" not in r.text
+    assert server.worker.failed == 0
+
+
+def test_web_pages_of_other_sites_are_refused(server, model):
+    body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    r = httpx2.post(f"{server.base_url}/chat/completions", json=body, headers={"Origin": "https://evil.example"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "origin_not_allowed"
+    r = httpx2.post(f"{server.base_url}/chat/completions", json=body, headers={"Origin": "http://localhost:3000"},
+                    timeout=30)
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://localhost:3000"
+
+
+def test_api_key(runtime, model):
+    srv = ApiServer(runtime, port=0, api_key="s3cret").start()
+    try:
+        c = openai.OpenAI(base_url=srv.base_url, api_key="wrong", max_retries=0)
+        with pytest.raises(openai.AuthenticationError) as e:
+            c.models.list()
+        assert e.value.status_code == 401 and e.value.body["code"] == "invalid_api_key"
+        for headers in ({}, {"Authorization": "s3cret"}, {"Authorization": "Basic s3cret"}):
+            r = httpx2.post(f"{srv.base_url}/chat/completions", json={"model": model, "messages": []},
+                            headers=headers)
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"  # before anything else
+        c = openai.OpenAI(base_url=srv.base_url, api_key="s3cret", max_retries=0)
+        assert [m.id for m in c.models.list().data] == [model]
+        assert chat(c, model, [{"role": "user", "content": "Hi"}], max_tokens=2).choices
+    finally:
+        srv.stop()
+
+
+def test_listening_beyond_loopback_needs_an_api_key(runtime):
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1") and is_loopback("127.1.2.3")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.20") and not is_loopback("example.org")
+    for host in ("0.0.0.0", "192.168.1.20", "::"):
+        with pytest.raises(ServerError, match="API key"):
+            ApiServer(runtime, host=host, port=0)
+        with pytest.raises(ServerError, match="API key"):
+            check_bind(host, 8000, "  ")
+        check_bind(host, 8000, "a-key")  # allowed with a key
+    from app.cli import main
+
+    assert main(["serve", "--model", "whatever.pth", "--host", "0.0.0.0"]) == 2  # refused before loading
+
+
+def test_a_busy_port_is_a_clear_error(server, runtime):
+    with pytest.raises(ServerError, match="Cannot listen"):
+        ApiServer(runtime, port=server.port).start()
+
+
+def test_the_server_follows_the_model_the_app_loads(make_checkpoint):
+    rt = Runtime()
+    rt.load(make_checkpoint("v6.0"), "cpu fp32")
+    srv = ApiServer(rt, port=0).start()
+    try:
+        c = openai.OpenAI(base_url=srv.base_url, api_key="x", max_retries=0)
+        assert chat(c, c.models.list().data[0].id, [{"role": "user", "content": "Hi"}], max_tokens=2).choices
+        assert len(srv.worker.cache) > 0
+        rt.unload()
+        assert len(srv.worker.cache) == 0  # the unloaded model's states are freed with it
+        assert c.models.list().data == []
+        with pytest.raises(openai.APIStatusError) as e:
+            chat(c, "model-v6.0", [{"role": "user", "content": "Hi"}])
+        assert e.value.status_code == 503 and e.value.body["code"] == "model_not_loaded"
+        rt.load(make_checkpoint("v7.0"), "cpu fp32")
+        new = c.models.list().data[0].id
+        assert new == "model-v7.0"
+        r = chat(c, new, [{"role": "user", "content": "Hi"}], max_tokens=2)
+        assert r.usage.prompt_tokens_details.cached_tokens == 0  # the old model's states were dropped
+    finally:
+        srv.stop()
+        rt.unload()
+
+
+# --- the cache on its own ------------------------------------------------------------------------
+class _Model:
+    pass
+
+
+def test_prefix_cache_lru_and_limits():
+    import torch
+
+    m = _Model()
+    state = (torch.zeros(256),)  # 1 KiB
+    c = PrefixCache(max_entries=3, max_bytes=10 * 1024)
+    assert c.lookup(m, [1, 2, 3]) == (0, None)
+    c.store(m, [1, 2], state)
+    c.store(m, [1, 2, 3, 4], state)
+    assert c.lookup(m, [1, 2, 3, 4, 5])[0] == 4
+    assert c.lookup(m, [1, 2, 3, 4])[0] == 2  # a proper prefix only: one token is always fed
+    assert c.lookup(m, [1, 9])[0] == 0
+    c.store(m, [7], state)
+    c.lookup(m, [1, 2, 3])  # [1, 2] used: now [1, 2, 3, 4] is the least recently used
+    c.store(m, [8], state)
+    assert len(c) == 3 and c.lookup(m, [1, 2, 3, 4, 5])[0] == 2 and c.evictions == 1
+    s = c.stats()
+    assert (s.hits, s.misses, s.entries, s.bytes) == (4, 2, 3, 3 * 1024)
+    assert not c.store(m, [5, 5], (torch.zeros(4096),))  # 16 KiB: over the whole budget
+    small = PrefixCache(max_entries=100, max_bytes=2 * 1024)
+    for i in range(5):
+        small.store(m, [i], state)
+    assert len(small) == 2 and small.stats().bytes <= 2 * 1024
+    small.lookup(_Model(), [0, 1])  # another model: nothing of the first one's applies
+    assert len(small) == 0
+
+
+def test_runtime_generate_continues_from_a_given_state(runtime):
+    """Runtime.generate: a token-id prompt from a starting state, holding the Runtime's lock."""
+    tok = runtime.model.tokenizer
+    head, tail = tok.encode("The sea was calm"), tok.encode(" and the sky was grey.")
+    params = SamplingParams(max_tokens=6, seed=2, temperature=0)
+    whole = runtime.generate(head + tail, params=params)
+    with runtime.exclusive() as model:
+        _, state = model.forward(head)
+    pieces: list[str] = []
+    resumed = runtime.generate(tail, params=params, state=state, on_piece=pieces.append)
+    assert resumed.tokens == whole.tokens and "".join(pieces) == resumed.text == whole.text
+    assert resumed.prompt_tokens == len(tail)
