@@ -77,10 +77,17 @@ async def run_clients(base_url: str, model: str, n: int, max_tokens: int) -> tup
     return list(results), wall
 
 
-def server_stats(base_url: str) -> dict:
-    import httpx2
+def http():
+    """The HTTP client the openai package brings: httpx2 (openai 3.x) or httpx (older)."""
+    try:
+        import httpx2
+    except ImportError:
+        import httpx as httpx2
+    return httpx2
 
-    return httpx2.get(base_url.removesuffix("/v1") + "/roost/stats", timeout=10).json()
+
+def server_stats(base_url: str) -> dict:
+    return http().get(base_url.removesuffix("/v1") + "/roost/stats", timeout=10).json()
 
 
 def main() -> int:
@@ -105,8 +112,7 @@ def main() -> int:
     server = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "ROOST_HOME": str(folder / "home")},
                               stderr=subprocess.PIPE, text=True)
     try:
-        import httpx2
-
+        httpx2 = http()
         deadline = time.monotonic() + 120
         while True:
             try:

@@ -8,9 +8,13 @@ import json
 import threading
 import time
 
-import httpx2
 import openai
 import pytest
+
+try:  # the HTTP client the openai package brings: httpx2 (openai 3.x) or httpx (1.x, 2.x)
+    import httpx2
+except ImportError:  # pragma: no cover
+    import httpx as httpx2
 
 from app.core.runtime import Runtime
 from app.server.cache import PrefixCache
