@@ -92,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--api-key", default=None,
                     help="clients must send 'Authorization: Bearer KEY' (default: $ROOST_API_KEY)")
     sv.add_argument("--model-id", default=None, help="the model name clients use (default: the file name)")
-    sv.add_argument("--max-queue", type=int, default=16, help="requests that may wait; more get 503 (default 16)")
+    sv.add_argument("--max-queue", type=int, default=64, help="requests that may wait; more get 503 (default 64)")
     sv.add_argument("--max-tokens-limit", type=int, default=4096, help="the most max_tokens a request may ask")
     sv.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     sv.set_defaults(func=_serve)

@@ -73,7 +73,7 @@ class ApiError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=headers)
 
 
-def create_app(runtime, *, model_id: str | None = None, api_key: str | None = None, max_queue: int = 16,
+def create_app(runtime, *, model_id: str | None = None, api_key: str | None = None, max_queue: int = 64,
                max_body_bytes: int = MAX_BODY_BYTES, max_tokens_limit: int = MAX_TOKENS_LIMIT,
                chat_max_tokens: int = CHAT_MAX_TOKENS, cache: PrefixCache | None = None,
                cache_entries: int = 32, cache_bytes: int = 512 * 2 ** 20,

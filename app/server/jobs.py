@@ -117,7 +117,7 @@ class Job:
 class Worker:
     """The one thread that runs jobs, in order, on the shared Runtime."""
 
-    def __init__(self, runtime, cache: PrefixCache | None = None, *, max_queue: int = 16):
+    def __init__(self, runtime, cache: PrefixCache | None = None, *, max_queue: int = 64):
         self.runtime = runtime
         self.cache = cache if cache is not None else PrefixCache()
         self.max_queue = max_queue
