@@ -34,7 +34,7 @@ def run(out=sys.stdout) -> int:
     frozen = "frozen bundle" if getattr(sys, "frozen", False) else "Python install"
     print(f"Roost {__version__} ({frozen}), Python {platform.python_version()}, {platform.platform()}", file=out)
     steps = [("tokenizer", _tokenizer), ("model", _model), ("conversations database", _sqlite), ("Qt", _qt),
-             ("main window", _window)]
+             ("main window", _window), ("API server", _api)]
     ok = True
     for name, step in steps:
         t0 = time.perf_counter()
@@ -114,3 +114,29 @@ def _window() -> str:
             os.environ["ROOST_HOME"] = old
     assert shown, "the window did not appear"
     return f"opened and closed ({QApplication.instance().platformName()})"
+
+
+def _api() -> str:
+    """The local API server starts on a free loopback port and answers a completion."""
+    import json
+    import urllib.request
+
+    from app.core.runtime import Runtime
+    from app.server.run import ApiServer
+
+    runtime = Runtime()
+    runtime.load(selftest_model(), "cpu fp32")
+    server = ApiServer(runtime, port=0).start()
+    try:
+        model = runtime.info.path.stem
+        req = urllib.request.Request(server.base_url + "/completions", method="POST",
+                                     data=json.dumps({"model": model, "prompt": "Hello", "max_tokens": 4,
+                                                      "seed": 0}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            body = json.loads(r.read())
+    finally:
+        server.stop()
+    n = body["usage"]["completion_tokens"]
+    assert n >= 1, "the server generated nothing"
+    return f"{server.base_url}: /completions answered with {n} tokens"
