@@ -1,0 +1,201 @@
+"""The fields of an OpenAI request, checked and turned into what the engine takes, and the
+OpenAI-style error raised (as a 400) when one is wrong."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi.responses import JSONResponse
+
+MAX_STOP_STRINGS = 16
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
+                 code: str | None = None, param: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.code, self.param = status, message, type, code, param
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+
+
+
+def type_name(value) -> str:
+    return {bool: "a boolean", str: "a string", list: "an array", dict: "an object", type(None): "null",
+            int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def number(body: dict, name: str, *, integer: bool = False):
+    value = body.get(name)
+    if value is None:
+        return None
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok:
+        raise ApiError(400, f"Invalid type for '{name}': expected {'an integer' if integer else 'a number'}, "
+                            f"but got {type_name(value)} instead.", param=name, code="invalid_type")
+    return value
+
+
+def flag(body: dict, name: str) -> bool:
+    value = body.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ApiError(400, f"Invalid type for '{name}': expected a boolean, but got {type_name(value)} instead.",
+                       param=name, code="invalid_type")
+    return value
+
+
+def stream_flags(body: dict) -> tuple[bool, bool]:
+    stream = flag(body, "stream")
+    options = body.get("stream_options")
+    if options is None:
+        return stream, False
+    if not isinstance(options, dict):
+        raise ApiError(400, "Invalid type for 'stream_options': expected an object.", param="stream_options",
+                       code="invalid_type")
+    if not stream:
+        raise ApiError(400, "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                       param="stream_options", code="invalid_value")
+    return stream, flag(options, "include_usage")
+
+
+def sampling(body: dict, defaults: dict, *, default_max: int, limit: int, chat: bool):
+    from engine.sampling import SamplingParams
+
+    values = dict(defaults)
+    for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty", "penalty_decay"):
+        value = number(body, name)
+        if value is not None:
+            values[name] = float(value)
+    top_k = number(body, "top_k", integer=True)
+    if top_k is not None:
+        values["top_k"] = top_k
+    seed = number(body, "seed", integer=True)
+    if seed is not None:
+        values["seed"] = seed
+    key = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = number(body, key, integer=True)
+    if max_tokens is None:
+        max_tokens = default_max
+    elif max_tokens < 1:
+        raise ApiError(400, f"Invalid '{key}': it must be at least 1, but got {max_tokens}.", param=key,
+                       code="invalid_value")
+    elif max_tokens > limit:
+        raise ApiError(400, f"'{key}' is too large: {max_tokens}. This server allows at most {limit} tokens "
+                            "per request.", param=key, code="invalid_value")
+    values["max_tokens"] = max_tokens
+    stop = body.get("stop")
+    if stop is None:
+        stop = []
+    elif isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise ApiError(400, "Invalid 'stop': expected a string or an array of strings.", param="stop",
+                       code="invalid_type")
+    if len(stop) > MAX_STOP_STRINGS:
+        raise ApiError(400, f"Invalid 'stop': at most {MAX_STOP_STRINGS} stop strings.", param="stop",
+                       code="invalid_value")
+    values["stop"] = tuple(s for s in stop if s)
+    try:
+        return SamplingParams(**values)
+    except ValueError as e:  # the engine's range checks: "temperature must be between 0 and 5" etc.
+        message = str(e)
+        raise ApiError(400, f"Invalid value: {message}.", param=message.split(" ")[0], code="invalid_value") from None
+
+
+def messages(raw) -> list[tuple[str, str]]:
+    if not isinstance(raw, list) or not raw:
+        raise ApiError(400, "'messages' must be a non-empty array of messages.", param="messages",
+                       code="invalid_value" if isinstance(raw, list) else "invalid_type")
+    out = []
+    for i, m in enumerate(raw):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise ApiError(400, f"Invalid type for '{where}': expected an object.", param=where, code="invalid_type")
+        role = m.get("role")
+        if role == "developer":
+            role = "system"
+        if role not in ("system", "user", "assistant"):
+            if role in ("tool", "function"):
+                raise ApiError(400, f"'{where}.role' is '{role}': this server has no tool calling; use system, "
+                                    "user and assistant messages.", param=f"{where}.role", code="invalid_value")
+            raise ApiError(400, f"Invalid value for '{where}.role': {role!r}. Supported values are: 'system', "
+                                "'developer', 'user' and 'assistant'.", param=f"{where}.role", code="invalid_value")
+        out.append((role, content(m.get("content"), f"{where}.content", role)))
+    return out
+
+
+def content(content, where: str, role: str) -> str:
+    if content is None and role == "assistant":
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            elif isinstance(part, dict) and part.get("type") in ("refusal",):
+                continue
+            else:
+                kind = part.get("type") if isinstance(part, dict) else type_name(part)
+                raise ApiError(400, f"'{where}' has a part of type {kind!r}: this model reads text only.",
+                               param=where, code="invalid_value")
+        return "\n".join(texts)
+    raise ApiError(400, f"Invalid type for '{where}': expected a string or an array of text parts, but got "
+                        f"{type_name(content)} instead.", param=where, code="invalid_type")
+
+
+def prompt(raw, runtime):
+    """A completion prompt: a string, or token ids; a batch of one is accepted."""
+    if isinstance(raw, list) and len(raw) == 1 and isinstance(raw[0], (str, list)):
+        raw = raw[0]
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in raw):
+        vocab = runtime.model.vocab_size if runtime.model is not None else 1 << 31
+        bad = [t for t in raw if not 0 <= t < vocab]
+        if bad:
+            raise ApiError(400, f"Invalid token id {bad[0]} in 'prompt' (the vocabulary has {vocab} tokens).",
+                           param="prompt", code="invalid_value")
+        return list(raw)
+    if isinstance(raw, list) and raw and all(isinstance(p, (str, list)) for p in raw):
+        raise ApiError(400, "This server takes one prompt per request; send the prompts as separate requests.",
+                       param="prompt", code="invalid_value")
+    if raw is None:
+        raise ApiError(400, "You must provide a prompt parameter.", param="prompt", code="missing_required_parameter")
+    raise ApiError(400, f"Invalid type for 'prompt': expected a string or an array of token ids, but got "
+                        f"{type_name(raw)} instead.", param="prompt", code="invalid_type")
+
+
+def unsupported(body: dict, *, chat: bool) -> None:
+    """Refuse, with a clear 400, what this server cannot do rather than quietly ignoring it."""
+    n = number(body, "n", integer=True)
+    if n is not None and n != 1:
+        raise ApiError(400, "This server generates one choice per request ('n' must be 1).", param="n",
+                       code="invalid_value")
+    checks: list[tuple[str, Callable[[object], bool], str]] = [
+        ("logprobs", lambda v: v not in (None, False), "Log probabilities are not supported."),
+        ("top_logprobs", lambda v: v not in (None, 0), "Log probabilities are not supported."),
+    ]
+    if chat:
+        checks += [
+            ("tools", lambda v: bool(v), "Tool calling is not supported by this server."),
+            ("functions", lambda v: bool(v), "Function calling is not supported by this server."),
+            ("response_format", lambda v: isinstance(v, dict) and v.get("type") not in (None, "text"),
+             "Only the 'text' response format is supported."),
+        ]
+    else:
+        checks += [
+            ("best_of", lambda v: v not in (None, 1), "'best_of' must be 1 on this server."),
+            ("suffix", lambda v: bool(v), "'suffix' (insertion) is not supported."),
+        ]
+    for name, bad, message in checks:
+        if bad(body.get(name)):
+            raise ApiError(400, message, param=name, code="unsupported_parameter")
