@@ -236,7 +236,7 @@ def _doctor(args) -> int:
 def _models(args) -> int:
     from app.core import paths
     from app.core.advisor import choose_strategy
-    from app.core.catalog import load_catalog
+    from app.core.catalog import load_catalog, newest_releases
     from app.core.hardware import probe
     from engine.memory import gib
 
@@ -245,12 +245,7 @@ def _models(args) -> int:
     models = load_catalog()
     here = {p.name for p in folder.iterdir()}
     if not args.all:
-        newest: dict = {}
-        for m in models:
-            key = (m.family, m.params)
-            if key not in newest or m.date > newest[key].date:
-                newest[key] = m
-        models = sorted(newest.values(), key=lambda m: (m.version, m.billions))
+        models = sorted(newest_releases(models), key=lambda m: (m.version, m.billions))
     print(f"{'model':<22} {'size':>8} {'strategy':<30} {'speed':<7} {'fit':<34} file")
     for m in models:
         a = choose_strategy(m.shape, machine)

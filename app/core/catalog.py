@@ -142,16 +142,22 @@ def refresh_catalog(models: list[CatalogModel] | None = None, endpoint: str | No
     return _apply(models, facts)
 
 
+def newest_releases(models: list[CatalogModel]) -> list[CatalogModel]:
+    """The newest release of each (family, size): what a catalog list shows by default."""
+    newest: dict[tuple[str, str], CatalogModel] = {}
+    for m in models:
+        key = (m.family, m.params)
+        if key not in newest or m.date > newest[key].date:
+            newest[key] = m
+    return list(newest.values())
+
+
 def recommend(models: list[CatalogModel], machine: Machine) -> tuple[CatalogModel, Advice]:
     """The model for a first-time user: the newest RWKV-7 G1 release of the largest size that runs
     well at a comfortable speed on this machine, else the smallest G1."""
     models = [m for m in models if m.available] or models
     g1 = [m for m in models if m.family == "RWKV-7 G1"] or models
-    newest: dict[str, CatalogModel] = {}
-    for m in g1:
-        if m.params not in newest or m.date > newest[m.params].date:
-            newest[m.params] = m
-    candidates = sorted(newest.values(), key=lambda m: m.billions, reverse=True)
+    candidates = sorted(newest_releases(g1), key=lambda m: m.billions, reverse=True)
     for m in candidates:
         advice = choose_strategy(m.shape, machine)
         if advice.label == RUNS_WELL and advice.tokens_per_second >= MIN_TPS:

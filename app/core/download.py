@@ -129,7 +129,7 @@ class _Hasher:
         return self.expected is None or self.h.hexdigest() == self.expected
 
 
-class _Meter:
+class Meter:
     def __init__(self, name: str, total: int | None, callback, window: float = 5.0):
         self.name, self.total, self.callback, self.window = name, total, callback, window
         self.samples: deque[tuple[float, int]] = deque()
@@ -233,7 +233,7 @@ def download_file(
     part = dest.with_name(name + ".part")
     side = dest.with_name(name + ".part.json")
     control = control or Control()
-    meter = _Meter(name, size, progress)
+    meter = Meter(name, size, progress)
     if dest.exists() and (size is None or dest.stat().st_size == size):
         meter.report(dest.stat().st_size, "done", force=True)
         return dest
@@ -289,7 +289,7 @@ def _stop(control: Control, part: Path, side: Path):
                        cancelled=False)
 
 
-def _check_disk(folder: Path, need: int):
+def check_disk(folder: Path, need: int):
     free = disk_free(folder)
     if free < need + DISK_MARGIN:
         raise DiskSpaceError(
@@ -309,7 +309,7 @@ def _transfer(cand, remote, dest, part, side, expected, total, token, meter, con
     if total is not None and have > total:
         part.unlink()
         have = 0
-    _check_disk(dest.parent, (total or 0) - have)
+    check_disk(dest.parent, (total or 0) - have)
     side.write_text(json.dumps(identity), encoding="utf-8")
 
     hasher = _Hasher(expected, total)

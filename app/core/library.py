@@ -162,10 +162,10 @@ def import_file(src: str | os.PathLike, models_dir: str | os.PathLike, catalog: 
     if dest.exists():
         raise DownloadError(f"{dest} already exists; delete it first or rename the file you import.\n"
                             f"{dest} 已存在；请先删除或重命名要导入的文件。")
-    download._check_disk(folder, size)
+    download.check_disk(folder, size)
     part = dest.with_name(dest.name + ".import")
     h = hashlib.sha256()
-    meter = download._Meter(dest.name, size, progress)
+    meter = download.Meter(dest.name, size, progress)
     try:
         with open(src, "rb") as fi, open(part, "wb") as fo:
             done = 0

@@ -117,17 +117,9 @@ class Runtime:
     # --- completion ----------------------------------------------------------------------------
     def complete(self, prompt: str, *, params, on_piece: Callable[[str], None] | None = None,
                  stop_flag=None) -> Reply:
-        from engine.generate import Generation
-
-        with self._lock:
-            model = self._need_model()
-            gen = Generation(model, prompt, params, stop_flag=stop_flag)
-            for piece in gen:
-                if on_piece:
-                    on_piece(piece)
-            r = gen.result
-            return Reply(r.text, "", r.finish_reason, len(r.tokens), r.prompt_tokens,
-                         r.prompt_tokens + len(r.tokens), r.tokens_per_second)
+        r = self.generate(prompt, params=params, on_piece=on_piece, stop_flag=stop_flag)
+        return Reply(r.text, "", r.finish_reason, len(r.tokens), r.prompt_tokens,
+                     r.prompt_tokens + len(r.tokens), r.tokens_per_second)
 
     # --- exclusive use (the API server) --------------------------------------------------------
     @contextmanager
@@ -149,9 +141,6 @@ class Runtime:
                 if on_piece:
                     on_piece(piece)
             return gen.result
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.model.tokenizer.encode(text)) if self.model else 0
 
     def _need_model(self):
         if self.model is None:

@@ -142,6 +142,7 @@ class ModelsPage(QWidget):
         self.win = win
         self.catalog = []
         self.jobs = {}  # file name -> Job
+        self.advice = {}  # catalog id -> Advice for win.machine (it depends on nothing else)
         self.partial = {}  # file name -> Pending: a download stopped in an earlier session
         self.show_all = False
         self.table = CatalogTable(self)
@@ -215,7 +216,9 @@ class ModelsPage(QWidget):
 
     # --- content -------------------------------------------------------------------------------
     def set_catalog(self, catalog) -> None:
+        """A new catalog (or the machine became known): fit advice is worked out again."""
         self.catalog = catalog
+        self.advice.clear()
         fams = sorted({m.family for m in catalog})
         self.family.blockSignals(True)
         while self.family.count() > 1:
@@ -228,29 +231,28 @@ class ModelsPage(QWidget):
     def refresh(self) -> None:
         from app.core import paths
         from app.core.advisor import choose_strategy
-
+        from app.core.catalog import newest_releases
         from app.core.library import pending
 
         folder = paths.models_dir()
         self.partial = {p.name: p for p in pending(folder)}
+        files = sorted(folder.iterdir())
         models = self.catalog
-        if not self.show_all:
-            newest = {}
-            for m in models:
-                key = (m.family, m.params)
-                if key not in newest or m.date > newest[key].date:
-                    newest[key] = m
-            here = {p.name for p in folder.iterdir()} | set(self.partial)
-            models = [m for m in models if newest[(m.family, m.params)] is m or m.file in here]
+        if not self.show_all:  # the newest of each size, and whatever is (partly) downloaded
+            here = {p.name for p in files} | set(self.partial)
+            newest = {m.id for m in newest_releases(models)}
+            models = [m for m in models if m.id in newest or m.file in here]
         rows = [Row(m, folder / m.file) for m in models]
         known = {m.file for m in self.catalog}
-        rows += [Row(None, p) for p in sorted(folder.iterdir())
+        rows += [Row(None, p) for p in files
                  if p.suffix in (".pth", ".safetensors") and p.name not in known]
         machine = self.win.machine
         if machine is not None:
             for r in rows:
                 if r.model is not None:
-                    r.advice = choose_strategy(r.model.shape, machine)
+                    if r.model.id not in self.advice:
+                        self.advice[r.model.id] = choose_strategy(r.model.shape, machine)
+                    r.advice = self.advice[r.model.id]
         current = self.current()
         self.table.set_rows(rows)
         self.view.sortByColumn(0, Qt.AscendingOrder)

@@ -57,6 +57,8 @@ class MainWindow(QMainWindow):
         self.strategy_reason = ""
         self.loading: str | None = None  # name of the model being loaded
         self.generating = False
+        self.tps = 0.0  # tokens/s of the running generation, shown in the status bar
+        self._pieces, self._first_piece, self._shown_tps = 0, 0.0, 0.0
         self.error: str | None = None
         self.bridge = Bridge()
         self._build()
@@ -176,10 +178,10 @@ class MainWindow(QMainWindow):
         import time
 
         now = time.monotonic()
-        self._pieces = getattr(self, "_pieces", 0) + 1
+        self._pieces += 1
         if self._pieces == 1:
             self._first_piece = now
-        elif now - getattr(self, "_shown_tps", 0.0) > 0.5:  # pieces are about one token each
+        elif now - self._shown_tps > 0.5:  # pieces are about one token each
             self._shown_tps = now
             self.tps = (self._pieces - 1) / max(now - self._first_piece, 1e-6)
             self.update_status()
@@ -220,7 +222,7 @@ class MainWindow(QMainWindow):
         elif self.error:
             text = tr("Error: {msg}", msg=self.error.splitlines()[0])
         elif self.generating:
-            text = tr("Generating… {tps:.1f} tokens/s", tps=getattr(self, "tps", 0.0))
+            text = tr("Generating… {tps:.1f} tokens/s", tps=self.tps)
         elif self.info:
             text = tr("Ready: {name} ({strategy})", name=self.info.name, strategy=self.info.strategy)
         else:
