@@ -15,6 +15,7 @@ import torch
 
 from engine.checkpoint import ModelConfig, TensorFile
 from engine.errors import OutOfMemoryError
+from engine.linear import packs_on_cpu
 from engine.strategy import Strategy, plan_layers
 
 _BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
@@ -90,6 +91,8 @@ def estimate(t: TensorFile | None, cfg: ModelConfig, strategy: Strategy, chunk_l
     head = placements[-1].stage
     head_n = cfg.vocab_size * cfg.n_embd
     add(head.torch_device, head_n * (1 + 4 / cfg.n_embd) if head.int8 else head_n * _BYTES[head.dtype])
+    if head.torch_device == "cpu" and head.dtype == "bf16" and not head.int8 and packs_on_cpu(torch.bfloat16):
+        add("cpu", head_n * 2)  # a packed bf16 head keeps its plain rows too (engine.linear.PackedLinear)
     # work space: a chunk of activations through the widest layer, plus the logits
     for dev in list(need):
         add(dev, chunk_len * (cfg.n_ffn + 8 * cfg.n_embd) * 4 + cfg.vocab_size * 8)

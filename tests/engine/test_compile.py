@@ -71,6 +71,7 @@ def test_compile_failing_at_first_call_falls_back(ckpt, no_env, monkeypatch):
     assert model.compiled is False
     assert model.compile_note.startswith("running without compilation because torch.compile failed")
     assert "C++ compile error" in model.compile_note and "more lines" not in model.compile_note
+    monkeypatch.setenv("ROOST_PACK", "0")  # the model meant for compiling kept plain weights
     eager = engine.load_model(ckpt, "cpu fp32")
     torch.testing.assert_close(_steps(model), _steps(eager), atol=0, rtol=0)
 

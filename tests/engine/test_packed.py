@@ -1,0 +1,81 @@
+"""CPU weights packed for oneDNN (engine.linear.PackedLinear): same products, same logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import engine.linear as lin
+from engine import load_model
+from engine.linear import Int8Linear, PackedLinear, pack_for_cpu, packs_on_cpu
+
+needs_packing = pytest.mark.skipif(not packs_on_cpu(torch.float32), reason="oneDNN packing unavailable")
+TOKENS = list(range(300, 340))
+
+
+@needs_packing
+@pytest.mark.parametrize("rows", [1, 3, 128])
+def test_packed_float32_product_matches_plain(rows):
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(96, 64, generator=g)
+    x = torch.randn(rows, 64, generator=g)
+    p = pack_for_cpu(w)
+    assert isinstance(p, PackedLinear) and p.shape == (96, 64)
+    torch.testing.assert_close(p(x), F.linear(x, w), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(p(x.view(1, rows, 64)), F.linear(x, w).view(1, rows, 96), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not packs_on_cpu(torch.bfloat16), reason="no native bf16 packing on this CPU")
+def test_packed_bf16_rounds_like_a_plain_bf16_product_and_keeps_rows():
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(80, 64, generator=g).bfloat16()
+    x = torch.randn(2, 64, generator=g)
+    p = pack_for_cpu(w, keep_rows=True)
+    assert p(x).dtype == torch.float32  # the activations' type comes back
+    torch.testing.assert_close(p(x), F.linear(x.bfloat16(), w).float(), atol=0.02, rtol=0.01)
+    idx = torch.tensor([[3, 7]])
+    assert torch.equal(p.rows(idx), w[idx].float())
+    assert p.nbytes() == 2 * 80 * 64 * 2
+    with pytest.raises(ValueError):
+        pack_for_cpu(w).rows(idx)
+
+
+def test_packing_is_skipped_where_it_does_not_pay(monkeypatch):
+    w = torch.randn(8, 16)
+    monkeypatch.setattr(lin, "cpu_has_bf16", lambda: False)
+    assert pack_for_cpu(w.bfloat16()).dtype == torch.bfloat16  # a plain tensor: no native bf16
+    assert isinstance(pack_for_cpu(w.half()), torch.Tensor)
+    monkeypatch.setenv("ROOST_PACK", "0")
+    assert isinstance(pack_for_cpu(w), torch.Tensor)
+
+
+@needs_packing
+@pytest.mark.parametrize("arch", ["v5.2", "v6.0", "v7.0"])
+def test_packed_model_gives_the_plain_models_logits(make_checkpoint, monkeypatch, arch):
+    path = make_checkpoint(arch, n_layer=2, n_embd=128)
+    packed = load_model(path, "cpu fp32")
+    assert isinstance(packed._layers[0]["att.key.weight"], PackedLinear)
+    assert isinstance(packed._w["head.weight"], PackedLinear)
+    monkeypatch.setenv("ROOST_PACK", "0")
+    plain = load_model(path, "cpu fp32")
+    assert isinstance(plain._layers[0]["att.key.weight"], torch.Tensor)
+    for tokens in (TOKENS, TOKENS[:1]):  # a chunk, and one token
+        got, want = packed.forward(tokens)[0], plain.forward(tokens)[0]
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.skipif(not packs_on_cpu(torch.bfloat16), reason="no native bf16 packing on this CPU")
+def test_bf16_model_packs_and_refines_its_head(make_checkpoint):
+    path = make_checkpoint("v6.0", n_layer=2, n_embd=128)
+    model = load_model(path, "cpu bf16")
+    head = model._w["head.weight"]
+    assert isinstance(head, PackedLinear) and head.plain is not None
+    fp32 = load_model(path, "cpu fp32").forward(TOKENS)[0]
+    got = model.forward(TOKENS)[0]
+    top = fp32.topk(5).indices
+    torch.testing.assert_close(got[top], fp32[top], atol=0.05, rtol=0.02)
+    # RWKV-7 int8 keeps its first block in bf16: packed too
+    v7 = load_model(make_checkpoint("v7.0", n_layer=2, n_embd=128), "cpu int8")
+    assert isinstance(v7._layers[0]["att.key.weight"], PackedLinear)
+    assert isinstance(v7._layers[1]["att.key.weight"], Int8Linear)
