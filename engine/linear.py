@@ -43,8 +43,8 @@ class Int8Linear:
     """
 
     def __init__(self, weight: torch.Tensor, *, device: str | torch.device = "cpu",
-                 kernel: str | None = None):
-        q, scale = quantize_rows(weight, device)
+                 kernel: str | None = None, release=None):
+        q, scale = quantize_rows(weight, device, release=release)
         self.shape, self.dtype = tuple(q.shape), torch.int8
         self.scale = scale  # float32 (out,)
         self.kernel = kernel or default_kernel(q.device)
@@ -99,9 +99,12 @@ class Int8Linear:
         return self.shape[0] * self.shape[1] + self.scale.numel() * 4
 
 
-def quantize_rows(weight: torch.Tensor, device, block: int = 1 << 22) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_rows(weight: torch.Tensor, device, block: int = 1 << 22,
+                  release=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 per output row, a block of rows at a time so that the float32 work space
-    stays small (the output head is 65536 rows: converting it whole would spike RAM by GBs)."""
+    stays small (the output head is 65536 rows: converting it whole would spike RAM by GBs).
+    ``release(rows)``, if given, is called with each block of ``weight`` once it is converted
+    (to drop a memory-mapped file's pages as the conversion goes)."""
     rows, cols = weight.shape
     q = torch.empty(rows, cols, dtype=torch.int8, device=device)
     scale = torch.empty(rows, dtype=torch.float32, device=device)
@@ -111,6 +114,8 @@ def quantize_rows(weight: torch.Tensor, device, block: int = 1 << 22) -> tuple[t
         s = w.abs().amax(dim=1).clamp(min=1e-10) / 127.0
         q[r0:r0 + step] = w.div_(s.unsqueeze(1)).round_().clamp_(-127, 127).to(torch.int8)
         scale[r0:r0 + step] = s
+        if release is not None:
+            release(weight[r0:r0 + step])
     return q, scale
 
 
@@ -150,19 +155,34 @@ class PackedLinear:
     memory bandwidth, where ``F.linear`` on the plain layout re-blocks it on every call (measured
     on a 2-core AVX512-BF16 machine, 7168x2048 matrices: bf16 68 vs 28 GB/s, float32 37 vs 21 GB/s;
     128-token chunks 2.7x faster in float32). The activations are cast to the weight's type, as
-    with a plain bf16 weight. The reordered tensor is opaque: ``keep_rows`` keeps the plain weight
-    too, for the output head, whose top rows are re-read in float32 (see ``RWKV._head``).
+    with a plain bf16 weight. Tall matrices (the head) are packed in blocks of rows, so that
+    loading never holds a whole converted copy beside the packed one. The reordered tensors are
+    opaque: ``keep_rows`` keeps the plain weight too, for the output head, whose top rows are
+    re-read in float32 (see ``RWKV._head``). ``release(rows)`` is called with each block of
+    ``weight`` once it is packed (to drop a memory-mapped file's pages as loading goes).
     """
 
-    def __init__(self, weight: torch.Tensor, *, keep_rows: bool = False):
-        self.shape, self.dtype = tuple(weight.shape), weight.dtype
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), 1)
-        self.plain = weight if keep_rows else None
+    BLOCK = 1 << 24  # elements per packed block: 64 MB of float32
+
+    def __init__(self, weight: torch.Tensor, *, dtype: torch.dtype | None = None,
+                 keep_rows: bool = False, release=None):
+        self.dtype = dtype or weight.dtype
+        rows, cols = self.shape = tuple(weight.shape)
+        self.blocks = []
+        step = max(1, self.BLOCK // cols)
+        for r0 in range(0, rows, step):
+            part = weight[r0:r0 + step].to(self.dtype).contiguous()
+            self.blocks.append(torch.ops.mkldnn._reorder_linear_weight(part, 1))
+            del part
+            if release is not None and not keep_rows:
+                release(weight[r0:r0 + step])
+        self.plain = weight.to(self.dtype).contiguous() if keep_rows else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         lead, k = x.shape[:-1], x.shape[-1]
         x2 = x.reshape(-1, k).to(self.dtype).contiguous()
-        y = torch.ops.mkldnn._linear_pointwise(x2, self.packed, None, "none", [], "")
+        ys = [torch.ops.mkldnn._linear_pointwise(x2, b, None, "none", [], "") for b in self.blocks]
+        y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=-1)
         return y.to(x.dtype).reshape(*lead, self.shape[0])
 
     def rows(self, idx: torch.Tensor) -> torch.Tensor:
@@ -172,16 +192,18 @@ class PackedLinear:
         return self.plain[idx].float()
 
     def nbytes(self) -> int:
-        n = self.shape[0] * self.shape[1] * self.packed.element_size()
+        n = self.shape[0] * self.shape[1] * self.blocks[0].element_size()
         return n * 2 if self.plain is not None else n
 
 
-def pack_for_cpu(weight: torch.Tensor, *, keep_rows: bool = False):
-    """``weight`` as a :class:`PackedLinear` where :func:`packs_on_cpu` says that is faster,
-    else unchanged."""
-    if weight.device.type != "cpu" or weight.dim() != 2 or not packs_on_cpu(weight.dtype):
-        return weight
-    return PackedLinear(weight, keep_rows=keep_rows)
+def pack_for_cpu(weight: torch.Tensor, *, dtype: torch.dtype | None = None, keep_rows: bool = False,
+                 release=None):
+    """``weight`` in ``dtype`` (default: its own) as a :class:`PackedLinear` where
+    :func:`packs_on_cpu` says that is faster, else as a plain contiguous tensor."""
+    dtype = dtype or weight.dtype
+    if weight.device.type != "cpu" or weight.dim() != 2 or not packs_on_cpu(dtype):
+        return weight.to(dtype).contiguous()
+    return PackedLinear(weight, dtype=dtype, keep_rows=keep_rows, release=release)
 
 
 def packs_on_cpu(dtype: torch.dtype) -> bool:

@@ -6,6 +6,7 @@ and the loader can refuse a model that will not fit with a plain message instead
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import sys
@@ -153,6 +154,33 @@ def release_pages(tensor: torch.Tensor) -> None:
         _libc().madvise(ctypes.c_void_p(a), ctypes.c_size_t(b - a), 4)  # MADV_DONTNEED
 
 
+@contextlib.contextmanager
+def loading_allocator():
+    """While a model loads, let big blocks come straight from the OS and go back when freed (glibc).
+
+    Converting a layer makes a float32 copy of each matrix and then its packed form, and frees the
+    copy. glibc's default serves such blocks (up to 32 MB) from its heap once it has seen one freed,
+    and the heap keeps the holes: a 1.6B model loaded as cpu fp32 ended at 9.0 GB resident for 6.7
+    GB of weights (peak 9.85 GB). With blocks over 1 MB mapped and unmapped one by one it ends at
+    6.7 GB (peak 7.5 GB) and loads faster. Afterwards big work buffers come from the heap again,
+    so that generation reuses memory instead of faulting fresh pages in for every token.
+    """
+    libc = _libc() if sys.platform.startswith("linux") else None
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is None:
+        yield
+        return
+    mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+    try:
+        yield
+    finally:
+        mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+        trim = getattr(libc, "malloc_trim", None)
+        if trim is not None:
+            trim(0)
+
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 _LIBC = None
 
 

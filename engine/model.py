@@ -206,34 +206,35 @@ def load_model(path: str | os.PathLike, strategy: str = "cpu fp32", *,
     check_devices(strat, **machine_devices())
     started = time.perf_counter()
     tensors, cfg = open_checkpoint(path)
-    try:
-        places = plan_layers(strat, cfg.n_layer)
-        if check_memory:
-            est = memory.estimate(tensors, cfg, strat, chunk_len)
-            memory.check_fits(est, memory.available(), model_name=Path(path).name, strategy=strat)
-        tokenizer = tokenizer_for_vocab(cfg.vocab_size, path, tokenizer_path)  # fail before the heavy part
-        arch = arch_module(cfg.arch)
-        rescale = cfg.version < 7 and any(p.stage.dtype == "fp16" for p in places)
-        # torch.compile cannot trace oneDNN's packed weights: plain ones where it will compile
-        pack = not (compiled.requested(compile) and compiled.unavailable_reason(strat.devices) is None)
-        layers = []
-        for i in range(cfg.n_layer):
-            big = _matrix_loader(places[i], i if rescale else 0, version=cfg.version, block=i, pack=pack)
-            lw = arch.prepare_layer(tensors, i, cfg, act_dtype(places[i].stage), big)
-            dev = places[i].stage.torch_device
-            layers.append(lw if places[i].stream or dev == "cpu" else _to_device(lw, dev))
-            if progress:
-                progress((i + 1) / (cfg.n_layer + 1))
-        head = places[-1].stage
-        hdt = act_dtype(head)
-        weights = {
-            "emb": _embedding(tensors, cfg, act_dtype(places[0].stage)),
-            "ln_out.weight": tensors["ln_out.weight"].to(device=head.torch_device, dtype=hdt),
-            "ln_out.bias": tensors["ln_out.bias"].to(device=head.torch_device, dtype=hdt),
-            "head.weight": _matrix_loader(places[-1], 0, version=cfg.version, pack=pack)(tensors, "head.weight"),
-        }
-    finally:
-        tensors.close()
+    with memory.loading_allocator():  # no heap holes left by the converted copies
+        try:
+            places = plan_layers(strat, cfg.n_layer)
+            if check_memory:
+                est = memory.estimate(tensors, cfg, strat, chunk_len)
+                memory.check_fits(est, memory.available(), model_name=Path(path).name, strategy=strat)
+            tokenizer = tokenizer_for_vocab(cfg.vocab_size, path, tokenizer_path)  # fail before the heavy part
+            arch = arch_module(cfg.arch)
+            rescale = cfg.version < 7 and any(p.stage.dtype == "fp16" for p in places)
+            # torch.compile cannot trace oneDNN's packed weights: plain ones where it will compile
+            pack = not (compiled.requested(compile) and compiled.unavailable_reason(strat.devices) is None)
+            layers = []
+            for i in range(cfg.n_layer):
+                big = _matrix_loader(places[i], i if rescale else 0, version=cfg.version, block=i, pack=pack)
+                lw = arch.prepare_layer(tensors, i, cfg, act_dtype(places[i].stage), big)
+                dev = places[i].stage.torch_device
+                layers.append(lw if places[i].stream or dev == "cpu" else _to_device(lw, dev))
+                if progress:
+                    progress((i + 1) / (cfg.n_layer + 1))
+            head = places[-1].stage
+            hdt = act_dtype(head)
+            weights = {
+                "emb": _embedding(tensors, cfg, act_dtype(places[0].stage)),
+                "ln_out.weight": tensors["ln_out.weight"].to(device=head.torch_device, dtype=hdt),
+                "ln_out.bias": tensors["ln_out.bias"].to(device=head.torch_device, dtype=hdt),
+                "head.weight": _matrix_loader(places[-1], 0, version=cfg.version, pack=pack)(tensors, "head.weight"),
+            }
+        finally:
+            tensors.close()
     if progress:
         progress(1.0)
     model = RWKV(cfg, strat, places, weights, layers, tokenizer, Path(path), chunk_len=chunk_len)
@@ -248,7 +249,7 @@ def _matrix_loader(place: Placement, layer_id: int, *, version: int = 0, block: 
     """How a layer's big matrices are stored: in the stage's dtype or int8, on its device
     (``block``: the layer's index, None for the head; ``pack``: float CPU weights reordered
     for oneDNN where that is faster, see engine.linear.pack_for_cpu)."""
-    maybe_pack = pack_for_cpu if pack else (lambda w, keep_rows=False: w)
+    maybe_pack = pack_for_cpu if pack else (lambda w, dtype, keep_rows=False, release=None: w.to(dtype).contiguous())
     stage = place.stage
     dtype = _DTYPES[stage.dtype]
     # streamed layers stay in CPU memory (pinned when a GPU is there) until each forward
@@ -259,17 +260,18 @@ def _matrix_loader(place: Placement, layer_id: int, *, version: int = 0, block: 
         w = src
         if layer_id and key.endswith(("att.output.weight", "ffn.value.weight")):
             w = w.float() / 2 ** (layer_id // RESCALE_EVERY)  # fp16 rescaling, as ChatRWKV
+        rows_done = (lambda rows: t.release(rows, None)) if w is src else None  # file pages, as we go
         if stage.int8 and dev == "cpu" and keeps_bf16(version, block):
-            out = maybe_pack(w.to(dtype=torch.bfloat16).contiguous())
+            out = maybe_pack(w, dtype=torch.bfloat16, release=rows_done)
         elif stage.int8:
             kernel = int8_kernel_for(key, version) if dev == "cpu" else None
-            out = Int8Linear(w, device=dev, kernel=kernel)
+            out = Int8Linear(w, device=dev, kernel=kernel, release=rows_done)
+        elif dev == "cpu" and not place.stream:  # the head keeps its plain rows to re-read its top logits
+            out = maybe_pack(w, dtype=dtype, keep_rows=block is None and dtype != torch.float32, release=rows_done)
         else:
             out = w.to(device=dev, dtype=dtype).contiguous()
             if place.stream and torch.cuda.is_available():
                 out = out.pin_memory()
-            elif not place.stream:  # the head keeps its plain rows to re-read its top logits
-                out = maybe_pack(out, keep_rows=block is None and dtype != torch.float32)
         t.release(src, out)
         return out
 
@@ -316,9 +318,13 @@ def _embedding(tensors, cfg: ModelConfig, dtype: torch.dtype) -> torch.Tensor:
     if dtype == torch.float16:
         dtype = torch.float32  # rows are cast to the first layer's dtype on use
     emb, w, b = tensors["emb.weight"], tensors["blocks.0.ln0.weight"], tensors["blocks.0.ln0.bias"]
-    if cfg.version < 7 and emb.dtype == w.dtype == b.dtype and emb.dtype in (torch.bfloat16, torch.float32):
-        out = F.layer_norm(emb, (cfg.n_embd,), weight=w, bias=b).to(dtype)
-    else:
-        out = F.layer_norm(emb.float(), (cfg.n_embd,), weight=w.float(), bias=b.float()).to(dtype)
-    tensors.release(emb, out)
+    native = cfg.version < 7 and emb.dtype == w.dtype == b.dtype and emb.dtype in (torch.bfloat16, torch.float32)
+    if not native:
+        w, b = w.float(), b.float()
+    out = torch.empty(emb.shape, dtype=dtype)
+    step = max(1, (1 << 22) // cfg.n_embd)  # rows at a time: no whole-table temporaries while loading
+    for r0 in range(0, emb.shape[0], step):
+        rows = emb[r0:r0 + step]
+        out[r0:r0 + step] = F.layer_norm(rows if native else rows.float(), (cfg.n_embd,), weight=w, bias=b)
+        tensors.release(rows, out)
     return out

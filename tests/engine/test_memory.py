@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from engine import load_model
@@ -40,3 +44,35 @@ def test_load_model_checks_memory_first(make_checkpoint, monkeypatch):
     monkeypatch.setattr(engine.memory, "available", lambda: {"cpu": 10 * 1024 ** 2})
     with pytest.raises(OutOfMemoryError, match="Close other programs"):
         load_model(make_checkpoint("v5.2"), "cpu fp32")
+
+
+_LOAD_RSS = r"""
+import re, sys, psutil, torch
+import engine
+torch.set_num_threads(1)
+with open("/proc/self/clear_refs", "w") as f:  # a forked child starts with its parent's high-water mark
+    f.write("5")
+before = psutil.Process().memory_info().rss
+model = engine.load_model(sys.argv[1], sys.argv[2])
+after = psutil.Process().memory_info().rss
+with open("/proc/self/status") as f:
+    peak = int(re.search(r"VmHWM:\s+(\d+) kB", f.read()).group(1)) * 1024
+print(before, after, peak)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's RSS high-water mark")
+@pytest.mark.parametrize("strategy, bytes_per_weight", [("cpu fp32", 4), ("cpu int8", 1)])
+def test_loading_ends_near_the_weights_and_peaks_little_above(make_checkpoint, strategy, bytes_per_weight):
+    """The issue's bound: peak RSS while loading <= 1.15x the final footprint + 300 MB; and the
+    converted copies leave no heap holes behind (the final RSS is the weights, not more)."""
+    path = make_checkpoint("v6.0", n_layer=4, n_embd=2048)  # 16 MB float32 matrices: glibc heap sizes
+    t, cfg = open_checkpoint(path)
+    matrices = sum(t[k].numel() for k in t if t[k].dim() == 2 and k != "emb.weight")
+    t.close()
+    weights = matrices * bytes_per_weight + cfg.vocab_size * cfg.n_embd * 4  # + the float32 embedding
+    out = subprocess.run([sys.executable, "-c", _LOAD_RSS, str(path), strategy], capture_output=True,
+                         text=True, check=True, cwd=Path(__file__).resolve().parents[2]).stdout
+    before, after, peak = map(int, out.split())
+    assert after - before <= 1.15 * weights + 150e6, (after - before, weights)
+    assert peak - before <= 1.15 * (after - before) + 300e6, (peak - before, after - before)

@@ -79,3 +79,14 @@ def test_bf16_model_packs_and_refines_its_head(make_checkpoint):
     v7 = load_model(make_checkpoint("v7.0", n_layer=2, n_embd=128), "cpu int8")
     assert isinstance(v7._layers[0]["att.key.weight"], PackedLinear)
     assert isinstance(v7._layers[1]["att.key.weight"], Int8Linear)
+
+
+@needs_packing
+def test_tall_weights_pack_in_blocks_of_rows_and_release_the_file_as_they_go(monkeypatch):
+    monkeypatch.setattr(PackedLinear, "BLOCK", 40 * 64)  # 40 rows of 64 per block
+    w = torch.randn(100, 64, generator=torch.Generator().manual_seed(2))
+    released = []
+    p = PackedLinear(w, release=lambda rows: released.append(rows.shape[0]))
+    assert len(p.blocks) == 3 and released == [40, 40, 20]
+    x = torch.randn(5, 64)
+    torch.testing.assert_close(p(x), F.linear(x, w), atol=1e-5, rtol=1e-5)
