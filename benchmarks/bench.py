@@ -52,10 +52,9 @@ def checkpoint(shape: str, cache: Path) -> Path:
 
 def worker(args: argparse.Namespace) -> None:
     """Runs inside the child process: load, prefill, generate; print one JSON line."""
-    import resource
-
     import torch
 
+    _reset_peak_rss()
     torch.set_num_threads(args.threads)
     tokens = torch.randint(0, 65536, (args.prefill,), generator=torch.Generator().manual_seed(0)).tolist()
     t0 = time.perf_counter()
@@ -77,7 +76,7 @@ def worker(args: argparse.Namespace) -> None:
         def forward(toks, state):
             return model.forward(toks, state)
     load_s = time.perf_counter() - t0
-    rss_after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rss_after_load = _peak_rss()
 
     forward(tokens[:16], None)  # warm-up
     t0 = time.perf_counter()
@@ -96,9 +95,33 @@ def worker(args: argparse.Namespace) -> None:
     print(json.dumps({
         "load_s": load_s, "prefill_tps": len(tokens) / prefill_s,
         "gen_tps": 1 / statistics.median(times[1:] or times),
-        "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss": _peak_rss(),
         "rss_after_load": rss_after_load,
     }))
+
+
+def _reset_peak_rss() -> None:
+    """A child process starts with its parent's RSS high-water mark (Linux): reset it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss() -> int:
+    """This process's RSS high-water mark in bytes (VmHWM; ru_maxrss where /proc is missing)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
 def run(impl: str, strategy: str, model: Path, args) -> dict | None:
