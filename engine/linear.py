@@ -70,7 +70,9 @@ class Int8Linear:
             y = torch._weight_int8pack_mm(x2.to(torch.bfloat16).contiguous(), self.q, self.scale_bf16)
         else:  # prompt chunks (compute-bound): dequantise, multiply in bf16 where the CPU has it
             dt = x.dtype if x.device.type != "cpu" else torch.bfloat16 if cpu_has_bf16() else torch.float32
-            y = F.linear(x2.to(dt), self.q.to(dt))
+            xd, step = x2.to(dt), max(1, (1 << 21) // k)  # a few MB of dequantised rows at a time:
+            # small blocks come back from the allocator warm; a 30 MB one is faulted in fresh each call
+            y = torch.cat([F.linear(xd, self.q[r0:r0 + step].to(dt)) for r0 in range(0, self.shape[0], step)], dim=-1)
             y = y.float() * self.scale if dt == torch.bfloat16 else y * self.scale.to(dt)
         return y.to(x.dtype).reshape(*lead, self.shape[0])
 
