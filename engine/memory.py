@@ -162,8 +162,11 @@ def loading_allocator():
     copy. glibc's default serves such blocks (up to 32 MB) from its heap once it has seen one freed,
     and the heap keeps the holes: a 1.6B model loaded as cpu fp32 ended at 9.0 GB resident for 6.7
     GB of weights (peak 9.85 GB). With blocks over 1 MB mapped and unmapped one by one it ends at
-    6.7 GB (peak 7.5 GB) and loads faster. Afterwards big work buffers come from the heap again,
-    so that generation reuses memory instead of faulting fresh pages in for every token.
+    6.7 GB (peak 7.5 GB) and loads faster. Afterwards big work buffers come from the heap again
+    and freed ones are kept (trim threshold 64 MB, as glibc's own adaptation would set it), so
+    that prompts and generation reuse memory instead of faulting fresh pages in on every call
+    (with the default 128 KB trim threshold a 128-token chunk of a 1.6B model took 730 ms, 580
+    ms with it).
     """
     libc = _libc() if sys.platform.startswith("linux") else None
     mallopt = getattr(libc, "mallopt", None)
@@ -175,12 +178,13 @@ def loading_allocator():
         yield
     finally:
         mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+        mallopt(_M_TRIM_THRESHOLD, 64 << 20)  # as glibc's own adaptation would: keep freed work buffers
         trim = getattr(libc, "malloc_trim", None)
         if trim is not None:
             trim(0)
 
 
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 _LIBC = None
 
 
