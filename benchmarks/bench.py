@@ -3,6 +3,7 @@
     python benchmarks/bench.py                          # v6 1.6B shape, the default strategies
     python benchmarks/bench.py --shape v7-1.5b --strategies "cpu fp32,cpu bf16"
     python benchmarks/bench.py --shape v6-7b --strategies "cpu int8" --no-reference --gen 8
+    python benchmarks/bench.py --strategies "cpu bf16,cpu int8" --repeat 3   # medians of 3 alternating runs
 
 Each (implementation, strategy) runs in a fresh process so that load time and peak RSS (the
 high-water mark, mapped file pages included) are its own. Prints generation tok/s (median of the
@@ -161,6 +162,7 @@ def main() -> None:
     ap.add_argument("--gen", type=int, default=32)
     ap.add_argument("--prefill", type=int, default=512)
     ap.add_argument("--chunk", type=int, default=128)
+    ap.add_argument("--repeat", type=int, default=1, help="runs per side, alternating; medians are printed")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "roost-bench"))
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -181,11 +183,13 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     for strategy in [s.strip() for s in args.strategies.split(",")]:
-        ours = run("roost", strategy, model, args)
-        ref = None
-        if not args.no_reference:
-            ref_strategy = {"cpu int8": "cpu bf16", "cpu fp32i8": "cpu bf16"}.get(strategy, strategy)
-            ref = run("reference", ref_strategy, model, args)
+        ref_strategy = {"cpu int8": "cpu bf16", "cpu fp32i8": "cpu bf16"}.get(strategy, strategy)
+        ours_runs, ref_runs = [], []
+        for _ in range(args.repeat):  # alternate, so that a noisy neighbour hits both sides alike
+            ours_runs.append(run("roost", strategy, model, args))
+            if not args.no_reference:
+                ref_runs.append(run("reference", ref_strategy, model, args))
+        ours, ref = _median_run(ours_runs), _median_run(ref_runs)
         for name, r in (("roost", ours), ("reference", ref)):
             if r:
                 print(f"{strategy:<14} {name:<10} {r['gen_tps']:9.2f} {r['prefill_tps']:13.1f} "
@@ -200,6 +204,14 @@ def main() -> None:
             bound = bw * 1e9 / bytes_per_token
             print(f"{'':<14} int8 bandwidth bound {bound:.2f} tok/s; Roost reaches "
                   f"{100 * ours['gen_tps'] / bound:.0f}% of it")
+
+
+def _median_run(runs: list) -> dict | None:
+    """Each figure's median over the runs that finished (None if none did)."""
+    runs = [r for r in runs if r]
+    if not runs:
+        return None
+    return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
 
 
 def _weight_bytes_per_token(model: Path, bytes_per_weight: float) -> float:
