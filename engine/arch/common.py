@@ -80,7 +80,7 @@ def wkv_chunked(r, k, v, logw, u, s, chunk: int = 16):
     if T == 1:  # one token: the recurrence itself, reading and writing the state once each
         r0, k0, v0 = r[0], k[0], v[0]  # (H, N); r (diag(u) k v^T + S) = r S + (r.u.k) v
         out = (r0.unsqueeze(1) @ s).squeeze(1) + (r0 * u * k0).sum(-1, keepdim=True) * v0
-        return out.unsqueeze(0), torch.baddbmm(logw[0].exp().unsqueeze(2) * s, k0.unsqueeze(2), v0.unsqueeze(1))
+        return out.unsqueeze(0), (logw[0].exp().unsqueeze(2) * s).baddbmm_(k0.unsqueeze(2), v0.unsqueeze(1))  # a new s
     outs = []
     factorise = r.device.type == "cpu"  # deciding costs a device sync on a GPU
     for c0 in range(0, T, chunk):
@@ -93,7 +93,7 @@ def wkv_chunked(r, k, v, logw, u, s, chunk: int = 16):
             keys = kc * (-inc).exp()
             att = (reader @ keys.transpose(1, 2)).tril_(-1)  # (H, Lt, Ls), s < t
             out = att @ vc + bonus + reader @ s
-            s = torch.baddbmm(total.transpose(1, 2).exp() * s, (keys * total.exp()).transpose(1, 2), vc)
+            s = (total.transpose(1, 2).exp() * s).baddbmm_((keys * total.exp()).transpose(1, 2), vc)
             outs.append(out.transpose(0, 1))
             continue
         for e0 in range(0, rc.shape[1], 8):  # the exact form, in chunks of 8

@@ -79,7 +79,7 @@ def wkv_step(r, w, k, v, kk, a, s):
     """One token: s <- s (diag(w) - kk^T (a*kk)) + v k^T; out = s r. Vectors (H, N).
     The two outer products are one rank-2 update: [-s kk, v] @ [a*kk; k]."""
     left = torch.stack(((s @ kk.unsqueeze(2)).squeeze(2).neg(), v), dim=2)  # (H, N, 2)
-    s = torch.baddbmm(s * w.unsqueeze(1), left, torch.stack((kk * a, k), dim=1))
+    s = (s * w.unsqueeze(1)).baddbmm_(left, torch.stack((kk * a, k), dim=1))  # in place on the new tensor
     return (s @ r.unsqueeze(2)).squeeze(2), s
 
 

@@ -68,3 +68,17 @@ def test_import_engine_is_light():
     out = subprocess.run([sys.executable, "-c", "import sys, engine; print('torch' in sys.modules)"],
                          cwd=ROOT, capture_output=True, text=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("arch", ["v4", "v5.2", "v6.0", "v7.0"])
+def test_a_state_is_never_changed_by_forwards_that_start_from_it(make_checkpoint, arch):
+    """States are shared (per conversation, the API's prefix cache): updates must make new tensors."""
+    model = load_model(make_checkpoint(arch, n_layer=2, n_embd=128), "cpu fp32")
+    _, state = model.forward([11, 12, 13], None)
+    before = [t.clone() for layer in state.layers for t in layer]
+    first, _ = model.forward([14], state)
+    model.forward([15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32], state)
+    model.forward([15], state)
+    assert all(torch.equal(a, b) for a, b in zip(before, (t for layer in state.layers for t in layer)))
+    again, _ = model.forward([14], state)
+    assert torch.equal(first, again)
