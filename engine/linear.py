@@ -52,6 +52,7 @@ class Int8Linear:
         if self.kernel == "fbgemm" and not _fbgemm_works():
             self.kernel = default_kernel(q.device, fbgemm=False)
         if self.kernel == "fbgemm":
+            self.reduce_range = not cpu_has_vnni()  # 7-bit activations without VNNI (see cpu_has_vnni)
             zeros = torch.zeros(q.shape[0], dtype=torch.long)
             with warnings.catch_warnings():  # quantized tensors are "deprecated" but the ops remain
                 warnings.simplefilter("ignore")
@@ -65,7 +66,7 @@ class Int8Linear:
         lead, k = x.shape[:-1], x.shape[-1]
         x2 = x.reshape(-1, k)
         if self.packed is not None:
-            y = torch.ops.quantized.linear_dynamic(x2.float().contiguous(), self.packed, not cpu_has_vnni())
+            y = torch.ops.quantized.linear_dynamic(x2.float().contiguous(), self.packed, self.reduce_range)
         elif self.kernel == "int8pack" and x2.shape[0] <= SMALL_BATCH:
             y = torch._weight_int8pack_mm(x2.to(torch.bfloat16).contiguous(), self.q, self.scale_bf16)
         else:  # prompt chunks (compute-bound): dequantise, multiply in bf16 where the CPU has it
@@ -199,11 +200,11 @@ class PackedLinear:
 
 
 def pack_for_cpu(weight: torch.Tensor, *, dtype: torch.dtype | None = None, keep_rows: bool = False,
-                 release=None):
-    """``weight`` in ``dtype`` (default: its own) as a :class:`PackedLinear` where
+                 release=None, enabled: bool = True):
+    """``weight`` in ``dtype`` (default: its own) as a :class:`PackedLinear` where ``enabled`` and
     :func:`packs_on_cpu` says that is faster, else as a plain contiguous tensor."""
     dtype = dtype or weight.dtype
-    if weight.device.type != "cpu" or weight.dim() != 2 or not packs_on_cpu(dtype):
+    if not enabled or weight.device.type != "cpu" or weight.dim() != 2 or not packs_on_cpu(dtype):
         return weight.to(dtype).contiguous()
     return PackedLinear(weight, dtype=dtype, keep_rows=keep_rows, release=release)
 

@@ -13,6 +13,7 @@ copy them to the GPU for each forward.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -249,7 +250,7 @@ def _matrix_loader(place: Placement, layer_id: int, *, version: int = 0, block: 
     """How a layer's big matrices are stored: in the stage's dtype or int8, on its device
     (``block``: the layer's index, None for the head; ``pack``: float CPU weights reordered
     for oneDNN where that is faster, see engine.linear.pack_for_cpu)."""
-    maybe_pack = pack_for_cpu if pack else (lambda w, dtype, keep_rows=False, release=None: w.to(dtype).contiguous())
+    maybe_pack = functools.partial(pack_for_cpu, enabled=pack)
     stage = place.stage
     dtype = _DTYPES[stage.dtype]
     # streamed layers stay in CPU memory (pinned when a GPU is there) until each forward
