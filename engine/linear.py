@@ -3,10 +3,12 @@
 Every projection in the architecture modules goes through :func:`linear`, which takes a plain
 weight tensor (out, in), an :class:`Int8Linear` or a :class:`PackedLinear`.
 
-- int8: one scale per output channel (rows), symmetric to +-127. One token at a time
-  (memory-bound) on the CPU it uses fbgemm (activations quantised on the fly) where the error
-  allows, else PyTorch's weight-only ``torch._weight_int8pack_mm`` (bf16 activations), reading
-  1 byte per weight; prompt chunks (compute-bound) dequantise to the activation type and multiply.
+- int8: one scale per output channel (rows), symmetric to +-127. On x86 CPUs the products go
+  through fbgemm's u8 x s8 kernels (read 1 byte per weight near the memory bandwidth), with the
+  activations split into two 8-bit rows (about 15 bits: weight-only precision, see
+  :func:`split_linear`), or, for the matrices whose error allows it, quantised to one 8-bit row.
+  Where fbgemm is missing, PyTorch's weight-only ``torch._weight_int8pack_mm`` (bf16 activations)
+  or, for prompt chunks and GPUs, weights dequantised to the activation type.
   The reference package's CPU int8 dequantises in Python on every call and is far slower.
 - On the CPU, activations are float32 whatever the weights' type (the residual stream keeps its
   precision; elementwise work is negligible next to the matrices). float32 and bf16 weights are
@@ -32,27 +34,31 @@ SMALL_BATCH = 8  # up to this many rows a product is memory-bound: use the int8 
 class Int8Linear:
     """A linear layer's weight (out, in) as int8 with a float scale per output channel.
 
-    Kernels, fastest first (measured on a 2-core AVX2 machine, 24 distinct matrices, so that
-    the weights come from memory as in a real forward pass):
-    - "fbgemm": PyTorch's quantized CPU engine (``quantized::linear_dynamic``): 23-26 GB/s of
-      weights read, 75-85% of the memory bandwidth; the activations are quantised on the fly
-      per row (8-bit range with AVX512-VNNI, 7-bit without), the error that costs is measured
-      by the tests; 62-67 GB/s on a 2-core AVX512-VNNI machine;
-    - "int8pack": ``torch._weight_int8pack_mm``, weight-only (bf16 activations), 12-20 GB/s;
+    Kernels (one token, 24 distinct matrices so that the weights come from memory as in a real
+    forward pass; 2-core AVX512-VNNI machine, 7168x2048 / 65536x2048):
+    - "fbgemm": fbgemm's u8 x s8 products (``quantized::linear_with_input_q_dq_qweight_dq_output_fp32``)
+      with the activations split into two 8-bit rows (:func:`split_linear`): float32 output with
+      a relative error ~1e-4, below bf16 activations (2.7e-3); 31-64 GB/s (the head 2.2x faster than
+      int8pack), as fast as dequantising for prompt chunks. The default where fbgemm works;
+    - "fbgemm-dynamic": ``quantized::linear_dynamic``, the activations quantised to one 8-bit row
+      (7-bit without VNNI): a little faster still, 1-2% error per product; chosen per matrix where
+      the tests' logit error allows (``quantize_activations``);
+    - "int8pack": ``torch._weight_int8pack_mm``, weight-only with bf16 activations and output,
+      23-29 GB/s (12-20 on AVX2), for CPUs without fbgemm (Arm);
     - "dequant": int8 weights converted to the activation type per call (GPUs, and long chunks).
     """
 
     def __init__(self, weight: torch.Tensor, *, device: str | torch.device = "cpu",
-                 kernel: str | None = None, release=None):
+                 kernel: str | None = None, quantize_activations: bool = False, release=None):
         q, scale = quantize_rows(weight, device, release=release)
         self.shape, self.dtype = tuple(q.shape), torch.int8
         self.scale = scale  # float32 (out,)
-        self.kernel = kernel or default_kernel(q.device)
+        self.kernel = kernel or default_kernel(q.device, dynamic=quantize_activations)
         self.q = self.packed = None
-        if self.kernel == "fbgemm" and not _fbgemm_works():
+        if self.kernel.startswith("fbgemm") and not _fbgemm_works():
             self.kernel = default_kernel(q.device, fbgemm=False)
-        if self.kernel == "fbgemm":
-            self.reduce_range = not cpu_has_vnni()  # 7-bit activations without VNNI (see cpu_has_vnni)
+        if self.kernel.startswith("fbgemm"):
+            self.levels = activation_levels()
             zeros = torch.zeros(q.shape[0], dtype=torch.long)
             with warnings.catch_warnings():  # quantized tensors are "deprecated" but the ops remain
                 warnings.simplefilter("ignore")
@@ -62,11 +68,18 @@ class Int8Linear:
             self.q = q
             self.scale_bf16 = scale.to(torch.bfloat16)
 
+    @property
+    def precise_output(self) -> bool:
+        """Whether products come out in float32 at weight-only precision (no bf16 rounding)."""
+        return self.kernel == "fbgemm"
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         lead, k = x.shape[:-1], x.shape[-1]
         x2 = x.reshape(-1, k)
-        if self.packed is not None:
-            y = torch.ops.quantized.linear_dynamic(x2.float().contiguous(), self.packed, self.reduce_range)
+        if self.kernel == "fbgemm":
+            y = split_linear(x2.float(), self.packed, self.levels)
+        elif self.packed is not None:  # fbgemm-dynamic: one 8-bit row per token
+            y = _dynamic_linear(x2.float(), self.packed, self.levels)
         elif self.kernel == "int8pack" and x2.shape[0] <= SMALL_BATCH:
             y = torch._weight_int8pack_mm(x2.to(torch.bfloat16).contiguous(), self.q, self.scale_bf16)
         else:  # prompt chunks (compute-bound): dequantise, multiply in bf16 where the CPU has it
@@ -90,7 +103,7 @@ class Int8Linear:
 
     def rows(self, idx: torch.Tensor) -> torch.Tensor:
         """Float32 rows ``idx`` of the dequantised weight: shape ``idx.shape + (in,)``."""
-        if self.packed is not None:
+        if self.packed is not None:  # unpacks the whole matrix: for tests and rare use
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 q = torch.ops.quantized.linear_unpack(self.packed)[0].int_repr()
@@ -100,6 +113,51 @@ class Int8Linear:
 
     def nbytes(self) -> int:
         return self.shape[0] * self.shape[1] + self.scale.numel() * 4
+
+
+def split_linear(x: torch.Tensor, packed, levels: int = 127) -> torch.Tensor:
+    """``x @ W.T`` for float32 ``x`` (M, K) and fbgemm-packed int8 ``W``, at weight-only precision.
+
+    fbgemm multiplies 8-bit activations (u8, with a zero point) by the int8 weights and reads each
+    weight byte once however many rows come. So each row is scaled to [-L, L] (L = ``levels``) and
+    written as hi + lo / 2L with hi, lo integers in [-L, L]: the 2M integer rows go through one
+    product (scale 1, zero point L + 1) and y = (y_hi + y_lo / 2L) * max|x| / L, an activation
+    error below max|x| / (4 L^2) (1.5e-5 of the row's largest entry with L = 127). L = 63 on CPUs
+    without VNNI, where u8 x s8 pairs must not overflow int16 (see :func:`activation_levels`).
+    """
+    m = x.abs().amax(-1, keepdim=True)
+    if not bool(torch.isfinite(m).all()):  # inf/nan in: let them show in the output
+        return torch.full((x.shape[0], _out_features(packed)), float("nan"))
+    m.clamp_(min=1e-30)
+    u = x * (levels / m)
+    hi = u.round()
+    lo = (u - hi).mul_(2 * levels).round_()
+    y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(torch.cat([hi, lo]), 1.0, levels + 1, packed)
+    rows = x.shape[0]
+    return torch.add(y[:rows], y[rows:], alpha=1.0 / (2 * levels)).mul_(m / levels)
+
+
+def _dynamic_linear(x: torch.Tensor, packed, levels: int) -> torch.Tensor:
+    """fbgemm with the activations quantised to one 8-bit row each (per token: fbgemm picks one
+    scale for the whole input, so a chunk's rows are first scaled to the same range)."""
+    reduce_range = levels != 127
+    if x.shape[0] == 1:
+        return torch.ops.quantized.linear_dynamic(x.contiguous(), packed, reduce_range)
+    m = x.abs().amax(-1, keepdim=True).clamp_(min=1e-30)
+    return torch.ops.quantized.linear_dynamic(x / m, packed, reduce_range).mul_(m)
+
+
+def _out_features(packed) -> int:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.ops.quantized.linear_unpack(packed)[0].shape[0]
+
+
+def activation_levels() -> int:
+    """The largest activation integer fbgemm gets: 127 with AVX512-VNNI (u8 x s8 accumulated in
+    int32), 63 without, where vpmaddubsw adds pairs of u8 x s8 products in int16 (2 x 127 x 127
+    fits, 2 x 255 x 127 does not)."""
+    return 127 if cpu_has_vnni() else 63
 
 
 def quantize_rows(weight: torch.Tensor, device, block: int = 1 << 22,
@@ -124,6 +182,7 @@ def quantize_rows(weight: torch.Tensor, device, block: int = 1 << 22,
 
 @functools.cache
 def _fbgemm_works() -> bool:
+    """Whether this torch has fbgemm's quantized CPU ops (x86), and they compute right."""
     with warnings.catch_warnings():
         return _try_fbgemm()
 
@@ -135,19 +194,27 @@ def _try_fbgemm() -> bool:
             torch.ones(4, 4, dtype=torch.int8), torch.ones(4, dtype=torch.double),
             torch.zeros(4, dtype=torch.long), 0)
         packed = torch.ops.quantized.linear_prepack(q, None)
-        y = torch.ops.quantized.linear_dynamic(torch.ones(1, 4), packed, True)
-        return bool(torch.allclose(y, torch.full((1, 4), 4.0), atol=0.1))
+        x = torch.tensor([[0.5, -1.0, 0.25, 2.0]])
+        y = torch.ops.quantized.linear_dynamic(x, packed, True)
+        exact = split_linear(x, packed, 63)
+        return bool(torch.allclose(y, torch.full((1, 4), 1.75), atol=0.05)
+                    and torch.allclose(exact, torch.full((1, 4), 1.75), atol=1e-3))
     except (RuntimeError, AttributeError, NotImplementedError):
         return False
 
 
-def default_kernel(device: torch.device, *, fbgemm: bool = True) -> str:
+KERNELS = ("fbgemm", "fbgemm-dynamic", "int8pack", "dequant")
+
+
+def default_kernel(device: torch.device, *, fbgemm: bool = True, dynamic: bool = False) -> str:
+    """The int8 kernel for a matrix on ``device`` (``dynamic``: its activations may be quantised
+    to 8 bits). ``ROOST_INT8_KERNEL`` (one of :data:`KERNELS`) overrides it on the CPU."""
     if device.type != "cpu":
         return "dequant"
-    if os.environ.get("ROOST_INT8_KERNEL") in ("fbgemm", "int8pack", "dequant"):
+    if os.environ.get("ROOST_INT8_KERNEL") in KERNELS:
         return os.environ["ROOST_INT8_KERNEL"]
     if fbgemm and _fbgemm_works():
-        return "fbgemm"
+        return "fbgemm-dynamic" if dynamic else "fbgemm"
     return "int8pack" if hasattr(torch, "_weight_int8pack_mm") else "dequant"
 
 

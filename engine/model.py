@@ -166,9 +166,9 @@ class RWKV:
         x = F.layer_norm(x, (x.shape[-1],), weight=self._w["ln_out.weight"], bias=self._w["ln_out.bias"])
         head = self._w["head.weight"]
         logits = linear(x, head).float()
-        if head.dtype != torch.float32:
-            # bf16/int8 kernels round their output to bf16 (3 significant digits), enough to swap
-            # the two most likely tokens. Recompute the top candidates' logits in float32.
+        if head.dtype != torch.float32 and not getattr(head, "precise_output", False):
+            # bf16 and most int8 kernels round their output to bf16 (3 significant digits), enough
+            # to swap the two most likely tokens. Recompute the top candidates' logits in float32.
             top = logits.topk(REFINE_TOP, dim=-1).indices  # (T, K)
             rows = head[top].float() if isinstance(head, torch.Tensor) else head.rows(top)  # (T, K, C)
             exact = (rows @ x.float().unsqueeze(-1)).squeeze(-1)
@@ -265,8 +265,8 @@ def _matrix_loader(place: Placement, layer_id: int, *, version: int = 0, block: 
         if stage.int8 and dev == "cpu" and keeps_bf16(version, block):
             out = maybe_pack(w, dtype=torch.bfloat16, release=rows_done)
         elif stage.int8:
-            kernel = int8_kernel_for(key, version) if dev == "cpu" else None
-            out = Int8Linear(w, device=dev, kernel=kernel, release=rows_done)
+            dynamic = dev == "cpu" and quantizes_activations(key, version)
+            out = Int8Linear(w, device=dev, quantize_activations=dynamic, release=rows_done)
         elif dev == "cpu" and not place.stream:  # the head keeps its plain rows to re-read its top logits
             out = maybe_pack(w, dtype=dtype, keep_rows=block is None and dtype != torch.float32, release=rows_done)
         else:
@@ -279,26 +279,25 @@ def _matrix_loader(place: Placement, layer_id: int, *, version: int = 0, block: 
     return load
 
 
-def int8_kernel_for(key: str, version: int = 0) -> str | None:
-    """Which int8 kernel a CPU matrix uses (see engine.linear.Int8Linear); None: the fastest.
+def quantizes_activations(key: str, version: int = 0) -> bool:
+    """Whether a CPU int8 matrix may quantise its activations to 8 bits ("fbgemm-dynamic", a little
+    faster) rather than keep weight-only precision (see engine.linear.Int8Linear).
 
     Measured on random checkpoints of real shapes (24x1024, RWKV-6), median logit error and top-1
-    agreement vs fp32: all weight-only 1.6%, 97.7%. Quantising the activations on the fly (fbgemm)
+    agreement vs fp32: all weight-only 1.6%, 97.7%. Quantising the activations on the fly
     costs little for the FFN (two thirds of the weights), and for the attention's key, value and
     gate only with AVX512-VNNI's full 8-bit range; the receptance (the query that reads the state;
     v5.0 4x256: 94.5% with it, 96.5% without), the attention output (whose input carries outliers)
-    and the head cost most (all fbgemm: 2.5%, 95.7%). So: FFN always fbgemm, key/value/gate fbgemm
-    on VNNI CPUs, the rest weight-only. RWKV-7 is the exception: its squared-ReLU FFN doubles the
-    error when the activations are quantised (3.1% vs 1.7%, top-1 93.8% vs 94.5%), and its
-    attention projections cost agreement too (95.3% -> 94.1%), so it stays weight-only.
+    and the head cost most (all quantised: 2.5%, 95.7%). So: FFN always, key/value/gate on VNNI
+    CPUs, the rest never. RWKV-7 is the exception: its squared-ReLU FFN doubles the error when the
+    activations are quantised (3.1% vs 1.7%, top-1 93.8% vs 94.5%), and its attention projections
+    cost agreement too (95.3% -> 94.1%), so it never does.
     """
     if version == 7 or not key.startswith("blocks."):
-        return "int8pack"
+        return False
     if ".ffn." in key:
-        return None
-    if key.endswith(("att.key.weight", "att.value.weight", "att.gate.weight")) and cpu_has_vnni():
-        return None
-    return "int8pack"
+        return True
+    return key.endswith(("att.key.weight", "att.value.weight", "att.gate.weight")) and cpu_has_vnni()
 
 
 def keeps_bf16(version: int, block: int | None) -> bool:

@@ -75,8 +75,9 @@ def test_int8_weights_take_a_quarter_of_fp32(make_checkpoint):
     from engine.linear import Int8Linear
 
     model = load_model(make_checkpoint("v6.0", n_layer=2, n_embd=256), "cpu int8")
-    w = model._layers[0]["att.output.weight"]  # weight-only everywhere (int8_kernel_for)
-    assert isinstance(w, Int8Linear) and w.q.dtype == torch.int8 and w.q.shape == (256, 256)
+    w = model._layers[0]["att.output.weight"]
+    assert isinstance(w, Int8Linear) and w.dtype == torch.int8 and w.shape == (256, 256)
+    assert w.rows(torch.tensor([3])).shape == (1, 256)
     assert w.nbytes() == 256 * 256 + 256 * 4
     assert isinstance(model._w["head.weight"], Int8Linear)
     assert model._layers[0]["att.time_maa_w1"].dtype == torch.float32  # small LoRA stays precise
@@ -86,12 +87,12 @@ def test_int8_kernel_choice_follows_the_measured_errors(monkeypatch):
     import engine.model as em
 
     k = "blocks.3.att.key.weight"
-    monkeypatch.setattr(em, "cpu_has_vnni", lambda: False)  # 7-bit activations: weight-only
-    assert em.int8_kernel_for(k, 6) == "int8pack"
+    monkeypatch.setattr(em, "cpu_has_vnni", lambda: False)  # 7-bit activations: weight-only precision
+    assert not em.quantizes_activations(k, 6)
     monkeypatch.setattr(em, "cpu_has_vnni", lambda: True)
-    assert em.int8_kernel_for(k, 6) is None and em.int8_kernel_for("blocks.3.att.gate.weight", 5) is None
-    assert em.int8_kernel_for("blocks.3.att.receptance.weight", 6) == "int8pack"
-    assert em.int8_kernel_for("blocks.3.att.output.weight", 6) == "int8pack"
-    assert em.int8_kernel_for("blocks.3.ffn.value.weight", 4) is None
-    assert em.int8_kernel_for("head.weight", 6) == "int8pack"
-    assert em.int8_kernel_for(k, 7) == "int8pack" and em.int8_kernel_for("blocks.3.ffn.key.weight", 7) == "int8pack"
+    assert em.quantizes_activations(k, 6) and em.quantizes_activations("blocks.3.att.gate.weight", 5)
+    assert not em.quantizes_activations("blocks.3.att.receptance.weight", 6)
+    assert not em.quantizes_activations("blocks.3.att.output.weight", 6)
+    assert em.quantizes_activations("blocks.3.ffn.value.weight", 4)
+    assert not em.quantizes_activations("head.weight", 6)
+    assert not em.quantizes_activations(k, 7) and not em.quantizes_activations("blocks.3.ffn.key.weight", 7)

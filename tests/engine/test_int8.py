@@ -1,0 +1,78 @@
+"""The int8 kernels: each gives the product with the dequantised weights, to its stated precision."""
+
+import pytest
+import torch
+
+from engine.linear import Int8Linear, _fbgemm_works, split_linear
+
+needs_fbgemm = pytest.mark.skipif(not _fbgemm_works(), reason="no fbgemm on this CPU")
+
+
+def _weight(out=96, k=80, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(out, k, generator=g)
+
+
+def _rows(m, k=80, seed=1):
+    """Rows of very different sizes, with an outlier each: per-row scaling must hold."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=g) * torch.logspace(-3, 2, m).unsqueeze(1)
+    x[:, 7] *= 30
+    return x
+
+
+def _rel(got, want):
+    return float((got.double() - want).norm(dim=-1).max() / want.norm(dim=-1).min())
+
+
+@needs_fbgemm
+@pytest.mark.parametrize("levels", [127, 63])
+@pytest.mark.parametrize("m", [1, 3, 128])
+def test_split_activations_give_weight_only_precision(levels, m):
+    lin = Int8Linear(_weight(), kernel="fbgemm")
+    x = _rows(m)
+    exact = (x.double() @ lin.rows(torch.arange(96)).double().T)  # the dequantised weights, float64
+    got = split_linear(x, lin.packed, levels)
+    # per row: error relative to that row's own size, whatever the other rows' sizes
+    err = ((got.double() - exact).norm(dim=-1) / exact.norm(dim=-1)).max()
+    assert err < (2e-4 if levels == 127 else 8e-4)
+    assert got.dtype == torch.float32 and got.shape == (m, 96)
+
+
+@needs_fbgemm
+def test_split_beats_one_8bit_row_and_bf16_activations():
+    w = _weight()
+    x = _rows(1)
+    precise, dynamic = Int8Linear(w, kernel="fbgemm"), Int8Linear(w, kernel="fbgemm-dynamic")
+    exact = x.double() @ precise.rows(torch.arange(96)).double().T
+    bf16 = (x.bfloat16().double() @ precise.rows(torch.arange(96)).double().T)
+    assert _rel(precise(x), exact) * 10 < _rel(dynamic(x), exact)
+    assert _rel(precise(x), exact) * 10 < _rel(bf16, exact)
+    assert precise.precise_output and not dynamic.precise_output
+
+
+@needs_fbgemm
+def test_split_handles_zero_rows_and_non_finite_input():
+    lin = Int8Linear(_weight(), kernel="fbgemm")
+    x = torch.zeros(2, 80)
+    x[1, 3] = 1.0
+    y = lin(x)
+    assert torch.equal(y[0], torch.zeros(96)) and torch.isfinite(y).all()
+    x[1, 4] = float("inf")
+    assert torch.isnan(lin(x)).all()
+
+
+@pytest.mark.parametrize("kernel", ["fbgemm", "fbgemm-dynamic", "int8pack", "dequant"])
+@pytest.mark.parametrize("m", [1, 16])
+def test_every_kernel_multiplies_by_the_dequantised_weight(kernel, m):
+    if kernel.startswith("fbgemm") and not _fbgemm_works():
+        pytest.skip("no fbgemm on this CPU")
+    if kernel == "int8pack" and not hasattr(torch, "_weight_int8pack_mm"):
+        pytest.skip("no _weight_int8pack_mm in this torch")
+    lin = Int8Linear(_weight(), kernel=kernel)
+    assert lin.kernel == kernel
+    x = torch.randn(m, 80, generator=torch.Generator().manual_seed(2))
+    exact = x.double() @ lin.rows(torch.arange(96)).double().T
+    tol = {"fbgemm": 1e-3, "fbgemm-dynamic": 0.03, "int8pack": 0.01, "dequant": 0.01}[kernel]
+    assert _rel(lin(x), exact) < tol
+    assert lin(x.unsqueeze(0)).shape == (1, m, 96)  # leading dimensions kept
