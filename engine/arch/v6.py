@@ -41,7 +41,9 @@ def prepare_layer(t, i: int, cfg, dtype, big) -> dict:
     p = f"blocks.{i}."
     h, n, f32 = cfg.n_head, cfg.head_size, torch.float32
     w = {x: vec(t[p + x], dtype) for x in ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias")}
-    w.update({"att." + m: vec(t[p + "att." + m], dtype) for m in _MAA})
+    w["att.time_maa_x"] = vec(t[p + "att.time_maa_x"], dtype)
+    # the five mixes' base vectors stacked in the LoRA's output order: one op mixes all five
+    w["att.maa"] = torch.stack([vec(t[p + "att." + m], dtype) for m in _MAA[1:]]).unsqueeze(1)  # (5, 1, C)
     w["att.time_maa_w1"] = mat(t[p + "att.time_maa_w1"], dtype)  # (C, 5*D)
     w["att.time_maa_w2"] = mat(t[p + "att.time_maa_w2"], dtype)  # (5, D, C)
     w["att.time_decay_w1"] = mat(t[p + "att.time_decay_w1"], dtype)  # (C, D2)
@@ -63,12 +65,8 @@ def time_mix(x, prev, s, w, cfg):
     d = token_shift(x, prev) - x  # (T, C)
     lora = torch.tanh((x + d * w["att.time_maa_x"]) @ w["att.time_maa_w1"])  # (T, 5*D)
     lora = torch.bmm(lora.view(T, 5, -1).transpose(0, 1), w["att.time_maa_w2"])  # (5, T, C)
-    mw, mk, mv, mr, mg = lora.unbind(0)
-    wx = x + d * (w["att.time_maa_w"] + mw)
-    kx = x + d * (w["att.time_maa_k"] + mk)
-    vx = x + d * (w["att.time_maa_v"] + mv)
-    rx = x + d * (w["att.time_maa_r"] + mr)
-    gx = x + d * (w["att.time_maa_g"] + mg)
+    # x + d * (maa + lora) for the five of them at once: w, k, v, r, g
+    wx, kx, vx, rx, gx = torch.addcmul(x, d, lora.add_(w["att.maa"])).unbind(0)
 
     r = linear(rx, w["att.receptance.weight"]).float().view(T, h, n)
     k = linear(kx, w["att.key.weight"]).float().view(T, h, n)

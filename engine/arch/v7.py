@@ -38,7 +38,8 @@ def prepare_layer(t, i: int, cfg, dtype, big) -> dict:
     p = f"blocks.{i}."
     f32 = torch.float32
     w = {x: vec(t[p + x], dtype) for x in ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias")}
-    w.update({"att." + m: vec(t[p + "att." + m], dtype) for m in _MIX + ("a0", "k_k", "k_a", "r_k")})
+    w.update({"att." + m: vec(t[p + "att." + m], dtype) for m in ("a0", "k_k", "k_a", "r_k")})
+    w["att.mix"] = torch.stack([vec(t[p + "att." + m], dtype) for m in _MIX]).unsqueeze(1)  # (6, 1, C)
     w["att.w0"] = vec(t[p + "att.w0"], f32)
     lora = _LORA + (_LORA_V if i > 0 else ())
     w.update({"att." + m: mat(t[p + "att." + m], dtype) for m in lora})
@@ -114,7 +115,7 @@ def wkv_chunk(r, w, k, v, kk, a, s):
 def time_mix(x, prev, s, v_first, w, cfg, first_layer: bool):
     T, h, n = x.shape[0], cfg.n_head, cfg.head_size
     d = token_shift(x, prev) - x
-    xr, xw, xk, xv, xa, xg = (x + d * w["att." + m] for m in _MIX)
+    xr, xw, xk, xv, xa, xg = torch.addcmul(x, d, w["att.mix"]).unbind(0)  # x + d * x_r, ... (_MIX) at once
 
     r = linear(xr, w["att.receptance.weight"])
     k = linear(xk, w["att.key.weight"])
