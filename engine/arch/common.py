@@ -60,7 +60,7 @@ def prepare_ffn(t, p: str, dtype, big, mix: tuple[str, ...]) -> dict:
     return w
 
 
-FACTOR_LIMIT = 60.0  # a chunk whose decay stays within e^-60 in every channel may be factorised
+FACTOR_LIMIT = 70.0  # factors up to e^70 (2.5e30): float32 holds them times any r, k, with room
 
 
 def wkv_chunked(r, k, v, logw, u, s, chunk: int = 16):
@@ -70,11 +70,12 @@ def wkv_chunked(r, k, v, logw, u, s, chunk: int = 16):
     r, k, v, logw: (T, H, N) float32 (logw = log w_t <= 0); u: (H, N); s: (H, N, N).
     Returns out (T, H, N) and S.
 
-    Within a chunk the decay from s to t is exp(exc_t - inc_s) (cumulative sums of logw). Where a
-    chunk's whole decay stays above e^-60 in every channel it factorises: (r_t e^exc_t) . (k_s
-    e^-inc_s), every factor below e^60, so the chunk is three matrix products (CPU). Otherwise
-    (a channel that forgets almost everything within the chunk) the exact form masks the exponent
-    before the exp so that it is never positive, on an (H, L, L, N) tensor: 4x dearer per token.
+    Within a chunk the decay from s to t is exp(exc_t - inc_s) (cumulative sums of logw). It
+    factorises as (r_t e^(exc_t - c)) . (k_s e^(c - inc_s)) with c half the chunk's total decay,
+    so that each factor stays within e^+-70 wherever the chunk's decay stays above e^-140 in every
+    channel: the chunk is then three matrix products (CPU). Otherwise (a channel that forgets
+    almost everything within the chunk) the exact form masks the exponent before the exp so that
+    it is never positive, on an (H, L, L, N) tensor: 4x dearer per token.
     """
     T, H, N = r.shape
     if T == 1:  # one token: the recurrence itself, reading and writing the state once each
@@ -88,12 +89,14 @@ def wkv_chunked(r, k, v, logw, u, s, chunk: int = 16):
         inc = lw.cumsum(dim=1)  # inclusive cumulative log decay (H, L, N)
         total = inc[:, -1:, :]  # (H, 1, N)
         bonus = (rc * u.unsqueeze(1) * kc).sum(-1, keepdim=True) * vc  # the current token
-        if factorise and float(total.min()) >= -FACTOR_LIMIT:
-            reader = rc * (inc - lw).exp()  # r_t e^exc_t: reads the state carried into the chunk
-            keys = kc * (-inc).exp()
-            att = (reader @ keys.transpose(1, 2)).tril_(-1)  # (H, Lt, Ls), s < t
-            out = att @ vc + bonus + reader @ s
-            s = (total.transpose(1, 2).exp() * s).baddbmm_((keys * total.exp()).transpose(1, 2), vc)
+        if factorise and float(total.min()) >= -2 * FACTOR_LIMIT:
+            exc = inc - lw  # decay from the chunk's start to just before t
+            half = total * 0.5
+            # att[t, s] = sum_n r_t k_s e^(exc_t - inc_s), s < t: the exponent is <= 0 there; the
+            # masked s >= t entries may overflow to inf, and tril_ replaces them with zeros
+            att = ((rc * (exc - half).exp()) @ (kc * (half - inc).exp()).transpose(1, 2)).tril_(-1)
+            out = att @ vc + bonus + (rc * exc.exp()) @ s  # + the state carried into the chunk
+            s = (total.transpose(1, 2).exp() * s).baddbmm_((kc * (total - inc).exp()).transpose(1, 2), vc)
             outs.append(out.transpose(0, 1))
             continue
         for e0 in range(0, rc.shape[1], 8):  # the exact form, in chunks of 8

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from engine.arch import common
 from engine.arch.common import FACTOR_LIMIT, wkv_chunked
 
 
@@ -25,7 +26,8 @@ def inputs(T, logw_scale, seed=0, H=3, N=8):
 
 
 @pytest.mark.parametrize("T", [2, 16, 37])
-@pytest.mark.parametrize("logw_scale", [0.5, 3.0, 50.0])  # mild, strong, forgets within a token
+# mild, strong, strong enough to need the centred factors (a chunk's total ~ -110), forgets within a token
+@pytest.mark.parametrize("logw_scale", [0.5, 3.0, 11.0, 50.0])
 def test_chunks_match_the_recurrence(T, logw_scale):
     x = inputs(T, logw_scale)
     want_out, want_s = recurrence(*(z.double() for z in x))
@@ -35,10 +37,28 @@ def test_chunks_match_the_recurrence(T, logw_scale):
     torch.testing.assert_close(s.double(), want_s, atol=1e-4, rtol=1e-4)
 
 
+def test_factors_centred_on_half_the_chunk_decay():
+    """Decays down to e^-140 over a chunk factorise (each factor within e^+-70), exactly."""
+    x = inputs(16, 11.0, seed=3)
+    total = float(x[3].sum(0).min())
+    assert -2 * FACTOR_LIMIT < total < -FACTOR_LIMIT  # beyond what uncentred factors could hold
+    calls = []
+    real_exact = common._wkv_exact
+    try:
+        common._wkv_exact = lambda *a: calls.append(1) or real_exact(*a)
+        out, s = wkv_chunked(*x)
+    finally:
+        common._wkv_exact = real_exact
+    assert not calls  # the factorised form ran
+    want_out, want_s = recurrence(*(z.double() for z in x))
+    torch.testing.assert_close(out.double(), want_out, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(s.double(), want_s, atol=1e-4, rtol=1e-4)
+
+
 def test_strong_decay_takes_the_exact_form(monkeypatch):
-    """A chunk whose decay passes e^-FACTOR_LIMIT would overflow factorised: it must not be."""
+    """A chunk whose decay passes e^-2*FACTOR_LIMIT would overflow factorised: it must not be."""
     x = inputs(16, 50.0)
-    assert float(x[3].sum(0).min()) < -FACTOR_LIMIT
+    assert float(x[3].sum(0).min()) < -2 * FACTOR_LIMIT
     monkeypatch.setattr("engine.arch.common.FACTOR_LIMIT", 1e9)  # force the factorised form
     forced, _ = wkv_chunked(*x)
     assert not torch.isfinite(forced).all()  # so the test above exercises the fallback
