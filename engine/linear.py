@@ -21,6 +21,7 @@ weight tensor (out, in), an :class:`Int8Linear` or a :class:`PackedLinear`.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import warnings
 from pathlib import Path
@@ -125,16 +126,21 @@ def split_linear(x: torch.Tensor, packed, levels: int = 127) -> torch.Tensor:
     error below max|x| / (4 L^2) (1.5e-5 of the row's largest entry with L = 127). L = 63 on CPUs
     without VNNI, where u8 x s8 pairs must not overflow int16 (see :func:`activation_levels`).
     """
-    m = x.abs().amax(-1, keepdim=True)
-    if not bool(torch.isfinite(m).all()):  # inf/nan in: let them show in the output
-        return torch.full((x.shape[0], _out_features(packed)), float("nan"))
-    m.clamp_(min=1e-30)
+    rows, two_l = x.shape[0], 2.0 * levels
+    if rows == 1:  # one token: the row's scale as a Python number (fewer small ops on the hot path)
+        m = float(x.abs().max())
+        if not math.isfinite(m):  # inf/nan in: let them show in the output
+            return torch.full((1, _out_features(packed)), float("nan"))
+        m = m or 1e-30
+    else:
+        m = x.abs().amax(-1, keepdim=True)
+        if not bool(torch.isfinite(m).all()):
+            return torch.full((rows, _out_features(packed)), float("nan"))
+        m.clamp_(min=1e-30)
     u = x * (levels / m)
-    hi = u.round()
-    lo = (u - hi).mul_(2 * levels).round_()
-    y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(torch.cat([hi, lo]), 1.0, levels + 1, packed)
-    rows = x.shape[0]
-    return torch.add(y[:rows], y[rows:], alpha=1.0 / (2 * levels)).mul_(m / levels)
+    lo = (u - u.round()).mul_(two_l)  # fbgemm rounds both rows to integers itself (scale 1)
+    y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(torch.cat([u, lo]), 1.0, levels + 1, packed)
+    return torch.add(y[:rows], y[rows:], alpha=1.0 / two_l).mul_(m / levels)
 
 
 def _dynamic_linear(x: torch.Tensor, packed, levels: int) -> torch.Tensor:
