@@ -33,7 +33,7 @@ def run(out=sys.stdout) -> int:
 
     frozen = "frozen bundle" if getattr(sys, "frozen", False) else "Python install"
     print(f"Roost {__version__} ({frozen}), Python {platform.python_version()}, {platform.platform()}", file=out)
-    steps = [("tokenizer", _tokenizer), ("model", _model), ("conversations database", _sqlite), ("Qt", _qt),
+    steps = [("tokenizer", _tokenizer), ("model", _model), ("int8", _int8), ("conversations database", _sqlite), ("Qt", _qt),
              ("main window", _window), ("API server", _api)]
     ok = True
     for name, step in steps:
@@ -67,6 +67,21 @@ def _model() -> str:
     r = generate(model, "The quick brown fox", SamplingParams(max_tokens=8, seed=0, stop_tokens=()))
     assert len(r.tokens) >= 1, "no token was generated"
     return f"{model.config.label}, {len(r.tokens)} tokens at {r.tokens_per_second:.0f} tokens/s"
+
+
+def _int8() -> str:
+    """cpu int8 runs with this CPU's kernels (fbgemm on x86) and agrees with cpu fp32."""
+    import torch
+
+    import engine
+    from engine.linear import default_kernel
+
+    tokens = [101, 2025, 9, 33]
+    want, _ = engine.load_model(selftest_model(), "cpu fp32").forward(tokens)
+    got, _ = engine.load_model(selftest_model(), "cpu int8").forward(tokens)
+    err = float((got - want).abs().max() / want.abs().max())
+    assert bool(torch.isfinite(got).all()) and err < 0.1, f"int8 logits differ from float32 by {err:.1%}"
+    return f"kernel {default_kernel(torch.device('cpu'))}, logits within {err:.2%} of float32"
 
 
 def _sqlite() -> str:

@@ -16,6 +16,7 @@ def test_selfcheck_passes_and_says_so(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "selfcheck OK" in r.stdout and "FAIL" not in r.stdout
     assert "ok    model: RWKV-7" in r.stdout and "ok    main window" in r.stdout
+    assert "ok    int8: kernel " in r.stdout
     assert "ok    API server" in r.stdout
 
 
@@ -24,6 +25,7 @@ def test_a_failing_step_gives_exit_code_1(monkeypatch):
         raise RuntimeError("no kernel for this CPU")
 
     monkeypatch.setattr(selfcheck, "_model", broken)
+    monkeypatch.setattr(selfcheck, "_int8", lambda: "skipped")
     monkeypatch.setattr(selfcheck, "_window", lambda: "skipped")
     monkeypatch.setattr(selfcheck, "_api", lambda: "skipped")
     out = io.StringIO()
