@@ -75,7 +75,7 @@ def estimate(t: TensorFile | None, cfg: ModelConfig, strategy: Strategy, chunk_l
     def add(dev: str, n: int) -> None:
         need[dev] = need.get(dev, 0) + int(n)
 
-    add("cpu", cfg.vocab_size * cfg.n_embd * 4)  # the embedding: float32, on the CPU
+    add("cpu", cfg.vocab_size * cfg.n_embd * _embedding_bytes(t, cfg))  # on the CPU
     for i, ((big, small), place) in enumerate(zip(numels, placements)):
         st = place.stage
         big_bytes = big * (1 + 4 / cfg.n_embd) if st.int8 else big * _BYTES[st.dtype]
@@ -101,6 +101,17 @@ def estimate(t: TensorFile | None, cfg: ModelConfig, strategy: Strategy, chunk_l
             add(dev, 300 * 1024 ** 2)  # CUDA context and allocator slack
     add("cpu", 200 * 1024 ** 2)  # the interpreter, torch and the tokenizer
     return MemoryEstimate(need)
+
+
+def _embedding_bytes(t: TensorFile | None, cfg: ModelConfig) -> int:
+    """Bytes per embedding entry: RWKV-4/5/6 keep a bf16 file's table in bf16 (engine.model._embedding);
+    without the file, official checkpoints are bf16."""
+    from engine.model import embedding_is_native
+
+    if t is None:
+        return 2 if cfg.version < 7 else 4
+    dtypes = [t[k].dtype for k in ("emb.weight", "blocks.0.ln0.weight", "blocks.0.ln0.bias")]
+    return 2 if embedding_is_native(cfg, *dtypes) and dtypes[0] == torch.bfloat16 else 4
 
 
 def _state_bytes(cfg: ModelConfig) -> int:

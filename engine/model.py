@@ -307,18 +307,27 @@ def keeps_bf16(version: int, block: int | None) -> bool:
     return version == 7 and block == 0
 
 
+def embedding_is_native(cfg: ModelConfig, *dtypes: torch.dtype) -> bool:
+    """Whether ``ln0`` is folded into the embedding in the file's own precision (see _embedding)."""
+    return cfg.version < 7 and len(set(dtypes)) == 1 and dtypes[0] in (torch.bfloat16, torch.float32)
+
+
 def _embedding(tensors, cfg: ModelConfig, dtype: torch.dtype) -> torch.Tensor:
     """The embedding with block 0's ``ln0`` folded in (it only ever applies to embeddings).
 
     For RWKV-4/5/6 the reference runtime (ChatRWKV, the rwkv package) folds it in the file's own
     precision (bf16 for official files) and the models are used that way, so Roost does the same
-    and its logits agree with the reference; RWKV-7's reference folds it in float32. The
-    embedding stays on the CPU: one row per token is all a forward pass reads.
+    and its logits agree with the reference; the folded table then holds bf16 values and is kept
+    in bf16 (half the RAM: 268 MB less for a 1.6B model). RWKV-7's reference folds it in float32.
+    The embedding stays on the CPU: one row per token is all a forward pass reads, cast to the
+    first layer's dtype on use.
     """
     if dtype == torch.float16:
         dtype = torch.float32  # rows are cast to the first layer's dtype on use
     emb, w, b = tensors["emb.weight"], tensors["blocks.0.ln0.weight"], tensors["blocks.0.ln0.bias"]
-    native = cfg.version < 7 and emb.dtype == w.dtype == b.dtype and emb.dtype in (torch.bfloat16, torch.float32)
+    native = embedding_is_native(cfg, emb.dtype, w.dtype, b.dtype)
+    if native:
+        dtype = emb.dtype
     if not native:
         w, b = w.float(), b.float()
     out = torch.empty(emb.shape, dtype=dtype)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from engine import load_model
 from engine.checkpoint import open_checkpoint
@@ -21,6 +22,25 @@ def test_estimate_scales_with_precision(make_checkpoint):
     bf16 = estimate(t, cfg, parse_strategy("cpu bf16")).per_device["cpu"]
     int8 = estimate(t, cfg, parse_strategy("cpu int8")).per_device["cpu"]
     assert fp32 > bf16 > int8
+
+
+@pytest.mark.parametrize("arch, dtype, stored", [("v6.0", torch.bfloat16, torch.bfloat16),
+                                                 ("v6.0", torch.float32, torch.float32),
+                                                 ("v7.0", torch.bfloat16, torch.float32)])
+def test_embedding_kept_in_the_precision_ln0_is_folded_in(make_checkpoint, arch, dtype, stored):
+    """RWKV-4/5/6 fold ln0 in the file's precision, so a bf16 file's table stays bf16 (half the RAM);
+    RWKV-7 folds it in float32. The estimate counts what is kept."""
+    path = make_checkpoint(arch, n_layer=2, n_embd=128, dtype=dtype)
+    model = load_model(path, "cpu fp32")
+    assert model._w["emb"].dtype == stored
+    logits, _ = model.forward([1, 2, 3])
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+    t, cfg = open_checkpoint(path)
+    est = estimate(t, cfg, parse_strategy("cpu fp32")).per_device["cpu"]
+    t32, cfg32 = open_checkpoint(make_checkpoint(arch, n_layer=2, n_embd=128, dtype=torch.float32))
+    est32 = estimate(t32, cfg32, parse_strategy("cpu fp32")).per_device["cpu"]
+    saved = cfg.vocab_size * cfg.n_embd * 2 if stored == torch.bfloat16 else 0
+    assert est32 - est == saved
 
 
 def test_estimate_splits_between_devices(make_checkpoint):
