@@ -6,6 +6,8 @@ and the output reads it with r. Layer 0's values (v_first) are mixed into every 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -63,15 +65,16 @@ def init_state(cfg, w: dict, dtype) -> tuple:
 CHUNK = 32  # decays are >= exp(-0.6065) per token, so exp(+-cumsum) over a chunk stays < 2e8
 
 
-def wkv(r, w, k, v, kk, a, s):
-    """The delta-rule recurrence over T tokens. All (T, H, N) float32; s (H, N, N) as [v, k]."""
+def wkv(r, logw, k, v, kk, a, s):
+    """The delta-rule recurrence over T tokens. All (T, H, N) float32 (logw: log of the decay w);
+    s (H, N, N) as [v, k]."""
     if r.shape[0] == 1:
-        out, s = wkv_step(r[0], w[0], k[0], v[0], kk[0], a[0], s)
+        out, s = wkv_step(r[0], logw[0].exp(), k[0], v[0], kk[0], a[0], s)
         return out.unsqueeze(0), s
     outs = []
     for c0 in range(0, r.shape[0], CHUNK):
         sl = slice(c0, c0 + CHUNK)
-        o, s = wkv_chunk(r[sl], w[sl], k[sl], v[sl], kk[sl], a[sl], s)
+        o, s = wkv_chunk(r[sl], logw[sl], k[sl], v[sl], kk[sl], a[sl], s)
         outs.append(o)
     return torch.cat(outs), s
 
@@ -84,31 +87,39 @@ def wkv_step(r, w, k, v, kk, a, s):
     return (s @ r.unsqueeze(2)).squeeze(2), s
 
 
-def wkv_chunk(r, w, k, v, kk, a, s):
+@functools.lru_cache(maxsize=8)
+def _masks(L: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """For (L, 2L) products against [b_hat; k_hat]: True where s >= t (zeroed for the state's
+    WY factors, strictly causal) and where s > t (zeroed for the outputs, causal)."""
+    t = torch.arange(L, device=device)
+    later = (t.unsqueeze(0) > t.unsqueeze(1)).repeat(1, 2)  # [t, s]: s > t
+    return later | torch.eye(L, dtype=torch.bool, device=device).repeat(1, 2), later
+
+
+def wkv_chunk(r, logw, k, v, kk, a, s):
     """A chunk of tokens at once, exactly, in the WY form of the delta rule.
 
     Writing S_t = S_{t-1} diag(w_t) + u_t b_t^T + v_t k_t^T with u_t = S_{t-1} (-kk_t) and
     b_t = kk_t * a_t, the u_t of a chunk solve one unit lower-triangular system; outputs and the
     final state are then matrix products. g_t = prod of w up to t (exp of a cumulative sum).
+    The b and k sides are stacked, [b_hat; k_hat] and [u; v], so that each step is one product.
     """
-    r, w, k, v, kk, a = (z.transpose(0, 1) for z in (r, w, k, v, kk, a))  # (H, L, N)
-    L = r.shape[1]
-    cum = torch.log(w).cumsum(dim=1)  # log g_t
-    g, g_prev, g_inv = cum.exp(), (cum - torch.log(w)).exp(), (-cum).exp()
-    alpha = -kk * g_prev  # S_{t-1} is reached from S_s by g_{t-1} / g_s
-    b_hat, k_hat = kk * a * g_inv, k * g_inv
-    r_hat = r * g
-    strict = torch.ones(L, L, dtype=torch.bool, device=r.device).tril(-1)
-    A = (alpha @ b_hat.transpose(1, 2)).masked_fill(~strict, 0)
-    B = (alpha @ k_hat.transpose(1, 2)).masked_fill(~strict, 0)
+    r, logw, k, v, kk, a = (z.transpose(0, 1) for z in (r, logw, k, v, kk, a))  # (H, L, N)
+    H, L, N = r.shape
+    cum = logw.cumsum(dim=1)  # log g_t
+    g = cum.exp()
+    alpha = (cum - logw).exp_().mul_(kk).neg_()  # -kk_t g_{t-1}: S_{t-1} is reached from S_s by g_{t-1} / g_s
+    bk = (torch.stack((kk * a, k), dim=1) / g.unsqueeze(1)).view(H, 2 * L, N)  # [b_hat; k_hat]
+    not_strict, not_upto = _masks(L, r.device)
+    AB = (alpha @ bk.transpose(1, 2)).masked_fill_(not_strict, 0)  # [A | B], (H, L, 2L)
     eye = torch.eye(L, dtype=r.dtype, device=r.device)
-    u = torch.linalg.solve_triangular(eye - A, alpha @ s.transpose(1, 2) + B @ v, upper=False,
-                                      unitriangular=True)  # (H, L, N_v)
-    upto = strict | torch.eye(L, dtype=torch.bool, device=r.device)
-    out = r_hat @ s.transpose(1, 2) + (r_hat @ b_hat.transpose(1, 2)).masked_fill(~upto, 0) @ u \
-        + (r_hat @ k_hat.transpose(1, 2)).masked_fill(~upto, 0) @ v
+    rhs = (alpha @ s.transpose(1, 2)).baddbmm_(AB[:, :, L:], v)
+    u = torch.linalg.solve_triangular(eye - AB[:, :, :L], rhs, upper=False, unitriangular=True)  # (H, L, N_v)
+    uv = torch.cat((u, v), dim=1)  # (H, 2L, N)
+    r_hat = r * g
+    out = (r_hat @ s.transpose(1, 2)).baddbmm_((r_hat @ bk.transpose(1, 2)).masked_fill_(not_upto, 0), uv)
     g_last = g[:, -1:, :]  # (H, 1, N)
-    s = s * g_last + u.transpose(1, 2) @ (b_hat * g_last) + v.transpose(1, 2) @ (k_hat * g_last)
+    s = (s * g_last).baddbmm_(uv.transpose(1, 2), bk * g_last)
     return out.transpose(0, 1), s
 
 
@@ -130,10 +141,10 @@ def time_mix(x, prev, s, v_first, w, cfg, first_layer: bool):
         v_first = v
     else:
         v = v + (v_first - v) * torch.sigmoid(w["att.v0"] + (xv @ w["att.v1"]) @ w["att.v2"])
-    decay = torch.exp(-0.606531 * torch.sigmoid(w["att.w0"] + dec.float()))  # exp(-e^-0.5 sigmoid(.))
+    logw = torch.sigmoid(w["att.w0"] + dec.float()).mul_(-0.606531)  # log decay: w = exp(-e^-0.5 sigmoid(.))
 
     f = lambda z: z.float().view(T, h, n)  # noqa: E731
-    y, s = wkv(f(r), decay.view(T, h, n), f(k), f(v), kk.float(), f(a), s)
+    y, s = wkv(f(r), logw.view(T, h, n), f(k), f(v), kk.float(), f(a), s)
     y = F.group_norm(y.view(T, h * n), h, weight=w["att.ln_x.weight"], bias=w["att.ln_x.bias"],
                      eps=GROUP_NORM_EPS).to(x.dtype)
     bonus = (r * k * w["att.r_k"]).view(T, h, n).sum(-1, keepdim=True) * v.view(T, h, n)

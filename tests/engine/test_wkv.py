@@ -62,3 +62,31 @@ def test_strong_decay_takes_the_exact_form(monkeypatch):
     monkeypatch.setattr("engine.arch.common.FACTOR_LIMIT", 1e9)  # force the factorised form
     forced, _ = wkv_chunked(*x)
     assert not torch.isfinite(forced).all()  # so the test above exercises the fallback
+
+
+def delta_rule(r, logw, k, v, kk, a, s):
+    """RWKV-7's recurrence as written: S <- S (diag(w) - kk^T (a kk)) + v k^T; out = S r (per head)."""
+    outs = []
+    for t in range(r.shape[0]):
+        w = logw[t].exp()
+        trans = torch.diag_embed(w) - kk[t].unsqueeze(2) * (a[t] * kk[t]).unsqueeze(1)  # (H, N, N)
+        s = s @ trans + v[t].unsqueeze(2) * k[t].unsqueeze(1)
+        outs.append((s @ r[t].unsqueeze(2)).squeeze(2))
+    return torch.stack(outs), s
+
+
+@pytest.mark.parametrize("T", [1, 5, 32, 45])
+def test_rwkv7_chunks_match_the_delta_rule(T):
+    from engine.arch import v7
+
+    g = torch.Generator().manual_seed(T)
+    H, N = 3, 16
+    r, k, v = (torch.randn(T, H, N, generator=g) for _ in range(3))
+    logw = -0.606531 * torch.rand(T, H, N, generator=g)  # RWKV-7's decay range
+    kk = torch.nn.functional.normalize(torch.randn(T, H, N, generator=g), dim=-1)
+    a = torch.rand(T, H, N, generator=g)
+    s = torch.randn(H, N, N, generator=g)
+    want_out, want_s = delta_rule(*(z.double() for z in (r, logw, k, v, kk, a, s)))
+    out, s_new = v7.wkv(r, logw, k, v, kk, a, s)
+    torch.testing.assert_close(out.double(), want_out, atol=2e-4, rtol=2e-4)
+    torch.testing.assert_close(s_new.double(), want_s, atol=2e-4, rtol=2e-4)
