@@ -194,6 +194,11 @@ def main() -> None:
             if r:
                 print(f"{strategy:<14} {name:<10} {r['gen_tps']:9.2f} {r['prefill_tps']:13.1f} "
                       f"{r['load_s']:7.1f} {r['peak_rss'] / 1e9:11.2f}")
+        if args.repeat > 1:  # the spread behind the medians
+            for name, runs in (("roost", ours_runs), ("reference", ref_runs)):
+                gens = sorted(r["gen_tps"] for r in runs if r)
+                if gens:
+                    print(f"{'':<14} {name:<10} gen tok/s per run: " + ", ".join(f"{g:.2f}" for g in gens))
         if ours and ref:
             print(f"{'':<14} {'ratio':<10} {ours['gen_tps'] / ref['gen_tps']:8.2f}x "
                   f"{ours['prefill_tps'] / ref['prefill_tps']:12.2f}x {ref['load_s'] / ours['load_s']:6.2f}x "
