@@ -21,7 +21,6 @@ weight tensor (out, in), an :class:`Int8Linear` or a :class:`PackedLinear`.
 from __future__ import annotations
 
 import functools
-import math
 import os
 import warnings
 from pathlib import Path
@@ -127,16 +126,11 @@ def split_linear(x: torch.Tensor, packed, levels: int = 127) -> torch.Tensor:
     without VNNI, where u8 x s8 pairs must not overflow int16 (see :func:`activation_levels`).
     """
     rows, two_l = x.shape[0], 2.0 * levels
-    if rows == 1:  # one token: the row's scale as a Python number (fewer small ops on the hot path)
-        m = float(x.abs().max())
-        if not math.isfinite(m):  # inf/nan in: let them show in the output
-            return torch.full((1, _out_features(packed)), float("nan"))
-        m = m or 1e-30
+    # a non-finite input makes m inf or nan, and the last multiplication by m carries it to the output
+    if rows == 1 and not torch.compiler.is_compiling():  # one token: the scale as a Python number
+        m = float(x.abs().max()) or 1e-30  # (fewer small ops; torch.compile would specialise on it)
     else:
-        m = x.abs().amax(-1, keepdim=True)
-        if not bool(torch.isfinite(m).all()):
-            return torch.full((rows, _out_features(packed)), float("nan"))
-        m.clamp_(min=1e-30)
+        m = x.abs().amax(-1, keepdim=True).clamp_(min=1e-30)
     u = x * (levels / m)
     lo = (u - u.round()).mul_(two_l)  # fbgemm rounds both rows to integers itself (scale 1)
     y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(torch.cat([u, lo]), 1.0, levels + 1, packed)
@@ -151,12 +145,6 @@ def _dynamic_linear(x: torch.Tensor, packed, levels: int) -> torch.Tensor:
         return torch.ops.quantized.linear_dynamic(x.contiguous(), packed, reduce_range)
     m = x.abs().amax(-1, keepdim=True).clamp_(min=1e-30)
     return torch.ops.quantized.linear_dynamic(x / m, packed, reduce_range).mul_(m)
-
-
-def _out_features(packed) -> int:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return torch.ops.quantized.linear_unpack(packed)[0].shape[0]
 
 
 def activation_levels() -> int:
