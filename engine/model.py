@@ -264,6 +264,8 @@ def _matrix_loader(place: Placement, layer_id: int, *, version: int = 0, block: 
         rows_done = (lambda rows: t.release(rows, None)) if w is src else None  # file pages, as we go
         if stage.int8 and dev == "cpu" and keeps_bf16(version, block):
             out = maybe_pack(w, dtype=torch.bfloat16, release=rows_done)
+        elif stage.int8 and place.stream:  # plain int8 in CPU memory, copied to the GPU per forward
+            out = Int8Linear(w, device="cpu", kernel="dequant", release=rows_done)
         elif stage.int8:
             dynamic = dev == "cpu" and quantizes_activations(key, version)
             out = Int8Linear(w, device=dev, quantize_activations=dynamic, release=rows_done)

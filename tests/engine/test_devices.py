@@ -53,3 +53,20 @@ def test_mps_agrees_with_cpu_fp32(make_checkpoint, arch):
     path = make_checkpoint(arch, n_layer=4, n_embd=256, seed=6)
     _, ref, got, _ = run_both(path, "mps fp32")
     assert agreement(got, ref) >= 0.99
+
+
+def test_streamed_int8_layers_stay_movable(make_checkpoint):
+    """Streamed layers ("cuda fp16i8 *1+") live in CPU memory and are copied to the GPU for each
+    forward: their int8 weights must be plain tensors, not fbgemm's CPU-only packing."""
+    from engine.checkpoint import open_checkpoint
+    from engine.model import _matrix_loader
+    from engine.strategy import Placement, Stage
+
+    tensors, _ = open_checkpoint(make_checkpoint("v6.0", n_layer=2, n_embd=128))
+    place = Placement(Stage("cuda", None, "fp16", True, 1, True), stream=True)
+    w = _matrix_loader(place, 1, version=6, block=1)(tensors, "blocks.1.ffn.key.weight")
+    assert isinstance(w, Int8Linear) and w.kernel == "dequant" and w.q.device.type == "cpu"
+    moved = w.to("meta")  # any other device: what _to_device does with a streamed layer
+    assert moved.q.device.type == "meta" and moved.kernel == "dequant"
+    x = torch.randn(2, 128)
+    torch.testing.assert_close(w(x), x @ w.rows(torch.arange(w.shape[0])).T, atol=2e-2, rtol=2e-2)
