@@ -74,8 +74,9 @@ def wkv_chunked(r, k, v, logw, u, s, chunk: int = 16):
     factorises as (r_t e^(exc_t - c)) . (k_s e^(c - inc_s)) with c half the chunk's total decay,
     so that each factor stays within e^+-70 wherever the chunk's decay stays above e^-140 in every
     channel: the chunk is then three matrix products (CPU). Otherwise (a channel that forgets
-    almost everything within the chunk) the exact form masks the exponent before the exp so that
-    it is never positive, on an (H, L, L, N) tensor: 4x dearer per token.
+    almost everything within the chunk) the chunk is halved, down to 4 tokens, and where even
+    those decay too much the exact form masks the exponent before the exp so that it is never
+    positive, on an (H, L, L, N) tensor: 4x dearer per token.
     """
     T, H, N = r.shape
     if T == 1:  # one token: the recurrence itself, reading and writing the state once each
@@ -86,23 +87,37 @@ def wkv_chunked(r, k, v, logw, u, s, chunk: int = 16):
     factorise = r.device.type == "cpu"  # deciding costs a device sync on a GPU
     for c0 in range(0, T, chunk):
         rc, kc, vc, lw = (z[c0:c0 + chunk].transpose(0, 1) for z in (r, k, v, logw))  # (H, L, N)
-        inc = lw.cumsum(dim=1)  # inclusive cumulative log decay (H, L, N)
-        total = inc[:, -1:, :]  # (H, 1, N)
         bonus = (rc * u.unsqueeze(1) * kc).sum(-1, keepdim=True) * vc  # the current token
-        if factorise and float(total.min()) >= -2 * FACTOR_LIMIT:
-            exc = inc - lw  # decay from the chunk's start to just before t
-            half = total * 0.5
-            # att[t, s] = sum_n r_t k_s e^(exc_t - inc_s), s < t: the exponent is <= 0 there; the
-            # masked s >= t entries may overflow to inf, and tril_ replaces them with zeros
-            att = ((rc * (exc - half).exp()) @ (kc * (half - inc).exp()).transpose(1, 2)).tril_(-1)
-            out = att @ vc + bonus + (rc * exc.exp()) @ s  # + the state carried into the chunk
-            s = (total.transpose(1, 2).exp() * s).baddbmm_((kc * (total - inc).exp()).transpose(1, 2), vc)
-            outs.append(out.transpose(0, 1))
-            continue
-        for e0 in range(0, rc.shape[1], 8):  # the exact form, in chunks of 8
-            out, s = _wkv_exact(rc[:, e0:e0 + 8], kc[:, e0:e0 + 8], vc[:, e0:e0 + 8], lw[:, e0:e0 + 8], s)
-            outs.append((out + bonus[:, e0:e0 + 8]).transpose(0, 1))
+        out, s = _wkv_chunk(rc, kc, vc, lw, s, factorise)
+        outs.append((out + bonus).transpose(0, 1))
     return torch.cat(outs, dim=0), s
+
+
+def _wkv_chunk(rc, kc, vc, lw, s, factorise: bool):
+    """One chunk (H, L, N) without the current-token term: factorised if its decay allows, else
+    as two halves (each decays less), down to 4 tokens; then the exact form in pieces of 8."""
+    L = rc.shape[1]
+    inc = lw.cumsum(dim=1)  # inclusive cumulative log decay (H, L, N)
+    total = inc[:, -1:, :]  # (H, 1, N)
+    if factorise and float(total.min()) >= -2 * FACTOR_LIMIT:
+        exc = inc - lw  # decay from the chunk's start to just before t
+        half = total * 0.5
+        # att[t, s] = sum_n r_t k_s e^(exc_t - inc_s), s < t: the exponent is <= 0 there; the
+        # masked s >= t entries may overflow to inf, and tril_ replaces them with zeros
+        att = ((rc * (exc - half).exp()) @ (kc * (half - inc).exp()).transpose(1, 2)).tril_(-1)
+        out = att @ vc + (rc * exc.exp()) @ s  # + the state carried into the chunk
+        s = (total.transpose(1, 2).exp() * s).baddbmm_((kc * (total - inc).exp()).transpose(1, 2), vc)
+        return out, s
+    if factorise and L > 4:  # a channel forgets fast: halves decay half as much
+        m = (L + 1) // 2
+        first, s = _wkv_chunk(rc[:, :m], kc[:, :m], vc[:, :m], lw[:, :m], s, factorise)
+        second, s = _wkv_chunk(rc[:, m:], kc[:, m:], vc[:, m:], lw[:, m:], s, factorise)
+        return torch.cat((first, second), dim=1), s
+    outs = []
+    for e0 in range(0, L, 8):  # the exact form, in pieces of 8
+        out, s = _wkv_exact(rc[:, e0:e0 + 8], kc[:, e0:e0 + 8], vc[:, e0:e0 + 8], lw[:, e0:e0 + 8], s)
+        outs.append(out)
+    return torch.cat(outs, dim=1), s
 
 
 def _wkv_exact(rc, kc, vc, lw, s):

@@ -26,8 +26,9 @@ def inputs(T, logw_scale, seed=0, H=3, N=8):
 
 
 @pytest.mark.parametrize("T", [2, 16, 37])
-# mild, strong, strong enough to need the centred factors (a chunk's total ~ -110), forgets within a token
-@pytest.mark.parametrize("logw_scale", [0.5, 3.0, 11.0, 50.0])
+# mild, strong, strong enough to need the centred factors (a chunk's total ~ -110), to need halves
+# of 8 or 4 tokens, to need the exact form (forgets within a token)
+@pytest.mark.parametrize("logw_scale", [0.5, 3.0, 11.0, 25.0, 50.0, 200.0])
 def test_chunks_match_the_recurrence(T, logw_scale):
     x = inputs(T, logw_scale)
     want_out, want_s = recurrence(*(z.double() for z in x))
@@ -53,6 +54,24 @@ def test_factors_centred_on_half_the_chunk_decay():
     want_out, want_s = recurrence(*(z.double() for z in x))
     torch.testing.assert_close(out.double(), want_out, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(s.double(), want_s, atol=1e-4, rtol=1e-4)
+
+
+def _exact_calls(x) -> int:
+    calls = []
+    real_exact = common._wkv_exact
+    try:
+        common._wkv_exact = lambda *a: calls.append(1) or real_exact(*a)
+        wkv_chunked(*x)
+    finally:
+        common._wkv_exact = real_exact
+    return len(calls)
+
+
+def test_fast_forgetting_halves_the_chunk_before_the_exact_form():
+    halves = inputs(16, 25.0)  # ~ -200 over 16 tokens, ~ -100 over 8
+    assert float(halves[3].sum(0).min()) < -2 * FACTOR_LIMIT
+    assert _exact_calls(halves) == 0
+    assert _exact_calls(inputs(16, 200.0)) > 0  # ~ -400 over 4 tokens: exact
 
 
 def test_strong_decay_takes_the_exact_form(monkeypatch):
