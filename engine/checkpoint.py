@@ -59,6 +59,9 @@ class ModelConfig:
         return f"{ARCHS[self.arch][1]} {self.n_layer}x{self.n_embd}"
 
 
+_ST_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+
+
 class TensorFile(Mapping):
     """Read-only ``name -> tensor`` view of a checkpoint; tensors are memory-mapped views."""
 
@@ -104,6 +107,12 @@ class TensorFile(Mapping):
         if self._st is not None:
             return tuple(self._st.get_slice(key).get_shape())
         return tuple(self._tensors[key].shape)
+
+    def dtype(self, key: str) -> torch.dtype:
+        """The tensor's type, without reading its data (safetensors tensors are read as copies)."""
+        if self._st is not None:
+            return _ST_DTYPES.get(self._st.get_slice(key).get_dtype(), torch.float32)
+        return self._tensors[key].dtype
 
     def close(self) -> None:
         self._tensors = {}

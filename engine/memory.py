@@ -110,7 +110,7 @@ def _embedding_bytes(t: TensorFile | None, cfg: ModelConfig) -> int:
 
     if t is None:
         return 2 if cfg.version < 7 else 4
-    dtypes = [t[k].dtype for k in ("emb.weight", "blocks.0.ln0.weight", "blocks.0.ln0.bias")]
+    dtypes = [t.dtype(k) for k in ("emb.weight", "blocks.0.ln0.weight", "blocks.0.ln0.bias")]
     return 2 if embedding_is_native(cfg, *dtypes) and dtypes[0] == torch.bfloat16 else 4
 
 

@@ -33,6 +33,13 @@ def test_safetensors_and_pth_of_the_same_weights_agree(make_checkpoint):
     assert torch.equal(a.forward([1, 2, 3])[0], b.forward([1, 2, 3])[0])
 
 
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_tensor_types_are_read_without_the_data(make_checkpoint, suffix, dtype):
+    t, _ = open_checkpoint(make_checkpoint("v6.0", suffix=suffix, n_layer=1, n_embd=64, dtype=dtype))
+    assert t.dtype("emb.weight") == t["emb.weight"].dtype == dtype
+
+
 def test_the_legacy_torch_format_still_loads(tmp_path):
     path = tmp_path / "old.pth"
     torch.save(make_weights("v4", n_layer=1, n_embd=64, vocab=1000), path, _use_new_zipfile_serialization=False)
