@@ -68,9 +68,13 @@ class Runtime:
             self._unload()
 
     def _unload(self) -> None:
+        # the model and its states go by reference counting (no cycles); a full collection is
+        # only run on the main thread: on the GUI's worker thread it could finalise Qt objects
+        # off the UI thread, which crashes (the app collects on the UI thread, see app.gui.app)
         self.model, self.info = None, None
         self._sessions.clear()
-        gc.collect()
+        if threading.current_thread() is threading.main_thread():
+            gc.collect()
 
     # --- chat ----------------------------------------------------------------------------------
     def chat(self, key, history: list[tuple[str, str]], text: str, *, params, system: str = "",

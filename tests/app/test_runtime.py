@@ -43,3 +43,28 @@ def test_stop_flag_and_no_model(make_checkpoint):
     assert r.finish_reason == "cancelled" and r.tokens <= 2
     rt.unload()
     assert rt.model is None and rt.info is None
+
+
+def test_unloading_on_a_worker_thread_frees_the_model_without_collecting(make_checkpoint, monkeypatch):
+    """The GUI loads and unloads on its worker thread: a gc.collect() there can finalise Qt
+    objects off the UI thread (a crash seen once in CI), so the model must go by reference
+    counting alone."""
+    import gc
+    import threading
+    import weakref
+
+    rt = Runtime()
+    rt.load(make_checkpoint("v7.0"), "cpu int8")
+    rt.chat(1, [], "Hello", params=PARAMS.replace(max_tokens=2))  # a kept conversation state too
+    model = weakref.ref(rt.model)
+    collected = []
+    monkeypatch.setattr(gc, "collect", lambda *a: collected.append(threading.current_thread().name) or 0)
+    gc.disable()
+    try:
+        worker = threading.Thread(target=rt.unload, name="engine-worker")
+        worker.start()
+        worker.join()
+        assert model() is None  # freed, with automatic collection off as in the app
+    finally:
+        gc.enable()
+    assert "engine-worker" not in collected
