@@ -78,7 +78,7 @@ def wkv_chunked(r, k, v, logw, u, s, chunk: int = 16):
     those decay too much the exact form masks the exponent before the exp so that it is never
     positive, on an (H, L, L, N) tensor: 4x dearer per token.
     """
-    T, H, N = r.shape
+    T = r.shape[0]
     if T == 1:  # one token: the recurrence itself, reading and writing the state once each
         r0, k0, v0 = r[0], k[0], v[0]  # (H, N); r (diag(u) k v^T + S) = r S + (r.u.k) v
         out = (r0.unsqueeze(1) @ s).squeeze(1) + (r0 * u * k0).sum(-1, keepdim=True) * v0
