@@ -13,29 +13,65 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from pathlib import Path
 
-from app import __version__
+from roost import __version__
+
+
+# what the engine's finish reasons mean, in words a user reads
+FINISHED = {
+    "stop": "finished / 已完成",
+    "length": "reached the token limit (--max-tokens) / 已达到长度上限",
+    "cancelled": "stopped / 已停止",
+}
+BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a command whose reader went away
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        from app.gui.app import run
+        from roost.gui.app import run
 
         return run()
-    from engine.errors import RoostError
+    from roost.core.logs import setup_logging
+    from roost.engine.errors import RoostError
 
+    log_path = setup_logging()
+    if log_path is None:  # nowhere to write details: keep them off the terminal all the same
+        logging.getLogger().addHandler(logging.NullHandler())
     try:
         return args.func(args)
     except RoostError as e:
         print(f"roost: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(file=sys.stderr)
+        print("\nStopped. / 已停止。", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader of our output went away (`roost models | head`): not an error worth a word;
+        # point stdout at nothing so that the interpreter's final flush cannot fail again
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return BROKEN_PIPE
+    except Exception as e:  # noqa: BLE001 -- a bug of ours: one line for the user, the traceback to the log
+        logging.getLogger("roost.cli").exception("roost %s failed", args.command)
+        where = f" Details are in {log_path}." if log_path else ""
+        where_zh = f"详情见 {log_path}。" if log_path else ""
+        first = (str(e).splitlines() or [""])[0][:200]
+        print(f"roost: {args.command} failed unexpectedly ({type(e).__name__}: {first}).{where} Please report it.\n"
+              f"roost：{args.command} 意外失败。{where_zh}", file=sys.stderr)
+        return 1
+
+
+STRATEGY_HELP = ("e.g. 'cpu int8', 'cpu bf16', 'cuda fp16', or 'auto'. Default: the model's strategy saved in "
+                 "the app, else the app's default, else auto (the best for this computer, printed with why)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,8 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command")
 
     def model_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--model", required=True, help="an RWKV checkpoint (.pth or .safetensors)")
-        sp.add_argument("--strategy", default="cpu fp32", help="e.g. 'cpu fp32', 'cpu bf16', 'cpu int8'")
+        sp.add_argument("--model", required=True,
+                        help="an RWKV checkpoint (.pth or .safetensors), or the name of a downloaded catalog model")
+        sp.add_argument("--strategy", default=None, help=STRATEGY_HELP)
         sp.add_argument("--max-tokens", type=int, default=None)
         sp.add_argument("--temperature", type=float, default=None)
         sp.add_argument("--top-p", type=float, default=None)
@@ -85,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     dl.set_defaults(func=_download)
     sv = sub.add_parser("serve", help="serve a model through an OpenAI-compatible API (http://127.0.0.1:8000/v1)")
     sv.add_argument("--model", required=True, help="a model file, or the name of a downloaded catalog model")
-    sv.add_argument("--strategy", default="auto", help="'auto' (the advisor's choice, default) or e.g. 'cpu int8'")
+    sv.add_argument("--strategy", default=None, help=STRATEGY_HELP)
     sv.add_argument("--host", default="127.0.0.1",
                     help="default 127.0.0.1 (this computer only); any other address needs --api-key")
     sv.add_argument("--port", type=int, default=8000)
@@ -97,12 +134,12 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     sv.set_defaults(func=_serve)
     sc = sub.add_parser("selfcheck", help="check that this installation works (exit code 0 when it does)")
-    sc.set_defaults(func=lambda args: __import__("app.selfcheck", fromlist=["run"]).run())
+    sc.set_defaults(func=lambda args: __import__("roost.selfcheck", fromlist=["run"]).run())
     return p
 
 
 def _params(args, **defaults):
-    from engine.sampling import SamplingParams
+    from roost.engine.sampling import SamplingParams
 
     values = dict(defaults)
     for name in ("max_tokens", "temperature", "top_p", "top_k", "presence_penalty",
@@ -112,16 +149,22 @@ def _params(args, **defaults):
     try:
         return SamplingParams(**values)
     except ValueError as e:
-        from engine.errors import RoostError
+        from roost.engine.errors import RoostError
 
         raise RoostError(f"bad sampling setting: {e}") from None
 
 
 def _load(args):
-    import engine
+    from roost import engine
+    from roost.core.choice import decide_strategy, resolve_model
 
-    print(f"Loading {args.model} ({args.strategy}) ...", file=sys.stderr, flush=True)
-    model = engine.load_model(args.model, args.strategy)
+    path = resolve_model(args.model)
+    choice = decide_strategy(path, args.strategy)
+    print(f"Loading {path.name} ({choice.strategy}) ...", file=sys.stderr, flush=True)
+    if choice.reason:
+        print(f"Strategy chosen automatically: {choice.reason}\n自动选择的运行方式：{choice.reason_zh}",
+              file=sys.stderr, flush=True)
+    model = engine.load_model(path, choice.strategy)
     print(f"{model.config.label}, loaded in {model.load_seconds:.1f} s", file=sys.stderr, flush=True)
     return model
 
@@ -133,8 +176,8 @@ def _stream(gen) -> None:
 
 
 def _generate(args) -> int:
-    from engine.generate import Generation
-    from engine.prompts import FORMATS, Message, build_prompt
+    from roost.engine.generate import Generation
+    from roost.engine.prompts import FORMATS, Message, build_prompt
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     if args.format == "raw":
@@ -147,19 +190,22 @@ def _generate(args) -> int:
         params = _params(args, stop=tuple(args.stop) + fmt.stop_strings)
     model = _load(args)
     gen = Generation(model, text, params)
+    stopped = False
     try:
         _stream(gen)
     except KeyboardInterrupt:
         gen.stop()
+        stopped = True
     print()
     r = gen.result
-    print(f"[{len(r.tokens)} tokens, {r.tokens_per_second:.1f} tok/s, {r.finish_reason}]", file=sys.stderr)
-    return 0
+    finish = FINISHED["cancelled" if stopped else r.finish_reason]
+    print(f"[{len(r.tokens)} tokens, {r.tokens_per_second:.1f} tokens/s, {finish}]", file=sys.stderr)
+    return 130 if stopped else 0
 
 
 def _chat(args) -> int:
-    from engine.chat import ChatSession
-    from engine.prompts import G1_CHAT, default_format
+    from roost.engine.chat import ChatSession
+    from roost.engine.prompts import G1_CHAT, default_format
 
     model = _load(args)
     fmt = G1_CHAT if args.think else default_format(model.vocab_size)
@@ -192,7 +238,7 @@ def _chat(args) -> int:
 
 
 def _serve(args) -> int:
-    from app.server.run import serve_cli
+    from roost.server.run import serve_cli
 
     return serve_cli(args)
 
@@ -200,11 +246,11 @@ def _serve(args) -> int:
 def _doctor(args) -> int:
     import json
 
-    from app.core import paths
-    from app.core.catalog import load_catalog, recommend
-    from app.core.hardware import probe
-    from app.core.sources import suggested_source
-    from engine.memory import gib
+    from roost.core import paths
+    from roost.core.catalog import load_catalog, recommend
+    from roost.core.hardware import probe
+    from roost.core.sources import suggested_source
+    from roost.engine.memory import gib
 
     folder = paths.models_dir()
     machine = probe(folder)
@@ -234,11 +280,11 @@ def _doctor(args) -> int:
 
 
 def _models(args) -> int:
-    from app.core import paths
-    from app.core.advisor import choose_strategy
-    from app.core.catalog import load_catalog, newest_releases
-    from app.core.hardware import probe
-    from engine.memory import gib
+    from roost.core import paths
+    from roost.core.advisor import choose_strategy
+    from roost.core.catalog import load_catalog, newest_releases
+    from roost.core.hardware import probe
+    from roost.engine.memory import gib
 
     folder = paths.models_dir()
     machine = probe(folder)
@@ -259,11 +305,11 @@ def _models(args) -> int:
 def _download(args) -> int:
     import os
 
-    from app.core import paths
-    from app.core.catalog import load_catalog
-    from app.core.download import human_size
-    from app.core.library import download_target, target_for
-    from app.core.sources import suggested_source
+    from roost.core import paths
+    from roost.core.catalog import load_catalog
+    from roost.core.download import human_size
+    from roost.core.library import download_target, target_for
+    from roost.core.sources import suggested_source
 
     folder = Path(args.models_dir).expanduser() if args.models_dir else paths.models_dir()
     folder.mkdir(parents=True, exist_ok=True)
@@ -297,7 +343,7 @@ class _ProgressBar:
         self.drawn = False
 
     def __call__(self, p) -> None:
-        from app.core.download import human_size
+        from roost.core.download import human_size
 
         frac = p.fraction or 0.0
         eta = f"{int(p.eta // 60)}m{int(p.eta % 60):02d}s" if p.eta is not None else "--"

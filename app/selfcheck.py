@@ -15,41 +15,60 @@ from pathlib import Path
 SELFTEST_MODEL = "selftest-rwkv7.pth"
 
 
-def selftest_model() -> Path:
-    """The bundled tiny model; in a checkout without it, one is made in a temporary folder."""
-    from app.core.paths import assets_dir
+class Scratch:
+    """One run's temporary folder: the self-test model (made at most once) and a throw-away data folder."""
 
-    path = assets_dir() / SELFTEST_MODEL
-    if path.is_file():
-        return path
-    from engine.synthetic import save_checkpoint
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self._model: Path | None = None
 
-    return save_checkpoint(Path(tempfile.mkdtemp(prefix="roost-selftest-")) / SELFTEST_MODEL, "v7.0",
-                           n_layer=2, n_embd=64, seed=1)
+    def model(self) -> Path:
+        """The bundle's tiny model where there is one (the frozen bundle), else one made here once."""
+        if self._model is None:
+            from roost.core.paths import asset
+
+            bundled = asset(SELFTEST_MODEL)
+            if bundled.is_file() and isinstance(bundled, Path):
+                self._model = bundled
+            else:
+                from roost.engine.synthetic import save_checkpoint
+
+                self._model = save_checkpoint(self.folder / SELFTEST_MODEL, "v7.0", n_layer=2, n_embd=64, seed=1)
+        return self._model
+
+    def home(self) -> Path:
+        """A data folder of its own, so that the check leaves the user's settings and chats alone."""
+        home = self.folder / "home"
+        home.mkdir(exist_ok=True)
+        return home
 
 
 def run(out=sys.stdout) -> int:
-    from app import __version__
+    from roost import __version__
 
     frozen = "frozen bundle" if getattr(sys, "frozen", False) else "Python install"
     print(f"Roost {__version__} ({frozen}), Python {platform.python_version()}, {platform.platform()}", file=out)
-    steps = [("tokenizer", _tokenizer), ("model", _model), ("int8", _int8), ("conversations database", _sqlite), ("Qt", _qt),
-             ("main window", _window), ("API server", _api)]
+    steps = [("tokenizer", _tokenizer), ("model", _model), ("int8", _int8), ("conversations database", _sqlite),
+             ("Qt", _qt), ("main window", _window), ("API server", _api)]
     ok = True
-    for name, step in steps:
-        t0 = time.perf_counter()
-        try:
-            detail = step()
-            print(f"  ok    {name}: {detail} ({time.perf_counter() - t0:.2f} s)", file=out)
-        except Exception as e:  # noqa: BLE001 -- every failure is reported, then the exit code says it
-            ok = False
-            print(f"  FAIL  {name}: {type(e).__name__}: {e}", file=out)
+    # everything the check writes goes here and is removed at the end (Windows may hold a file open
+    # a moment longer: what cannot be removed then is left to the system's temp cleaning)
+    with tempfile.TemporaryDirectory(prefix="roost-selfcheck-", ignore_cleanup_errors=True) as folder:
+        scratch = Scratch(Path(folder))
+        for name, step in steps:
+            t0 = time.perf_counter()
+            try:
+                detail = step(scratch)
+                print(f"  ok    {name}: {detail} ({time.perf_counter() - t0:.2f} s)", file=out)
+            except Exception as e:  # noqa: BLE001 -- every failure is reported, then the exit code says it
+                ok = False
+                print(f"  FAIL  {name}: {type(e).__name__}: {e}", file=out)
     print("selfcheck OK" if ok else "selfcheck FAILED", file=out, flush=True)
     return 0 if ok else 1
 
 
-def _tokenizer() -> str:
-    from engine.tokenizer import world_tokenizer
+def _tokenizer(scratch: Scratch) -> str:
+    from roost.engine.tokenizer import world_tokenizer
 
     tok = world_tokenizer()
     text = "Hello 你好 🙂"
@@ -58,65 +77,63 @@ def _tokenizer() -> str:
     return f"World vocabulary, {len(ids)} tokens for {text!r}"
 
 
-def _model() -> str:
-    import engine
-    from engine.generate import generate
-    from engine.sampling import SamplingParams
+def _model(scratch: Scratch) -> str:
+    from roost import engine
+    from roost.engine.generate import generate
+    from roost.engine.sampling import SamplingParams
 
-    model = engine.load_model(selftest_model(), "cpu fp32")
+    model = engine.load_model(scratch.model(), "cpu fp32")
     r = generate(model, "The quick brown fox", SamplingParams(max_tokens=8, seed=0, stop_tokens=()))
     assert len(r.tokens) >= 1, "no token was generated"
     return f"{model.config.label}, {len(r.tokens)} tokens at {r.tokens_per_second:.0f} tokens/s"
 
 
-def _int8() -> str:
+def _int8(scratch: Scratch) -> str:
     """cpu int8 runs with this CPU's kernels (fbgemm on x86) and agrees with cpu fp32."""
     import torch
 
-    import engine
-    from engine.linear import default_kernel
+    from roost import engine
+    from roost.engine.linear import default_kernel
 
     tokens = [101, 2025, 9, 33]
-    want, _ = engine.load_model(selftest_model(), "cpu fp32").forward(tokens)
-    got, _ = engine.load_model(selftest_model(), "cpu int8").forward(tokens)
+    want, _ = engine.load_model(scratch.model(), "cpu fp32").forward(tokens)
+    got, _ = engine.load_model(scratch.model(), "cpu int8").forward(tokens)
     err = float((got - want).abs().max() / want.abs().max())
     assert bool(torch.isfinite(got).all()) and err < 0.1, f"int8 logits differ from float32 by {err:.1%}"
     return f"kernel {default_kernel(torch.device('cpu'))}, logits within {err:.2%} of float32"
 
 
-def _sqlite() -> str:
-    from app.core.conversations import ConversationStore
+def _sqlite(scratch: Scratch) -> str:
+    from roost.core.conversations import ConversationStore
 
-    with tempfile.TemporaryDirectory() as d:
-        store = ConversationStore(Path(d) / "c.sqlite")
-        c = store.new("selfcheck")
-        store.append(c.id, "user", "hi")
-        n = len(store.messages(c.id))
-        store.close()
+    store = ConversationStore(scratch.folder / "c.sqlite")
+    c = store.new("selfcheck")
+    store.append(c.id, "user", "hi")
+    n = len(store.messages(c.id))
+    store.close()
     assert n == 1
     return "write and read back"
 
 
-def _qt() -> str:
+def _qt(scratch: Scratch) -> str:
     from PySide6 import __version__ as pyside
     from PySide6 import QtWidgets  # noqa: F401 -- the widgets library and its plugins load
 
     return f"PySide6 {pyside}"
 
 
-def _window() -> str:
+def _window(scratch: Scratch) -> str:
     """The main window opens and closes (offscreen where there is no display)."""
     import os
 
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    home = tempfile.mkdtemp(prefix="roost-selfcheck-")
     old = os.environ.get("ROOST_HOME")
-    os.environ["ROOST_HOME"] = home  # leave the user's settings and chats alone
+    os.environ["ROOST_HOME"] = str(scratch.home())
     try:
         from PySide6.QtWidgets import QApplication
 
-        from app.gui.app import create_window
+        from roost.gui.app import create_window
 
         win = create_window(start_engine=False)
         QApplication.instance().processEvents()
@@ -131,16 +148,16 @@ def _window() -> str:
     return f"opened and closed ({QApplication.instance().platformName()})"
 
 
-def _api() -> str:
+def _api(scratch: Scratch) -> str:
     """The local API server starts on a free loopback port and answers a completion."""
     import json
     import urllib.request
 
-    from app.core.runtime import Runtime
-    from app.server.run import ApiServer
+    from roost.core.runtime import Runtime
+    from roost.server.run import ApiServer
 
     runtime = Runtime()
-    runtime.load(selftest_model(), "cpu fp32")
+    runtime.load(scratch.model(), "cpu fp32")
     server = ApiServer(runtime, port=0).start()
     try:
         model = runtime.info.path.stem

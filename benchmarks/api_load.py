@@ -101,7 +101,7 @@ def main() -> int:
     p.add_argument("--timeout", type=float, default=300.0, help="the whole run is cancelled after this")
     args = p.parse_args()
 
-    from engine.synthetic import save_checkpoint
+    from roost.engine.synthetic import save_checkpoint
 
     folder = Path(tempfile.mkdtemp(prefix="roost-api-bench-"))
     path = save_checkpoint(folder / f"bench-{args.arch}.pth", args.arch, n_layer=args.layers, n_embd=args.embd)

@@ -42,7 +42,7 @@ def checkpoint(shape: str, cache: Path) -> Path:
     path = cache / f"bench-{shape}.pth"
     if not path.exists():
         sys.path.insert(0, str(ROOT))
-        from engine.synthetic import save_checkpoint
+        from roost.engine.synthetic import save_checkpoint
 
         print(f"building {path} ...", file=sys.stderr, flush=True)
         tmp = path.with_suffix(".tmp.pth")
@@ -61,8 +61,7 @@ def worker(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     if args.impl == "roost":
         sys.path.insert(0, str(ROOT))
-        import engine
-
+        from roost import engine
         model = engine.load_model(args.model, args.strategy)
 
         def forward(toks, state):
@@ -224,7 +223,7 @@ def _median_run(runs: list) -> dict | None:
 def _weight_bytes_per_token(model: Path, bytes_per_weight: float) -> float:
     """Bytes of weights read per generated token: every matrix but the embedding."""
     sys.path.insert(0, str(ROOT))
-    from engine.checkpoint import open_checkpoint
+    from roost.engine.checkpoint import open_checkpoint
 
     t, cfg = open_checkpoint(model)
     n = 0

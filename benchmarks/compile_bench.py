@@ -43,8 +43,8 @@ def main() -> None:
 
     import torch
 
-    import engine
-    from engine.synthetic import save_checkpoint
+    from roost import engine
+    from roost.engine.synthetic import save_checkpoint
 
     os.environ.pop("ROOST_COMPILE", None)
     path = Path(args.cache) / "compile-v6-24x1024.pth"

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 STARTUP = """
 import time
 t0 = time.perf_counter()
-from app.gui.app import create_window
+from roost.gui.app import create_window
 from PySide6.QtWidgets import QApplication
 win = create_window(start_engine=False)
 QApplication.instance().processEvents()
@@ -95,11 +95,11 @@ def main() -> int:
     os.environ["ROOST_HOME"] = str(home)
     from PySide6.QtWidgets import QApplication
 
-    from app.core.queue import DownloadQueue
-    from app.core.library import Target
-    from app.gui.app import create_window
-    from app.gui.worker import EngineThread
-    from engine.synthetic import save_checkpoint
+    from roost.core.queue import DownloadQueue
+    from roost.core.library import Target
+    from roost.gui.app import create_window
+    from roost.gui.worker import EngineThread
+    from roost.engine.synthetic import save_checkpoint
 
     win = create_window(start_engine=False)
     app = QApplication.instance()

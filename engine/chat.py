@@ -8,9 +8,9 @@ prefix it still has, or from scratch.
 
 from __future__ import annotations
 
-from engine.generate import Generation, StopFlag
-from engine.prompts import Message, PromptFormat, build_prompt
-from engine.sampling import SamplingParams
+from roost.engine.generate import Generation, StopFlag
+from roost.engine.prompts import Message, PromptFormat, build_prompt
+from roost.engine.sampling import SamplingParams
 
 
 class ChatSession:

@@ -8,6 +8,7 @@ and the file is memory-mapped so that opening it costs no RAM.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import re
@@ -17,13 +18,15 @@ from pathlib import Path
 
 import torch
 
-from engine.errors import (
+from roost.engine.errors import (
     CheckpointError,
     CorruptCheckpointError,
     NotACheckpointError,
     UnsafeCheckpointError,
     UnsupportedModelError,
 )
+
+log = logging.getLogger("roost.engine")
 
 # variant name -> (major version, what users call it)
 ARCHS = {
@@ -80,7 +83,7 @@ class TensorFile(Mapping):
         if isinstance(data, torch.Tensor) and data.device.type == "cpu" and \
                 data.untyped_storage().data_ptr() == source.untyped_storage().data_ptr():
             return  # not a copy: the model runs on the mapped pages themselves
-        from engine.memory import release_pages
+        from roost.engine.memory import release_pages
 
         release_pages(source)
 
@@ -163,15 +166,9 @@ def _torch_load(path: Path, *, mmap: bool) -> Mapping[str, torch.Tensor]:
                 "download the model from its official page.",
                 path=str(path),
             ) from None
-        raise CorruptCheckpointError(
-            f"{path.name} is damaged ({e}). Download it again.", path=str(path)
-        ) from None
+        raise _damaged(path, e) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CorruptCheckpointError(
-            f"{path.name} is damaged or incomplete and cannot be read (often an interrupted "
-            f"download). Download it again. Details: {str(e).splitlines()[0][:160]}",
-            path=str(path),
-        ) from None
+        raise _damaged(path, e) from None
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if isinstance(obj, Mapping) and "_strategy" in obj:
@@ -198,12 +195,16 @@ def _open_safetensors(path: Path) -> TensorFile:
         handle = safe_open(str(path), framework="pt", device="cpu")
         handle.keys()
     except (SafetensorError, OSError, ValueError) as e:
-        raise CorruptCheckpointError(
-            f"{path.name} is damaged or incomplete (often an interrupted download). Download it "
-            f"again. Details: {e}",
-            path=str(path),
-        ) from None
+        raise _damaged(path, e) from None
     return TensorFile(path, None, handle)
+
+
+def _damaged(path: Path, error: BaseException) -> CorruptCheckpointError:
+    """One plain sentence for the person; the reading library's own words go to the log."""
+    log.warning("cannot read %s: %s: %s", path, type(error).__name__, error)
+    return CorruptCheckpointError(
+        f"{path.name} is damaged or incomplete and cannot be read (often an interrupted download). "
+        "Download it again.", path=str(path))
 
 
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
@@ -276,7 +277,7 @@ def detect_config(t: TensorFile) -> ModelConfig:
 
 def _check_shapes(t: TensorFile, cfg: ModelConfig) -> None:
     """Every tensor the model uses exists with the right shape, so loading cannot fail midway."""
-    from engine.arch import arch_module
+    from roost.engine.arch import arch_module
 
     expected = arch_module(cfg.arch).expected_shapes(cfg, set(t))
     expected.update({

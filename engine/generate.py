@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from engine.sampling import PenaltyTracker, SamplingParams, sample_logits
-from engine.tokenizer import StreamDecoder
+from roost.engine.sampling import PenaltyTracker, SamplingParams, sample_logits
+from roost.engine.tokenizer import StreamDecoder
 
 
 class StopFlag:

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.checkpoint import ModelConfig, TensorFile
-from engine.errors import OutOfMemoryError
-from engine.linear import packs_on_cpu
-from engine.strategy import Strategy, plan_layers
+from roost.engine.checkpoint import ModelConfig, TensorFile
+from roost.engine.errors import OutOfMemoryError
+from roost.engine.linear import packs_on_cpu
+from roost.engine.strategy import Strategy, plan_layers
 
 _BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 GIB = 1024 ** 3
@@ -106,7 +106,7 @@ def estimate(t: TensorFile | None, cfg: ModelConfig, strategy: Strategy, chunk_l
 def _embedding_bytes(t: TensorFile | None, cfg: ModelConfig) -> int:
     """Bytes per embedding entry: RWKV-4/5/6 keep a bf16 file's table in bf16 (engine.model._embedding);
     without the file, official checkpoints are bf16."""
-    from engine.model import embedding_is_native
+    from roost.engine.model import embedding_is_native
 
     if t is None:
         return 2 if cfg.version < 7 else 4

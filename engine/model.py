@@ -24,11 +24,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from engine import compiled
-from engine.arch import arch_module
-from engine.checkpoint import ModelConfig, TensorFile, open_checkpoint
-from engine.linear import Int8Linear, cpu_has_vnni, linear, pack_for_cpu
-from engine.strategy import Placement, Strategy, check_devices, machine_devices, parse_strategy, plan_layers
+from roost.engine import compiled
+from roost.engine.arch import arch_module
+from roost.engine.checkpoint import ModelConfig, TensorFile, open_checkpoint
+from roost.engine.linear import Int8Linear, cpu_has_vnni, linear, pack_for_cpu
+from roost.engine.strategy import Placement, Strategy, check_devices, machine_devices, parse_strategy, plan_layers
 
 log = logging.getLogger(__name__)
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -186,10 +186,10 @@ def load_model(path: str | os.PathLike, strategy: str = "cpu fp32", *,
                chunk_len: int = 128, check_memory: bool = True, compile: bool = False) -> RWKV:
     """Load an official RWKV checkpoint (``.pth`` or ``.safetensors``) to run with ``strategy``.
 
-    Raises :class:`~engine.errors.CheckpointError` subclasses for files that cannot be used,
-    :class:`~engine.errors.StrategyError` for strategies this machine cannot run,
-    :class:`~engine.errors.OutOfMemoryError` when the model would not fit, and
-    :class:`~engine.errors.TokenizerError` when the model's tokenizer is missing.
+    Raises :class:`~roost.engine.errors.CheckpointError` subclasses for files that cannot be used,
+    :class:`~roost.engine.errors.StrategyError` for strategies this machine cannot run,
+    :class:`~roost.engine.errors.OutOfMemoryError` when the model would not fit, and
+    :class:`~roost.engine.errors.TokenizerError` when the model's tokenizer is missing.
     ``progress`` is called with the fraction loaded (0..1).
 
     ``compile=True`` (or the environment variable ``ROOST_COMPILE=1``) compiles the one-token
@@ -200,8 +200,8 @@ def load_model(path: str | os.PathLike, strategy: str = "cpu fp32", *,
     Memory stays near the final footprint: the file is memory-mapped and converted tensor by
     tensor, and the file pages of each converted tensor are released as soon as it is done.
     """
-    from engine import memory
-    from engine.tokenizer import tokenizer_for_vocab
+    from roost.engine import memory
+    from roost.engine.tokenizer import tokenizer_for_vocab
 
     strat = parse_strategy(strategy)
     check_devices(strat, **machine_devices())

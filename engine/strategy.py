@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from engine.errors import StrategyError
+from roost.engine.errors import StrategyError
 
 DEVICES = ("cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "fp16", "bf16")

@@ -13,7 +13,7 @@ import os
 import threading
 from pathlib import Path
 
-from engine.errors import TokenizerError
+from roost.engine.errors import TokenizerError
 
 WORLD_VOCAB_FILE = "rwkv_vocab_v20230424.txt"
 

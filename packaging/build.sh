@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
 # Build the one-folder Roost bundle for this OS into dist/Roost, an archive beside it, and run the
-# bundle's self-check. Run from a checkout with Roost installed in the Python that runs this:
-#   python3 -m venv .venv && .venv/bin/pip install torch==2.13.0 -e ".[build]"
-#   PYTHON=.venv/bin/python packaging/build.sh
+# bundle's self-check. Run from a checkout, with Roost installed in the Python that runs this as a
+# regular (not editable) install: PyInstaller cannot see an editable install's import hook.
+#   python3 -m venv build/venv && build/venv/bin/pip install torch==2.13.0 ".[build]"
+#   PYTHON=build/venv/bin/python packaging/build.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
-VERSION=$("$PY" -c "import app; print(app.__version__)")
+if ! "$PY" -c "import os, roost; raise SystemExit(os.path.realpath(roost.__file__).startswith(os.path.realpath('app') + os.sep))"; then
+    echo "build.sh: $PY imports roost from this checkout (an editable install). Bundles are built from a" >&2
+    echo "regular install: $PY -m pip install '.[build]' (without -e), or another venv." >&2
+    exit 1
+fi
+VERSION=$("$PY" -c "import roost; print(roost.__version__)")
 OS=$("$PY" -c "import platform; print({'Darwin': 'macos', 'Windows': 'windows'}.get(platform.system(), 'linux'))")
 ARCH=$("$PY" -c "import platform; print(platform.machine().lower())")
 
 rm -rf build/pyinstaller dist/Roost build/selftest
 mkdir -p build/selftest
 # the tiny random-weight model that `roost selfcheck` loads (2 layers x 64; about 17 MB)
-"$PY" -c "from engine.synthetic import save_checkpoint; save_checkpoint('build/selftest/selftest-rwkv7.pth', 'v7.0', n_layer=2, n_embd=64, seed=1)"
+"$PY" -c "from roost.engine.synthetic import save_checkpoint; save_checkpoint('build/selftest/selftest-rwkv7.pth', 'v7.0', n_layer=2, n_embd=64, seed=1)"
 
 start=$(date +%s)
 "$PY" -m PyInstaller --noconfirm --clean --log-level WARN \

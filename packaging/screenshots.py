@@ -50,10 +50,10 @@ def pump(app, seconds: float) -> None:
 def render(out: Path, theme: str, lang: str, wanted) -> list[Path]:
     from PySide6.QtWidgets import QApplication
 
-    from app.core import paths
-    from app.core.catalog import load_catalog, recommend
-    from app.core.hardware import probe
-    from app.gui.app import create_window
+    from roost.core import paths
+    from roost.core.catalog import load_catalog, recommend
+    from roost.core.hardware import probe
+    from roost.gui.app import create_window
 
     home = Path(tempfile.mkdtemp(prefix="roost-shots-"))
     os.environ["ROOST_HOME"] = str(home)

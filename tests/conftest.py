@@ -1,7 +1,11 @@
-"""Shared fixtures: the team's reference data and small random checkpoints."""
+"""Shared fixtures: test data kept in the repository (tests/data/) and small random checkpoints.
+
+No test reads anything outside the checkout: what a test needs lives under tests/ or comes from an
+installed package (the World vocabulary from `rwkv`)."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -13,22 +17,42 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+DATA = Path(__file__).resolve().parent / "data"
 RUNNER = Path(__file__).parent / "engine" / "reference_runner.py"
 ARCHS = ("v4", "v5.0", "v5.1", "v5.2", "v6.0", "v7.0")
 
+# No test reads or writes the data folder of the person running the tests (their saved settings
+# would change what the commands decide): the whole run gets one of its own, removed at the end.
+# Tests that need a fresh one set ROOST_HOME themselves.
+TEST_HOME = tempfile.mkdtemp(prefix="roost-test-home-")
+os.environ["ROOST_HOME"] = TEST_HOME
+os.environ.pop("ROOST_MODELS_DIR", None)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(TEST_HOME, ignore_errors=True)
+
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    if not (SHARED / "data").is_dir():
-        pytest.fail(f"the team's shared folder is missing: expected it at {SHARED}")
-    return SHARED
+def neox_tokenizer_file(tmp_path_factory) -> Path:
+    """The GPT-NeoX 20B tokenizer (tests/data/20B_tokenizer.json.gz), unpacked once per session."""
+    path = tmp_path_factory.mktemp("neox") / "20B_tokenizer.json"
+    path.write_bytes(gzip.decompress((DATA / "20B_tokenizer.json.gz").read_bytes()))
+    return path
 
 
 @pytest.fixture(scope="session")
-def make_checkpoint(tmp_path_factory):
+def world_vocab_file() -> Path:
+    """The RWKV World vocabulary as the `rwkv` package ships it."""
+    from importlib import resources
+
+    return Path(str(resources.files("rwkv") / "rwkv_vocab_v20230424.txt"))
+
+
+@pytest.fixture(scope="session")
+def make_checkpoint(tmp_path_factory, neox_tokenizer_file):
     """make_checkpoint(arch, **kw) -> path of a random checkpoint, built once per session."""
-    from engine.synthetic import save_checkpoint
+    from roost.engine.synthetic import save_checkpoint
 
     cache: dict = {}
     root = tmp_path_factory.mktemp("ckpt")
@@ -39,7 +63,7 @@ def make_checkpoint(tmp_path_factory):
             folder = Path(tempfile.mkdtemp(dir=root))
             path = save_checkpoint(folder / f"model-{arch}{suffix}", arch, **kw)
             if kw.get("vocab") == 50277:  # Raven models come with the 20B tokenizer beside them
-                shutil.copy(SHARED / "data" / "20B_tokenizer.json", folder / "20B_tokenizer.json")
+                shutil.copy(neox_tokenizer_file, folder / "20B_tokenizer.json")
             cache[key] = path
         return cache[key]
 

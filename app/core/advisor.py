@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.core.hardware import Machine
-from engine.checkpoint import ModelConfig
-from engine.memory import estimate, gib
-from engine.strategy import parse_strategy
+from roost.core.hardware import Machine
+from roost.engine.checkpoint import ModelConfig
+from roost.engine.memory import estimate, gib
+from roost.engine.strategy import parse_strategy
 
 GPU_RESERVE = 300 * 1024 ** 2  # left free on the card for the driver and other programs
 OS_SHARE = 0.85  # of total RAM, the most a model can ever get: the OS and desktop keep the rest
@@ -62,7 +62,7 @@ def need_for(shape: ModelShape, strategy: str) -> dict[str, int]:
 
 def _bytes_per_token(shape: ModelShape, bytes_per_weight: float) -> float:
     cfg = shape.config()
-    big = sum(b for b, _ in __import__("engine.memory", fromlist=["x"]).shape_numels(cfg))
+    big = sum(b for b, _ in __import__("roost.engine.memory", fromlist=["x"]).shape_numels(cfg))
     return (big + cfg.vocab_size * cfg.n_embd) * bytes_per_weight
 
 
@@ -143,8 +143,8 @@ def _gpu_layers(shape: ModelShape, room: int) -> int:
 
 def advise_file(path) -> Advice:
     """The advice for a model file on this machine (its shape read from the tensors, not loaded)."""
-    from app.core.hardware import probe
-    from engine.checkpoint import open_checkpoint
+    from roost.core.hardware import probe
+    from roost.engine.checkpoint import open_checkpoint
 
     tensors, cfg = open_checkpoint(path)
     tensors.close()

@@ -15,12 +15,12 @@ import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from app.core.advisor import RUNS_WELL, Advice, ModelShape, choose_strategy
-from app.core.hardware import Machine
-from app.core.paths import assets_dir
-from engine.errors import RoostError
+from roost.core.advisor import RUNS_WELL, Advice, ModelShape, choose_strategy
+from roost.core.hardware import Machine
+from roost.core.paths import read_asset_text
+from roost.engine.errors import RoostError
 
-CATALOG = assets_dir() / "catalog.json"
+CATALOG = "catalog.json"  # in roost.assets
 MIN_TPS = 8.0  # a first-time user should see text appear comfortably faster than reading speed
 
 
@@ -60,7 +60,8 @@ class CatalogModel:
 
 def load_catalog(path: str | os.PathLike | None = None, refreshed: bool = True) -> list[CatalogModel]:
     """The bundled catalog, with the facts of the last refresh applied (unless `refreshed=False`)."""
-    data = json.loads(Path(path or CATALOG).read_text(encoding="utf-8"))
+    text = Path(path).read_text(encoding="utf-8") if path else read_asset_text(CATALOG)
+    data = json.loads(text)
     names = {f.name for f in fields(CatalogModel)}
     out = []
     for m in data["models"]:
@@ -71,7 +72,7 @@ def load_catalog(path: str | os.PathLike | None = None, refreshed: bool = True) 
 
 
 def cache_file() -> Path:
-    from app.core.paths import data_dir
+    from roost.core.paths import data_dir
 
     return data_dir() / "catalog-refresh.json"
 
@@ -108,7 +109,7 @@ def refresh_catalog(models: list[CatalogModel] | None = None, endpoint: str | No
     from huggingface_hub import HfApi
     from huggingface_hub.errors import RepositoryNotFoundError
 
-    from app.core.sources import HUB, endpoints
+    from roost.core.sources import HUB, endpoints
 
     models = models if models is not None else load_catalog(refreshed=False)
     api = HfApi(endpoint=endpoints({HUB: endpoint} if endpoint else None)[HUB], token=token or False)

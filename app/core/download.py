@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from app.core.sources import Candidate
-from engine.errors import RoostError
+from roost.core.sources import Candidate
+from roost.engine.errors import RoostError
 
 CHUNK = 1 << 20
 DISK_MARGIN = 64 << 20  # keep this much free beyond the file itself

@@ -12,16 +12,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.core import download
-from app.core.catalog import CatalogModel
-from app.core.download import (
+from roost.core import download
+from roost.core.catalog import CatalogModel
+from roost.core.download import (
     ChecksumError,
     Control,
     DownloadError,
     Progress,
     human_size,
 )
-from app.core.sources import HUB, candidates
+from roost.core.sources import HUB, candidates
 
 MODEL_SUFFIXES = (".pth", ".safetensors")
 
@@ -145,7 +145,7 @@ def import_file(src: str | os.PathLike, models_dir: str | os.PathLike, catalog: 
                 progress: Callable[[Progress], None] | None = None) -> Installed:
     """Copy a checkpoint the user already has into the models folder. It must open as an RWKV model
     (nothing in it is executed); a file named like a catalog model must have that model's sha256."""
-    from engine.checkpoint import open_checkpoint
+    from roost.engine.checkpoint import open_checkpoint
 
     src = Path(src)
     folder = Path(models_dir)

@@ -11,15 +11,32 @@ from __future__ import annotations
 import json
 import os
 import sys
+from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from importlib.abc import Traversable
 
 APP = "Roost"
 
 
-def assets_dir() -> Path:
-    """The app's bundled files: `assets/` in a checkout, inside the bundle when frozen."""
-    base = getattr(sys, "_MEIPASS", None)
-    return Path(base) / "assets" if base else Path(__file__).resolve().parents[2] / "assets"
+def asset(name: str) -> Traversable:
+    """One of Roost's bundled data files (package `roost.assets`), wherever Roost is installed: an
+    editable checkout, a wheel in site-packages or the frozen bundle. Use `.read_text()`/`.is_file()`,
+    or `importlib.resources.as_file` where a real path is needed."""
+    return resources.files("roost.assets").joinpath(name)
+
+
+def read_asset_text(name: str) -> str:
+    """The text of a bundled data file; a missing one is an incomplete installation, said plainly."""
+    try:
+        return asset(name).read_text(encoding="utf-8")
+    except (OSError, ModuleNotFoundError) as e:
+        from roost.engine.errors import RoostError
+
+        raise RoostError(f"This Roost installation is incomplete: its data file {name} is missing ({e}). "
+                         f"Reinstall Roost.\n此 Roost 安装不完整：缺少数据文件 {name}。请重新安装 Roost。") from None
 
 
 def data_dir() -> Path:

@@ -13,10 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.core.download import Control, Progress, StoppedError
-from app.core.library import Target, download_target
-from app.core.sources import HUB
-from engine.errors import RoostError
+from roost.core.download import Control, Progress, StoppedError
+from roost.core.library import Target, download_target
+from roost.core.sources import HUB
+from roost.engine.errors import RoostError
 
 QUEUED, RUNNING, PAUSED, DONE, FAILED, CANCELLED = "queued", "running", "paused", "done", "failed", "cancelled"
 

@@ -50,8 +50,7 @@ class Runtime:
 
     # --- model ---------------------------------------------------------------------------------
     def load(self, path: str | Path, strategy: str, progress: Callable[[float], None] | None = None) -> LoadedInfo:
-        import engine
-
+        from roost import engine
         with self._lock:
             self._unload()
             model = engine.load_model(path, strategy, progress=progress)
@@ -70,7 +69,7 @@ class Runtime:
     def _unload(self) -> None:
         # the model and its states go by reference counting (no cycles); a full collection is
         # only run on the main thread: on the GUI's worker thread it could finalise Qt objects
-        # off the UI thread, which crashes (the app collects on the UI thread, see app.gui.app)
+        # off the UI thread, which crashes (the app collects on the UI thread, see roost.gui.app)
         self.model, self.info = None, None
         self._sessions.clear()
         if threading.current_thread() is threading.main_thread():
@@ -80,8 +79,8 @@ class Runtime:
     def chat(self, key, history: list[tuple[str, str]], text: str, *, params, system: str = "",
              think: bool | None = None, on_piece: Callable[[str], None] | None = None, stop_flag=None) -> Reply:
         """One turn of conversation `key`. `history` is [(role, shown text), ...] before this turn."""
-        from engine.chat import ChatSession
-        from engine.prompts import G1_CHAT, Message, default_format, split_reasoning
+        from roost.engine.chat import ChatSession
+        from roost.engine.prompts import G1_CHAT, Message, default_format, split_reasoning
 
         with self._lock:
             model = self._need_model()
@@ -137,7 +136,7 @@ class Runtime:
                  on_piece: Callable[[str], None] | None = None, stop_flag=None):
         """One generation on a text or token-id prompt, from `state` (None: a fresh state), holding
         the lock. Returns the engine's GenerationResult (text, tokens, finish_reason, state, ...)."""
-        from engine.generate import Generation
+        from roost.engine.generate import Generation
 
         with self.exclusive() as model:
             gen = Generation(model, prompt, params, state=state, stop_flag=stop_flag)
@@ -148,7 +147,7 @@ class Runtime:
 
     def _need_model(self):
         if self.model is None:
-            from engine.errors import RoostError
+            from roost.engine.errors import RoostError
 
             raise RoostError("No model is loaded. Load one on the Models page.\n尚未加载模型，请在“模型”页面加载。")
         return self.model

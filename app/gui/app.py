@@ -6,24 +6,11 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
-from app.core import paths
-
-
-def log_file() -> Path:
-    return paths.data_dir() / "roost.log"
-
-
-def setup_logging() -> None:
-    path = log_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = RotatingFileHandler(path, maxBytes=1_000_000, backupCount=2, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
+from roost.core import paths
+from roost.core.choice import requested_strategy
+from roost.core.logs import setup_logging
 
 
 def create_window(start_engine: bool = True):
@@ -31,10 +18,10 @@ def create_window(start_engine: bool = True):
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
 
-    from app.gui.i18n import set_language
-    from app.gui.settings_page import apply_proxy
-    from app.gui.theme import apply_theme
-    from app.gui.window import MainWindow
+    from roost.gui.i18n import set_language
+    from roost.gui.settings_page import apply_proxy
+    from roost.gui.theme import apply_theme
+    from roost.gui.window import MainWindow
 
     app = QApplication.instance() or QApplication(sys.argv)
     app.setApplicationName("Roost")
@@ -89,9 +76,9 @@ def default_language() -> str:
 
 
 def start_background(win) -> None:
-    from app.core.queue import DownloadQueue
-    from app.core.sources import suggested_source
-    from app.gui.worker import EngineThread
+    from roost.core.queue import DownloadQueue
+    from roost.core.sources import suggested_source
+    from roost.gui.worker import EngineThread
 
     win.attach_engine(EngineThread(win))
     s = win.settings
@@ -102,8 +89,8 @@ def start_background(win) -> None:
     win.bridge.machine.connect(lambda machine, catalog: on_machine(win, machine, catalog))
 
     def probe():
-        from app.core.catalog import load_catalog
-        from app.core.hardware import probe as probe_machine
+        from roost.core.catalog import load_catalog
+        from roost.core.hardware import probe as probe_machine
 
         machine = probe_machine(paths.models_dir())
         win.bridge.machine.emit(machine, load_catalog())
@@ -112,8 +99,8 @@ def start_background(win) -> None:
 
 
 def on_machine(win, machine, catalog) -> None:
-    from app.core.catalog import recommend
-    from app.core.library import installed
+    from roost.core.catalog import recommend
+    from roost.core.library import installed
 
     win.machine = machine
     win.catalog = catalog
@@ -126,8 +113,7 @@ def on_machine(win, machine, catalog) -> None:
         return
     last = win.settings.get("last_model")
     if last and Path(last).is_file() and win.info is None and win.loading is None:
-        override = win.settings.get("strategy_overrides", {}).get(Path(last).name)
-        win.load_model(last, override or win.settings.get("default_strategy") or "auto")
+        win.load_model(last, requested_strategy(last, settings=win.settings))
 
 
 def run() -> int:

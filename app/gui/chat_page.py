@@ -23,9 +23,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.gui.i18n import tr
-from app.gui.sampling import SamplingPanel
-from app.gui.welcome import WelcomePanel
+from roost.gui.i18n import tr
+from roost.gui.sampling import SamplingPanel
+from roost.gui.welcome import WelcomePanel
 
 PERSONAS = {
     "Assistant": "",
@@ -219,7 +219,7 @@ class ChatPage(QWidget):
         self._start(history, text)
 
     def _start(self, history, text) -> None:
-        from engine.generate import StopFlag
+        from roost.engine.generate import StopFlag
 
         self.stop_flag = StopFlag()
         self.partial = ""
@@ -311,7 +311,7 @@ class ChatPage(QWidget):
     def _split(self, raw: str) -> tuple[str, str]:
         info = self.win.info
         if info is not None and info.reasoning and self.think.isChecked():
-            from engine.prompts import split_reasoning
+            from roost.engine.prompts import split_reasoning
 
             return split_reasoning(raw)
         return "", raw.strip()

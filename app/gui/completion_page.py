@@ -14,8 +14,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.gui.i18n import tr
-from app.gui.sampling import SamplingPanel
+from roost.gui.i18n import tr
+from roost.gui.sampling import SamplingPanel
 
 PRESETS = {  # name: (opening text, sampling)
     "Story": ("Once upon a time, in a village at the edge of the forest,", {"temperature": 1.0, "top_p": 0.7}),
@@ -76,7 +76,7 @@ class CompletionPage(QWidget):
         self.sampling.set_values(sampling)
 
     def generate(self) -> None:
-        from engine.generate import StopFlag
+        from roost.engine.generate import StopFlag
 
         prompt = self.text.toPlainText()
         if not prompt.strip() or self.rid is not None or self.win.info is None:

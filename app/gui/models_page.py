@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.gui.i18n import pick, split_bilingual, tr
+from roost.gui.i18n import pick, split_bilingual, tr
 
 PRESETS = ["cpu int8", "cpu bf16", "cpu fp32", "cuda fp16", "cuda int8", "cuda fp16 *20 -> cpu fp32", "mps fp32"]
 FIT_COLORS = {"runs well": "#2e8b57", "runs, close other programs first": "#c77700", "will not fit": "#c0392b"}
@@ -71,7 +71,7 @@ class CatalogTable(QAbstractTableModel):
         return None
 
     def data(self, index, role=Qt.DisplayRole):
-        from app.core.download import human_size
+        from roost.core.download import human_size
 
         row = self.rows[index.row()]
         col = index.column()
@@ -229,10 +229,10 @@ class ModelsPage(QWidget):
         self.refresh()
 
     def refresh(self) -> None:
-        from app.core import paths
-        from app.core.advisor import choose_strategy
-        from app.core.catalog import newest_releases
-        from app.core.library import pending
+        from roost.core import paths
+        from roost.core.advisor import choose_strategy
+        from roost.core.catalog import newest_releases
+        from roost.core.library import pending
 
         folder = paths.models_dir()
         self.partial = {p.name: p for p in pending(folder)}
@@ -284,16 +284,15 @@ class ModelsPage(QWidget):
 
     # --- per-row facts -------------------------------------------------------------------------
     def strategy_for(self, row: Row) -> str:
-        override = self.win.settings.get("strategy_overrides", {}).get(row.file)
-        if override:
-            return override
-        default = self.win.settings.get("default_strategy", "auto")
-        if default != "auto":
-            return default
+        from roost.core.choice import AUTO, requested_strategy
+
+        strategy = requested_strategy(row.file, settings=self.win.settings)
+        if strategy != AUTO:
+            return strategy
         return row.advice.strategy if row.advice else tr("Automatic")
 
     def status_text(self, row: Row) -> str:
-        from app.core.download import human_size
+        from roost.core.download import human_size
 
         info = self.win.info
         if info is not None and row.path is not None and info.path == row.path:
@@ -358,8 +357,8 @@ class ModelsPage(QWidget):
         if not text or text == tr("Automatic"):
             overrides.pop(row.file, None)
         else:
-            from engine.errors import StrategyError
-            from engine.strategy import parse_strategy
+            from roost.engine.errors import StrategyError
+            from roost.engine.strategy import parse_strategy
 
             try:
                 parse_strategy(text)
@@ -367,14 +366,14 @@ class ModelsPage(QWidget):
                 self.reason.setText(split_bilingual(str(e)))
                 return
             overrides[row.file] = text
-        from app.core import paths
+        from roost.core import paths
 
         paths.save_settings(self.win.settings)
         self.table.changed_all()
 
     # --- actions -------------------------------------------------------------------------------
     def download(self) -> None:
-        from app.core.library import from_catalog
+        from roost.core.library import from_catalog
 
         row = self.current()
         if row and row.model and self.win.queue is not None:
@@ -397,8 +396,8 @@ class ModelsPage(QWidget):
             self.win.queue.cancel(self.jobs[row.file])
 
     def delete(self) -> None:
-        from app.core import paths
-        from app.core.library import delete
+        from roost.core import paths
+        from roost.core.library import delete
 
         row = self.current()
         if row and row.path and self.win.ask(tr("Delete"), tr("Delete {name} from the models folder?", name=row.file)):
@@ -408,9 +407,9 @@ class ModelsPage(QWidget):
     def load(self) -> None:
         row = self.current()
         if row and row.path and row.path.exists():
-            strategy = self.win.settings.get("strategy_overrides", {}).get(row.file)
-            strategy = strategy or self.win.settings.get("default_strategy") or "auto"
-            self.win.load_model(str(row.path), strategy)
+            from roost.core.choice import requested_strategy
+
+            self.win.load_model(str(row.path), requested_strategy(row.file, settings=self.win.settings))
 
     def unload(self) -> None:
         self.win.unload_model()
@@ -422,9 +421,9 @@ class ModelsPage(QWidget):
             self.import_path(path)
 
     def import_path(self, path: str) -> None:
-        from app.core import paths
-        from app.core.library import import_file
-        from engine.errors import RoostError
+        from roost.core import paths
+        from roost.core.library import import_file
+        from roost.engine.errors import RoostError
 
         try:
             inst = import_file(path, paths.models_dir(), self.catalog)
@@ -438,8 +437,8 @@ class ModelsPage(QWidget):
         """Ask the Hub which files still exist, on a thread (the network may be slow or blocked)."""
         import threading
 
-        from app.core.catalog import CatalogRefreshError, refresh_catalog
-        from app.core.sources import HUB, MIRROR, endpoints
+        from roost.core.catalog import CatalogRefreshError, refresh_catalog
+        from roost.core.sources import HUB, MIRROR, endpoints
 
         source = self.win.settings.get("source", HUB)
         endpoint = endpoints()[MIRROR] if source == MIRROR else None

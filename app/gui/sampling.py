@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PySide6.QtWidgets import QDoubleSpinBox, QFormLayout, QSpinBox, QWidget
 
-from app.gui.i18n import tr
+from roost.gui.i18n import tr
 
 # ChatRWKV / RWKV-Runner defaults for chat
 DEFAULTS = {"temperature": 1.0, "top_p": 0.3, "top_k": 0, "presence_penalty": 0.5,
@@ -48,6 +48,6 @@ class SamplingPanel(QWidget):
                 self.boxes[k].setValue(v)
 
     def params(self, **extra):
-        from engine.sampling import SamplingParams
+        from roost.engine.sampling import SamplingParams
 
         return SamplingParams(**self.values(), **extra)

@@ -22,9 +22,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.gui.i18n import LANGUAGES, language, split_bilingual, tr
-from app.gui.sampling import SamplingPanel
-from app.gui.theme import apply_theme
+from roost.gui.i18n import LANGUAGES, language, split_bilingual, tr
+from roost.gui.sampling import SamplingPanel
+from roost.gui.theme import apply_theme
 
 
 def apply_proxy(proxy: str) -> None:
@@ -41,8 +41,8 @@ class SettingsPage(QWidget):
         super().__init__()
         self.win = win
         s = win.settings
-        from app.core import paths
-        from app.core.sources import SOURCE_NAMES, SOURCES, suggested_source
+        from roost.core import paths
+        from roost.core.sources import SOURCE_NAMES, SOURCES, suggested_source
 
         inner = QWidget()
         v = QVBoxLayout(inner)
@@ -76,7 +76,7 @@ class SettingsPage(QWidget):
         form.addRow(tr("Theme:"), self.theme)
         self.strategy = QComboBox(editable=True)
         self.strategy.addItem(tr("Automatic"), "auto")
-        from app.gui.models_page import PRESETS
+        from roost.gui.models_page import PRESETS
 
         for p in PRESETS:
             self.strategy.addItem(p, p)
@@ -123,7 +123,7 @@ class SettingsPage(QWidget):
         self.api_status = QLabel(objectName="hint", wordWrap=True,
                                  textInteractionFlags=Qt.TextSelectableByMouse)
         form.addRow(self.api_status)
-        self.api_server = None  # app.server.run.ApiServer while it runs
+        self.api_server = None  # roost.server.run.ApiServer while it runs
         self._api_open = False  # listening beyond this computer
         self._api_bridge = _ServerBridge(self)
         self._api_bridge.started.connect(self._api_started)
@@ -145,7 +145,7 @@ class SettingsPage(QWidget):
         a background thread; the result comes back through signals)."""
         import threading
 
-        from app.server.run import ServerError, check_bind, is_loopback
+        from roost.server.run import ServerError, check_bind, is_loopback
 
         engine = self.win.engine
         host, port, key = self.api_host.text().strip(), self.api_port.value(), self.api_key.text().strip()
@@ -156,13 +156,13 @@ class SettingsPage(QWidget):
         except ServerError as e:
             return self._api_failed(split_bilingual(str(e)))
         self.win.settings.update(api_host=host, api_port=port, api_key=key)
-        from app.core import paths
+        from roost.core import paths
 
         paths.save_settings({**paths.load_settings(), "api_host": host, "api_port": port, "api_key": key})
         for w in (self.api_host, self.api_port, self.api_key):
             w.setEnabled(False)
         self.api_status.setText(tr("Starting…"))
-        from app.gui.sampling import defaults
+        from roost.gui.sampling import defaults
 
         sampling = defaults(self.win.settings)
         chat_defaults = {k: sampling[k] for k in ("temperature", "top_p", "top_k", "presence_penalty",
@@ -171,7 +171,7 @@ class SettingsPage(QWidget):
         self._api_open = not is_loopback(host)
 
         def run():
-            from app.server.run import ApiServer
+            from roost.server.run import ApiServer
 
             try:
                 server = ApiServer(runtime, host=host, port=port, api_key=key or None,
@@ -234,9 +234,9 @@ class SettingsPage(QWidget):
             self.folder.setText(folder)
 
     def save(self) -> None:
-        from app.core import paths
-        from engine.errors import StrategyError
-        from engine.strategy import parse_strategy
+        from roost.core import paths
+        from roost.engine.errors import StrategyError
+        from roost.engine.strategy import parse_strategy
 
         s = self.win.settings
         messages = []
@@ -271,7 +271,7 @@ class SettingsPage(QWidget):
         self.win.models.refresh()
 
     def open_log(self) -> None:
-        from app.gui.app import log_file
+        from roost.core.logs import log_file
 
         QDesktopServices.openUrl(QUrl.fromLocalFile(str(log_file())))
 
@@ -293,8 +293,8 @@ def diagnostics(win) -> str:
     import json
     import platform
 
-    from app import __version__
-    from app.gui.app import log_file
+    from roost import __version__
+    from roost.core.logs import log_file
 
     lines = [f"Roost {__version__}, Python {platform.python_version()}, {platform.platform()}"]
     if win.machine is not None:

@@ -12,7 +12,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.gui.i18n import pick, split_bilingual, tr
+from roost.gui.i18n import pick, split_bilingual, tr
 
 
 class WelcomePanel(QWidget):
@@ -49,7 +49,7 @@ class WelcomePanel(QWidget):
         outer.addStretch(2)
 
     def set_recommendation(self, machine, model, advice) -> None:
-        from app.core.download import human_size
+        from roost.core.download import human_size
 
         self.model, self.advice = model, advice
         gpu = machine.gpus[0] if machine.gpus else None
@@ -63,7 +63,7 @@ class WelcomePanel(QWidget):
         self.button.setEnabled(True)
 
     def start(self) -> None:
-        from app.core.library import from_catalog
+        from roost.core.library import from_catalog
 
         if self.model is None or self.win.queue is None:
             return

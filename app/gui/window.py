@@ -21,9 +21,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.core import paths
-from app.core.conversations import ConversationStore
-from app.gui.i18n import split_bilingual, tr
+from roost.core import paths
+from roost.core.conversations import ConversationStore
+from roost.gui.i18n import split_bilingual, tr
 
 log = logging.getLogger("roost")
 
@@ -70,10 +70,10 @@ class MainWindow(QMainWindow):
 
     # --- layout --------------------------------------------------------------------------------
     def _build(self) -> None:
-        from app.gui.chat_page import ChatPage
-        from app.gui.completion_page import CompletionPage
-        from app.gui.models_page import ModelsPage
-        from app.gui.settings_page import SettingsPage
+        from roost.gui.chat_page import ChatPage
+        from roost.gui.completion_page import CompletionPage
+        from roost.gui.models_page import ModelsPage
+        from roost.gui.settings_page import SettingsPage
 
         central = QWidget()
         row = QHBoxLayout(central)

@@ -12,7 +12,7 @@ import traceback
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
-from app.core.runtime import Runtime
+from roost.core.runtime import Runtime
 
 log = logging.getLogger("roost.worker")
 
@@ -32,13 +32,15 @@ class EngineWorker(QObject):
 
     @Slot(str, str)
     def load(self, path: str, strategy: str) -> None:
-        from engine.errors import RoostError
+        from roost.engine.errors import RoostError
 
         try:
-            why = ""
-            if strategy in ("", "auto"):
-                strategy, why = auto_strategy(path)
-            info = self.runtime.load(path, strategy, progress=self.loadProgress.emit)
+            from roost.core.choice import decide_strategy
+            from roost.gui.i18n import pick
+
+            choice = decide_strategy(path, strategy or "auto")
+            why = pick(choice.reason, choice.reason_zh) if choice.reason else ""
+            info = self.runtime.load(path, choice.strategy, progress=self.loadProgress.emit)
             self.loaded.emit(info, why)
         except RoostError as e:
             self.loadFailed.emit(str(e))
@@ -67,7 +69,7 @@ class EngineWorker(QObject):
             req["text"], params=req["params"], on_piece=on_piece, stop_flag=req["stop"]))
 
     def _run(self, rid: int, call) -> None:
-        from engine.errors import RoostError
+        from roost.engine.errors import RoostError
 
         try:
             reply = call(lambda p: self.piece.emit(rid, p))
@@ -77,15 +79,6 @@ class EngineWorker(QObject):
         except Exception as e:  # noqa: BLE001
             log.error("generation failed: %s", traceback.format_exc())
             self.failed.emit(rid, f"{type(e).__name__}: {e}")
-
-
-def auto_strategy(path: str) -> tuple[str, str]:
-    """The advisor's choice for this file on this machine, and its one-sentence reason."""
-    from app.core.advisor import advise_file
-    from app.gui.i18n import pick
-
-    advice = advise_file(path)
-    return advice.strategy, pick(advice.reason, advice.reason_zh)
 
 
 class EngineThread(QObject):

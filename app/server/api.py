@@ -6,7 +6,7 @@
     GET  /roost/stats            queue, counters and the prefix cache (not an OpenAI endpoint)
 
 Requests wait in order for the single model; at most ``max_queue`` may wait, more get 503.
-Generation runs on a worker thread (see :mod:`app.server.jobs`), never on the event loop. A
+Generation runs on a worker thread (see :mod:`roost.server.jobs`), never on the event loop. A
 client that disconnects stops its generation within one token. Every error is an OpenAI-style
 JSON object ``{"error": {"message", "type", "param", "code"}}`` with a 4xx/5xx status, never a
 traceback. RWKV extensions to the request: ``top_k`` and ``penalty_decay``. The usage object
@@ -30,10 +30,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.server import fields
-from app.server.cache import PrefixCache
-from app.server.fields import ApiError
-from app.server.jobs import (
+from roost.server import fields
+from roost.server.cache import PrefixCache
+from roost.server.fields import ApiError
+from roost.server.jobs import (
     Cancelled,
     Closed,
     Job,
@@ -395,7 +395,7 @@ async def _stream_events(job: Job, request: Request):
 
 
 def _job_error(exc: BaseException) -> ApiError:
-    from engine.errors import RoostError
+    from roost.engine.errors import RoostError
 
     if isinstance(exc, Cancelled):
         return ApiError(503, "The request was cancelled (the server is stopping).", type="server_error",

@@ -66,7 +66,7 @@ def stream_flags(body: dict) -> tuple[bool, bool]:
 
 
 def sampling(body: dict, defaults: dict, *, default_max: int, limit: int, chat: bool):
-    from engine.sampling import SamplingParams
+    from roost.engine.sampling import SamplingParams
 
     values = dict(defaults)
     for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty", "penalty_decay"):

@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from app.server.cache import PrefixCache
+from roost.server.cache import PrefixCache
 
 log = logging.getLogger("roost.server")
 
@@ -51,7 +51,7 @@ class Outcome:
 # --- prompts -------------------------------------------------------------------------------------
 def chat_format(model, info):
     """The prompt format for the loaded model, and the text that starts the assistant's reply."""
-    from engine.prompts import G1_CHAT, default_format
+    from roost.engine.prompts import G1_CHAT, default_format
 
     if info is not None and info.reasoning:  # G1: answer directly (an empty thought pre-filled)
         return G1_CHAT, G1_CHAT.reply_prefix(False)
@@ -66,7 +66,7 @@ def chat_tokens(model, info, messages: Sequence[tuple[str, str]]) -> list[int]:
     the same pieces as when that reply was generated. So the prompt of a continued chat starts
     with exactly the tokens of the previous request's prompt, and the prefix cache finds it.
     """
-    from engine.prompts import Message, clean
+    from roost.engine.prompts import Message, clean
 
     fmt, prefix = chat_format(model, info)
     enc = model.tokenizer.encode
@@ -90,7 +90,7 @@ class Job:
 
     def __init__(self, prompt, params, *, stops=None, stream: bool = False,
                  loop: asyncio.AbstractEventLoop | None = None):
-        from engine.generate import StopFlag
+        from roost.engine.generate import StopFlag
 
         self.prompt = prompt
         self.params = params
@@ -197,7 +197,7 @@ class Worker:
                 self.cancelled += 1
                 job.emit("error", e)
             except Exception as e:  # noqa: BLE001 -- reported to the client as an error object
-                from engine.errors import RoostError
+                from roost.engine.errors import RoostError
 
                 if not isinstance(e, (RoostError, ValueError)):
                     log.error("generation failed: %s", traceback.format_exc())
@@ -210,7 +210,7 @@ class Worker:
             time.sleep(0.002)
 
     def _run(self, job: Job) -> Outcome:
-        from engine.generate import Generation
+        from roost.engine.generate import Generation
 
         with self.runtime.exclusive() as model:
             started = time.monotonic()

@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 
-from engine.errors import RoostError
+from roost.engine.errors import RoostError
 
 log = logging.getLogger("roost.server")
 
@@ -109,7 +109,7 @@ class ApiServer:
     def _prepare(self):
         import uvicorn
 
-        from app.server.api import create_app
+        from roost.server.api import create_app
 
         sock = bind_socket(self.host, self.port)
         self.port = sock.getsockname()[1]  # the one chosen, when port 0 asked for any free one
@@ -141,9 +141,11 @@ class ApiServer:
         log.info("API server on %s", self.base_url)
         return self
 
-    def serve_forever(self) -> None:
-        """Serve on this thread until Ctrl+C (the command line)."""
+    def serve_forever(self, on_listening=None) -> None:
+        """Serve on this thread until Ctrl+C (the command line); `on_listening()` runs once bound."""
         sock = self._prepare()
+        if on_listening is not None:
+            on_listening()
         try:
             self._server.run(sockets=[sock])
         except KeyboardInterrupt:
@@ -170,48 +172,32 @@ def start_server(runtime, **kwargs) -> ApiServer:
 
 
 # --- roost serve ---------------------------------------------------------------------------------
-def resolve_model(spec: str):
-    """A model file: a path, or a catalog name (id or file) already in the models folder."""
-    from pathlib import Path
-
-    path = Path(spec).expanduser()
-    if path.is_file():
-        return path
-    from app.core import paths
-    from app.core.catalog import load_catalog
-    from app.core.library import target_for
-
-    target = target_for(spec, load_catalog())
-    path = paths.models_dir(create=False) / target.name
-    if not path.is_file():
-        raise ServerError(f"{spec} is not downloaded yet. Download it with: roost download {spec}\n"
-                          f"{spec} 尚未下载。请先运行：roost download {spec}")
-    return path
-
-
 def serve_cli(args) -> int:
     """``roost serve``: load the model, then serve it until Ctrl+C."""
     import sys
 
-    from app.core.runtime import Runtime
+    from roost.core.choice import decide_strategy, resolve_model
+    from roost.core.runtime import Runtime
 
     api_key = args.api_key or os.environ.get("ROOST_API_KEY") or None
     check_bind(args.host, args.port, api_key)  # before the time spent loading
+    bind_socket(args.host, args.port).close()  # a busy port is said now, not after loading
     path = resolve_model(args.model)
-    strategy, why = args.strategy, ""
-    if strategy in ("", "auto"):
-        from app.core.advisor import advise_file
-
-        advice = advise_file(path)
-        strategy, why = advice.strategy, advice.reason
-    print(f"Loading {path.name} ({strategy}) ...", file=sys.stderr, flush=True)
+    choice = decide_strategy(path, args.strategy)
+    print(f"Loading {path.name} ({choice.strategy}) ...", file=sys.stderr, flush=True)
+    if choice.reason:
+        print(f"Strategy chosen automatically: {choice.reason}\n自动选择的运行方式：{choice.reason_zh}",
+              file=sys.stderr, flush=True)
     runtime = Runtime()
-    info = runtime.load(path, strategy)
-    print(f"{info.label}, loaded in {info.seconds:.1f} s{' (' + why + ')' if why else ''}", file=sys.stderr)
+    info = runtime.load(path, choice.strategy)
+    print(f"{info.label}, loaded in {info.seconds:.1f} s", file=sys.stderr, flush=True)
     server = ApiServer(runtime, host=args.host, port=args.port, api_key=api_key, log_level=args.log_level,
                        model_id=args.model_id, max_queue=args.max_queue, max_tokens_limit=args.max_tokens_limit)
     model_id = args.model_id or path.stem
-    print(f"OpenAI-compatible API at http://{args.host}:{args.port}/v1  (model: {model_id}; "
-          f"{'API key required' if api_key else 'no API key'}). Ctrl+C stops it.", file=sys.stderr, flush=True)
-    server.serve_forever()
+
+    def announce() -> None:  # only once the socket is bound: a URL printed is a URL that answers
+        print(f"OpenAI-compatible API at {server.base_url}  (model: {model_id}; "
+              f"{'API key required' if api_key else 'no API key'}). Ctrl+C stops it.", file=sys.stderr, flush=True)
+
+    server.serve_forever(on_listening=announce)
     return 0

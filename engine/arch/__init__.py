@@ -16,4 +16,4 @@ _MODULES = {"v4": "v4", "v5.0": "v5", "v5.1": "v5", "v5.2": "v5", "v6.0": "v6", 
 
 
 def arch_module(arch: str) -> ModuleType:
-    return importlib.import_module(f"engine.arch.{_MODULES[arch]}")
+    return importlib.import_module(f".{_MODULES[arch]}", __name__)

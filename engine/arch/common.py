@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from engine.linear import linear
+from roost.engine.linear import linear
 
 GROUP_NORM_EPS = 64e-5  # RWKV-5/6/7: eps 1e-5 scaled by head_size_divisor 8 squared
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.arch.common import (
+from roost.engine.arch.common import (
     channel_mix,
     ffn_shapes,
     layer_norm,
@@ -12,7 +12,7 @@ from engine.arch.common import (
     token_shift,
     vec,
 )
-from engine.linear import linear
+from roost.engine.linear import linear
 
 _MIX = ("time_mix_k", "time_mix_v", "time_mix_r")
 

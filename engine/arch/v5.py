@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from engine.arch.common import (
+from roost.engine.arch.common import (
     GROUP_NORM_EPS,
     channel_mix,
     ffn_shapes,
@@ -18,7 +18,7 @@ from engine.arch.common import (
     vec,
     wkv_chunked,
 )
-from engine.linear import linear
+from roost.engine.linear import linear
 
 
 def _gated(cfg) -> bool:

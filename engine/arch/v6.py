@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from engine.arch.common import (
+from roost.engine.arch.common import (
     channel_mix,
     ffn_shapes,
     layer_norm,
@@ -15,8 +15,8 @@ from engine.arch.common import (
     vec,
     wkv_chunked,
 )
-from engine.arch.v5 import init_state, wkv_output  # noqa: F401 (RWKV-6 keeps RWKV-5's state)
-from engine.linear import linear
+from roost.engine.arch.v5 import init_state, wkv_output  # noqa: F401 (RWKV-6 keeps RWKV-5's state)
+from roost.engine.linear import linear
 
 _MAA = ("time_maa_x", "time_maa_w", "time_maa_k", "time_maa_v", "time_maa_r", "time_maa_g")
 _LORA = ("time_maa_w1", "time_maa_w2", "time_decay_w1", "time_decay_w2")

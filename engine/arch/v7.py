@@ -11,8 +11,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from engine.arch.common import GROUP_NORM_EPS, layer_norm, mat, token_shift, vec
-from engine.linear import linear
+from roost.engine.arch.common import GROUP_NORM_EPS, layer_norm, mat, token_shift, vec
+from roost.engine.linear import linear
 
 _MIX = ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g")
 _LORA = ("w1", "w2", "a1", "a2", "g1", "g2")

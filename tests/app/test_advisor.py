@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from app.core.advisor import CLOSE_OTHERS, RUNS_WELL, WILL_NOT_FIT, ModelShape, choose_strategy
-from app.core.catalog import load_catalog, recommend
-from app.core.hardware import Gpu, Machine
+from roost.core.advisor import CLOSE_OTHERS, RUNS_WELL, WILL_NOT_FIT, ModelShape, choose_strategy
+from roost.core.catalog import load_catalog, recommend
+from roost.core.hardware import Gpu, Machine
 
 G = 1024 ** 3
 M_0_4B, M_1_5B, M_2_9B, M_7B, M_14B = (ModelShape(7, 24, 1024), ModelShape(7, 24, 2048), ModelShape(7, 32, 2560),

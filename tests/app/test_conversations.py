@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from app.core.conversations import ConversationStore
+from roost.core.conversations import ConversationStore
 
 
 def test_conversations_survive_reopening_and_search(tmp_path):

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from app.core import download
-from app.core.download import (
+from roost.core import download
+from roost.core.download import (
     ChecksumError,
     Control,
     DiskSpaceError,
@@ -23,7 +23,7 @@ from app.core.download import (
     StoppedError,
     download_file,
 )
-from app.core.sources import HUB, MIRROR, MODELSCOPE, candidates
+from roost.core.sources import HUB, MIRROR, MODELSCOPE, candidates
 from tests.conftest import ROOT
 from tests.hubserver import HubServer
 
@@ -254,8 +254,8 @@ def test_progress_reports_speed_and_eta_on_a_slow_link(hub, tmp_path):
 
 CHILD = """
 import sys
-from app.core.download import download_file
-from app.core.sources import candidates
+from roost.core.download import download_file
+from roost.core.sources import candidates
 c = candidates(sys.argv[1], sys.argv[2], overrides={"hf": sys.argv[3]})
 download_file(c, sys.argv[4], sha256=sys.argv[5])
 """

@@ -10,11 +10,11 @@ from dataclasses import replace
 
 import pytest
 
-from app.core import catalog as catalog_mod
-from app.core import paths
-from app.core.catalog import CatalogRefreshError, load_catalog, refresh_catalog
-from app.core.download import ChecksumError, DownloadError
-from app.core.library import (
+from roost.core import catalog as catalog_mod
+from roost.core import paths
+from roost.core.catalog import CatalogRefreshError, load_catalog, refresh_catalog
+from roost.core.download import ChecksumError, DownloadError
+from roost.core.library import (
     delete,
     download_target,
     from_catalog,
@@ -23,8 +23,8 @@ from app.core.library import (
     pending,
     target_for,
 )
-from app.core.queue import CANCELLED, DONE, FAILED, PAUSED, DownloadQueue
-from engine.errors import NotACheckpointError
+from roost.core.queue import CANCELLED, DONE, FAILED, PAUSED, DownloadQueue
+from roost.engine.errors import NotACheckpointError
 from tests.conftest import ROOT
 from tests.hubserver import HubServer
 
@@ -192,7 +192,7 @@ def test_cli_download_by_repo_and_file(hub, tmp_path):
     ("en_US.UTF-8", "Europe/Berlin", "hf"), ("zh_TW.UTF-8", "Asia/Taipei", "hf"), ("C", "UTC", "hf"),
 ])
 def test_source_suggestion(lang, tz, want):
-    from app.core.sources import suggested_source
+    from roost.core.sources import suggested_source
 
     assert suggested_source(lang, tz) == want
 

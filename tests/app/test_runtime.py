@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import pytest
 
-from app.core.runtime import Runtime
-from engine.errors import RoostError
-from engine.generate import StopFlag
-from engine.sampling import SamplingParams
+from roost.core.runtime import Runtime
+from roost.engine.errors import RoostError
+from roost.engine.generate import StopFlag
+from roost.engine.sampling import SamplingParams
 
 PARAMS = SamplingParams(max_tokens=12, seed=1)
 

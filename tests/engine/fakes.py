@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.tokenizer import world_tokenizer
+from roost.engine.tokenizer import world_tokenizer
 
 
 class ScriptedModel:

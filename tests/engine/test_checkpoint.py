@@ -8,12 +8,12 @@ import pickle
 import pytest
 import torch
 
-from engine.checkpoint import open_checkpoint
-from engine.errors import (
+from roost.engine.checkpoint import open_checkpoint
+from roost.engine.errors import (
     CheckpointError, CorruptCheckpointError, NotACheckpointError, UnsafeCheckpointError,
     UnsupportedModelError,
 )
-from engine.synthetic import make_weights
+from roost.engine.synthetic import make_weights
 
 
 @pytest.mark.parametrize("arch, version", [("v4", 4), ("v5.0", 5), ("v5.1", 5), ("v5.2", 5),
@@ -26,7 +26,7 @@ def test_version_and_shape_are_read_from_the_tensors(make_checkpoint, arch, vers
 
 
 def test_safetensors_and_pth_of_the_same_weights_agree(make_checkpoint):
-    from engine import load_model
+    from roost.engine import load_model
 
     a = load_model(make_checkpoint("v6.0", seed=3), "cpu fp32")
     b = load_model(make_checkpoint("v6.0", suffix=".safetensors", seed=3), "cpu fp32")

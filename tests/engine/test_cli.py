@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 
-from tests.conftest import ROOT
+import pytest
+
+from roost import cli
 
 
-def roost(*args, stdin: str = ""):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "app", *args], input=stdin, capture_output=True,
-                          text=True, cwd=ROOT, env=env, timeout=300)
+def roost(*args, stdin: str = "", home=None):
+    env = dict(os.environ)
+    if home is not None:
+        env["ROOST_HOME"] = str(home)
+    return subprocess.run([sys.executable, "-m", "roost", *args], input=stdin, capture_output=True,
+                          text=True, cwd=tempfile.gettempdir(), env=env, timeout=300)
 
 
 def test_generate_streams_a_reproducible_continuation(make_checkpoint):
@@ -21,7 +28,7 @@ def test_generate_streams_a_reproducible_continuation(make_checkpoint):
     b = roost("generate", "--model", path, "--max-tokens", "12", "--seed", "7", "--temperature", "1", "Once upon")
     assert a.returncode == 0, a.stderr
     assert a.stdout == b.stdout and a.stdout.strip()
-    assert "12 tokens" in a.stderr
+    assert "12 tokens" in a.stderr and "reached the token limit" in a.stderr and "length]" not in a.stderr
 
 
 def test_chat_keeps_state_between_turns_and_exits(make_checkpoint):
@@ -31,13 +38,18 @@ def test_chat_keeps_state_between_turns_and_exits(make_checkpoint):
     assert r.stdout.count("Assistant:") == 2
 
 
-def test_errors_are_one_plain_line(tmp_path):
+def test_a_damaged_checkpoint_is_one_plain_sentence_and_the_details_go_to_the_log(tmp_path):
     bad = tmp_path / "broken.pth"
-    bad.write_bytes(b"PK\x03\x04 not really a zip")
-    r = roost("generate", "--model", str(bad), "hi")
+    bad.write_bytes(b"PK\x03\x04 not really a zip" + bytes(4000))
+    home = tmp_path / "home"
+    r = roost("generate", "--model", str(bad), "--strategy", "cpu fp32", "hi", home=home)
     assert r.returncode == 2
-    assert "broken.pth is damaged" in r.stderr and "Traceback" not in r.stderr
-    r = roost("generate", "--model", str(bad), "--strategy", "cuda fp16", "hi")
+    message = r.stderr.strip().splitlines()[-1]
+    assert message == ("roost: broken.pth is damaged or incomplete and cannot be read (often an interrupted "
+                       "download). Download it again."), r.stderr
+    assert "Traceback" not in r.stderr and "zip" not in r.stderr.lower()
+    assert "PytorchStreamReader" in (home / "roost.log").read_text()  # the library's own words, for a report
+    r = roost("generate", "--model", str(bad), "--strategy", "cuda fp16", "hi", home=home)
     assert r.returncode == 2 and "Traceback" not in r.stderr
 
 
@@ -47,11 +59,158 @@ def test_version_and_help():
 
 
 def test_doctor_and_models_describe_this_machine():
-    import json
-
     r = roost("doctor", "--json")
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert report["machine"]["ram_total"] > 0 and report["recommended"]["strategy"]
     r = roost("models")
     assert r.returncode == 0 and "RWKV-7 G1" in r.stdout and "runs well" in r.stdout
+
+
+# --- one strategy rule for every entry point ------------------------------------------------------
+def _save_settings(home, **settings):
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "settings.json").write_text(json.dumps(settings))
+
+
+def test_generate_chat_and_serve_decide_the_strategy_alike(make_checkpoint, tmp_path):
+    from roost.core.advisor import advise_file
+
+    path = make_checkpoint("v6.0", n_layer=2, n_embd=128, seed=3)
+    auto = advise_file(path).strategy
+    home = tmp_path / "home"
+    for args in (["generate", "--model", str(path), "--max-tokens", "2", "hi"],
+                 ["generate", "--model", str(path), "--strategy", "auto", "--max-tokens", "2", "hi"],
+                 ["chat", "--model", str(path), "--max-tokens", "2"]):
+        r = roost(*args, stdin="/exit\n", home=home)
+        assert r.returncode == 0, r.stderr
+        assert f"({auto})" in r.stderr and "Strategy chosen automatically:" in r.stderr, r.stderr
+    # the app's saved default, then the model's own saved strategy, then the flag
+    _save_settings(home, default_strategy="cpu bf16")
+    r = roost("generate", "--model", str(path), "--max-tokens", "2", "hi", home=home)
+    assert r.returncode == 0 and "(cpu bf16)" in r.stderr and "automatically" not in r.stderr, r.stderr
+    _save_settings(home, default_strategy="cpu bf16", strategy_overrides={path.name: "cpu fp32"})
+    r = roost("chat", "--model", str(path), "--max-tokens", "2", stdin="/exit\n", home=home)
+    assert r.returncode == 0 and "(cpu fp32)" in r.stderr, r.stderr
+    r = roost("generate", "--model", str(path), "--strategy", "cpu bf16", "--max-tokens", "2", "hi", home=home)
+    assert r.returncode == 0 and "(cpu bf16)" in r.stderr, r.stderr
+
+
+def test_the_rule_in_one_place(tmp_path):
+    from roost.core.choice import AUTO, requested_strategy
+
+    s = {"default_strategy": "cpu bf16", "strategy_overrides": {"a.pth": "cpu int8"}}
+    assert requested_strategy("a.pth", None, {}) == AUTO
+    assert requested_strategy(tmp_path / "b.pth", None, s) == "cpu bf16"
+    assert requested_strategy(tmp_path / "a.pth", None, s) == "cpu int8"
+    assert requested_strategy("a.pth", "cpu fp32", s) == "cpu fp32"
+    assert requested_strategy("a.pth", "auto", s) == AUTO  # asked for explicitly: the advisor decides
+    assert requested_strategy("a.pth", None, {"default_strategy": "auto", "strategy_overrides": "junk"}) == AUTO
+
+
+# --- calm failures -----------------------------------------------------------------------------------
+def test_serve_a_missing_path_says_there_is_no_file():
+    r = roost("serve", "--model", "/typo/nope.pth")
+    assert r.returncode == 2
+    assert "There is no file at /typo/nope.pth" in r.stderr and "roost download" not in r.stderr
+
+
+def test_serve_a_catalog_model_not_downloaded_says_how_to_get_it(tmp_path):
+    from roost.core.catalog import load_catalog
+
+    model = load_catalog(refreshed=False)[0]
+    r = roost("serve", "--model", model.id, home=tmp_path / "home")
+    assert r.returncode == 2 and f"roost download {model.id}" in r.stderr
+
+
+def test_serve_on_a_busy_port_fails_before_loading_and_announces_nothing(make_checkpoint):
+    import socket
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        port = busy.getsockname()[1]
+        r = roost("serve", "--model", str(make_checkpoint("v7.0")), "--port", str(port))
+    finally:
+        busy.close()
+    assert r.returncode == 2
+    assert "Cannot listen on 127.0.0.1" in r.stderr
+    assert "Loading" not in r.stderr and "http://" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_reader_that_goes_away_is_no_error():
+    """`roost models | head`: the pipe closes while roost still writes."""
+    p = subprocess.Popen([sys.executable, "-m", "roost", "models", "--all"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, cwd=tempfile.gettempdir())
+    p.stdout.close()  # the reader is gone before the first line
+    err = p.stderr.read().decode()
+    p.wait(timeout=120)
+    assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err, err
+    assert p.returncode == cli.BROKEN_PIPE
+
+
+def test_ctrl_c_during_generate_says_stopped_and_exits_130(make_checkpoint):
+    path = str(make_checkpoint("v5.2", n_layer=2, n_embd=128, seed=2))
+    p = subprocess.Popen([sys.executable, "-m", "roost", "generate", "--model", path, "--strategy", "cpu fp32",
+                          "--max-tokens", "100000", "--temperature", "1", "--seed", "1", "Once"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tempfile.gettempdir())
+    try:
+        assert p.stdout.read(1)  # text is streaming
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    err = err.decode()
+    assert p.returncode == 130, err
+    assert "stopped" in err and "token limit" not in err and "Traceback" not in err, err
+
+
+BAD_ARGUMENTS = {
+    None: [["--bogus"], ["no-such-command"]],
+    "generate": [[], ["hi"], ["--model", "/nope/x.pth", "hi"], ["--model", "{bad}", "hi"],
+                 ["--model", "{good}", "--strategy", "warp9", "hi"], ["--model", "{good}", "--max-tokens", "-3", "hi"],
+                 ["--model", "{good}", "--temperature", "hot", "hi"], ["--model", "{dir}", "hi"],
+                 ["--model", "{good}", "--format", "poem", "hi"]],
+    "chat": [[], ["--model", "/nope/x.pth"], ["--model", "{bad}"], ["--model", "{good}", "--think", "maybe"],
+             ["--model", "{good}", "--top-p", "7"]],
+    "doctor": [["--bogus"], ["extra"]],
+    "models": [["--bogus"]],
+    "download": [[], ["no-such-model"], ["x", "--source", "ftp"]],
+    "serve": [[], ["--model", "/nope/x.pth"], ["--model", "{good}", "--port", "99999"],
+              ["--model", "{good}", "--port", "abc"], ["--model", "{good}", "--host", "10.1.2.3"],
+              ["--model", "{good}", "--host", " "], ["--model", "{bad}"], ["--model", "{good}", "--strategy", "warp9"]],
+    "selfcheck": [["extra"]],
+}
+
+
+def test_every_subcommand_refuses_bad_arguments_without_a_traceback(make_checkpoint, tmp_path, capsys):
+    commands = next(a for a in cli._parser()._actions if a.dest == "command").choices
+    assert set(commands) | {None} == set(BAD_ARGUMENTS), "a new subcommand needs its bad-argument cases here"
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"\x80\x02garbage")
+    names = {"good": str(make_checkpoint("v7.0")), "bad": str(bad), "dir": str(tmp_path)}
+    for command, cases in BAD_ARGUMENTS.items():
+        for case in cases:
+            argv = ([command] if command else []) + [a.format(**names) for a in case]
+            try:
+                code = cli.main(argv)
+            except SystemExit as e:  # argparse: usage and a message, exit 2
+                code = e.code
+            out, err = capsys.readouterr()
+            assert code == 2, f"roost {' '.join(argv)} -> {code}\n{out}{err}"
+            assert "Traceback" not in out + err and err.strip(), f"roost {' '.join(argv)}\n{err}"
+
+
+def test_an_unexpected_failure_is_one_line_and_a_log_entry(monkeypatch, capsys):
+    def broken(args):
+        raise RuntimeError("a bug\nwith a second line")
+
+    monkeypatch.setattr(cli, "_doctor", broken)
+    assert cli.main(["doctor"]) == 1
+    err = capsys.readouterr().err
+    assert "doctor failed unexpectedly (RuntimeError: a bug)" in err and "second line" not in err
+    from roost.core.logs import setup_logging
+
+    log = setup_logging().read_text()
+    assert "Traceback" in log and "RuntimeError: a bug" in log

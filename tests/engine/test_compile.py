@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import engine
-from engine import compiled
+from roost import engine
+from roost.engine import compiled
 
 TOKENS = [11, 4000, 300, 65535, 7]
 

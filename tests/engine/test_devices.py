@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine import load_model
-from engine.linear import Int8Linear
+from roost.engine import load_model
+from roost.engine.linear import Int8Linear
 
 TOKENS = torch.randint(0, 65536, (64,), generator=torch.Generator().manual_seed(3)).tolist()
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
@@ -58,9 +58,9 @@ def test_mps_agrees_with_cpu_fp32(make_checkpoint, arch):
 def test_streamed_int8_layers_stay_movable(make_checkpoint):
     """Streamed layers ("cuda fp16i8 *1+") live in CPU memory and are copied to the GPU for each
     forward: their int8 weights must be plain tensors, not fbgemm's CPU-only packing."""
-    from engine.checkpoint import open_checkpoint
-    from engine.model import _matrix_loader
-    from engine.strategy import Placement, Stage
+    from roost.engine.checkpoint import open_checkpoint
+    from roost.engine.model import _matrix_loader
+    from roost.engine.strategy import Placement, Stage
 
     tensors, _ = open_checkpoint(make_checkpoint("v6.0", n_layer=2, n_embd=128))
     place = Placement(Stage("cuda", None, "fp16", True, 1, True), stream=True)

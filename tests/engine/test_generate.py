@@ -7,10 +7,10 @@ import threading
 import pytest
 import torch
 
-from engine import load_model
-from engine.generate import Generation, StopFlag, generate
-from engine.sampling import SamplingParams
-from engine.tokenizer import world_tokenizer
+from roost.engine import load_model
+from roost.engine.generate import Generation, StopFlag, generate
+from roost.engine.sampling import SamplingParams
+from roost.engine.tokenizer import world_tokenizer
 from tests.engine.fakes import ScriptedModel
 
 GREEDY = SamplingParams(temperature=0, presence_penalty=0, frequency_penalty=0)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from engine.linear import Int8Linear, _fbgemm_works, split_linear
+from roost.engine.linear import Int8Linear, _fbgemm_works, split_linear
 
 needs_fbgemm = pytest.mark.skipif(not _fbgemm_works(), reason="no fbgemm on this CPU")
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import load_model
-from engine.checkpoint import open_checkpoint
-from engine.errors import OutOfMemoryError
-from engine.memory import check_fits, estimate
-from engine.strategy import parse_strategy
+from roost.engine import load_model
+from roost.engine.checkpoint import open_checkpoint
+from roost.engine.errors import OutOfMemoryError
+from roost.engine.memory import check_fits, estimate
+from roost.engine.strategy import parse_strategy
 
 
 def test_estimate_scales_with_precision(make_checkpoint):
@@ -59,16 +59,16 @@ def test_a_model_that_does_not_fit_is_refused_with_the_numbers(make_checkpoint):
 
 
 def test_load_model_checks_memory_first(make_checkpoint, monkeypatch):
-    import engine.memory
+    from roost.engine import memory
 
-    monkeypatch.setattr(engine.memory, "available", lambda: {"cpu": 10 * 1024 ** 2})
+    monkeypatch.setattr(memory, "available", lambda: {"cpu": 10 * 1024 ** 2})
     with pytest.raises(OutOfMemoryError, match="Close other programs"):
         load_model(make_checkpoint("v5.2"), "cpu fp32")
 
 
 _LOAD_RSS = r"""
 import re, sys, psutil, torch
-import engine
+from roost import engine
 torch.set_num_threads(1)
 with open("/proc/self/clear_refs", "w") as f:  # a forked child starts with its parent's high-water mark
     f.write("5")

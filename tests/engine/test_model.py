@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from engine import load_model
-from engine.errors import StrategyError
+from roost.engine import load_model
+from roost.engine.errors import StrategyError
 from tests.conftest import ARCHS, ROOT, top1_agreement
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import engine.linear as lin
-from engine import load_model
-from engine.linear import Int8Linear, PackedLinear, pack_for_cpu, packs_on_cpu
+import roost.engine.linear as lin
+from roost.engine import load_model
+from roost.engine.linear import Int8Linear, PackedLinear, pack_for_cpu, packs_on_cpu
 
 needs_packing = pytest.mark.skipif(not packs_on_cpu(torch.float32), reason="oneDNN packing unavailable")
 TOKENS = list(range(300, 340))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine import load_model
+from roost.engine import load_model
 from tests.conftest import ARCHS, run_reference
 
 TOKENS = [int(t) for t in torch.randint(0, 50277, (24,), generator=torch.Generator().manual_seed(7))]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from engine import load_model
-from engine.chat import ChatSession
-from engine.prompts import G1_CHAT, RAVEN_CHAT, WORLD_CHAT, Message, build_prompt, clean, default_format, split_reasoning
-from engine.sampling import SamplingParams
+from roost.engine import load_model
+from roost.engine.chat import ChatSession
+from roost.engine.prompts import G1_CHAT, RAVEN_CHAT, WORLD_CHAT, Message, build_prompt, clean, default_format, split_reasoning
+from roost.engine.sampling import SamplingParams
 
 
 def test_world_chat_transcript():

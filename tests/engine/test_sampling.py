@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.sampling import PenaltyTracker, SamplingParams, sample_logits
+from roost.engine.sampling import PenaltyTracker, SamplingParams, sample_logits
 
 
 def gen(seed=0):

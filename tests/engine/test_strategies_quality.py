@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine import load_model
+from roost.engine import load_model
 from tests.conftest import ARCHS, top1_agreement
 
 TOKENS = torch.randint(0, 65536, (256,), generator=torch.Generator().manual_seed(5)).tolist()
@@ -72,7 +72,7 @@ def test_int8_on_a_real_shape(fp32_logits, arch):
 
 
 def test_int8_weights_take_a_quarter_of_fp32(make_checkpoint):
-    from engine.linear import Int8Linear
+    from roost.engine.linear import Int8Linear
 
     model = load_model(make_checkpoint("v6.0", n_layer=2, n_embd=256), "cpu int8")
     w = model._layers[0]["att.output.weight"]
@@ -84,7 +84,7 @@ def test_int8_weights_take_a_quarter_of_fp32(make_checkpoint):
 
 
 def test_int8_kernel_choice_follows_the_measured_errors(monkeypatch):
-    import engine.model as em
+    import roost.engine.model as em
 
     k = "blocks.3.att.key.weight"
     monkeypatch.setattr(em, "cpu_has_vnni", lambda: False)  # 7-bit activations: weight-only precision

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.errors import StrategyError
-from engine.strategy import check_devices, parse_strategy, plan_layers
+from roost.engine.errors import StrategyError
+from roost.engine.strategy import check_devices, parse_strategy, plan_layers
 
 
 @pytest.mark.parametrize("text, canonical", [

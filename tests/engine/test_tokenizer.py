@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 import pytest
 
-from engine.errors import TokenizerError
-from engine.tokenizer import NeoXTokenizer, StreamDecoder, WorldTokenizer, tokenizer_for_vocab, world_tokenizer
+from roost.engine.errors import TokenizerError
+from roost.engine.tokenizer import (NeoXTokenizer, StreamDecoder, WorldTokenizer, tokenizer_for_vocab, world_tokenizer,
+                                    world_vocab_path)
 
 SAMPLES = [
     "Hello, world! The quick brown fox jumps over the lazy dog.",
@@ -26,16 +28,21 @@ def random_unicode(n: int, seed: int) -> str:
     return "".join(chr(rnd.randint(*rnd.choice(ranges))) for _ in range(n))
 
 
+# sha256 of the World vocabulary as published in BlinkDL/ChatRWKV (LF line endings); the copy in the
+# rwkv package has CRLF line endings and the same content
+WORLD_VOCAB_SHA256 = "e6dee3d4e31b4d5c40ac99508ac6c701ceef4bed681bf2167ce9a908552bca89"
+
+
 @pytest.fixture(scope="module")
-def reference_world(shared_dir):
+def reference_world(world_vocab_file):
     from rwkv.rwkv_tokenizer import TRIE_TOKENIZER  # the reference, in tests only
 
-    return TRIE_TOKENIZER(str(shared_dir / "data" / "rwkv_vocab_v20230424.txt"))
+    return TRIE_TOKENIZER(str(world_vocab_file))
 
 
 @pytest.fixture(scope="module")
-def neox(shared_dir):
-    return NeoXTokenizer(shared_dir / "data" / "20B_tokenizer.json")
+def neox(neox_tokenizer_file):
+    return NeoXTokenizer(neox_tokenizer_file)
 
 
 @pytest.mark.parametrize("text", SAMPLES + [random_unicode(3000, s) for s in range(3)])
@@ -46,18 +53,22 @@ def test_world_ids_match_the_reference_and_round_trip(reference_world, text):
     assert tok.decode(ids) == text
 
 
-def test_the_product_vocab_is_the_teams_reference_copy(shared_dir):
-    mine = WorldTokenizer(shared_dir / "data" / "rwkv_vocab_v20230424.txt")
+def test_the_product_vocab_is_the_published_one(tmp_path):
+    product_file = world_vocab_path()
+    data = product_file.read_bytes().replace(b"\r\n", b"\n")
+    assert hashlib.sha256(data).hexdigest() == WORLD_VOCAB_SHA256
+    # line endings do not change what is read
+    (tmp_path / "lf.txt").write_bytes(data)
     product = world_tokenizer()
-    assert mine.id_to_bytes == product.id_to_bytes
+    assert WorldTokenizer(tmp_path / "lf.txt").id_to_bytes == product.id_to_bytes
     assert product.vocab_size == 65536 and product.eos_token == 0
 
 
 @pytest.mark.parametrize("text", SAMPLES + [random_unicode(2000, 9)])
-def test_neox_matches_the_tokenizers_library(neox, shared_dir, text):
+def test_neox_matches_the_tokenizers_library(neox, neox_tokenizer_file, text):
     from tokenizers import Tokenizer
 
-    ref = Tokenizer.from_file(str(shared_dir / "data" / "20B_tokenizer.json"))
+    ref = Tokenizer.from_file(str(neox_tokenizer_file))
     ids = neox.encode(text)
     assert ids == ref.encode(text).ids
     assert neox.decode(ids) == ref.decode(ids) == text
@@ -86,9 +97,9 @@ def test_invalid_bytes_are_replaced_not_held_forever():
     assert out == "\ufffdA"
 
 
-def test_tokenizer_choice_by_vocabulary(tmp_path, shared_dir):
+def test_tokenizer_choice_by_vocabulary(tmp_path, neox_tokenizer_file):
     assert isinstance(tokenizer_for_vocab(65536), WorldTokenizer)
-    (tmp_path / "20B_tokenizer.json").write_bytes((shared_dir / "data" / "20B_tokenizer.json").read_bytes())
+    (tmp_path / "20B_tokenizer.json").write_bytes(neox_tokenizer_file.read_bytes())
     assert isinstance(tokenizer_for_vocab(50277, tmp_path / "raven.pth"), NeoXTokenizer)
 
 

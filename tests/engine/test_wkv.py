@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.arch import common
-from engine.arch.common import FACTOR_LIMIT, wkv_chunked
+from roost.engine.arch import common
+from roost.engine.arch.common import FACTOR_LIMIT, wkv_chunked
 
 
 def recurrence(r, k, v, logw, u, s):
@@ -78,7 +78,7 @@ def test_strong_decay_takes_the_exact_form(monkeypatch):
     """A chunk whose decay passes e^-2*FACTOR_LIMIT would overflow factorised: it must not be."""
     x = inputs(16, 50.0)
     assert float(x[3].sum(0).min()) < -2 * FACTOR_LIMIT
-    monkeypatch.setattr("engine.arch.common.FACTOR_LIMIT", 1e9)  # force the factorised form
+    monkeypatch.setattr("roost.engine.arch.common.FACTOR_LIMIT", 1e9)  # force the factorised form
     forced, _ = wkv_chunked(*x)
     assert not torch.isfinite(forced).all()  # so the test above exercises the fallback
 
@@ -96,7 +96,7 @@ def delta_rule(r, logw, k, v, kk, a, s):
 
 @pytest.mark.parametrize("T", [1, 5, 32, 45])
 def test_rwkv7_chunks_match_the_delta_rule(T):
-    from engine.arch import v7
+    from roost.engine.arch import v7
 
     g = torch.Generator().manual_seed(T)
     H, N = 3, 16

@@ -20,8 +20,8 @@ def home(tmp_path, monkeypatch):
 @pytest.fixture
 def window(qtbot, home):
     """The main window with its engine thread, as `roost` starts it (no machine probe)."""
-    from app.gui.app import create_window
-    from app.gui.worker import EngineThread
+    from roost.gui.app import create_window
+    from roost.gui.worker import EngineThread
 
     wins = []
 

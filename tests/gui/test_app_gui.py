@@ -14,7 +14,7 @@ from tests.gui.conftest import load
 
 STARTUP = """
 import sys, time
-from app.gui.app import create_window
+from roost.gui.app import create_window
 from PySide6.QtWidgets import QApplication
 win = create_window(start_engine=False)
 QApplication.instance().processEvents()

@@ -8,10 +8,10 @@ from dataclasses import replace
 import pytest
 from PySide6.QtCore import Qt
 
-from app.core.advisor import RUNS_WELL
-from app.core.catalog import load_catalog
-from app.core.hardware import Machine
-from app.core.queue import DownloadQueue
+from roost.core.advisor import RUNS_WELL
+from roost.core.catalog import load_catalog
+from roost.core.hardware import Machine
+from roost.core.queue import DownloadQueue
 from tests.hubserver import HubServer
 
 MACHINE = Machine(os="Linux", cpu_name="Test CPU", cpu_cores=8, ram_total=16 << 30, ram_free=12 << 30,
@@ -36,7 +36,7 @@ def served(make_checkpoint):
 
 
 def with_queue(win, hub, home):
-    from app.core import paths
+    from roost.core import paths
 
     q = DownloadQueue(paths.models_dir(), endpoints={"hf": hub.hub_url}, backoff=0.01)
     q.listen(win.bridge.job.emit)
@@ -45,7 +45,7 @@ def with_queue(win, hub, home):
 
 
 def test_first_run_downloads_the_recommendation_and_opens_the_chat(qtbot, window, served, home):
-    from app.gui.app import on_machine
+    from roost.gui.app import on_machine
 
     model, catalog, hub = served
     win = window()
@@ -64,7 +64,7 @@ def test_first_run_downloads_the_recommendation_and_opens_the_chat(qtbot, window
 
 
 def test_models_page_lists_fit_downloads_pauses_resumes_deletes(qtbot, window, served, home):
-    from app.gui.app import on_machine
+    from roost.gui.app import on_machine
 
     model, catalog, hub = served
     win = window()

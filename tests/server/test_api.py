@@ -16,11 +16,11 @@ try:  # the HTTP client the openai package brings: httpx2 (openai 3.x) or httpx 
 except ImportError:  # pragma: no cover
     import httpx as httpx2
 
-from app.core.runtime import Runtime
-from app.server.cache import PrefixCache
-from app.server.jobs import chat_tokens
-from app.server.run import ApiServer, ServerError, check_bind, is_loopback
-from engine.sampling import SamplingParams
+from roost.core.runtime import Runtime
+from roost.server.cache import PrefixCache
+from roost.server.jobs import chat_tokens
+from roost.server.run import ApiServer, ServerError, check_bind, is_loopback
+from roost.engine.sampling import SamplingParams
 
 LONG = 3000  # a max_tokens that takes far longer than any test waits
 
@@ -319,7 +319,7 @@ def test_listening_beyond_loopback_needs_an_api_key(runtime):
         with pytest.raises(ServerError, match="API key"):
             check_bind(host, 8000, "  ")
         check_bind(host, 8000, "a-key")  # allowed with a key
-    from app.cli import main
+    from roost.cli import main
 
     assert main(["serve", "--model", "whatever.pth", "--host", "0.0.0.0"]) == 2  # refused before loading
 

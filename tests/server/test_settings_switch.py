@@ -17,8 +17,8 @@ def win(qtbot, tmp_path, monkeypatch):
     monkeypatch.setenv("ROOST_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("ROOST_MODELS_DIR", raising=False)
     monkeypatch.setenv("LANG", "en_US.UTF-8")
-    from app.gui.app import create_window
-    from app.gui.worker import EngineThread
+    from roost.gui.app import create_window
+    from roost.gui.worker import EngineThread
 
     w = create_window(start_engine=False)
     qtbot.addWidget(w)

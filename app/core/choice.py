@@ -1,0 +1,84 @@
+"""Which model file and which strategy a command or the app uses: one rule for every entry point.
+
+Strategy: the one asked for (``--strategy`` or a choice made in the app), else the model's saved
+override (Models page), else the saved default (Settings), else ``auto``; ``auto`` is the advisor's
+choice for this file on this machine, given with its reason. ``roost generate``, ``roost chat``,
+``roost serve`` and the desktop app all decide through :func:`decide_strategy`.
+
+Model: a path to a file, or the name of a catalog model (its id or file name) already in the
+models folder.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from roost.engine.errors import RoostError
+
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class StrategyChoice:
+    strategy: str  # an engine strategy string, never "auto"
+    requested: str  # what the rule gave before the advisor: a strategy or "auto"
+    reason: str  # "" unless the advisor chose
+    reason_zh: str
+
+
+def requested_strategy(model_file: str | os.PathLike, asked: str | None = None,
+                       settings: dict | None = None) -> str:
+    """The strategy asked for `model_file`: `asked`, else its override, else the default, else auto."""
+    if asked is not None and asked.strip():
+        return asked.strip()
+    if settings is None:
+        from roost.core.paths import load_settings
+
+        settings = load_settings()
+    overrides = settings.get("strategy_overrides") or {}
+    override = overrides.get(Path(model_file).name) if isinstance(overrides, dict) else None
+    default = settings.get("default_strategy")
+    for value in (override, default):
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return AUTO
+
+
+def decide_strategy(path: str | os.PathLike, asked: str | None = None,
+                    settings: dict | None = None) -> StrategyChoice:
+    """The strategy to load `path` with (see the module's rule); "auto" asks the advisor."""
+    requested = requested_strategy(path, asked, settings)
+    if requested.lower() != AUTO:
+        return StrategyChoice(requested, requested, "", "")
+    from roost.core.advisor import advise_file
+
+    advice = advise_file(path)
+    return StrategyChoice(advice.strategy, AUTO, advice.reason, advice.reason_zh)
+
+
+def resolve_model(spec: str, models_dir: str | os.PathLike | None = None) -> Path:
+    """A model file from what a user typed: a path, or a catalog model downloaded to the models folder."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise RoostError(f"{path} is a folder; give the model's .pth or .safetensors file.\n"
+                         f"{path} 是一个文件夹，请指定模型的 .pth 或 .safetensors 文件。")
+    from roost.core import paths
+    from roost.core.catalog import load_catalog
+
+    folder = Path(models_dir) if models_dir is not None else paths.models_dir(create=False)
+    model = next((m for m in load_catalog() if spec in (m.id, m.file)), None)
+    if model is not None:
+        path = folder / Path(model.file).name
+        if path.is_file():
+            return path
+        raise RoostError(f"{model.display} ({model.id}) is not downloaded yet. Download it with: "
+                         f"roost download {model.id}\n{model.display} 尚未下载。请先运行：roost download {model.id}")
+    if Path(spec).name == spec and (folder / spec).is_file():  # a file name in the models folder
+        return folder / spec
+    raise RoostError(f"There is no file at {path.absolute()}. Check the path, or see 'roost models' for "
+                     f"the models Roost can download.\n找不到文件 {path.absolute()}。请检查路径，或运行 "
+                     f"'roost models' 查看可下载的模型。")

@@ -1,0 +1,83 @@
+"""Roost installs as one import package, `roost`, whose data files are found wherever it is installed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+from tests.conftest import ROOT
+
+
+def _setuptools_config() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+
+
+def test_every_package_folder_is_in_the_wheel():
+    """A new folder with an __init__.py under app/ or engine/ must be listed, or the wheel lacks it."""
+    cfg = _setuptools_config()
+    mapping = cfg["package-dir"]
+    assert set(mapping) == {"roost", "roost.engine", "roost.assets"}
+    found = set()
+    for name, folder in mapping.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder)
+            dotted = ".".join((name, *rel.parts))
+            if not any(dotted == other or dotted.startswith(other + ".")
+                       for other in mapping if other != name and len(other) > len(name)):
+                found.add(dotted)
+    assert found == set(cfg["packages"])
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                        "--disable-pip-version-check", "-q", "-w", str(out), str(ROOT)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (path,) = out.glob("roost-*.whl")
+    return path
+
+
+def test_the_wheel_installs_one_top_level_name_with_its_data(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names}
+    assert {t for t in tops if not t.endswith(".dist-info")} == {"roost"}
+    assert "roost/assets/catalog.json" in names and "roost/engine/arch/v7.py" in names
+    assert not [n for n in names if n.endswith(".png")]  # the README's screenshots stay out
+    dist = next(t for t in tops if t.endswith(".dist-info"))
+    entry_points = zipfile.ZipFile(wheel).read(f"{dist}/entry_points.txt").decode()
+    assert "roost = roost.cli:main" in entry_points
+
+
+def test_an_installed_layout_finds_its_catalog_away_from_the_checkout(wheel, tmp_path):
+    """The wheel's files unpacked as site-packages would hold them; run from outside the checkout."""
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    env = {**os.environ, "PYTHONPATH": str(site), "ROOST_HOME": str(tmp_path / "home")}
+    code = ("import roost, roost.engine; from roost.core.catalog import load_catalog; "
+            "print(roost.__file__); print(roost.engine.__file__); print(len(load_catalog()))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    roost_file, engine_file, count = r.stdout.split()
+    assert Path(roost_file).is_relative_to(site) and Path(engine_file).is_relative_to(site)
+    assert int(count) > 10
+    r = subprocess.run([sys.executable, "-m", "roost", "models"], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and "RWKV-7 G1" in r.stdout, r.stderr
+
+
+def test_a_missing_data_file_is_said_plainly(monkeypatch):
+    from roost.core import paths
+    from roost.engine.errors import RoostError
+
+    with pytest.raises(RoostError, match="installation is incomplete: its data file nothing.json is missing"):
+        paths.read_asset_text("nothing.json")
