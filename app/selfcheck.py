@@ -48,7 +48,7 @@ def run(out=sys.stdout) -> int:
 
     frozen = "frozen bundle" if getattr(sys, "frozen", False) else "Python install"
     print(f"Roost {__version__} ({frozen}), Python {platform.python_version()}, {platform.platform()}", file=out)
-    steps = [("tokenizer", _tokenizer), ("model", _model), ("int8", _int8), ("conversations database", _sqlite),
+    steps = [("catalog", _catalog), ("tokenizer", _tokenizer), ("model", _model), ("int8", _int8), ("conversations database", _sqlite),
              ("Qt", _qt), ("main window", _window), ("API server", _api)]
     ok = True
     # everything the check writes goes here and is removed at the end (Windows may hold a file open
@@ -65,6 +65,15 @@ def run(out=sys.stdout) -> int:
                 print(f"  FAIL  {name}: {type(e).__name__}: {e}", file=out)
     print("selfcheck OK" if ok else "selfcheck FAILED", file=out, flush=True)
     return 0 if ok else 1
+
+
+def _catalog(scratch: Scratch) -> str:
+    """The bundled model catalog is found (package data, wherever Roost is installed)."""
+    from roost.core.catalog import load_catalog
+
+    models = load_catalog(refreshed=False)
+    assert models, "the catalog is empty"
+    return f"{len(models)} models"
 
 
 def _tokenizer(scratch: Scratch) -> str:

@@ -18,7 +18,7 @@ def test_selfcheck_passes_says_so_and_leaves_nothing_behind(tmp_path):
     assert "selfcheck OK" in r.stdout and "FAIL" not in r.stdout
     assert "ok    model: RWKV-7" in r.stdout and "ok    main window" in r.stdout
     assert "ok    int8: kernel " in r.stdout
-    assert "ok    API server" in r.stdout
+    assert "ok    API server" in r.stdout and "ok    catalog: " in r.stdout
     # the self-test model was made once (not per step) and removed with everything else it wrote
     assert list(temp.iterdir()) == []
     home = tmp_path / "home"  # the user's data folder: the log at most, no settings or chats
