@@ -133,6 +133,13 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-tokens-limit", type=int, default=4096, help="the most max_tokens a request may ask")
     sv.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     sv.set_defaults(func=_serve)
+    st = sub.add_parser("settings", help="show the saved settings, or change one: roost settings set KEY VALUE")
+    st_sub = st.add_subparsers(dest="action")
+    st_set = st_sub.add_parser("set", help="change one setting (checked; a bad value is refused with the allowed ones)")
+    st_set.add_argument("key", help="e.g. proxy, source, models_dir, default_strategy, sampling.temperature")
+    st_set.add_argument("value", help="the new value; \"\" resets it to the default")
+    st.add_argument("--json", action="store_true", help="all settings as JSON (secrets masked)")
+    st.set_defaults(func=_settings_command)
     sc = sub.add_parser("selfcheck", help="check that this installation works (exit code 0 when it does)")
     sc.set_defaults(func=lambda args: __import__("roost.selfcheck", fromlist=["run"]).run())
     return p
@@ -243,19 +250,57 @@ def _serve(args) -> int:
     return serve_cli(args)
 
 
+def _settings(quiet: bool = False):
+    """The settings store; a notice about the file (damaged, values reset) is said once, on stderr."""
+    from roost.core.settings import SettingsStore
+
+    store = SettingsStore()
+    if store.notice and not quiet:
+        print(f"roost: {store.notice}", file=sys.stderr)
+    return store
+
+
+def _settings_command(args) -> int:
+    import json
+
+    from roost.core.settings import SECRET, SettingsError, describe, set_from_text
+
+    store = _settings()
+    if args.action == "set":
+        try:
+            set_from_text(store, args.key, args.value)
+        except SettingsError as e:
+            from roost.engine.errors import RoostError
+
+            raise RoostError(str(e)) from None
+        print(f"{args.key} saved in {store.path}", file=sys.stderr)
+    if args.json:
+        data = store.current.to_json()
+        for key in SECRET:
+            data[key] = "(set)" if data.get(key) else ""
+        print(json.dumps(data, indent=1, ensure_ascii=False))
+        return 0
+    rows = describe(store.current)
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    if args.action is None:
+        print(f"\nFile: {store.path}    Change one: roost settings set KEY VALUE")
+    return 0
+
+
 def _doctor(args) -> int:
     import json
 
     from roost.core import paths
     from roost.core.catalog import load_catalog, recommend
     from roost.core.hardware import probe
-    from roost.core.sources import suggested_source
     from roost.engine.memory import gib
 
     folder = paths.models_dir()
     machine = probe(folder)
     model, advice = recommend(load_catalog(), machine)
-    source = paths.load_settings().get("source") or suggested_source()
+    source = _settings().current.download_source()
     if args.json:
         print(json.dumps({"machine": machine.to_dict(), "models_dir": str(folder), "source": source,
                           "recommended": {"model": model.id, "strategy": advice.strategy,
@@ -303,19 +348,17 @@ def _models(args) -> int:
 
 
 def _download(args) -> int:
-    import os
-
-    from roost.core import paths
     from roost.core.catalog import load_catalog
     from roost.core.download import human_size
     from roost.core.library import download_target, target_for
-    from roost.core.sources import suggested_source
+    from roost.core.settings import apply_proxy
 
-    folder = Path(args.models_dir).expanduser() if args.models_dir else paths.models_dir()
+    settings = _settings().current
+    folder = Path(args.models_dir).expanduser() if args.models_dir else settings.models_folder()
     folder.mkdir(parents=True, exist_ok=True)
-    settings = paths.load_settings()
-    source = args.source or settings.get("source") or suggested_source()
-    token = args.token or os.environ.get("HF_TOKEN") or settings.get("hf_token")
+    source = args.source or settings.download_source()
+    token = args.token or settings.token()
+    apply_proxy(settings.proxy)  # the proxy saved in the app (or the system's when none is)
     target = target_for(args.spec, load_catalog())
     print(f"{target.repo}/{target.file} -> {folder}", file=sys.stderr)
     bar = _ProgressBar()

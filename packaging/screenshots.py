@@ -53,11 +53,12 @@ def render(out: Path, theme: str, lang: str, wanted) -> list[Path]:
     from roost.core import paths
     from roost.core.catalog import load_catalog, recommend
     from roost.core.hardware import probe
+    from roost.core.settings import SettingsStore
     from roost.gui.app import create_window
 
     home = Path(tempfile.mkdtemp(prefix="roost-shots-"))
     os.environ["ROOST_HOME"] = str(home)
-    paths.save_settings({"language": lang, "theme": theme})
+    SettingsStore().update(language=lang, theme=theme)
     win = create_window(start_engine=False)
     app = QApplication.instance()
     title, turns, partial = SAMPLE[lang]

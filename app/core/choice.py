@@ -14,10 +14,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from roost.core.settings import AUTO
 from roost.engine.errors import RoostError
 
-AUTO = "auto"
+if TYPE_CHECKING:
+    from roost.core.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -29,25 +32,17 @@ class StrategyChoice:
 
 
 def requested_strategy(model_file: str | os.PathLike, asked: str | None = None,
-                       settings: dict | None = None) -> str:
-    """The strategy asked for `model_file`: `asked`, else its override, else the default, else auto."""
-    if asked is not None and asked.strip():
-        return asked.strip()
+                       settings: Settings | None = None) -> str:
+    """The strategy asked for `model_file` (Settings.strategy_for on the saved settings by default)."""
     if settings is None:
-        from roost.core.paths import load_settings
+        from roost.core.settings import load_settings
 
         settings = load_settings()
-    overrides = settings.get("strategy_overrides") or {}
-    override = overrides.get(Path(model_file).name) if isinstance(overrides, dict) else None
-    default = settings.get("default_strategy")
-    for value in (override, default):
-        if isinstance(value, str) and value.strip():
-            return value.strip()
-    return AUTO
+    return settings.strategy_for(model_file, asked)
 
 
 def decide_strategy(path: str | os.PathLike, asked: str | None = None,
-                    settings: dict | None = None) -> StrategyChoice:
+                    settings: Settings | None = None) -> StrategyChoice:
     """The strategy to load `path` with (see the module's rule); "auto" asks the advisor."""
     requested = requested_strategy(path, asked, settings)
     if requested.lower() != AUTO:

@@ -3,12 +3,12 @@
 The models folder is per user and writable by default (not beside the app: macOS app bundles and
 Windows Program Files are read-only). A portable pack (a frozen Roost with a writable `models/`
 folder beside it) keeps its models there. The user may choose another folder; that choice is stored
-in the settings file. `ROOST_MODELS_DIR` and `ROOST_HOME` override both (tests, power users).
+in the settings file (roost.core.settings). `ROOST_MODELS_DIR` and `ROOST_HOME` override both
+(tests, power users).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from importlib import resources
@@ -57,21 +57,6 @@ def settings_file() -> Path:
     return data_dir() / "settings.json"
 
 
-def load_settings() -> dict:
-    try:
-        return json.loads(settings_file().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
-def save_settings(settings: dict) -> None:
-    path = settings_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(settings, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def portable_models_dir() -> Path | None:
     """`models/` beside a frozen Roost, when it exists or can be made and is writable."""
     if not getattr(sys, "frozen", False):
@@ -91,22 +76,11 @@ def portable_models_dir() -> Path | None:
 
 
 def models_dir(create: bool = True) -> Path:
-    """The models folder in force: override, user's choice, portable pack, or the per-user default."""
-    chosen = os.environ.get("ROOST_MODELS_DIR") or load_settings().get("models_dir")
-    folder = Path(chosen).expanduser() if chosen else (portable_models_dir() or data_dir() / "models")
+    """The models folder in force: $ROOST_MODELS_DIR, the user's choice (Settings), a portable pack's,
+    or the per-user default."""
+    from roost.core.settings import load_settings
+
+    folder = load_settings().models_folder()
     if create:
         folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-def set_models_dir(folder: str | os.PathLike) -> Path:
-    """Remember the user's choice of models folder (it must be writable)."""
-    folder = Path(folder).expanduser().resolve()
-    folder.mkdir(parents=True, exist_ok=True)
-    probe = folder / ".roost-write-test"
-    probe.write_bytes(b"")
-    probe.unlink()
-    settings = load_settings()
-    settings["models_dir"] = str(folder)
-    save_settings(settings)
     return folder

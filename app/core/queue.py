@@ -31,7 +31,9 @@ class Job:
     progress: Progress | None = None
     error: str | None = None
     path: Path | None = None
+    folder: Path | None = None  # where it downloads: the models folder in force when it started
     control: Control = field(default_factory=Control)
+    options: tuple = ()  # (source, endpoints, token) in force when it started
 
     @property
     def finished(self) -> bool:
@@ -52,6 +54,15 @@ class DownloadQueue:
         self._thread.start()
 
     # --- public --------------------------------------------------------------------------------
+    def configure(self, *, models_dir=None, source: str | None = None, token: str | None = None) -> None:
+        """New settings for the jobs that start from now on (a running one keeps its own)."""
+        with self._cond:
+            if models_dir is not None:
+                self.models_dir = Path(models_dir)
+            if source is not None:
+                self.source = source
+            self.token = token
+
     def listen(self, fn: Callable[[Job], None]) -> None:
         self._listeners.append(fn)
 
@@ -120,8 +131,9 @@ class DownloadQueue:
         self._cond.notify_all()
 
     def _delete_partial(self, job: Job) -> None:
+        folder = job.folder or self.models_dir
         for suffix in (".part", ".part.json"):
-            (self.models_dir / (job.target.name + suffix)).unlink(missing_ok=True)
+            (folder / (job.target.name + suffix)).unlink(missing_ok=True)
 
     def _emit(self, job: Job) -> None:
         for fn in list(self._listeners):
@@ -133,6 +145,8 @@ class DownloadQueue:
                 job = next((j for j in self._jobs if j.state == QUEUED), None)
                 if job is not None:
                     job.state = RUNNING
+                    job.folder = job.folder if job.folder is not None else self.models_dir
+                    job.options = (self.source, self.endpoints, self.token)
                     return job
                 self._cond.wait()
         return None
@@ -145,10 +159,12 @@ class DownloadQueue:
                 job.progress = p
                 self._emit(job)
 
+            source, endpoints, token = job.options
             try:
-                job.path = download_target(job.target, self.models_dir, source=self.source,
-                                           endpoints=self.endpoints, token=self.token,
-                                           progress=on_progress, control=job.control, **self.download_kw)
+                job.folder.mkdir(parents=True, exist_ok=True)
+                job.path = download_target(job.target, job.folder, source=source, endpoints=endpoints,
+                                           token=token, progress=on_progress, control=job.control,
+                                           **self.download_kw)
                 state = DONE
             except StoppedError as e:
                 state = CANCELLED if e.cancelled else PAUSED

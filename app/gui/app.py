@@ -19,17 +19,20 @@ def create_window(start_engine: bool = True):
     from PySide6.QtWidgets import QApplication
 
     from roost.gui.i18n import set_language
-    from roost.gui.settings_page import apply_proxy
+    from roost.core.settings import SettingsStore, apply_proxy
     from roost.gui.theme import apply_theme
     from roost.gui.window import MainWindow
 
     app = QApplication.instance() or QApplication(sys.argv)
     app.setApplicationName("Roost")
-    settings = paths.load_settings()
-    set_language(settings.get("language") or default_language())
-    apply_theme(app, settings.get("theme", "system"))
-    apply_proxy(settings.get("proxy", ""))
-    win = MainWindow()
+    store = SettingsStore()
+    settings = store.current
+    set_language(settings.language or default_language())
+    apply_theme(app, settings.theme)
+    apply_proxy(settings.proxy)
+    win = MainWindow(settings=store)
+    if store.notice:  # the settings file was damaged (kept aside) or held values Roost cannot use
+        win.show_error(store.notice)
     win.show()
     keep_gc_on_ui_thread(app)
     if start_engine:
@@ -77,25 +80,36 @@ def default_language() -> str:
 
 def start_background(win) -> None:
     from roost.core.queue import DownloadQueue
-    from roost.core.sources import suggested_source
     from roost.gui.worker import EngineThread
 
     win.attach_engine(EngineThread(win))
-    s = win.settings
-    queue = DownloadQueue(paths.models_dir(), source=s.get("source") or suggested_source(),
-                          token=s.get("hf_token") or None)
-    queue.listen(win.bridge.job.emit)
-    win.queue = queue
+    s = win.settings.current
+    connect_queue(win, DownloadQueue(s.models_folder(), source=s.download_source(), token=s.token()))
     win.bridge.machine.connect(lambda machine, catalog: on_machine(win, machine, catalog))
 
     def probe():
         from roost.core.catalog import load_catalog
         from roost.core.hardware import probe as probe_machine
 
-        machine = probe_machine(paths.models_dir())
+        folder = win.settings.current.models_folder()
+        folder.mkdir(parents=True, exist_ok=True)
+        machine = probe_machine(folder)
         win.bridge.machine.emit(machine, load_catalog())
 
     threading.Thread(target=probe, name="roost-probe", daemon=True).start()
+
+
+def connect_queue(win, queue) -> None:
+    """The window shows the queue's jobs, and the queue follows the settings: a new models folder,
+    source or token applies to the next download."""
+    queue.listen(win.bridge.job.emit)
+    win.queue = queue
+
+    def follow(old, new) -> None:
+        if win.queue is queue:
+            queue.configure(models_dir=new.models_folder(), source=new.download_source(), token=new.token())
+
+    win.settings.subscribe(follow)
 
 
 def on_machine(win, machine, catalog) -> None:
@@ -105,15 +119,15 @@ def on_machine(win, machine, catalog) -> None:
     win.machine = machine
     win.catalog = catalog
     win.models.set_catalog(catalog)
-    have = installed(paths.models_dir(), catalog)
+    have = installed(win.settings.current.models_folder(), catalog)
     if not have:
         model, advice = recommend(catalog, machine)
         win.chat.welcome.set_recommendation(machine, model, advice)
         win.chat.show_welcome(True)
         return
-    last = win.settings.get("last_model")
+    last = win.settings.current.last_model
     if last and Path(last).is_file() and win.info is None and win.loading is None:
-        win.load_model(last, requested_strategy(last, settings=win.settings))
+        win.load_model(last, requested_strategy(last, settings=win.settings.current))
 
 
 def run() -> int:

@@ -92,7 +92,7 @@ class ChatPage(QWidget):
 
         self.view = QTextBrowser(openLinks=False)
         self.view.anchorClicked.connect(self._on_link)
-        self.sampling = SamplingPanel(self.win.settings)
+        self.sampling = SamplingPanel(self.win.settings.current)
         self.sampling.setVisible(False)
         self.sampling_btn.toggled.connect(self.sampling.setVisible)
         middle = QHBoxLayout()

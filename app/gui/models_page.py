@@ -286,7 +286,7 @@ class ModelsPage(QWidget):
     def strategy_for(self, row: Row) -> str:
         from roost.core.choice import AUTO, requested_strategy
 
-        strategy = requested_strategy(row.file, settings=self.win.settings)
+        strategy = requested_strategy(row.file, settings=self.win.settings.current)
         if strategy != AUTO:
             return strategy
         return row.advice.strategy if row.advice else tr("Automatic")
@@ -340,7 +340,9 @@ class ModelsPage(QWidget):
         else:
             self.details.setText(f"<b>{row.path.name}</b>")
         self.reason.setText(pick(row.advice.reason, row.advice.reason_zh) if row.advice else "")
-        override = self.win.settings.get("strategy_overrides", {}).get(row.file)
+        if job is not None and job.state == "failed" and job.error:
+            self.reason.setText(split_bilingual(job.error))
+        override = self.win.settings.current.strategy_overrides.get(row.file)
         self.strategy.blockSignals(True)
         if override:
             self.strategy.setEditText(override)
@@ -353,22 +355,13 @@ class ModelsPage(QWidget):
         if row is None:
             return
         text = self.strategy.currentText().strip()
-        overrides = self.win.settings.setdefault("strategy_overrides", {})
-        if not text or text == tr("Automatic"):
-            overrides.pop(row.file, None)
-        else:
-            from roost.engine.errors import StrategyError
-            from roost.engine.strategy import parse_strategy
+        from roost.core.settings import SettingsError
 
-            try:
-                parse_strategy(text)
-            except StrategyError as e:
-                self.reason.setText(split_bilingual(str(e)))
-                return
-            overrides[row.file] = text
-        from roost.core import paths
-
-        paths.save_settings(self.win.settings)
+        try:
+            self.win.settings.set_override(row.file, None if text == tr("Automatic") else text)
+        except (SettingsError, OSError) as e:
+            self.reason.setText(split_bilingual(str(e)))
+            return
         self.table.changed_all()
 
     # --- actions -------------------------------------------------------------------------------
@@ -409,18 +402,18 @@ class ModelsPage(QWidget):
         if row and row.path and row.path.exists():
             from roost.core.choice import requested_strategy
 
-            self.win.load_model(str(row.path), requested_strategy(row.file, settings=self.win.settings))
+            self.win.load_model(str(row.path), requested_strategy(row.file, settings=self.win.settings.current))
 
     def unload(self) -> None:
         self.win.unload_model()
 
-    def import_file(self) -> None:
+    def import_file(self):
+        """Ask for a model file and import it; returns its path in the models folder, or None."""
         path, _ = QFileDialog.getOpenFileName(self, tr("Choose an RWKV model file"), "",
                                               tr("RWKV models (*.pth *.safetensors)"))
-        if path:
-            self.import_path(path)
+        return self.import_path(path) if path else None
 
-    def import_path(self, path: str) -> None:
+    def import_path(self, path: str):
         from roost.core import paths
         from roost.core.library import import_file
         from roost.engine.errors import RoostError
@@ -429,9 +422,10 @@ class ModelsPage(QWidget):
             inst = import_file(path, paths.models_dir(), self.catalog)
         except RoostError as e:
             self.win.show_error(str(e))
-            return
+            return None
         self.refresh()
         self.select_file(inst.path.name)
+        return inst.path
 
     def refresh_catalog(self) -> None:
         """Ask the Hub which files still exist, on a thread (the network may be slow or blocked)."""
@@ -440,9 +434,9 @@ class ModelsPage(QWidget):
         from roost.core.catalog import CatalogRefreshError, refresh_catalog
         from roost.core.sources import HUB, MIRROR, endpoints
 
-        source = self.win.settings.get("source", HUB)
-        endpoint = endpoints()[MIRROR] if source == MIRROR else None
-        token = self.win.settings.get("hf_token")
+        settings = self.win.settings.current
+        endpoint = endpoints()[MIRROR] if settings.download_source() == MIRROR else None
+        token = settings.token()
         self.refresh_btn.setEnabled(False)
 
         def work():
@@ -468,9 +462,7 @@ class ModelsPage(QWidget):
                 self.table.changed(r)
         if job.state == "done":
             self.refresh()
-        elif job.state == "failed" and job.error:
-            self.win.show_error(job.error)
-        self.update_details()
+        self.update_details()  # a failed download's message shows in its row's details, not as a banner
 
     def on_model_changed(self) -> None:
         self.table.changed_all()

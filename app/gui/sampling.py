@@ -20,12 +20,13 @@ FIELDS = [  # key, label, minimum, maximum, step, decimals (None: integer)
 ]
 
 
-def defaults(settings: dict) -> dict:
-    return {**DEFAULTS, **settings.get("sampling", {})}
+def defaults(settings) -> dict:
+    """The sampling defaults with the user's saved changes (a Settings)."""
+    return {**DEFAULTS, **settings.sampling}
 
 
 class SamplingPanel(QWidget):
-    def __init__(self, settings: dict, overrides: dict | None = None):
+    def __init__(self, settings, overrides: dict | None = None):
         super().__init__()
         self.setMaximumWidth(260)
         form = QFormLayout(self)

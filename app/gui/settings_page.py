@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from PySide6.QtCore import QObject, Qt, QUrl, Signal
 from PySide6.QtGui import QDesktopServices, QGuiApplication
 from PySide6.QtWidgets import (
@@ -27,28 +25,18 @@ from roost.gui.sampling import SamplingPanel
 from roost.gui.theme import apply_theme
 
 
-def apply_proxy(proxy: str) -> None:
-    """Downloads (urllib, huggingface_hub) read the standard proxy variables."""
-    for var in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
-        if proxy:
-            os.environ[var] = proxy
-        else:
-            os.environ.pop(var, None)
-
-
 class SettingsPage(QWidget):
     def __init__(self, win):
         super().__init__()
         self.win = win
-        s = win.settings
-        from roost.core import paths
-        from roost.core.sources import SOURCE_NAMES, SOURCES, suggested_source
+        s = win.settings.current
+        from roost.core.sources import SOURCE_NAMES, SOURCES
 
         inner = QWidget()
         v = QVBoxLayout(inner)
         form = QFormLayout()
         folder_row = QHBoxLayout()
-        self.folder = QLineEdit(str(paths.models_dir(create=False)))
+        self.folder = QLineEdit(str(s.models_folder()))
         browse = QPushButton(tr("Browse…"), clicked=self.browse)
         folder_row.addWidget(self.folder, 1)
         folder_row.addWidget(browse)
@@ -57,22 +45,22 @@ class SettingsPage(QWidget):
         for key in SOURCES:
             en, zh = SOURCE_NAMES[key]
             self.source.addItem(zh if language() == "zh" else en, key)
-        self.source.setCurrentIndex(self.source.findData(s.get("source") or suggested_source()))
+        self.source.setCurrentIndex(self.source.findData(s.download_source()))
         form.addRow(tr("Download source:"), self.source)
-        self.token = QLineEdit(s.get("hf_token", ""), echoMode=QLineEdit.Password,
+        self.token = QLineEdit(s.hf_token, echoMode=QLineEdit.Password,
                                placeholderText=tr("optional, for gated or private models"))
         form.addRow(tr("Hugging Face token:"), self.token)
-        self.proxy = QLineEdit(s.get("proxy", ""), placeholderText=tr("optional, e.g. http://127.0.0.1:7890"))
+        self.proxy = QLineEdit(s.proxy, placeholderText=tr("optional, e.g. http://127.0.0.1:7890"))
         form.addRow(tr("Proxy:"), self.proxy)
         self.lang = QComboBox()
         for key, name in LANGUAGES.items():
             self.lang.addItem(name, key)
-        self.lang.setCurrentIndex(self.lang.findData(s.get("language", language())))
+        self.lang.setCurrentIndex(self.lang.findData(s.language or language()))
         form.addRow(tr("Language:"), self.lang)
         self.theme = QComboBox()
         for key, name in [("system", "System"), ("light", "Light"), ("dark", "Dark")]:
             self.theme.addItem(tr(name), key)
-        self.theme.setCurrentIndex(max(self.theme.findData(s.get("theme", "system")), 0))
+        self.theme.setCurrentIndex(max(self.theme.findData(s.theme), 0))
         form.addRow(tr("Theme:"), self.theme)
         self.strategy = QComboBox(editable=True)
         self.strategy.addItem(tr("Automatic"), "auto")
@@ -80,8 +68,8 @@ class SettingsPage(QWidget):
 
         for p in PRESETS:
             self.strategy.addItem(p, p)
-        if s.get("default_strategy", "auto") != "auto":
-            self.strategy.setEditText(s["default_strategy"])
+        if s.default_strategy != "auto":
+            self.strategy.setEditText(s.default_strategy)
         form.addRow(tr("Default strategy:"), self.strategy)
         v.addLayout(form)
         box = QGroupBox(tr("Default sampling"))
@@ -104,19 +92,19 @@ class SettingsPage(QWidget):
         QVBoxLayout(self).addWidget(scroll)
 
     # --- the local API server --------------------------------------------------------------------
-    def _api_box(self, s: dict) -> QGroupBox:
+    def _api_box(self, s) -> QGroupBox:
         """A switch that serves the loaded model through an OpenAI-compatible API (app/server)."""
         box = QGroupBox(tr("Local API server"))
         form = QFormLayout(box)
         self.api_switch = QCheckBox(tr("Local API server (OpenAI-compatible)"))
         self.api_switch.toggled.connect(self._api_toggled)
         form.addRow(self.api_switch)
-        self.api_host = QLineEdit(s.get("api_host", "127.0.0.1"))
+        self.api_host = QLineEdit(s.api_host)
         self.api_host.setMaximumWidth(220)
         form.addRow(tr("Host:"), self.api_host)
-        self.api_port = QSpinBox(minimum=1, maximum=65535, value=int(s.get("api_port", 8000)))
+        self.api_port = QSpinBox(minimum=1, maximum=65535, value=s.api_port)
         form.addRow(tr("Port:"), self.api_port)
-        self.api_key = QLineEdit(s.get("api_key", ""), echoMode=QLineEdit.Password,
+        self.api_key = QLineEdit(s.api_key, echoMode=QLineEdit.Password,
                                  placeholderText=tr("required when the host is not 127.0.0.1"))
         self.api_key.setMaximumWidth(320)
         form.addRow(tr("API key:"), self.api_key)
@@ -155,16 +143,16 @@ class SettingsPage(QWidget):
             check_bind(host, port, key)
         except ServerError as e:
             return self._api_failed(split_bilingual(str(e)))
-        self.win.settings.update(api_host=host, api_port=port, api_key=key)
-        from roost.core import paths
-
-        paths.save_settings({**paths.load_settings(), "api_host": host, "api_port": port, "api_key": key})
+        try:
+            self.win.settings.update(api_host=host, api_port=port, api_key=key)
+        except (ValueError, OSError) as e:
+            return self._api_failed(split_bilingual(str(e)))
         for w in (self.api_host, self.api_port, self.api_key):
             w.setEnabled(False)
         self.api_status.setText(tr("Starting…"))
         from roost.gui.sampling import defaults
 
-        sampling = defaults(self.win.settings)
+        sampling = defaults(self.win.settings.current)
         chat_defaults = {k: sampling[k] for k in ("temperature", "top_p", "top_k", "presence_penalty",
                                                   "frequency_penalty", "penalty_decay") if k in sampling}
         runtime, bridge = engine.worker.runtime, self._api_bridge
@@ -234,39 +222,30 @@ class SettingsPage(QWidget):
             self.folder.setText(folder)
 
     def save(self) -> None:
-        from roost.core import paths
-        from roost.engine.errors import StrategyError
-        from roost.engine.strategy import parse_strategy
+        from roost.core.settings import SettingsError, apply_proxy
 
-        s = self.win.settings
-        messages = []
+        store = self.win.settings
+        old = store.current
+        changes = dict(source=self.source.currentData(), hf_token=self.token.text().strip(),
+                       proxy=self.proxy.text().strip(), language=self.lang.currentData(),
+                       theme=self.theme.currentData(), sampling=self.sampling.values())
         folder = self.folder.text().strip()
-        if folder and folder != str(paths.models_dir(create=False)):
-            try:
-                s["models_dir"] = str(paths.set_models_dir(folder))
-            except OSError as e:
-                messages.append(f"{folder}: {e.strerror or e}")
+        if folder != str(old.models_folder()):
+            changes["models_dir"] = folder  # "" goes back to the default folder
         strategy = self.strategy.currentText().strip()
-        if strategy in ("", tr("Automatic")):
-            s["default_strategy"] = "auto"
-        else:
+        changes["default_strategy"] = "auto" if strategy in ("", tr("Automatic")) else strategy
+        messages = []
+        for key, value in changes.items():  # each on its own: one bad value keeps the others
             try:
-                parse_strategy(strategy)
-                s["default_strategy"] = strategy
-            except StrategyError as e:
-                messages.append(str(e).splitlines()[0])
-        if self.lang.currentData() != s.get("language", language()):
+                store.update(**{key: value})
+            except (SettingsError, OSError) as e:
+                messages.append(split_bilingual(str(e)))
+        new = store.current
+        if new.language != old.language:
             messages.append(tr("The language changes the next time Roost starts."))
-        s.update(source=self.source.currentData(), hf_token=self.token.text().strip(),
-                 proxy=self.proxy.text().strip(), language=self.lang.currentData(),
-                 theme=self.theme.currentData(), sampling=self.sampling.values())
-        if "models_dir" in s and not folder:
-            s.pop("models_dir")
-        paths.save_settings({**paths.load_settings(), **s})
-        apply_proxy(s["proxy"])
-        apply_theme(QGuiApplication.instance(), s["theme"])
-        if self.win.queue is not None:
-            self.win.queue.source, self.win.queue.token = s["source"], s["hf_token"] or None
+        apply_proxy(new.proxy)
+        apply_theme(QGuiApplication.instance(), new.theme)
+        self.folder.setText(str(new.models_folder()))
         self.saved.setText(" ".join(messages) or tr("Saved."))
         self.win.models.refresh()
 

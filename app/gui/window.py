@@ -43,10 +43,12 @@ class Bridge(QObject):
 class MainWindow(QMainWindow):
     modelChanged = Signal()  # loaded, unloaded or failed: pages update their controls
 
-    def __init__(self, *, engine=None, queue=None, catalog=None):
+    def __init__(self, *, engine=None, queue=None, catalog=None, settings=None):
         super().__init__()
         self.setWindowTitle("Roost")
-        self.settings = paths.load_settings()
+        from roost.core.settings import SettingsStore
+
+        self.settings = settings or SettingsStore()  # the typed settings; .current is a Settings
         self.store = ConversationStore(paths.data_dir() / "conversations.sqlite")
         self._rids = itertools.count(1)
         self.engine = engine  # EngineThread, started after the window is shown (heavy imports)
@@ -158,8 +160,8 @@ class MainWindow(QMainWindow):
     def _on_loaded(self, info, why: str) -> None:
         self.info, self.strategy_reason, self.loading = info, why, None
         self.load_bar.hide()
-        self.settings["last_model"] = str(info.path)
-        paths.save_settings(self.settings)
+        self._save(last_model=str(info.path))
+        self.chat.show_welcome(False)  # any model loaded (import, Models page, a download): chat now
         self.update_status()
         self.modelChanged.emit()
 
@@ -243,7 +245,7 @@ class MainWindow(QMainWindow):
 
     # --- geometry and shutdown -----------------------------------------------------------------
     def _restore_geometry(self) -> None:
-        geo = self.settings.get("geometry")
+        geo = self.settings.current.geometry
         if geo:
             self.restoreGeometry(QByteArray.fromBase64(geo.encode()))
         else:
@@ -252,14 +254,22 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event) -> None:
         self.chat.shutdown()  # stops a generation and saves what it wrote
         self.completion.shutdown()
-        self.settings = {**paths.load_settings(), "geometry": bytes(self.saveGeometry().toBase64()).decode()}
-        paths.save_settings(self.settings)
+        self._save(geometry=bytes(self.saveGeometry().toBase64()).decode())
         if self.queue is not None:
             self.queue.close(timeout=5)
         if self.engine is not None:
             self.engine.stop()
         self.store.close()
         super().closeEvent(event)
+
+    def _save(self, **changes) -> None:
+        """Remember the app's own state (last model, window geometry); a failed write is logged."""
+        try:
+            self.settings.update(**changes)
+        except (OSError, ValueError) as e:
+            import logging
+
+            logging.getLogger("roost.gui").warning("could not save settings: %s", e)
 
     def ask(self, title: str, text: str) -> bool:
         return QMessageBox.question(self, title, text) == QMessageBox.Yes

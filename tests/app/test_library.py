@@ -59,8 +59,11 @@ def raven():
 
 def test_models_folder_is_per_user_and_can_be_chosen(tmp_path, home):
     assert paths.models_dir() == home / "models" and (home / "models").is_dir()
-    chosen = paths.set_models_dir(tmp_path / "elsewhere")
-    assert paths.models_dir() == chosen and paths.load_settings()["models_dir"] == str(chosen)
+    from roost.core.settings import SettingsStore, load_settings
+
+    SettingsStore().update(models_dir=str(tmp_path / "elsewhere"))
+    chosen = (tmp_path / "elsewhere").resolve()
+    assert paths.models_dir() == chosen and load_settings().models_dir == str(chosen)
 
 
 def test_default_folder_per_platform(monkeypatch, tmp_path):

@@ -97,15 +97,14 @@ def test_generate_chat_and_serve_decide_the_strategy_alike(make_checkpoint, tmp_
 
 
 def test_the_rule_in_one_place(tmp_path):
-    from roost.core.choice import AUTO, requested_strategy
+    from roost.core.settings import AUTO, Settings
 
-    s = {"default_strategy": "cpu bf16", "strategy_overrides": {"a.pth": "cpu int8"}}
-    assert requested_strategy("a.pth", None, {}) == AUTO
-    assert requested_strategy(tmp_path / "b.pth", None, s) == "cpu bf16"
-    assert requested_strategy(tmp_path / "a.pth", None, s) == "cpu int8"
-    assert requested_strategy("a.pth", "cpu fp32", s) == "cpu fp32"
-    assert requested_strategy("a.pth", "auto", s) == AUTO  # asked for explicitly: the advisor decides
-    assert requested_strategy("a.pth", None, {"default_strategy": "auto", "strategy_overrides": "junk"}) == AUTO
+    s = Settings().replace(default_strategy="cpu bf16", strategy_overrides={"a.pth": "cpu int8"})
+    assert Settings().strategy_for("a.pth") == AUTO
+    assert s.strategy_for(tmp_path / "b.pth") == "cpu bf16"
+    assert s.strategy_for(tmp_path / "a.pth") == "cpu int8"
+    assert s.strategy_for("a.pth", "cpu fp32") == "cpu fp32"
+    assert s.strategy_for("a.pth", "auto") == AUTO  # asked for explicitly: the advisor decides
 
 
 # --- calm failures -----------------------------------------------------------------------------------
@@ -181,6 +180,10 @@ BAD_ARGUMENTS = {
               ["--model", "{good}", "--port", "abc"], ["--model", "{good}", "--host", "10.1.2.3"],
               ["--model", "{good}", "--host", " "], ["--model", "{bad}"], ["--model", "{good}", "--strategy", "warp9"]],
     "selfcheck": [["extra"]],
+    "settings": [["--bogus"], ["set"], ["set", "theme"], ["set", "theme", "purple"], ["set", "nope", "x"],
+                 ["set", "api_port", "0"], ["set", "proxy", "ftp://x"], ["set", "default_strategy", "warp9"],
+                 ["set", "sampling.temperature", "hot"], ["set", "sampling.top_p", "7"], ["set", "sampling.nope", "1"],
+                 ["set", "models_dir", "/proc/roost-cannot-write-here"], ["set", "last_model", "x.pth"]],
 }
 
 

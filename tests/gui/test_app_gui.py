@@ -44,8 +44,8 @@ def test_geometry_and_settings_are_remembered(qtbot, window, home, monkeypatch):
     win.close()
     again = window()
     # the offscreen screen is 800 px wide, so only the height can be checked exactly
-    assert again.height() == 610 and again.settings.get("geometry")
-    assert again.settings["theme"] == "dark" and again.palette().window().color().lightness() < 128
+    assert again.height() == 610 and again.settings.current.geometry
+    assert again.settings.current.theme == "dark" and again.palette().window().color().lightness() < 128
     assert again.chat.sampling.values()["temperature"] == 0.7  # the chat's defaults follow Settings
 
 

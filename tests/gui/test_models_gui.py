@@ -37,10 +37,10 @@ def served(make_checkpoint):
 
 def with_queue(win, hub, home):
     from roost.core import paths
+    from roost.gui.app import connect_queue
 
     q = DownloadQueue(paths.models_dir(), endpoints={"hf": hub.hub_url}, backoff=0.01)
-    q.listen(win.bridge.job.emit)
-    win.queue = q
+    connect_queue(win, q)
     return q
 
 
@@ -119,10 +119,10 @@ def test_strategy_override_and_import(qtbot, window, make_checkpoint, home, tmp_
     assert page.current().file == ckpt.name
     page.strategy.setEditText("cpu bf16")
     page._strategy_edited()
-    assert win.settings["strategy_overrides"][ckpt.name] == "cpu bf16"
+    assert win.settings.current.strategy_overrides[ckpt.name] == "cpu bf16"
     page.strategy.setEditText("gpu turbo")
     page._strategy_edited()
-    assert win.settings["strategy_overrides"][ckpt.name] == "cpu bf16" and page.reason.text()
+    assert win.settings.current.strategy_overrides[ckpt.name] == "cpu bf16" and page.reason.text()
     qtbot.mouseClick(page.btn["load"], Qt.LeftButton)
     qtbot.waitUntil(lambda: win.info is not None, timeout=60000)
     assert win.info.strategy == "cpu bf16"
@@ -144,3 +144,65 @@ def test_a_download_stopped_in_an_earlier_session_shows_as_paused(qtbot, window,
     win.models.set_catalog(load_catalog(refreshed=False))
     row = next(r for r in win.models.table.rows if r.file == model.file)
     assert win.models.status_text(row) == "paused · 25%"
+
+
+# --- the app's spine: settings reach their users, a model loaded any way opens the chat -------------
+def test_importing_and_loading_a_model_opens_the_chat_without_a_restart(qtbot, window, make_checkpoint, home):
+    from roost.gui.app import on_machine
+
+    win = window()
+    on_machine(win, MACHINE, load_catalog(refreshed=False))  # nothing downloaded: the welcome card
+    assert win.chat.stack.currentIndex() == 1
+    page = win.models
+    page.import_path(str(make_checkpoint("v7.0")))
+    qtbot.mouseClick(page.btn["load"], Qt.LeftButton)
+    qtbot.waitUntil(lambda: win.info is not None, timeout=60000)
+    assert win.chat.stack.currentIndex() == 0 and win.chat.send_btn.isEnabled()
+
+
+def test_a_new_models_folder_takes_the_next_download(qtbot, window, served, home, tmp_path):
+    model, catalog, hub = served
+    hub.faults.rate = None
+    win = window()
+    with_queue(win, hub, home)
+    win.models.set_catalog(catalog)
+    settings_page = win.settings_page
+    new_folder = tmp_path / "new-models"
+    settings_page.folder.setText(str(new_folder))
+    settings_page.save()
+    assert win.settings.current.models_dir == str(new_folder.resolve())
+    page = win.models
+    page.select_file(model.file)
+    qtbot.mouseClick(page.btn["download"], Qt.LeftButton)
+    qtbot.waitUntil(lambda: page.status_text(page.current()) == "downloaded", timeout=30000)
+    assert (new_folder / model.file).is_file() and not (home / "models" / model.file).exists()
+
+
+def test_a_damaged_settings_file_starts_with_defaults_and_says_so(qtbot, window, home):
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "settings.json").write_text("{not json")
+    win = window()
+    assert win.error and "damaged" in win.error
+    assert win.settings.current.theme == "system"
+    assert len(list(home.glob("settings.json.unreadable-*"))) == 1
+
+
+def test_an_offline_first_run_says_so_once_in_the_card(qtbot, window, served, home):
+    from roost.gui.app import on_machine
+
+    model, catalog, hub = served
+    win = window()
+    q = with_queue(win, hub, home)
+    q.endpoints = {"hf": "http://roost-offline.invalid", "mirror": "http://roost-offline.invalid",
+                   "modelscope": "http://roost-offline.invalid"}
+    on_machine(win, MACHINE, catalog)
+    welcome = win.chat.welcome
+    qtbot.mouseClick(welcome.button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: welcome.problem.isVisibleTo(welcome), timeout=5000)  # no half-minute of retries
+    message = welcome.problem.text()
+    assert message.startswith("Could not reach Hugging Face to download") and "offline" in message
+    assert "Errno" not in message and "urlopen" not in message
+    assert not welcome.bar.isVisibleTo(welcome) and welcome.button.isEnabled()
+    assert welcome.button.text() == "Try again" and welcome.settings_btn.isVisibleTo(welcome)
+    assert win.error is None and not win.banner.isVisibleTo(win)  # one place: the card
+    assert "Could not" not in win.status_label.text()
