@@ -17,6 +17,7 @@ import errno
 import hashlib
 import http.client
 import json
+import logging
 import os
 import shutil
 import threading
@@ -31,6 +32,8 @@ from urllib.parse import urlsplit
 
 from roost.core.sources import Candidate
 from roost.engine.errors import RoostError
+
+log = logging.getLogger("roost.download")
 
 CHUNK = 1 << 20
 DISK_MARGIN = 64 << 20  # keep this much free beyond the file itself
@@ -47,6 +50,10 @@ class NotFoundError(DownloadError):
 
 class NetworkError(DownloadError):
     """The connection kept failing; what arrived is kept and the next attempt resumes."""
+
+
+class OfflineError(NetworkError):
+    """No download source could even be looked up or reached: this computer looks offline."""
 
 
 class ChecksumError(DownloadError):
@@ -238,7 +245,7 @@ def download_file(
         meter.report(dest.stat().st_size, "done", force=True)
         return dest
 
-    missing, failures = [], []
+    missing, failures, offline = [], [], []
     for cand in candidates:
         meter.report(0, "connecting", force=True)
         remote = None
@@ -252,8 +259,12 @@ def download_file(
             except OSError as e:
                 if control.stopped:
                     _stop(control, part, side)
+                log.warning("%s from %s: %s", name, cand.url, e)
+                if _is_offline(e):  # a name that cannot be looked up will not resolve in a few seconds
+                    offline.append(cand.source)
+                    break
                 if attempt + 1 == max_attempts:
-                    failures.append(f"{cand.source}: {e}")
+                    failures.append(cand.source)
                 else:
                     time.sleep(min(backoff * 2 ** attempt, 30))
         if remote is None:
@@ -269,15 +280,57 @@ def download_file(
         meter.total = total
         return _transfer(cand, remote, dest, part, side, expected, total, token, meter, control,
                          timeout, max_attempts, backoff)
-    if failures:
+    if offline and not failures and not missing:
+        where, where_zh = _source_names(offline)
+        raise OfflineError(
+            f"Could not reach {where} to download {name}: this computer seems to be offline. Check the "
+            "internet connection, or set a proxy or choose another download source in Settings, then try "
+            f"again.\n无法连接 {where_zh} 下载 {name}：这台电脑似乎没有联网。请检查网络连接，或在设置中填写代理、"
+            "更换下载源后重试。")
+    if failures or offline:
+        where, where_zh = _source_names(failures + offline)
         raise NetworkError(
-            f"Could not download {name}: " + "; ".join(failures) + ". Check the internet connection or "
+            f"Could not download {name} from {where}. Check the internet connection, or set a proxy or "
             "choose another download source in Settings, then try again; what arrived is kept.\n"
-            f"无法下载 {name}。请检查网络连接或在设置中更换下载源后重试；已下载的部分会保留。")
+            f"无法从 {where_zh} 下载 {name}。请检查网络连接，或在设置中填写代理、更换下载源后重试；已下载的部分会保留。")
     raise NotFoundError(
         f"{name} was not found on any download source ({'; '.join(missing)}). It may have been "
         "removed upstream; refresh the catalog or choose another model.\n"
         f"在所有下载源上都找不到 {name}（可能已被上游删除）。请刷新模型列表或选择其他模型。")
+
+
+def _source_names(keys: list[str]) -> tuple[str, str]:
+    """'Hugging Face and ModelScope' (and the Chinese) for the sources tried."""
+    from roost.core.sources import SOURCE_NAMES
+
+    names = [SOURCE_NAMES.get(k, (k, k)) for k in dict.fromkeys(keys)]
+    en = [n[0].split(" (")[0] for n in names]
+    zh = [n[1].split("（")[0] for n in names]
+    return " and ".join(en), "、".join(zh)
+
+
+_OFFLINE_TEXT = ("name or service not known", "temporary failure in name resolution", "nodename nor servname",
+                 "getaddrinfo failed", "no address associated", "network is unreachable")
+
+
+def _is_offline(error: BaseException) -> bool:
+    """Whether `error` (or what caused it) says the server's name cannot be looked up or no network
+    route exists: retrying in a few seconds will not help."""
+    import socket
+
+    seen = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, socket.gaierror):
+            return True
+        if isinstance(e, OSError) and e.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            return True
+        if any(t in str(e).lower() for t in _OFFLINE_TEXT):
+            return True
+        reason = getattr(e, "reason", None)  # urllib's URLError carries the socket error here
+        e = reason if isinstance(reason, BaseException) else (e.__cause__ or e.__context__)
+    return False
 
 
 def _stop(control: Control, part: Path, side: Path):

@@ -40,8 +40,14 @@ class WelcomePanel(QWidget):
         self.button.setEnabled(False)
         self.bar = QProgressBar(visible=False, maximum=1000, textVisible=False)
         self.progress = QLabel(wordWrap=True, objectName="hint")
+        # a download that failed says so here, and only here: what failed, from where, what to do
+        self.problem = QLabel(wordWrap=True, visible=False, objectName="problem",
+                              textInteractionFlags=Qt.TextSelectableByMouse)
+        self.problem.setStyleSheet("color: #c0392b;")
+        self.settings_btn = QPushButton(tr("Proxy and download source…"), visible=False, clicked=self.open_settings)
+        self.have_file = QPushButton(tr("I already have a model file…"), clicked=self.import_file)
         for w in (self.title, self.machine, self.heading, self.name, self.about, self.reason, self.button,
-                  self.bar, self.progress):
+                  self.bar, self.progress, self.problem, self.settings_btn, self.have_file):
             v.addWidget(w)
         row = QVBoxLayout()
         row.addWidget(card, 0, Qt.AlignHCenter)
@@ -68,6 +74,9 @@ class WelcomePanel(QWidget):
         if self.model is None or self.win.queue is None:
             return
         self.button.setEnabled(False)
+        self.problem.hide()
+        self.settings_btn.hide()
+        self.bar.setValue(0)
         self.bar.show()
         self.job = self.win.queue.add(from_catalog(self.model))
         self.win.bridge.job.connect(self.on_job)
@@ -89,7 +98,20 @@ class WelcomePanel(QWidget):
             self.win.chat.show_welcome(False)
             self.win.chat.new_chat()
         elif job.state in ("failed", "paused", "cancelled"):
-            self.progress.setText(split_bilingual(job.error or job.state))
+            self.bar.hide()
+            self.progress.setText("")
+            if job.state == "failed":
+                self.problem.setText(split_bilingual(job.error or ""))
+                self.problem.show()
+                self.settings_btn.show()
+            self.button.setText(tr("Try again"))
             self.button.setEnabled(True)
             self.job = None
             self.win.bridge.job.disconnect(self.on_job)
+
+    def open_settings(self) -> None:
+        self.win.show_page("settings")
+
+    def import_file(self) -> None:
+        if self.win.models.import_file() is not None:  # imported and selected: load it (the chat opens)
+            self.win.models.load()

@@ -157,8 +157,24 @@ def test_modelscope_file_with_range_resume(hub, tmp_path):
 
 def test_unreachable_source_gives_a_network_error(tmp_path):
     c = candidates(REPO, NAME, overrides={HUB: "http://127.0.0.1:9"})
-    with pytest.raises(NetworkError, match="internet connection"):
+    with pytest.raises(NetworkError, match="internet connection") as e:
         download_file(c, tmp_path / NAME, sha256=SHA, size=len(DATA), backoff=0.01, max_attempts=2)
+    assert "from Hugging Face." in str(e.value) and "Errno" not in str(e.value) and "refused" not in str(e.value)
+
+
+@pytest.mark.parametrize("host, preferred, names", [(HUB, HUB, "Hugging Face"),
+                                                    (MODELSCOPE, HUB, "ModelScope")])  # only published there
+def test_offline_is_said_at_once_naming_the_sources_tried(tmp_path, host, preferred, names):
+    """No name lookup works (offline): no half-minute of retries, and one plain sentence."""
+    nowhere = "http://roost-offline.invalid"
+    c = candidates(REPO, NAME, host, preferred, {HUB: nowhere, MIRROR: nowhere, MODELSCOPE: nowhere})
+    t0 = time.monotonic()
+    with pytest.raises(download.OfflineError) as e:
+        download_file(c, tmp_path / NAME, sha256=SHA, size=len(DATA), backoff=1.0)  # real back-off
+    assert time.monotonic() - t0 < 5
+    message = str(e.value)
+    assert message.startswith(f"Could not reach {names} to download {NAME}: this computer seems to be offline.")
+    assert "proxy" in message and "Errno" not in message and "urlopen" not in message and "无法连接" in message
 
 
 def stop_after(control: Control, nbytes: int, cancel: bool = False):
