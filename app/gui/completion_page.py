@@ -14,15 +14,21 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from roost.gui.i18n import tr
+from roost.gui.i18n import pick, tr
 from roost.gui.sampling import SamplingPanel
 
-PRESETS = {  # name: (opening text, sampling)
-    "Story": ("Once upon a time, in a village at the edge of the forest,", {"temperature": 1.0, "top_p": 0.7}),
-    "Poem": ("The moon over the quiet harbour\n", {"temperature": 1.1, "top_p": 0.8}),
-    "Email": ("Subject: Meeting next week\n\nDear team,\n\n", {"temperature": 0.8, "top_p": 0.5}),
-    "小说": ("第一章\n\n夜色渐深，城门口的灯笼在风里摇晃。", {"temperature": 1.0, "top_p": 0.7}),
+PRESETS = {  # key: ((name en, zh), (opening en, zh), sampling)
+    "story": (("Story", "故事"), ("Once upon a time, in a village at the edge of the forest,",
+                                 "很久很久以前，在森林边上的一个小村庄里，"), {"temperature": 1.0, "top_p": 0.7}),
+    "poem": (("Poem", "诗歌"), ("The moon over the quiet harbour\n", "静静的港湾上，月光\n"),
+             {"temperature": 1.1, "top_p": 0.8}),
+    "email": (("Email", "邮件"), ("Subject: Meeting next week\n\nDear team,\n\n", "主题：下周的会议\n\n各位同事：\n\n"),
+              {"temperature": 0.8, "top_p": 0.5}),
+    "novel": (("Chinese novel", "小说"), ("第一章\n\n夜色渐深，城门口的灯笼在风里摇晃。",) * 2,
+              {"temperature": 1.0, "top_p": 0.7}),
 }
+# the engine's finish reasons, as the result line says them
+FINISHED = {"stop": "finished", "length": "reached the token limit", "cancelled": "stopped"}
 
 
 def parse_stops(text: str) -> tuple[str, ...]:
@@ -44,7 +50,8 @@ class CompletionPage(QWidget):
         v = QVBoxLayout(self)
         top = QHBoxLayout()
         self.preset = QComboBox()
-        self.preset.addItems(list(PRESETS))
+        for key, (names, _opening, _sampling) in PRESETS.items():
+            self.preset.addItem(pick(*names), key)
         self.preset.activated.connect(self.apply_preset)
         self.stops = QLineEdit(placeholderText="\\n\\n, THE END")
         top.addWidget(QLabel(tr("Preset:")))
@@ -52,7 +59,7 @@ class CompletionPage(QWidget):
         top.addWidget(QLabel(tr("Stop strings:")))
         top.addWidget(self.stops, 1)
         self.text = QPlainTextEdit(placeholderText=tr("Start writing, then press Generate."))
-        self.sampling = SamplingPanel(win.settings, {"top_p": 0.7, "presence_penalty": 0.3,
+        self.sampling = SamplingPanel(win.settings.current, {"top_p": 0.7, "presence_penalty": 0.3,
                                                      "frequency_penalty": 0.3, "max_tokens": 300})
         mid = QHBoxLayout()
         mid.addWidget(self.text, 1)
@@ -71,8 +78,8 @@ class CompletionPage(QWidget):
         self.update_controls()
 
     def apply_preset(self) -> None:
-        opening, sampling = PRESETS[self.preset.currentText()]
-        self.text.setPlainText(opening)
+        _names, openings, sampling = PRESETS[self.preset.currentData()]
+        self.text.setPlainText(pick(*openings))
         self.sampling.set_values(sampling)
 
     def generate(self) -> None:
@@ -103,7 +110,9 @@ class CompletionPage(QWidget):
 
     def on_done(self, rid: int, reply) -> None:
         if rid == self.rid:
-            self.info.setText(f"{reply.tokens} tokens · {reply.tokens_per_second:.1f} tokens/s · {reply.finish_reason}")
+            why = tr(FINISHED.get(reply.finish_reason, "finished"))
+            self.info.setText(tr("{n} tokens · {tps:.1f} tokens/s · {why}", n=reply.tokens,
+                                 tps=reply.tokens_per_second, why=why))
             self._finish(reply.tokens_per_second)
 
     def on_failed(self, rid: int, message: str) -> None:

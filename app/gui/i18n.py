@@ -32,6 +32,8 @@ TEXT = {
     # completion
     "Generate": "生成", "Stop strings:": "停止词：", "Max tokens:": "最多词元：", "Preset:": "预设：",
     "Start writing, then press Generate.": "写下开头，然后点“生成”。",
+    "{n} tokens · {tps:.1f} tokens/s · {why}": "{n} 个词元 · {tps:.1f} 词元/秒 · {why}",
+    "finished": "已完成", "reached the token limit": "已达到长度上限", "stopped": "已停止",
     # models
     "Search models…": "搜索模型…", "All releases": "全部版本", "All families": "全部系列",
     "Model": "模型", "Family": "系列", "Speed": "速度", "fast": "快", "usable": "可用", "slow": "慢", "Size": "大小", "Fits this computer": "本机是否可用",
@@ -48,6 +50,8 @@ TEXT = {
     "RWKV models (*.pth *.safetensors)": "RWKV 模型 (*.pth *.safetensors)",
     "Local file": "本地文件",
     # first run
+    "Proxy and download source…": "代理与下载源…", "I already have a model file…": "我已有模型文件…",
+    "Try again": "重试",
     "Welcome to Roost": "欢迎使用 Roost", "{n} CPU cores": "{n} 核 CPU", "{size} RAM": "内存 {size}",
     "Recommended for this computer:": "推荐给这台电脑：",
     "Download and start chatting": "下载并开始对话",
