@@ -171,7 +171,7 @@ def _load(args):
     if choice.reason:
         print(f"Strategy chosen automatically: {choice.reason}\n自动选择的运行方式：{choice.reason_zh}",
               file=sys.stderr, flush=True)
-    model = engine.load_model(path, choice.strategy)
+    model = engine.load_model(path, choice.strategy, options=engine.LoadOptions.from_env())
     print(f"{model.config.label}, loaded in {model.load_seconds:.1f} s", file=sys.stderr, flush=True)
     return model
 

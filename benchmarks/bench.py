@@ -62,7 +62,7 @@ def worker(args: argparse.Namespace) -> None:
     if args.impl == "roost":
         sys.path.insert(0, str(ROOT))
         from roost import engine
-        model = engine.load_model(args.model, args.strategy)
+        model = engine.load_model(args.model, args.strategy, options=engine.LoadOptions.from_env())
 
         def forward(toks, state):
             return model.forward(toks, state)

@@ -46,7 +46,6 @@ def main() -> None:
     from roost import engine
     from roost.engine.synthetic import save_checkpoint
 
-    os.environ.pop("ROOST_COMPILE", None)
     path = Path(args.cache) / "compile-v6-24x1024.pth"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

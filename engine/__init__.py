@@ -13,6 +13,7 @@ import importlib
 
 _EXPORTS = {
     "load_model": ".model",
+    "LoadOptions": ".options",
     "RWKV": ".model",
     "State": ".model",
     "ModelConfig": ".checkpoint",

@@ -1,5 +1,5 @@
-"""Opt-in ``torch.compile`` of the one-token layer step (``load_model(..., compile=True)`` or
-``ROOST_COMPILE=1``).
+"""Opt-in ``torch.compile`` of the one-token layer step (``load_model(..., compile=True)``; the
+programs also take ``ROOST_COMPILE=1``, see roost.engine.options).
 
 torch.compile generates C++ (CPU) or Triton (GPU) code and builds it with a compiler while the
 program runs, so it is only used where that compiler exists. The default path compiles nothing:
@@ -13,14 +13,6 @@ import importlib.util
 import os
 import shutil
 import sys
-
-ENV = "ROOST_COMPILE"
-
-
-def requested(flag: bool) -> bool:
-    """Whether compilation was asked for, by the caller or by ``ROOST_COMPILE=1``."""
-    return flag or os.environ.get(ENV, "").strip().lower() in ("1", "true", "yes", "on")
-
 
 def cxx_name() -> str:
     """The C++ compiler torch inductor calls: ``$CXX``, else cl / clang++ / g++ by platform."""

@@ -21,7 +21,6 @@ weight tensor (out, in), an :class:`Int8Linear` or a :class:`PackedLinear`.
 from __future__ import annotations
 
 import functools
-import os
 import warnings
 from pathlib import Path
 
@@ -202,11 +201,9 @@ KERNELS = ("fbgemm", "fbgemm-dynamic", "int8pack", "dequant")
 
 def default_kernel(device: torch.device, *, fbgemm: bool = True, dynamic: bool = False) -> str:
     """The int8 kernel for a matrix on ``device`` (``dynamic``: its activations may be quantised
-    to 8 bits). ``ROOST_INT8_KERNEL`` (one of :data:`KERNELS`) overrides it on the CPU."""
+    to 8 bits); ``LoadOptions.int8_kernel`` forces another on the CPU."""
     if device.type != "cpu":
         return "dequant"
-    if os.environ.get("ROOST_INT8_KERNEL") in KERNELS:
-        return os.environ["ROOST_INT8_KERNEL"]
     if fbgemm and _fbgemm_works():
         return "fbgemm-dynamic" if dynamic else "fbgemm"
     return "int8pack" if hasattr(torch, "_weight_int8pack_mm") else "dequant"
@@ -272,8 +269,8 @@ def pack_for_cpu(weight: torch.Tensor, *, dtype: torch.dtype | None = None, keep
 
 def packs_on_cpu(dtype: torch.dtype) -> bool:
     """Whether CPU weights of ``dtype`` are packed for oneDNN: float32 wherever oneDNN works,
-    bf16 only on CPUs that multiply bf16 natively. ``ROOST_PACK=0`` turns packing off."""
-    if os.environ.get("ROOST_PACK", "1") == "0" or dtype not in (torch.float32, torch.bfloat16):
+    bf16 only on CPUs that multiply bf16 natively (``LoadOptions.pack=False`` turns packing off)."""
+    if dtype not in (torch.float32, torch.bfloat16):
         return False
     if dtype == torch.bfloat16 and not cpu_has_bf16():
         return False

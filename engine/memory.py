@@ -64,10 +64,12 @@ def shape_numels(cfg: ModelConfig) -> list[tuple[int, int]]:
     return [(big, small)] * cfg.n_layer
 
 
-def estimate(t: TensorFile | None, cfg: ModelConfig, strategy: Strategy, chunk_len: int = 128) -> MemoryEstimate:
+def estimate(t: TensorFile | None, cfg: ModelConfig, strategy: Strategy, chunk_len: int = 128, *,
+             pack: bool = True) -> MemoryEstimate:
     """Bytes needed on each device by ``cfg`` run with ``strategy`` (weights, state, work space).
 
-    From the checkpoint's tensor shapes when ``t`` is given, else from ``cfg`` alone."""
+    From the checkpoint's tensor shapes when ``t`` is given, else from ``cfg`` alone; ``pack`` as
+    LoadOptions.pack (a packed bf16 head also keeps its plain rows)."""
     placements = plan_layers(strategy, cfg.n_layer)
     numels = layer_numels(t, cfg) if t is not None else shape_numels(cfg)
     need: dict[str, int] = {}
@@ -92,7 +94,7 @@ def estimate(t: TensorFile | None, cfg: ModelConfig, strategy: Strategy, chunk_l
     head = placements[-1].stage
     head_n = cfg.vocab_size * cfg.n_embd
     add(head.torch_device, head_n * (1 + 4 / cfg.n_embd) if head.int8 else head_n * _BYTES[head.dtype])
-    if head.torch_device == "cpu" and head.dtype == "bf16" and not head.int8 and packs_on_cpu(torch.bfloat16):
+    if head.torch_device == "cpu" and head.dtype == "bf16" and not head.int8 and pack and packs_on_cpu(torch.bfloat16):
         add("cpu", head_n * 2)  # a packed bf16 head keeps its plain rows too (engine.linear.PackedLinear)
     # work space: a chunk of activations through the widest layer, plus the logits
     for dev in list(need):

@@ -13,6 +13,7 @@ copy them to the GPU for each forward.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -28,6 +29,7 @@ from roost.engine import compiled
 from roost.engine.arch import arch_module
 from roost.engine.checkpoint import ModelConfig, TensorFile, open_checkpoint
 from roost.engine.linear import Int8Linear, cpu_has_vnni, linear, pack_for_cpu
+from roost.engine.options import LoadOptions
 from roost.engine.strategy import Placement, Strategy, check_devices, machine_devices, parse_strategy, plan_layers
 
 log = logging.getLogger(__name__)
@@ -181,9 +183,9 @@ def _to_device(lw: dict, dev: str) -> dict:
 
 
 def load_model(path: str | os.PathLike, strategy: str = "cpu fp32", *,
+               options: LoadOptions | None = None,
                tokenizer_path: str | os.PathLike | None = None,
-               progress: Callable[[float], None] | None = None,
-               chunk_len: int = 128, check_memory: bool = True, compile: bool = False) -> RWKV:
+               progress: Callable[[float], None] | None = None, **option_changes) -> RWKV:
     """Load an official RWKV checkpoint (``.pth`` or ``.safetensors``) to run with ``strategy``.
 
     Raises :class:`~roost.engine.errors.CheckpointError` subclasses for files that cannot be used,
@@ -192,9 +194,10 @@ def load_model(path: str | os.PathLike, strategy: str = "cpu fp32", *,
     :class:`~roost.engine.errors.TokenizerError` when the model's tokenizer is missing.
     ``progress`` is called with the fraction loaded (0..1).
 
-    ``compile=True`` (or the environment variable ``ROOST_COMPILE=1``) compiles the one-token
-    layer step with ``torch.compile`` where a C++ compiler (and for GPUs Triton) exists, which
-    makes loading slower by the compile time; elsewhere, or if compiling fails, the model runs
+    ``options`` (a :class:`~roost.engine.options.LoadOptions`; single fields may be given as
+    keywords, e.g. ``compile=True``, ``chunk_len=64``) says how: ``compile=True`` compiles the
+    one-token layer step with ``torch.compile`` where a C++ compiler (and for GPUs Triton) exists,
+    which makes loading slower by the compile time; elsewhere, or if compiling fails, the model runs
     eagerly as by default and ``model.compile_note`` says why.
 
     Memory stays near the final footprint: the file is memory-mapped and converted tensor by
@@ -203,24 +206,28 @@ def load_model(path: str | os.PathLike, strategy: str = "cpu fp32", *,
     from roost.engine import memory
     from roost.engine.tokenizer import tokenizer_for_vocab
 
+    opts = (options or LoadOptions()).replace(**option_changes)
+    chunk_len = opts.chunk_len
     strat = parse_strategy(strategy)
     check_devices(strat, **machine_devices())
     started = time.perf_counter()
     tensors, cfg = open_checkpoint(path)
-    with memory.loading_allocator():  # no heap holes left by the converted copies
+    # opted in: no heap holes left by the converted copies (process-wide glibc tuning)
+    with memory.loading_allocator() if opts.tune_allocator else contextlib.nullcontext():
         try:
             places = plan_layers(strat, cfg.n_layer)
-            if check_memory:
-                est = memory.estimate(tensors, cfg, strat, chunk_len)
+            if opts.check_memory:
+                est = memory.estimate(tensors, cfg, strat, chunk_len, pack=opts.pack)
                 memory.check_fits(est, memory.available(), model_name=Path(path).name, strategy=strat)
             tokenizer = tokenizer_for_vocab(cfg.vocab_size, path, tokenizer_path)  # fail before the heavy part
             arch = arch_module(cfg.arch)
             rescale = cfg.version < 7 and any(p.stage.dtype == "fp16" for p in places)
             # torch.compile cannot trace oneDNN's packed weights: plain ones where it will compile
-            pack = not (compiled.requested(compile) and compiled.unavailable_reason(strat.devices) is None)
+            pack = opts.pack and not (opts.compile and compiled.unavailable_reason(strat.devices) is None)
             layers = []
             for i in range(cfg.n_layer):
-                big = _matrix_loader(places[i], i if rescale else 0, version=cfg.version, block=i, pack=pack)
+                big = _matrix_loader(places[i], i if rescale else 0, version=cfg.version, block=i, pack=pack,
+                                     kernel=opts.int8_kernel)
                 lw = arch.prepare_layer(tensors, i, cfg, act_dtype(places[i].stage), big)
                 dev = places[i].stage.torch_device
                 layers.append(lw if places[i].stream or dev == "cpu" else _to_device(lw, dev))
@@ -232,24 +239,26 @@ def load_model(path: str | os.PathLike, strategy: str = "cpu fp32", *,
                 "emb": _embedding(tensors, cfg, act_dtype(places[0].stage)),
                 "ln_out.weight": tensors["ln_out.weight"].to(device=head.torch_device, dtype=hdt),
                 "ln_out.bias": tensors["ln_out.bias"].to(device=head.torch_device, dtype=hdt),
-                "head.weight": _matrix_loader(places[-1], 0, version=cfg.version, pack=pack)(tensors, "head.weight"),
+                "head.weight": _matrix_loader(places[-1], 0, version=cfg.version, pack=pack,
+                                              kernel=opts.int8_kernel)(tensors, "head.weight"),
             }
         finally:
             tensors.close()
     if progress:
         progress(1.0)
     model = RWKV(cfg, strat, places, weights, layers, tokenizer, Path(path), chunk_len=chunk_len)
-    if compiled.requested(compile):
+    if opts.compile:
         model.enable_compile()
     model.load_seconds = time.perf_counter() - started
     return model
 
 
 def _matrix_loader(place: Placement, layer_id: int, *, version: int = 0, block: int | None = None,
-                   pack: bool = True) -> Callable[[TensorFile, str], object]:
+                   pack: bool = True, kernel: str | None = None) -> Callable[[TensorFile, str], object]:
     """How a layer's big matrices are stored: in the stage's dtype or int8, on its device
     (``block``: the layer's index, None for the head; ``pack``: float CPU weights reordered
-    for oneDNN where that is faster, see engine.linear.pack_for_cpu)."""
+    for oneDNN where that is faster, see engine.linear.pack_for_cpu; ``kernel``: the CPU int8
+    kernel to use instead of each matrix's default)."""
     maybe_pack = functools.partial(pack_for_cpu, enabled=pack)
     stage = place.stage
     dtype = _DTYPES[stage.dtype]
@@ -268,7 +277,8 @@ def _matrix_loader(place: Placement, layer_id: int, *, version: int = 0, block: 
             out = Int8Linear(w, device="cpu", kernel="dequant", release=rows_done)
         elif stage.int8:
             dynamic = dev == "cpu" and quantizes_activations(key, version)
-            out = Int8Linear(w, device=dev, quantize_activations=dynamic, release=rows_done)
+            out = Int8Linear(w, device=dev, kernel=kernel if dev == "cpu" else None,
+                             quantize_activations=dynamic, release=rows_done)
         elif dev == "cpu" and not place.stream:  # the head keeps its plain rows to re-read its top logits
             out = maybe_pack(w, dtype=dtype, keep_rows=block is None and dtype != torch.float32, release=rows_done)
         else:

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SAMPLE = {
     "en": ("Planning a weekend in Hangzhou", [

@@ -42,7 +42,10 @@ class Reply:
 
 
 class Runtime:
-    def __init__(self):
+    def __init__(self, options=None):
+        """`options`: the engine's LoadOptions for every model it loads (default: the engine's
+        defaults; a program that owns its process passes LoadOptions.from_env())."""
+        self.options = options
         self.model = None
         self.info: LoadedInfo | None = None
         self._lock = threading.Lock()  # one generation at a time
@@ -53,7 +56,7 @@ class Runtime:
         from roost import engine
         with self._lock:
             self._unload()
-            model = engine.load_model(path, strategy, progress=progress)
+            model = engine.load_model(path, strategy, progress=progress, options=self.options)
             path = Path(path)
             name = path.name.lower()
             self.model = model

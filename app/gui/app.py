@@ -82,7 +82,10 @@ def start_background(win) -> None:
     from roost.core.queue import DownloadQueue
     from roost.gui.worker import EngineThread
 
-    win.attach_engine(EngineThread(win))
+    from roost.core.runtime import Runtime
+    from roost.engine.options import LoadOptions
+
+    win.attach_engine(EngineThread(win, runtime=Runtime(LoadOptions.from_env())))  # the app owns its process
     s = win.settings.current
     connect_queue(win, DownloadQueue(s.models_folder(), source=s.download_source(), token=s.token()))
     win.bridge.machine.connect(lambda machine, catalog: on_machine(win, machine, catalog))

@@ -89,11 +89,11 @@ class EngineThread(QObject):
     requestChat = Signal(int, object)
     requestComplete = Signal(int, object)
 
-    def __init__(self, parent=None):
+    def __init__(self, parent=None, runtime: Runtime | None = None):
         super().__init__(parent)
         self.thread = QThread()
         self.thread.setObjectName("roost-engine")
-        self.worker = EngineWorker()
+        self.worker = EngineWorker(runtime)
         self.worker.moveToThread(self.thread)
         self.requestLoad.connect(self.worker.load)
         self.requestUnload.connect(self.worker.unload)

@@ -188,7 +188,9 @@ def serve_cli(args) -> int:
     if choice.reason:
         print(f"Strategy chosen automatically: {choice.reason}\n自动选择的运行方式：{choice.reason_zh}",
               file=sys.stderr, flush=True)
-    runtime = Runtime()
+    from roost.engine.options import LoadOptions
+
+    runtime = Runtime(LoadOptions.from_env())
     info = runtime.load(path, choice.strategy)
     print(f"{info.label}, loaded in {info.seconds:.1f} s", file=sys.stderr, flush=True)
     server = ApiServer(runtime, host=args.host, port=args.port, api_key=api_key, log_level=args.log_level,

@@ -19,7 +19,7 @@ def ckpt(make_checkpoint):
 
 @pytest.fixture
 def no_env(monkeypatch):
-    monkeypatch.delenv(compiled.ENV, raising=False)
+    monkeypatch.delenv("ROOST_COMPILE", raising=False)
 
 
 def _steps(model, prompt=(1, 2, 3)):
@@ -48,12 +48,13 @@ def test_default_load_does_not_compile(ckpt, no_env, monkeypatch):
 def test_without_compiler_runs_eagerly_and_says_why(ckpt, no_env, monkeypatch, via_env):
     monkeypatch.setattr(compiled, "unavailable_reason", lambda devices: "no C++ compiler was found (test)")
     monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("compiled without a compiler"))
-    if via_env:
-        monkeypatch.setenv(compiled.ENV, "1")
-    model = engine.load_model(ckpt, "cpu fp32", compile=not via_env)
+    from roost.engine.options import COMPILE_ENV, LoadOptions
+
+    options = LoadOptions.from_env({COMPILE_ENV: "1"}) if via_env else LoadOptions(compile=True)
+    model = engine.load_model(ckpt, "cpu fp32", options=options)
     assert model.compiled is False
     assert model.compile_note == "running without compilation because no C++ compiler was found (test)"
-    monkeypatch.delenv(compiled.ENV, raising=False)
+    monkeypatch.setenv(COMPILE_ENV, "1")  # the engine itself reads no environment variable
     eager = engine.load_model(ckpt, "cpu fp32")
     assert eager.compile_note is None
     torch.testing.assert_close(_steps(model), _steps(eager), atol=0, rtol=0)
@@ -71,8 +72,7 @@ def test_compile_failing_at_first_call_falls_back(ckpt, no_env, monkeypatch):
     assert model.compiled is False
     assert model.compile_note.startswith("running without compilation because torch.compile failed")
     assert "C++ compile error" in model.compile_note and "more lines" not in model.compile_note
-    monkeypatch.setenv("ROOST_PACK", "0")  # the model meant for compiling kept plain weights
-    eager = engine.load_model(ckpt, "cpu fp32")
+    eager = engine.load_model(ckpt, "cpu fp32", pack=False)  # the model meant for compiling kept plain weights
     torch.testing.assert_close(_steps(model), _steps(eager), atol=0, rtol=0)
 
 

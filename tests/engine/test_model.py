@@ -82,3 +82,42 @@ def test_a_state_is_never_changed_by_forwards_that_start_from_it(make_checkpoint
     assert all(torch.equal(a, b) for a, b in zip(before, (t for layer in state.layers for t in layer)))
     again, _ = model.forward([14], state)
     assert torch.equal(first, again)
+
+
+def test_the_engine_takes_its_options_as_arguments_not_from_the_environment(make_checkpoint, monkeypatch):
+    from roost.engine.linear import Int8Linear, PackedLinear, packs_on_cpu
+    from roost.engine.options import LoadOptions
+
+    path = make_checkpoint("v6.0", n_layer=2, n_embd=128)
+    for var, value in (("ROOST_PACK", "0"), ("ROOST_INT8_KERNEL", "dequant"), ("ROOST_COMPILE", "1")):
+        monkeypatch.setenv(var, value)
+    model = load_model(path, "cpu int8")
+    assert model.compiled is False and model.compile_note is None  # ROOST_COMPILE ignored
+    assert model._layers[1]["att.key.weight"].kernel != "dequant"  # ROOST_INT8_KERNEL ignored
+    forced = load_model(path, "cpu int8", options=LoadOptions.from_env())  # an entry point reads them
+    assert all(w.kernel == "dequant" for w in forced._layers[1].values() if isinstance(w, Int8Linear))
+    if packs_on_cpu(torch.float32):
+        assert isinstance(load_model(path, "cpu fp32")._w["head.weight"], PackedLinear)
+        assert not isinstance(load_model(path, "cpu fp32", pack=False)._w["head.weight"], PackedLinear)
+    with pytest.raises(TypeError, match="unknown load option"):
+        load_model(path, "cpu fp32", turbo=True)
+
+
+def test_loading_leaves_the_process_allocator_alone_unless_asked(make_checkpoint, monkeypatch):
+    from roost.engine import memory
+
+    entered = []
+
+    class Spy:
+        def __enter__(self):
+            entered.append(True)
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(memory, "loading_allocator", Spy)
+    path = make_checkpoint("v5.2", n_layer=2, n_embd=128)
+    load_model(path, "cpu fp32")
+    assert entered == []
+    load_model(path, "cpu fp32", tune_allocator=True)
+    assert entered == [True]

@@ -46,8 +46,7 @@ def test_packing_is_skipped_where_it_does_not_pay(monkeypatch):
     monkeypatch.setattr(lin, "cpu_has_bf16", lambda: False)
     assert pack_for_cpu(w.bfloat16()).dtype == torch.bfloat16  # a plain tensor: no native bf16
     assert isinstance(pack_for_cpu(w.half()), torch.Tensor)
-    monkeypatch.setenv("ROOST_PACK", "0")
-    assert isinstance(pack_for_cpu(w), torch.Tensor)
+    assert isinstance(pack_for_cpu(w, enabled=False), torch.Tensor)
 
 
 @needs_packing
@@ -57,8 +56,7 @@ def test_packed_model_gives_the_plain_models_logits(make_checkpoint, monkeypatch
     packed = load_model(path, "cpu fp32")
     assert isinstance(packed._layers[0]["att.key.weight"], PackedLinear)
     assert isinstance(packed._w["head.weight"], PackedLinear)
-    monkeypatch.setenv("ROOST_PACK", "0")
-    plain = load_model(path, "cpu fp32")
+    plain = load_model(path, "cpu fp32", pack=False)
     assert isinstance(plain._layers[0]["att.key.weight"], torch.Tensor)
     for tokens in (TOKENS, TOKENS[:1]):  # a chunk, and one token
         got, want = packed.forward(tokens)[0], plain.forward(tokens)[0]
