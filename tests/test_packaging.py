@@ -37,9 +37,17 @@ def test_every_package_folder_is_in_the_wheel():
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
+    """The wheel, built from a copy of the sources (the build leaves build/ and *.egg-info behind)."""
+    import shutil
+
+    src = tmp_path_factory.mktemp("src")
+    for name in ("app", "engine", "assets"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE", "MANIFEST.in"):
+        shutil.copy(ROOT / name, src / name)
     out = tmp_path_factory.mktemp("wheel")
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                        "--disable-pip-version-check", "-q", "-w", str(out), str(ROOT)],
+                        "--disable-pip-version-check", "-q", "-w", str(out), str(src)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     (path,) = out.glob("roost-*.whl")
