@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def free_port() -> int:
@@ -107,7 +106,7 @@ def main() -> int:
     path = save_checkpoint(folder / f"bench-{args.arch}.pth", args.arch, n_layer=args.layers, n_embd=args.embd)
     port = free_port()
     base_url = f"http://127.0.0.1:{port}/v1"
-    cmd = [sys.executable, "-m", "app", "serve", "--model", str(path), "--strategy", "cpu fp32",
+    cmd = [sys.executable, "-m", "roost", "serve", "--model", str(path), "--strategy", "cpu fp32",
            "--host", "127.0.0.1", "--port", str(port), "--max-queue", str(args.max_queue)]
     server = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "ROOST_HOME": str(folder / "home")},
                               stderr=subprocess.PIPE, text=True)

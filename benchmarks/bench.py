@@ -24,7 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {  # name: (arch, n_layer, n_embd)
     "v6-0.4b": ("v6.0", 24, 1024),
     "v6-1.6b": ("v6.0", 24, 2048),
@@ -41,7 +40,6 @@ def checkpoint(shape: str, cache: Path) -> Path:
     arch, n_layer, n_embd = SHAPES[shape]
     path = cache / f"bench-{shape}.pth"
     if not path.exists():
-        sys.path.insert(0, str(ROOT))
         from roost.engine.synthetic import save_checkpoint
 
         print(f"building {path} ...", file=sys.stderr, flush=True)
@@ -60,7 +58,6 @@ def worker(args: argparse.Namespace) -> None:
     tokens = torch.randint(0, 65536, (args.prefill,), generator=torch.Generator().manual_seed(0)).tolist()
     t0 = time.perf_counter()
     if args.impl == "roost":
-        sys.path.insert(0, str(ROOT))
         from roost import engine
         model = engine.load_model(args.model, args.strategy, options=engine.LoadOptions.from_env())
 
@@ -222,7 +219,6 @@ def _median_run(runs: list) -> dict | None:
 
 def _weight_bytes_per_token(model: Path, bytes_per_weight: float) -> float:
     """Bytes of weights read per generated token: every matrix but the embedding."""
-    sys.path.insert(0, str(ROOT))
     from roost.engine.checkpoint import open_checkpoint
 
     t, cfg = open_checkpoint(model)

@@ -8,7 +8,6 @@ import sys
 import threading
 from pathlib import Path
 
-from roost.core import paths
 from roost.core.choice import requested_strategy
 from roost.core.logs import setup_logging
 

@@ -432,7 +432,7 @@ class ModelsPage(QWidget):
         import threading
 
         from roost.core.catalog import CatalogRefreshError, refresh_catalog
-        from roost.core.sources import HUB, MIRROR, endpoints
+        from roost.core.sources import MIRROR, endpoints
 
         settings = self.win.settings.current
         endpoint = endpoints()[MIRROR] if settings.download_source() == MIRROR else None

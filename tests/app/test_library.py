@@ -171,7 +171,7 @@ def test_refresh_marks_files_removed_upstream_and_survives_offline(hub, home):
 
 
 def roost(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "app", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "roost", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=120, env={**os.environ, **(env or {})}, check=False)
 
 

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import tempfile
 
-import pytest
 
 from roost import cli
 
