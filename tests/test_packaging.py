@@ -89,3 +89,18 @@ def test_a_missing_data_file_is_said_plainly(monkeypatch):
 
     with pytest.raises(RoostError, match="installation is incomplete: its data file nothing.json is missing"):
         paths.read_asset_text("nothing.json")
+
+
+def test_nothing_imports_the_folders_by_their_old_names():
+    """app/ and engine/ are only folders: code that imports `app` or `engine` works in a checkout
+    by accident (the current directory) and breaks installed."""
+    import re
+
+    pattern = re.compile(r"^\s*(from|import) (app|engine)\b|[\"']-m[\"'], [\"']app[\"']|-m app\b", re.M)
+    found = []
+    for folder in ("app", "engine", "tests", "benchmarks", "packaging", ".github"):
+        for path in (ROOT / folder).rglob("*"):
+            if path.suffix in (".py", ".spec", ".sh", ".ps1", ".yml") and path.is_file() and path != Path(__file__):
+                for m in pattern.finditer(path.read_text(encoding="utf-8")):
+                    found.append(f"{path.relative_to(ROOT)}: {m.group(0).strip()}")
+    assert not found, "\n".join(found)
