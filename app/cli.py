@@ -189,8 +189,9 @@ def _generate(args) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     if args.format == "raw":
         text, stops = prompt, tuple(args.stop)
-        params = _params(args, max_tokens=200, presence_penalty=0.0, frequency_penalty=0.3,
-                         top_p=0.7, stop=stops)
+        from roost.engine.sampling import COMPLETION_SAMPLING
+
+        params = _params(args, **COMPLETION_SAMPLING, max_tokens=200, stop=stops)
     else:
         fmt = FORMATS[args.format]
         text = build_prompt(fmt, [Message("user", prompt)])

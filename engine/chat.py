@@ -18,7 +18,7 @@ class ChatSession:
                  system: str | None = None, think: bool | None = None):
         self.model = model
         self.fmt = fmt
-        self.params = params.replace(stop=tuple(dict.fromkeys(params.stop + fmt.stop_strings)))
+        self.params = params.with_stops(fmt.stop_strings)
         self.think = think
         self.messages: list[Message] = [Message("system", system)] if system else []
         self._state = None

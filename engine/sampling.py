@@ -51,6 +51,19 @@ class SamplingParams:
     def replace(self, **changes) -> "SamplingParams":
         return dataclasses.replace(self, **changes)
 
+    def with_stops(self, extra) -> "SamplingParams":
+        """These parameters with the stop strings `extra` added (a prompt format's), each once, in order."""
+        return self.replace(stop=tuple(dict.fromkeys(self.stop + tuple(extra))))
+
+
+# The one set of defaults every surface starts from (the app's chat and completion pages, the API,
+# the command line); a user's saved changes (Settings) and a request's fields go on top.
+KNOBS = ("temperature", "top_p", "top_k", "presence_penalty", "frequency_penalty", "penalty_decay")
+# chat: ChatRWKV / RWKV-Runner's chat defaults
+CHAT_SAMPLING = {k: getattr(SamplingParams(), k) for k in KNOBS}
+# completion (stories, continuing a text): a wider top-p, no presence penalty, a light frequency one
+COMPLETION_SAMPLING = {**CHAT_SAMPLING, "top_p": 0.7, "presence_penalty": 0.0, "frequency_penalty": 0.3}
+
 
 class PenaltyTracker:
     """Occurrence counts of generated tokens, as one float tensor over the vocabulary."""

@@ -97,7 +97,7 @@ class Runtime:
                 session = ChatSession(model, fmt, params, system=system or None, think=think)
                 session.messages += [Message(r, c) for r, c in history]
                 ctx = 0
-            session.params = params.replace(stop=tuple(dict.fromkeys(params.stop + fmt.stop_strings)))
+            session.params = params.with_stops(fmt.stop_strings)
             gen = session.send(text, stop_flag=stop_flag)
             for piece in gen:
                 if on_piece:

@@ -59,8 +59,9 @@ class CompletionPage(QWidget):
         top.addWidget(QLabel(tr("Stop strings:")))
         top.addWidget(self.stops, 1)
         self.text = QPlainTextEdit(placeholderText=tr("Start writing, then press Generate."))
-        self.sampling = SamplingPanel(win.settings.current, {"top_p": 0.7, "presence_penalty": 0.3,
-                                                     "frequency_penalty": 0.3, "max_tokens": 300})
+        from roost.engine.sampling import COMPLETION_SAMPLING
+
+        self.sampling = SamplingPanel(win.settings.current, {**COMPLETION_SAMPLING, "max_tokens": 300})
         mid = QHBoxLayout()
         mid.addWidget(self.text, 1)
         mid.addWidget(self.sampling)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from PySide6.QtWidgets import QDoubleSpinBox, QFormLayout, QSpinBox, QWidget
 
+from roost.engine.sampling import CHAT_SAMPLING
 from roost.gui.i18n import tr
 
-# ChatRWKV / RWKV-Runner defaults for chat
-DEFAULTS = {"temperature": 1.0, "top_p": 0.3, "top_k": 0, "presence_penalty": 0.5,
-            "frequency_penalty": 0.5, "penalty_decay": 0.996, "max_tokens": 500}
+DEFAULTS = {**CHAT_SAMPLING, "max_tokens": 500}  # the engine's chat defaults, and a reply length
 FIELDS = [  # key, label, minimum, maximum, step, decimals (None: integer)
     ("temperature", "Temperature:", 0.0, 5.0, 0.1, 2),
     ("top_p", "Top P:", 0.0, 1.0, 0.05, 2),

@@ -30,6 +30,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from roost.engine.sampling import CHAT_SAMPLING, COMPLETION_SAMPLING
 from roost.server import fields
 from roost.server.cache import PrefixCache
 from roost.server.fields import ApiError
@@ -49,11 +50,8 @@ CHAT_MAX_TOKENS = 1024  # when a chat request does not say
 COMPLETION_MAX_TOKENS = 16  # when a completion request does not say (as OpenAI's)
 KEEPALIVE_SECONDS = 15.0  # an SSE comment while a streaming request waits its turn
 
-# ChatRWKV / RWKV-Runner defaults (the app's); a request overrides any of them
-CHAT_DEFAULTS = {"temperature": 1.0, "top_p": 0.3, "top_k": 0, "presence_penalty": 0.5,
-                 "frequency_penalty": 0.5, "penalty_decay": 0.996}
-COMPLETION_DEFAULTS = {"temperature": 1.0, "top_p": 0.7, "top_k": 0, "presence_penalty": 0.0,
-                       "frequency_penalty": 0.3, "penalty_decay": 0.996}
+# the engine's one set of sampling defaults (the app's too); a request overrides any of them
+CHAT_DEFAULTS, COMPLETION_DEFAULTS = CHAT_SAMPLING, COMPLETION_SAMPLING
 FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
 # web pages this computer serves (a local chat UI); without an API key, pages from anywhere else
 # may not drive the model through the visitor's browser

@@ -223,7 +223,7 @@ class Worker:
             params = job.params
             if job.stops is not None:
                 extra = tuple(job.stops(model, info))
-                params = params.replace(stop=tuple(dict.fromkeys(params.stop + extra)))
+                params = params.with_stops(extra)
             job.emit("started")
             cached, state = self.cache.lookup(model, ids)
             rest = ids[cached:]

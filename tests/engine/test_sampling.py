@@ -80,3 +80,34 @@ def test_lists_become_tuples_and_replace_works():
     p = SamplingParams(stop=["a"], banned_tokens=[1, 2])
     assert p.stop == ("a",) and p.banned_tokens == (1, 2)
     assert p.replace(top_k=5).top_k == 5
+
+
+def test_one_set_of_defaults_for_every_surface(monkeypatch):
+    """The app's chat and completion pages, the API and the command line start from the engine's."""
+    from roost import cli
+    from roost.engine.sampling import CHAT_SAMPLING, COMPLETION_SAMPLING, KNOBS
+    from roost.gui import sampling as gui_sampling
+    from roost.server import api
+
+    assert CHAT_SAMPLING == {k: getattr(SamplingParams(), k) for k in KNOBS}
+    assert {k: gui_sampling.DEFAULTS[k] for k in KNOBS} == CHAT_SAMPLING == api.CHAT_DEFAULTS
+    assert api.COMPLETION_DEFAULTS == COMPLETION_SAMPLING
+    captured = {}
+    real = cli._params
+
+    class Loaded(Exception):
+        pass
+
+    def load(args):
+        raise Loaded
+
+    monkeypatch.setattr(cli, "_params", lambda a, **values: captured.update(values) or real(a, **values))
+    monkeypatch.setattr(cli, "_load", load)  # stop before loading anything
+    with pytest.raises(Loaded):
+        cli._generate(cli._parser().parse_args(["generate", "--model", "m.pth", "hi"]))
+    assert {k: captured[k] for k in KNOBS} == COMPLETION_SAMPLING
+
+
+def test_stop_strings_merge_once_in_order():
+    p = SamplingParams(stop=("END", "\n\n")).with_stops(("\n\nUser:", "\n\n"))
+    assert p.stop == ("END", "\n\n", "\n\nUser:")

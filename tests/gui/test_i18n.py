@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 
+import pytest
+
 from roost.gui.i18n import TEXT
 from tests.conftest import ROOT
 
@@ -57,3 +59,11 @@ def test_completion_presets_and_result_line_in_each_language(qtbot, window, monk
         win.close()
     for word in completion_page.FINISHED.values():
         assert word in TEXT
+
+
+def test_pages_start_from_the_engines_sampling_defaults(qtbot, window):
+    from roost.engine.sampling import CHAT_SAMPLING, COMPLETION_SAMPLING, KNOBS
+
+    win = window()
+    assert {k: win.completion.sampling.values()[k] for k in KNOBS} == pytest.approx(COMPLETION_SAMPLING)
+    assert {k: win.chat.sampling.values()[k] for k in KNOBS} == pytest.approx(CHAT_SAMPLING)
