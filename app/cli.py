@@ -161,8 +161,8 @@ def _params(args, **defaults):
         raise RoostError(f"bad sampling setting: {e}") from None
 
 
-def _load(args):
-    from roost import engine
+def _decide(args):
+    """The model file and strategy for --model/--strategy, the choice said on stderr."""
     from roost.core.choice import decide_strategy, resolve_model
 
     path = resolve_model(args.model)
@@ -171,7 +171,14 @@ def _load(args):
     if choice.reason:
         print(f"Strategy chosen automatically: {choice.reason}\n自动选择的运行方式：{choice.reason_zh}",
               file=sys.stderr, flush=True)
-    model = engine.load_model(path, choice.strategy, options=engine.LoadOptions.from_env())
+    return path, choice.strategy
+
+
+def _load(args):
+    from roost import engine
+
+    path, strategy = _decide(args)
+    model = engine.load_model(path, strategy, options=engine.LoadOptions.from_env())
     print(f"{model.config.label}, loaded in {model.load_seconds:.1f} s", file=sys.stderr, flush=True)
     return model
 
@@ -212,15 +219,25 @@ def _generate(args) -> int:
 
 
 def _chat(args) -> int:
-    from roost.engine.chat import ChatSession
+    """A terminal chat on the app's Runtime: the same state cache, so each turn reads only its text."""
+    import signal
+
+    from roost.core.runtime import Runtime
+    from roost.engine.generate import StopFlag
+    from roost.engine.options import LoadOptions
     from roost.engine.prompts import G1_CHAT, default_format
 
-    model = _load(args)
-    fmt = G1_CHAT if args.think else default_format(model.vocab_size)
+    path, strategy = _decide(args)
+    runtime = Runtime(LoadOptions.from_env())
+    info = runtime.load(path, strategy)
+    print(f"{info.label}, loaded in {info.seconds:.1f} s", file=sys.stderr, flush=True)
+    reasoning = info.reasoning or args.think is not None
+    fmt = G1_CHAT if reasoning else default_format(info.vocab_size)
     think = None if args.think is None else args.think == "on"
-    session = ChatSession(model, fmt, _params(args), system=args.system, think=think)
-    print("Type a message and press Enter. /reset starts over, /exit quits. "
-          "输入消息后回车；/reset 重新开始，/exit 退出。", file=sys.stderr)
+    params = _params(args)
+    history: list[tuple[str, str]] = []
+    print("Type a message and press Enter. /reset starts over, /exit quits. Ctrl+C stops a reply.\n"
+          "输入消息后回车；/reset 重新开始，/exit 退出，Ctrl+C 停止当前回答。", file=sys.stderr)
     while True:
         try:
             line = input(f"\n{fmt.user}: ")
@@ -229,19 +246,24 @@ def _chat(args) -> int:
         if line.strip() in ("/exit", "/quit"):
             return 0
         if line.strip() == "/reset":
-            session.reset()
+            history = []
+            runtime.forget(0)
             print("(conversation reset / 对话已重置)", file=sys.stderr)
             continue
         if not line.strip():
             continue
         print(f"\n{fmt.assistant}:", end="", flush=True)
-        gen = session.send(line)
+        flag = StopFlag()
+        previous = signal.signal(signal.SIGINT, lambda *_: flag.set())  # Ctrl+C ends the reply, not the chat
         try:
-            _stream(gen)
-        except KeyboardInterrupt:
-            gen.stop()
-            print(" [stopped]", end="")
-        session.finish(gen)
+            reply = runtime.chat(0, history, line, params=params, system=args.system or "", think=think,
+                                 on_piece=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()),
+                                 stop_flag=flag, reasoning=reasoning)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        if reply.finish_reason == "cancelled":
+            print(" [stopped / 已停止]", end="")
+        history += [("user", line), ("assistant", reply.text)]
         print()
 
 

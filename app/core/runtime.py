@@ -1,8 +1,10 @@
 """The one interface between the launcher and the engine: load / unload a model, chat, complete.
 
 Qt-free and blocking: the GUI runs it on a worker thread, the CLI and the API server call it
-directly. It holds at most one model (loading another unloads the first), and keeps the RWKV state
-of recent conversations so that a new turn only processes the new text.
+directly. It holds at most one model (loading another unloads the first) and one state cache
+(roost.engine.resume) that the app's chats and the API server share: a new turn, a regenerated or
+edited one, or an API request that continues a chat processes only the text after the longest
+stored prefix.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-KEEP_STATES = 8  # conversations whose state is kept (least recently used dropped first)
+KEEP_CHATS = 32  # conversations whose exact transcript is remembered (least recently used dropped first)
 
 
 @dataclass
@@ -45,11 +47,18 @@ class Runtime:
     def __init__(self, options=None):
         """`options`: the engine's LoadOptions for every model it loads (default: the engine's
         defaults; a program that owns its process passes LoadOptions.from_env())."""
+        from roost.engine.resume import PrefixCache
+
         self.options = options
         self.model = None
         self.info: LoadedInfo | None = None
         self._lock = threading.Lock()  # one generation at a time
-        self._sessions: OrderedDict[object, tuple] = OrderedDict()
+        self.cache = PrefixCache()  # states by token prefix, for this model; shared with the API server
+        # per conversation: (system, think, [(role, shown text, Message as the model saw it), ...]):
+        # replies verbatim, G1 thinking included, so that a transcript's text extends what a stored
+        # state saw for as long as the history is unchanged
+        self._chats: OrderedDict[object, tuple] = OrderedDict()
+        self._chats_lock = threading.Lock()  # short: the UI thread forgets a chat while a reply runs
 
     # --- model ---------------------------------------------------------------------------------
     def load(self, path: str | Path, strategy: str, progress: Callable[[float], None] | None = None) -> LoadedInfo:
@@ -74,51 +83,59 @@ class Runtime:
         # only run on the main thread: on the GUI's worker thread it could finalise Qt objects
         # off the UI thread, which crashes (the app collects on the UI thread, see roost.gui.app)
         self.model, self.info = None, None
-        self._sessions.clear()
+        with self._chats_lock:
+            self._chats.clear()
+        self.cache.clear()
         if threading.current_thread() is threading.main_thread():
             gc.collect()
 
     # --- chat ----------------------------------------------------------------------------------
     def chat(self, key, history: list[tuple[str, str]], text: str, *, params, system: str = "",
-             think: bool | None = None, on_piece: Callable[[str], None] | None = None, stop_flag=None) -> Reply:
-        """One turn of conversation `key`. `history` is [(role, shown text), ...] before this turn."""
-        from roost.engine.chat import ChatSession
-        from roost.engine.prompts import G1_CHAT, Message, default_format, split_reasoning
+             think: bool | None = None, on_piece: Callable[[str], None] | None = None, stop_flag=None,
+             reasoning: bool | None = None) -> Reply:
+        """One turn of conversation `key`. `history` is [(role, shown text), ...] before this turn.
+        `reasoning`: use the G1 thinking format (default: when the loaded model is a G1 one)."""
+        from roost.engine.prompts import G1_CHAT, Message, build_prompt, default_format, split_reasoning
+        from roost.engine.resume import generate_resumed, resumable_ids
 
         with self._lock:
             model = self._need_model()
-            reasoning = self.info.reasoning
+            reasoning = self.info.reasoning if reasoning is None else reasoning
             fmt = G1_CHAT if reasoning else default_format(model.vocab_size)
             think = think if reasoning else None
-            cached = self._sessions.pop(key, None)
-            if cached and cached[1] == (system, think, list(history)):
-                session, _, ctx = cached
-            else:  # new, edited, regenerated, or another system prompt: start over
-                session = ChatSession(model, fmt, params, system=system or None, think=think)
-                session.messages += [Message(r, c) for r, c in history]
-                ctx = 0
-            session.params = params.with_stops(fmt.stop_strings)
-            gen = session.send(text, stop_flag=stop_flag)
-            for piece in gen:
-                if on_piece:
-                    on_piece(piece)
-            raw = session.finish(gen)
-            r = gen.result
+            with self._chats_lock:
+                remembered = self._chats.pop(key, None)
+            seen = remembered[2] if remembered and remembered[:2] == (system, think) else []
+            turns, same = [], True  # (role, shown, Message): as the model saw them up to the first change
+            for i, (role, content) in enumerate(history):
+                same = same and i < len(seen) and seen[i][:2] == (role, content)
+                turns.append(seen[i] if same else (role, content, Message(role, content)))
+            turns.append(("user", text, Message("user", text)))
+            messages = ([Message("system", system)] if system else []) + [m for _r, _c, m in turns]
+            prompt = build_prompt(fmt, messages, think=think)
+            ids = resumable_ids(self.cache, model, prompt)
+            done = generate_resumed(model, self.cache, ids, params.with_stops(fmt.stop_strings), text=prompt,
+                                    stop_flag=stop_flag, on_piece=on_piece)
+            r = done.result
+            if r is None:  # stopped while reading the prompt
+                return Reply("", "", "cancelled", 0, done.fed_tokens, 0, 0.0)
+            raw = r.text
             thought, answer = split_reasoning(raw) if reasoning and think is not None else ("", raw.strip())
-            if not session._seen:  # the state could not be kept
-                ctx = 0
-            else:
-                ctx += session.last_fed_tokens + r.n_fed
-            history = [*history, ("user", text), ("assistant", answer)]
-            self._sessions[key] = (session, (system, think, history), ctx)
-            while len(self._sessions) > KEEP_STATES:
-                self._sessions.popitem(last=False)
-            return Reply(answer, thought, r.finish_reason, len(r.tokens), session.last_fed_tokens, ctx,
+            # the reply as the model wrote it after "Assistant:" (G1: the prompt's "<think" opening too)
+            opening = fmt.reply_prefix(think)[len(fmt.assistant) + 1:]
+            turns.append(("assistant", answer, Message("assistant", opening + raw, verbatim=True)))
+            with self._chats_lock:
+                self._chats[key] = (system, think, turns)
+                while len(self._chats) > KEEP_CHATS:
+                    self._chats.popitem(last=False)
+            context = len(ids) + r.n_fed if r.state is not None else 0
+            return Reply(answer, thought, r.finish_reason, len(r.tokens), done.fed_tokens, context,
                          r.tokens_per_second)
 
     def forget(self, key) -> None:
-        """Drop a conversation's cached state (it was deleted)."""
-        self._sessions.pop(key, None)
+        """Drop what is remembered of a conversation (it was deleted); its states age out of the cache."""
+        with self._chats_lock:  # not the generation lock: this never waits for a reply
+            self._chats.pop(key, None)
 
     # --- completion ----------------------------------------------------------------------------
     def complete(self, prompt: str, *, params, on_piece: Callable[[str], None] | None = None,

@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from roost.engine.sampling import CHAT_SAMPLING, COMPLETION_SAMPLING
 from roost.server import fields
-from roost.server.cache import PrefixCache
+from roost.engine.resume import PrefixCache
 from roost.server.fields import ApiError
 from roost.server.jobs import (
     Cancelled,
@@ -61,14 +61,17 @@ LOCAL_ORIGIN = r"[a-z][a-z0-9+.-]*://(localhost|127(\.[0-9]{1,3}){3}|\[::1\])(:[
 def create_app(runtime, *, model_id: str | None = None, api_key: str | None = None, max_queue: int = 64,
                max_body_bytes: int = MAX_BODY_BYTES, max_tokens_limit: int = MAX_TOKENS_LIMIT,
                chat_max_tokens: int = CHAT_MAX_TOKENS, cache: PrefixCache | None = None,
-               cache_entries: int = 32, cache_bytes: int = 512 * 2 ** 20,
+               cache_entries: int | None = None, cache_bytes: int | None = None,
                chat_defaults: dict | None = None, completion_defaults: dict | None = None) -> FastAPI:
     """The API over ``runtime`` (its loaded model, whichever that is at each request).
 
     ``model_id`` is the name clients use (default: the loaded file's name without extension; the
     full file name is accepted too). With ``api_key`` every request must carry
     ``Authorization: Bearer <api_key>``. ``app.state.roost`` is the :class:`Worker` (stats)."""
-    worker = Worker(runtime, cache if cache is not None else PrefixCache(cache_entries, cache_bytes),
+    if cache is None and (cache_entries is not None or cache_bytes is not None):  # limits of its own
+        cache = PrefixCache(32 if cache_entries is None else cache_entries,
+                            512 * 2 ** 20 if cache_bytes is None else cache_bytes)
+    worker = Worker(runtime, cache,  # None: the Runtime's, shared with the app's chats
                     max_queue=max_queue)
     chat_defaults = {**CHAT_DEFAULTS, **(chat_defaults or {})}
     completion_defaults = {**COMPLETION_DEFAULTS, **(completion_defaults or {})}

@@ -18,11 +18,10 @@ import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from roost.server.cache import PrefixCache
+from roost.engine.resume import PrefixCache
 
 log = logging.getLogger("roost.server")
 
-PREFILL_CHUNK = 256  # prompt tokens per forward call; the stop flag is checked between chunks
 
 
 class QueueFull(Exception):
@@ -119,6 +118,9 @@ class Worker:
 
     def __init__(self, runtime, cache: PrefixCache | None = None, *, max_queue: int = 64):
         self.runtime = runtime
+        # the Runtime's own cache by default: the app's chats and the API resume from the same states
+        if cache is None:
+            cache = getattr(runtime, "cache", None)
         self.cache = cache if cache is not None else PrefixCache()
         self.max_queue = max_queue
         self._queue: queue.Queue = queue.Queue()
@@ -210,7 +212,7 @@ class Worker:
             time.sleep(0.002)
 
     def _run(self, job: Job) -> Outcome:
-        from roost.engine.generate import Generation
+        from roost.engine.resume import generate_resumed
 
         with self.runtime.exclusive() as model:
             started = time.monotonic()
@@ -225,26 +227,11 @@ class Worker:
                 extra = tuple(job.stops(model, info))
                 params = params.with_stops(extra)
             job.emit("started")
-            cached, state = self.cache.lookup(model, ids)
-            rest = ids[cached:]
-            # the state before the prompt's last token is kept: a later prompt that extends this
-            # one (or repeats it) resumes there and feeds only what follows
-            head = rest[:-1]
-            for c0 in range(0, len(head), PREFILL_CHUNK):
-                if job.stop_flag.is_set():
-                    self.cache.record(len(ids), c0)
-                    return Outcome("", "cancelled", len(ids), cached, 0, started - job.created,
-                                   time.monotonic() - started)
-                _, state = model.forward(head[c0:c0 + PREFILL_CHUNK], state)
-            if head:
-                self.cache.store(model, ids[:-1], state)
-            self.cache.record(len(ids), len(rest))
-            gen = Generation(model, rest[-1:], params, state=state, stop_flag=job.stop_flag)
-            for piece in gen:
-                if job.stream:
-                    job.emit("piece", piece)
-            r = gen.result
-            if r.state is not None and r.n_fed:  # the state after the reply, for the next turn
-                self.cache.store(model, ids + r.tokens[:r.n_fed], r.state)
-            return Outcome(r.text, r.finish_reason, len(ids), cached, len(r.tokens),
+            done = generate_resumed(model, self.cache, ids, params, stop_flag=job.stop_flag,
+                                    on_piece=(lambda piece: job.emit("piece", piece)) if job.stream else None)
+            r = done.result
+            if r is None:  # stopped while reading the prompt
+                return Outcome("", "cancelled", len(ids), done.cached_tokens, 0, started - job.created,
+                               time.monotonic() - started)
+            return Outcome(r.text, r.finish_reason, len(ids), done.cached_tokens, len(r.tokens),
                            started - job.created, time.monotonic() - started)

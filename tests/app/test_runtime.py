@@ -68,3 +68,50 @@ def test_unloading_on_a_worker_thread_frees_the_model_without_collecting(make_ch
     finally:
         gc.enable()
     assert "engine-worker" not in collected
+
+
+# --- one resume mechanism: the state cache (roost.engine.resume) ------------------------------------
+def test_regenerating_and_editing_resume_from_the_nearest_state(make_checkpoint):
+    rt = Runtime()
+    rt.load(make_checkpoint("v6.0"), "cpu fp32")
+    first = "Hello there, how are you today? Tell me about the sea."
+    r1 = rt.chat(1, [], first, params=PARAMS)
+    regen = rt.chat(1, [], first, params=PARAMS)  # regenerate: the same prompt again
+    assert regen.fed_tokens == 1  # resumed from the state before the prompt's last token
+    hist = [("user", first), ("assistant", regen.text)]
+    r2 = rt.chat(1, hist, "And the mountains, in a long answer please?", params=PARAMS)
+    edited = rt.chat(1, hist, "And the rivers?", params=PARAMS)  # the last message edited
+    fresh = Runtime()
+    fresh.load(rt.info.path, "cpu fp32")
+    whole = fresh.chat(9, hist, "And the rivers?", params=PARAMS)
+    assert edited.fed_tokens < whole.fed_tokens // 2  # only the edited turn was read again
+    assert r2.fed_tokens < whole.fed_tokens
+
+
+def test_a_g1_thinking_chat_feeds_only_the_new_turn(make_checkpoint, tmp_path):
+    import shutil
+
+    path = tmp_path / "rwkv7-g1-test.pth"
+    shutil.copy(make_checkpoint("v7.0"), path)
+    rt = Runtime()
+    assert rt.load(path, "cpu fp32").reasoning
+    params = PARAMS.replace(max_tokens=16)
+    r1 = rt.chat(1, [], "What is two plus two?", params=params, think=True)
+    hist = [("user", "What is two plus two?"), ("assistant", r1.text)]
+    r2 = rt.chat(1, hist, "Thanks.", params=params, think=True)
+    assert r2.fed_tokens <= len(rt.model.tokenizer.encode("\n\nUser: Thanks.\n\nAssistant: <think")) + 1
+
+
+def test_the_app_and_the_api_share_one_cache_and_a_new_model_drops_it(make_checkpoint):
+    from roost.server.run import ApiServer
+
+    rt = Runtime()
+    rt.load(make_checkpoint("v6.0"), "cpu fp32")
+    rt.chat(1, [], "Hello", params=PARAMS)
+    server = ApiServer(rt, port=0)
+    server._prepare().close()  # builds the app without serving
+    assert server.worker.cache is rt.cache and len(rt.cache) > 0
+    rt.load(make_checkpoint("v7.0"), "cpu fp32")
+    assert len(rt.cache) == 0
+    again = rt.chat(1, [], "Hello", params=PARAMS)  # the same words, another model: read in full
+    assert again.fed_tokens == len(rt.model.tokenizer.encode("User: Hello\n\nAssistant:"))

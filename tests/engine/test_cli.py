@@ -216,3 +216,23 @@ def test_an_unexpected_failure_is_one_line_and_a_log_entry(monkeypatch, capsys):
 
     log = setup_logging().read_text()
     assert "Traceback" in log and "RuntimeError: a bug" in log
+
+
+def test_ctrl_c_in_chat_stops_the_reply_and_the_chat_goes_on(make_checkpoint):
+    path = str(make_checkpoint("v5.2", n_layer=2, n_embd=128, seed=2))
+    p = subprocess.Popen([sys.executable, "-m", "roost", "chat", "--model", path, "--strategy", "cpu fp32",
+                          "--max-tokens", "1500", "--temperature", "1"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tempfile.gettempdir(), text=True)
+    try:
+        p.stdin.write("Tell me a story\n")
+        p.stdin.flush()
+        seen = ""
+        while "Assistant:" not in seen:
+            seen += p.stdout.read(1)
+        seen += p.stdout.read(2)  # the reply is streaming
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate("and again\n/exit\n", timeout=120)
+    finally:
+        p.kill()
+    assert p.returncode == 0, err
+    assert "[stopped" in seen + out and (seen + out).count("Assistant:") == 2 and "Traceback" not in err

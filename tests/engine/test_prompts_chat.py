@@ -1,11 +1,11 @@
-"""Prompt formats and the chat session that reuses the model state between turns."""
+"""Prompt formats, and chats that resume from the cached state between turns (roost.engine.resume)."""
 
 from __future__ import annotations
 
 import torch
 
 from roost.engine import load_model
-from roost.engine.chat import ChatSession
+from roost.engine.resume import PrefixCache, generate_resumed, resumable_ids
 from roost.engine.prompts import G1_CHAT, RAVEN_CHAT, WORLD_CHAT, Message, build_prompt, clean, default_format, split_reasoning
 from roost.engine.sampling import SamplingParams
 
@@ -35,34 +35,37 @@ def test_clean_keeps_single_newlines():
     assert clean("  a\r\n\r\n\r\nb\nc  ") == "a\nb\nc"
 
 
+def _turn(model, cache, messages, params):
+    prompt = build_prompt(WORLD_CHAT, messages)
+    ids = resumable_ids(cache, model, prompt)
+    return prompt, ids, generate_resumed(model, cache, ids, params.with_stops(WORLD_CHAT.stop_strings), text=prompt)
+
+
 def test_the_second_turn_feeds_only_the_new_text_and_matches_a_full_run(make_checkpoint):
     model = load_model(make_checkpoint("v6.0", n_layer=2, n_embd=128, seed=9))
     params = SamplingParams(temperature=0, max_tokens=12, presence_penalty=0, frequency_penalty=0)
-    chat = ChatSession(model, WORLD_CHAT, params)
-    first = chat.send("Hello, who are you?")
-    list(first)
-    chat.finish(first)
-    full_first = chat.last_fed_tokens
-    second = chat.send("Tell me more.")
-    assert chat.last_fed_tokens < full_first + 8  # only the new turn, not the whole history
-    # the cached path gives the same next-token logits as processing the transcript from scratch
-    ids = model.tokenizer.encode(second.chat_prompt)
-    scratch, _ = model.forward(ids)
-    cached, _ = model.forward(model.tokenizer.encode(second.chat_prompt[len(chat._seen):]), chat._state)
-    top_scratch, top_cached = scratch.topk(5).indices, cached.topk(5).indices
-    assert top_scratch[0] == top_cached[0]
-    list(second)
-    reply = chat.finish(second)
-    assert chat.messages[-1] == Message("assistant", reply, verbatim=True)
+    cache = PrefixCache()
+    first = [Message("user", "Hello, who are you?")]
+    _, ids1, d1 = _turn(model, cache, first, params)
+    assert d1.fed_tokens == len(ids1) and d1.cached_tokens == 0
+    second = first + [Message("assistant", d1.result.text, verbatim=True), Message("user", "Tell me more.")]
+    prompt2, ids2, d2 = _turn(model, cache, second, params)
+    assert ids2[:len(ids1)] == ids1  # the model's own reply tokens, not the text tokenised again
+    new_turn = len(model.tokenizer.encode("\n\nUser: Tell me more.\n\nAssistant:"))
+    assert d2.fed_tokens <= new_turn + 2 and d2.cached_tokens == len(ids2) - d2.fed_tokens  # only the new turn
+    # resuming gives the logits of processing the same tokens from scratch
+    n, state = cache.lookup(model, ids2)
+    resumed, _ = model.forward(ids2[n:], state)
+    scratch, _ = model.forward(ids2)
+    torch.testing.assert_close(resumed, scratch, atol=1e-4, rtol=1e-4)
 
 
 def test_an_edited_history_starts_over(make_checkpoint):
     model = load_model(make_checkpoint("v6.0", n_layer=2, n_embd=128, seed=9))
-    chat = ChatSession(model, WORLD_CHAT, SamplingParams(temperature=0, max_tokens=4))
-    g = chat.send("first")
-    list(g)
-    chat.finish(g)
-    chat.messages[0] = Message("user", "edited first")
-    g = chat.send("second")
-    assert chat.last_fed_tokens == len(model.tokenizer.encode(g.chat_prompt))
-    assert torch.is_tensor(model.forward([1])[0])
+    params = SamplingParams(temperature=0, max_tokens=4)
+    cache = PrefixCache()
+    _, _, d = _turn(model, cache, [Message("user", "first")], params)
+    edited = [Message("user", "edited first"), Message("assistant", d.result.text, verbatim=True),
+              Message("user", "second")]
+    prompt, ids, d2 = _turn(model, cache, edited, params)
+    assert d2.fed_tokens == len(ids) == len(model.tokenizer.encode(prompt))

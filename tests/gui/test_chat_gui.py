@@ -32,11 +32,11 @@ def test_reply_streams_in_and_is_saved(qtbot, window, make_checkpoint):
     assert "tokens in context" in win.chat.tokens_label.text()
 
     # the next turn reuses the conversation's state: only the new text is processed
+    replies = []
+    win.engine.worker.done.connect(lambda rid, r: replies.append(r))
     send(qtbot, win, "Tell me more.")
     qtbot.waitUntil(lambda: win.chat.rid is None, timeout=60000)
-    runtime = win.engine.worker.runtime
-    session = runtime._sessions[win.chat.conv_id][0]
-    assert session.last_fed_tokens < 20
+    assert replies and replies[-1].fed_tokens < 20
 
 
 def test_stop_takes_effect_within_a_token(qtbot, window, make_checkpoint):

@@ -17,7 +17,7 @@ except ImportError:  # pragma: no cover
     import httpx as httpx2
 
 from roost.core.runtime import Runtime
-from roost.server.cache import PrefixCache
+from roost.engine.resume import PrefixCache
 from roost.server.jobs import chat_tokens
 from roost.server.run import ApiServer, ServerError, check_bind, is_loopback
 from roost.engine.sampling import SamplingParams
