@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where the sampler runs: the app reads the defaults before loading it
+    import torch
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,8 @@ class PenaltyTracker:
 
     def __init__(self, vocab_size: int, params: SamplingParams):
         self.params = params
+        import torch
+
         self.counts = torch.zeros(vocab_size)
         self.seen = torch.zeros(vocab_size, dtype=torch.bool)
 
@@ -94,6 +98,8 @@ def sample_logits(logits: torch.Tensor, params: SamplingParams, generator: torch
         logits[list(params.banned_tokens)] = float("-inf")
     if params.temperature == 0:
         return int(logits.argmax())
+    import torch
+
     full = torch.softmax(logits, dim=-1)  # top_p is measured on the whole distribution
     if params.top_k:
         probs, top_ids = full.topk(min(params.top_k, full.numel()))
