@@ -104,6 +104,12 @@ def main() -> int:
     win = create_window(start_engine=False)
     app = QApplication.instance()
     win.attach_engine(EngineThread(win))
+    # as the app starts: the machine probe (which imports torch), then on_machine on the UI thread
+    from roost.core.catalog import load_catalog
+    from roost.core.hardware import probe
+    from roost.gui.app import on_machine
+
+    on_machine(win, probe(home), load_catalog())
     meter = StallMeter(app)
 
     ckpt = save_checkpoint(home / "bench-v7-12x768.pth", "v7.0", n_layer=12, n_embd=768)

@@ -30,37 +30,68 @@ class WorldTokenizer:
             text = self.path.read_text(encoding="utf-8")
         except OSError as e:
             raise TokenizerError(f"Cannot read the World tokenizer vocabulary {self.path}: {e}") from None
+        rows = []  # (id, Python literal of its text or bytes, length in bytes)
         for line in text.splitlines():
             line = line.rstrip("\r")
             if not line:
                 continue
-            idx, rest = line.split(" ", 1)
-            literal, length = rest.rsplit(" ", 1)
-            value = ast.literal_eval(literal)
+            try:
+                idx, rest = line.split(" ", 1)
+                literal, length = rest.rsplit(" ", 1)
+                rows.append((int(idx), literal, int(length)))
+            except ValueError:
+                raise TokenizerError(f"{self.path} is damaged near: {line[:40]!r}.") from None
+        # literal_eval over batches of literals: called per line, each call leaves a reference cycle
+        # behind (its recursive helper), ~700k objects of garbage for the collector to walk; called
+        # once on the whole file, its parser holds the GIL for ~100 ms (a stall of the app's window)
+        try:
+            values = []
+            for b in range(0, len(rows), 1000):
+                values += ast.literal_eval("[" + ",".join(lit for _i, lit, _n in rows[b:b + 1000]) + "]")
+        except (ValueError, SyntaxError):
+            values = None
+        if values is None or len(values) != len(rows):
+            for idx, literal, _n in rows:  # find the line to name
+                try:
+                    ast.literal_eval(literal)
+                except (ValueError, SyntaxError):
+                    raise TokenizerError(f"{self.path} is damaged near token {idx}.") from None
+            raise TokenizerError(f"{self.path} is damaged.")
+        for (idx, _literal, length), value in zip(rows, values):
             data = value.encode("utf-8") if isinstance(value, str) else value
-            if len(data) != int(length):
+            if not isinstance(data, bytes) or len(data) != length:
                 raise TokenizerError(f"{self.path} is damaged near token {idx}.")
-            self.id_to_bytes[int(idx)] = data
+            self.id_to_bytes[idx] = data
         self.vocab_size = 65536
-        self._root: dict = {}
+        # The byte trie as two flat dicts of ints (node * 256 + byte -> child node; node -> the token
+        # ending there) rather than a dict per node: ~200k fewer objects for the garbage collector to
+        # walk, whose full passes otherwise stall every thread for ~100 ms while the vocabulary loads.
+        self._next: dict[int, int] = {}
+        self._token_at: dict[int, int] = {}
+        nodes = 1  # node 0 is the root
         for idx, data in self.id_to_bytes.items():
-            node = self._root
+            node = 0
             for byte in data:
-                node = node.setdefault(byte, {})
-            node[-1] = idx  # key -1 holds the token ending here
+                key = node * 256 + byte
+                child = self._next.get(key)
+                if child is None:
+                    child = self._next[key] = nodes
+                    nodes += 1
+                node = child
+            self._token_at[node] = idx
 
     def encode(self, text: str) -> list[int]:
         data = text.encode("utf-8")
         out: list[int] = []
-        root, i, n = self._root, 0, len(data)
+        step, token_at, i, n = self._next.get, self._token_at.get, 0, len(data)
         while i < n:
-            node, j, best, best_end = root, i, None, i + 1
+            node, j, best, best_end = 0, i, None, i + 1
             while j < n:
-                node = node.get(data[j])
+                node = step(node * 256 + data[j])
                 if node is None:
                     break
                 j += 1
-                tok = node.get(-1)
+                tok = token_at(node)
                 if tok is not None:
                     best, best_end = tok, j
             if best is None:  # every single byte is a token, so this cannot happen with a full vocab

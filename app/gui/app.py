@@ -24,12 +24,17 @@ def create_window(start_engine: bool = True):
 
     app = QApplication.instance() or QApplication(sys.argv)
     app.setApplicationName("Roost")
+    # Qt calls back into Python (models, paint code) many times while it lays out or paints, and each
+    # call waits for the GIL; with the default 5 ms switch interval a worker busy in Python (loading a
+    # model) made one repaint of the Models table wait ~200 ms. At 0.5 ms: ~50 ms (benchmarks/ui_bench.py).
+    sys.setswitchinterval(0.0005)
     store = SettingsStore()
     settings = store.current
     set_language(settings.language or default_language())
     apply_theme(app, settings.theme)
     apply_proxy(settings.proxy)
     win = MainWindow(settings=store)
+    win.modelChanged.connect(lambda: tenure() if win.info is not None else None)  # a model just loaded
     if store.notice:  # the settings file was damaged (kept aside) or held values Roost cannot use
         win.show_error(store.notice)
     win.show()
@@ -40,10 +45,22 @@ def create_window(start_engine: bool = True):
 
 
 def keep_gc_on_ui_thread(app) -> None:
-    """Python's cyclic garbage collector runs in whichever thread happens to allocate; if that is
-    the engine's worker and the garbage holds Qt objects, Qt destroys widgets off the UI thread and
-    crashes. So automatic collection is off and the UI thread collects on a timer, by generation,
-    as the interpreter would."""
+    """Run Python's cyclic garbage collector on the UI thread only, on a timer.
+
+    Why not automatic collection: CPython collects in whichever thread happens to allocate past the
+    threshold, and the engine's worker allocates the most (loading, generating). When a collection
+    frees a reference cycle that holds the Python wrapper of a Qt object that Python owns (a widget
+    or timer without a C++ parent, kept alive only by the cycle; cycles form readily, e.g. an
+    exception's traceback holding the frame of a method of that object), PySide deletes the C++
+    object right there, in the collecting thread, and Qt requires objects to be deleted in the
+    thread they live in: a crash seen in CI while a page was loading. Making every such cycle
+    impossible cannot be checked, so the collector is kept on the UI thread instead; the Qt-free
+    core (Runtime, engine) never collects and frees models by reference counting.
+
+    Why freezing: a full pass over what torch, Qt and Python hold (~170k objects) takes ~130 ms,
+    which is a visible stall on the UI thread. `tenure()` moves the long-lived objects (start-up
+    imports, a loaded model's) out of the collector's sight after start-up and after each load, so
+    later passes only walk what is new (0-10 ms)."""
     import gc
 
     from PySide6.QtCore import QTimer
@@ -62,6 +79,14 @@ def keep_gc_on_ui_thread(app) -> None:
     timer = QTimer(app, interval=500, timeout=collect)
     timer.start()
     app._roost_gc = timer
+
+
+def tenure() -> None:
+    """Take every object alive now out of later collections (see keep_gc_on_ui_thread): they are
+    the app's long-lived ones. Objects frozen are still freed by reference counting."""
+    import gc
+
+    gc.freeze()
 
 
 def default_language() -> str:
@@ -118,6 +143,7 @@ def on_machine(win, machine, catalog) -> None:
     from roost.core.catalog import recommend
     from roost.core.library import installed
 
+    tenure()  # start-up is over: the engine's imports and the catalog are in memory for good
     win.machine = machine
     win.catalog = catalog
     win.models.set_catalog(catalog)
