@@ -9,7 +9,6 @@ stored prefix.
 
 from __future__ import annotations
 
-import gc
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -79,15 +78,13 @@ class Runtime:
             self._unload()
 
     def _unload(self) -> None:
-        # the model and its states go by reference counting (no cycles); a full collection is
-        # only run on the main thread: on the GUI's worker thread it could finalise Qt objects
-        # off the UI thread, which crashes (the app collects on the UI thread, see roost.gui.app)
+        # the model and its states go by reference counting (they hold no cycles); this core never
+        # runs the cyclic collector: where that may run is the caller's business (the app keeps it
+        # on its UI thread, see roost.gui.app.keep_gc_on_ui_thread)
         self.model, self.info = None, None
         with self._chats_lock:
             self._chats.clear()
         self.cache.clear()
-        if threading.current_thread() is threading.main_thread():
-            gc.collect()
 
     # --- chat ----------------------------------------------------------------------------------
     def chat(self, key, history: list[tuple[str, str]], text: str, *, params, system: str = "",
