@@ -161,17 +161,15 @@ def _params(args, **defaults):
         raise RoostError(f"bad sampling setting: {e}") from None
 
 
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
 def _decide(args):
     """The model file and strategy for --model/--strategy, the choice said on stderr."""
-    from roost.core.choice import decide_strategy, resolve_model
+    from roost.core.choice import model_and_strategy
 
-    path = resolve_model(args.model)
-    choice = decide_strategy(path, args.strategy)
-    print(f"Loading {path.name} ({choice.strategy}) ...", file=sys.stderr, flush=True)
-    if choice.reason:
-        print(f"Strategy chosen automatically: {choice.reason}\n自动选择的运行方式：{choice.reason_zh}",
-              file=sys.stderr, flush=True)
-    return path, choice.strategy
+    return model_and_strategy(args.model, args.strategy, say=_say)
 
 
 def _load(args):

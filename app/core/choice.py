@@ -77,3 +77,15 @@ def resolve_model(spec: str, models_dir: str | os.PathLike | None = None) -> Pat
     raise RoostError(f"There is no file at {path.absolute()}. Check the path, or see 'roost models' for "
                      f"the models Roost can download.\n找不到文件 {path.absolute()}。请检查路径，或运行 "
                      f"'roost models' 查看可下载的模型。")
+
+
+def model_and_strategy(spec: str, asked: str | None = None, say=None) -> tuple[Path, str]:
+    """The commands' start: the model file for `spec` and its strategy (see the module's rule),
+    each said through `say(text)` (the commands print to stderr): what loads, and why when chosen."""
+    path = resolve_model(spec)
+    choice = decide_strategy(path, asked)
+    if say is not None:
+        say(f"Loading {path.name} ({choice.strategy}) ...")
+        if choice.reason:
+            say(f"Strategy chosen automatically: {choice.reason}\n自动选择的运行方式：{choice.reason_zh}")
+    return path, choice.strategy

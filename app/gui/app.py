@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
 from pathlib import Path
 
 from roost.core.choice import requested_strategy
@@ -104,26 +103,24 @@ def default_language() -> str:
 
 def start_background(win) -> None:
     from roost.core.queue import DownloadQueue
-    from roost.gui.worker import EngineThread
-
     from roost.core.runtime import Runtime
     from roost.engine.options import LoadOptions
+    from roost.gui.worker import EngineThread
 
     win.attach_engine(EngineThread(win, runtime=Runtime(LoadOptions.from_env())))  # the app owns its process
     s = win.settings.current
     connect_queue(win, DownloadQueue(s.models_folder(), source=s.download_source(), token=s.token()))
-    win.bridge.machine.connect(lambda machine, catalog: on_machine(win, machine, catalog))
+    folder = s.models_folder()
 
     def probe():
         from roost.core.catalog import load_catalog
         from roost.core.hardware import probe as probe_machine
 
-        folder = win.settings.current.models_folder()
         folder.mkdir(parents=True, exist_ok=True)
-        machine = probe_machine(folder)
-        win.bridge.machine.emit(machine, load_catalog())
+        return probe_machine(folder), load_catalog()
 
-    threading.Thread(target=probe, name="roost-probe", daemon=True).start()
+    win.tasks.run(probe, on_done=lambda result: on_machine(win, *result),
+                  on_error=lambda e: win.show_error(str(e)), name="probe")
 
 
 def connect_queue(win, queue) -> None:

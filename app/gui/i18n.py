@@ -52,6 +52,8 @@ TEXT = {
     # first run
     "Proxy and download source…": "代理与下载源…", "I already have a model file…": "我已有模型文件…",
     "Try again": "重试",
+    "The server could not start; the details are in the log.": "服务器未能启动，详情见日志。",
+    "The model list could not be refreshed; the details are in the log.": "无法刷新模型列表，详情见日志。",
     "Welcome to Roost": "欢迎使用 Roost", "{n} CPU cores": "{n} 核 CPU", "{size} RAM": "内存 {size}",
     "Recommended for this computer:": "推荐给这台电脑：",
     "Download and start chatting": "下载并开始对话",

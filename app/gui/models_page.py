@@ -149,7 +149,6 @@ class ModelsPage(QWidget):
         self.proxy = Filter(self.table)
         self._build()
         win.bridge.job.connect(self.on_job)
-        win.bridge.catalog.connect(self.on_catalog)
         win.modelChanged.connect(self.on_model_changed)
 
     def _build(self) -> None:
@@ -428,10 +427,8 @@ class ModelsPage(QWidget):
         return inst.path
 
     def refresh_catalog(self) -> None:
-        """Ask the Hub which files still exist, on a thread (the network may be slow or blocked)."""
-        import threading
-
-        from roost.core.catalog import CatalogRefreshError, refresh_catalog
+        """Ask the Hub which files still exist, in the background (the network may be slow or blocked)."""
+        from roost.core.catalog import refresh_catalog
         from roost.core.sources import MIRROR, endpoints
 
         settings = self.win.settings.current
@@ -439,13 +436,14 @@ class ModelsPage(QWidget):
         token = settings.token()
         self.refresh_btn.setEnabled(False)
 
-        def work():
-            try:
-                self.win.bridge.catalog.emit(refresh_catalog(endpoint=endpoint, token=token))
-            except CatalogRefreshError as e:
-                self.win.bridge.catalog.emit(str(e))
+        def failed(e: BaseException) -> None:
+            from roost.engine.errors import RoostError
 
-        threading.Thread(target=work, name="roost-catalog", daemon=True).start()
+            self.on_catalog(str(e) if isinstance(e, RoostError) else tr(
+                "The model list could not be refreshed; the details are in the log."))
+
+        self.win.tasks.run(lambda: refresh_catalog(endpoint=endpoint, token=token), on_done=self.on_catalog,
+                           on_error=failed, name="catalog")
 
     def on_catalog(self, result) -> None:
         self.refresh_btn.setEnabled(True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import QObject, Qt, QUrl, Signal
+from PySide6.QtCore import Qt, QUrl
 from PySide6.QtGui import QDesktopServices, QGuiApplication
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -113,10 +113,6 @@ class SettingsPage(QWidget):
         form.addRow(self.api_status)
         self.api_server = None  # roost.server.run.ApiServer while it runs
         self._api_open = False  # listening beyond this computer
-        self._api_bridge = _ServerBridge(self)
-        self._api_bridge.started.connect(self._api_started)
-        self._api_bridge.failed.connect(self._api_failed)
-        self._api_bridge.stopped.connect(lambda: self.api_status.setText(tr("Stopped.")))
         app = QGuiApplication.instance()
         if app is not None:
             app.aboutToQuit.connect(self.stop_api_server)
@@ -129,10 +125,8 @@ class SettingsPage(QWidget):
             self.stop_api_server(wait=False)
 
     def start_api_server(self) -> None:
-        """Start the server for the model the app has loaded (binding, imports and start-up run on
-        a background thread; the result comes back through signals)."""
-        import threading
-
+        """Start the server for the model the app has loaded (binding, imports and start-up run in
+        the background; the result comes back on the UI thread)."""
         from roost.server.run import ServerError, check_bind, is_loopback
 
         engine = self.win.engine
@@ -155,22 +149,22 @@ class SettingsPage(QWidget):
         sampling = defaults(self.win.settings.current)
         chat_defaults = {k: sampling[k] for k in ("temperature", "top_p", "top_k", "presence_penalty",
                                                   "frequency_penalty", "penalty_decay") if k in sampling}
-        runtime, bridge = engine.worker.runtime, self._api_bridge
+        runtime = engine.worker.runtime
         self._api_open = not is_loopback(host)
 
-        def run():
+        def start():
             from roost.server.run import ApiServer
 
-            try:
-                server = ApiServer(runtime, host=host, port=port, api_key=key or None,
-                                   chat_defaults=chat_defaults,
-                                   chat_max_tokens=int(sampling.get("max_tokens", 1024))).start()
-            except Exception as e:  # noqa: BLE001 -- shown beside the switch
-                bridge.failed.emit(split_bilingual(str(e)) or type(e).__name__)
-                return
-            bridge.started.emit(server)
+            return ApiServer(runtime, host=host, port=port, api_key=key or None, chat_defaults=chat_defaults,
+                             chat_max_tokens=int(sampling.get("max_tokens", 1024))).start()
 
-        threading.Thread(target=run, name="roost-api-start", daemon=True).start()
+        def failed(e: BaseException) -> None:  # shown beside the switch; a bug's details are in the log
+            from roost.engine.errors import RoostError
+
+            self._api_failed(split_bilingual(str(e)) if isinstance(e, RoostError)
+                             else tr("The server could not start; the details are in the log."))
+
+        self.win.tasks.run(start, on_done=self._api_started, on_error=failed, name="api-start")
 
     def _api_started(self, server) -> None:
         if not self.api_switch.isChecked():  # switched off while it was starting
@@ -196,8 +190,6 @@ class SettingsPage(QWidget):
 
     def stop_api_server(self, wait: bool = True) -> None:
         """Stop the server (its running generations end within a token)."""
-        import threading
-
         server, self.api_server = self.api_server, None
         for w in (self.api_host, self.api_port, self.api_key):
             w.setEnabled(True)
@@ -208,13 +200,8 @@ class SettingsPage(QWidget):
             server.stop()
             self.api_status.setText(tr("Stopped."))
             return
-        bridge = self._api_bridge
-
-        def run():
-            server.stop()
-            bridge.stopped.emit()
-
-        threading.Thread(target=run, name="roost-api-stop", daemon=True).start()
+        self.win.tasks.run(server.stop, on_done=lambda _: self.api_status.setText(tr("Stopped.")),
+                           name="api-stop")
 
     def browse(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, tr("Models folder:"), self.folder.text())
@@ -257,14 +244,6 @@ class SettingsPage(QWidget):
     def copy_diagnostics(self) -> None:
         QGuiApplication.clipboard().setText(diagnostics(self.win))
         self.saved.setText(tr("Diagnostics copied to the clipboard."))
-
-
-class _ServerBridge(QObject):
-    """Brings the API server's start and stop results from their threads to the UI thread."""
-
-    started = Signal(object)  # ApiServer
-    failed = Signal(str)
-    stopped = Signal()
 
 
 def diagnostics(win) -> str:

@@ -36,8 +36,6 @@ class Bridge(QObject):
     """Carries callbacks from non-Qt threads (the download queue) to the UI thread."""
 
     job = Signal(object)
-    catalog = Signal(object)  # a refreshed catalog, or an error message
-    machine = Signal(object, object)  # Machine, catalog
 
 
 class MainWindow(QMainWindow):
@@ -63,6 +61,9 @@ class MainWindow(QMainWindow):
         self._pieces, self._first_piece, self._shown_tps = 0, 0.0, 0.0
         self.error: str | None = None
         self.bridge = Bridge()
+        from roost.gui.tasks import Tasks
+
+        self.tasks = Tasks(self)  # background work whose results come back on this thread
         self._build()
         self._restore_geometry()
         self.mem_timer = QTimer(self, interval=2000, timeout=self._update_memory)

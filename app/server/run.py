@@ -176,22 +176,17 @@ def serve_cli(args) -> int:
     """``roost serve``: load the model, then serve it until Ctrl+C."""
     import sys
 
-    from roost.core.choice import decide_strategy, resolve_model
+    from roost.core.choice import model_and_strategy
     from roost.core.runtime import Runtime
+    from roost.engine.options import LoadOptions
 
     api_key = args.api_key or os.environ.get("ROOST_API_KEY") or None
     check_bind(args.host, args.port, api_key)  # before the time spent loading
     bind_socket(args.host, args.port).close()  # a busy port is said now, not after loading
-    path = resolve_model(args.model)
-    choice = decide_strategy(path, args.strategy)
-    print(f"Loading {path.name} ({choice.strategy}) ...", file=sys.stderr, flush=True)
-    if choice.reason:
-        print(f"Strategy chosen automatically: {choice.reason}\n自动选择的运行方式：{choice.reason_zh}",
-              file=sys.stderr, flush=True)
-    from roost.engine.options import LoadOptions
-
+    path, strategy = model_and_strategy(args.model, args.strategy,
+                                        say=lambda text: print(text, file=sys.stderr, flush=True))
     runtime = Runtime(LoadOptions.from_env())
-    info = runtime.load(path, choice.strategy)
+    info = runtime.load(path, strategy)
     print(f"{info.label}, loaded in {info.seconds:.1f} s", file=sys.stderr, flush=True)
     server = ApiServer(runtime, host=args.host, port=args.port, api_key=api_key, log_level=args.log_level,
                        model_id=args.model_id, max_queue=args.max_queue, max_tokens_limit=args.max_tokens_limit)
