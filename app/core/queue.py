@@ -8,7 +8,9 @@ resumes where it stopped, in this session or the next.
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,7 @@ from roost.engine.errors import RoostError
 QUEUED, RUNNING, PAUSED, DONE, FAILED, CANCELLED = "queued", "running", "paused", "done", "failed", "cancelled"
 
 _ids = itertools.count(1)
+log = logging.getLogger("roost.queue")
 
 
 @dataclass
@@ -170,8 +173,14 @@ class DownloadQueue:
                 state = CANCELLED if e.cancelled else PAUSED
             except RoostError as e:
                 state, job.error = FAILED, str(e)
-            except Exception as e:  # noqa: BLE001 -- a bug must not kill the worker; shown on the job
-                state, job.error = FAILED, f"{type(e).__name__}: {e}"
+            except OSError as e:  # the models folder cannot be made or written
+                state, job.error = FAILED, (
+                    f"Cannot write to {job.folder} ({e.strerror or e}). Choose another models folder in "
+                    f"Settings.\n无法写入 {job.folder}，请在设置中选择其他模型文件夹。")
+            except Exception:  # noqa: BLE001 -- a bug must not kill the worker: said plainly, details logged
+                log.error("downloading %s failed: %s", job.target.name, traceback.format_exc())
+                state, job.error = FAILED, ("The download failed because of an error in Roost; the details "
+                                            "are in the log.\n下载因 Roost 内部错误而失败，详情见日志。")
             with self._cond:
                 job.state = state
                 self._cond.notify_all()

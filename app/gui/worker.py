@@ -48,9 +48,10 @@ class EngineWorker(QObject):
             self.loadFailed.emit("The computer ran out of memory while loading the model. Close other "
                                  "programs or choose a smaller model or the 'cpu int8' strategy.\n"
                                  "加载模型时内存不足。请关闭其他程序，或选择更小的模型或 'cpu int8' 运行方式。")
-        except Exception as e:  # noqa: BLE001 -- shown to the user and logged, never a silent crash
+        except Exception:  # noqa: BLE001 -- said plainly to the user, the details logged, never a silent crash
             log.error("load failed: %s", traceback.format_exc())
-            self.loadFailed.emit(f"{type(e).__name__}: {e}")
+            self.loadFailed.emit("Loading failed because of an error in Roost; the details are in the log "
+                                 "(Settings → Open log).\n加载因 Roost 内部错误而失败，详情见日志（设置 → 打开日志）。")
 
     @Slot()
     def unload(self) -> None:
@@ -76,9 +77,10 @@ class EngineWorker(QObject):
             self.done.emit(rid, reply)
         except RoostError as e:
             self.failed.emit(rid, str(e))
-        except Exception as e:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 -- said plainly, the details logged
             log.error("generation failed: %s", traceback.format_exc())
-            self.failed.emit(rid, f"{type(e).__name__}: {e}")
+            self.failed.emit(rid, "The reply failed because of an error in Roost; the details are in the log "
+                                  "(Settings → Open log).\n回复因 Roost 内部错误而失败，详情见日志（设置 → 打开日志）。")
 
 
 class EngineThread(QObject):

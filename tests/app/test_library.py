@@ -127,6 +127,30 @@ def test_queue_runs_jobs_pauses_resumes_and_cancels(hub, raven, tmp_path):
         q.close()
 
 
+def test_queue_failures_are_plain_words_with_the_details_in_the_log(raven, tmp_path, monkeypatch, caplog):
+    import roost.core.queue as queue_module
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    q = DownloadQueue(blocker / "models", backoff=0.01)  # a models folder that cannot be made
+    try:
+        job = q.add(from_catalog(raven))
+        assert q.wait(job, 30) and job.state == FAILED
+        assert job.error.startswith(f"Cannot write to {blocker / 'models'}") and "Settings" in job.error
+
+        def broken(*a, **k):
+            raise RuntimeError("internal detail 0x1234")
+
+        monkeypatch.setattr(queue_module, "download_target", broken)
+        q.configure(models_dir=tmp_path / "ok")
+        other = q.add(from_catalog(replace(raven, file="other.pth", id="other")))
+        assert q.wait(other, 30) and other.state == FAILED
+        assert "details are in the log" in other.error and "0x1234" not in other.error
+        assert "internal detail 0x1234" in caplog.text
+    finally:
+        q.close()
+
+
 def test_closing_the_queue_mid_download_keeps_the_partial_file(hub, raven, tmp_path):
     hub.faults.rate = 1_000_000
     folder = tmp_path / "models"

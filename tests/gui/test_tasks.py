@@ -28,3 +28,18 @@ def test_no_page_starts_threads_of_its_own():
     gui = Path(__file__).resolve().parents[2] / "app" / "gui"
     offenders = [p.name for p in gui.glob("*.py") if p.name != "tasks.py" and "threading.Thread(" in p.read_text()]
     assert offenders == []
+
+
+def test_an_unexpected_engine_failure_is_said_plainly(qtbot, caplog):
+    from roost.gui.worker import EngineWorker
+
+    class Broken:
+        def load(self, *a, **k):
+            raise RuntimeError("internal detail 0x1234")
+
+    worker = EngineWorker(Broken())
+    said = []
+    worker.loadFailed.connect(said.append)
+    worker.load("/models/x.pth", "cpu fp32")
+    assert said and "details are in the log" in said[0] and "0x1234" not in said[0]
+    assert "internal detail 0x1234" in caplog.text
