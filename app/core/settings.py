@@ -139,19 +139,21 @@ def _validate(key: str, value, *, checking_folder: bool = True):
             raise SettingsError(f"{key} takes text, not {type(value).__name__}.\n{key} 需要文本。")
         return str(value).strip()
 
-    def one_of(allowed, shown=None) -> str:
+    def one_of(allowed, shown=None, shown_zh=None) -> str:
         v = text()
         if v not in allowed:
-            names = shown or ", ".join(a or '""' for a in allowed)
-            raise SettingsError(f"{key} cannot be '{v}'. Allowed: {names}.\n{key} 不能是“{v}”。可选：{names}。")
+            names = ", ".join(a or '""' for a in allowed)
+            raise SettingsError(f"{key} cannot be '{v}'. Allowed: {shown or names}.\n"
+                                f"{key} 不能是“{v}”。可选：{shown_zh or names}。")
         return v
 
     if key == "source":
-        return one_of(("", *SOURCES), "hf, mirror, modelscope, or \"\" (the one suggested for this computer)")
+        return one_of(("", *SOURCES), "hf, mirror, modelscope, or \"\" (the one suggested for this computer)",
+                      "hf、mirror、modelscope，或 \"\"（按本机推荐）")
     if key == "theme":
         return one_of(THEMES)
     if key == "language":
-        return one_of(LANGUAGES, "en, zh, or \"\" (the system's)")
+        return one_of(LANGUAGES, "en, zh, or \"\" (the system's)", "en、zh，或 \"\"（跟随系统）")
     if key == "proxy":
         v = text()
         if v:
