@@ -79,13 +79,14 @@ class SettingsPage(QWidget):
         v.addWidget(box)
         v.addWidget(self._api_box(s))
         buttons = QHBoxLayout()
-        self.saved = QLabel(objectName="hint")
+        # what Save did, on a row of its own: a refusal can be long and must wrap, not widen the page
+        self.saved = QLabel(objectName="hint", wordWrap=True, textInteractionFlags=Qt.TextSelectableByMouse)
         buttons.addWidget(QPushButton(tr("Open log"), clicked=self.open_log))
         buttons.addWidget(QPushButton(tr("Copy diagnostics"), clicked=self.copy_diagnostics))
         buttons.addStretch(1)
-        buttons.addWidget(self.saved)
         buttons.addWidget(QPushButton(tr("Save"), objectName="primary", clicked=self.save))
         v.addLayout(buttons)
+        v.addWidget(self.saved)
         v.addStretch(1)
         scroll = QScrollArea(widgetResizable=True)
         scroll.setWidget(inner)
@@ -213,8 +214,13 @@ class SettingsPage(QWidget):
 
         store = self.win.settings
         old = store.current
-        changes = dict(source=self.source.currentData(), hf_token=self.token.text().strip(),
-                       proxy=self.proxy.text().strip(), language=self.lang.currentData(),
+        # what the page showed for an unset value (the suggested source, the system's language)
+        # stays unset unless the user picked something else
+        source = self.source.currentData()
+        lang = self.lang.currentData()
+        changes = dict(source=old.source if source == old.download_source() else source,
+                       hf_token=self.token.text().strip(), proxy=self.proxy.text().strip(),
+                       language=old.language if lang == (old.language or language()) else lang,
                        theme=self.theme.currentData(), sampling=self.sampling.values())
         folder = self.folder.text().strip()
         if folder != str(old.models_folder()):

@@ -92,3 +92,19 @@ def test_garbage_is_collected_on_the_ui_thread(window):
     from PySide6.QtWidgets import QApplication
 
     assert QApplication.instance()._roost_gc.isActive()
+
+
+def test_saving_settings_keeps_what_the_user_did_not_choose(qtbot, window, home):
+    """The page shows the suggested source and the system's language for unset values; saving
+    without touching them must not pin them (nor announce a language change)."""
+    win = window()
+    page = win.settings_page
+    page.theme.setCurrentIndex(page.theme.findData("dark"))
+    page.save()
+    s = win.settings.current
+    assert s.theme == "dark" and s.source == "" and s.language == ""
+    assert page.saved.text() == "Saved."
+    page.proxy.setText("ftp://nope")
+    page.save()
+    assert "proxy cannot be 'ftp://nope'" in page.saved.text() and win.settings.current.proxy == ""
+    assert page.saved.wordWrap()  # a long refusal wraps instead of widening the page
