@@ -39,7 +39,7 @@ class WelcomePanel(QWidget):
         self.button = QPushButton(tr("Download and start chatting"), objectName="primary", clicked=self.start)
         self.button.setEnabled(False)
         self.bar = QProgressBar(visible=False, maximum=1000, textVisible=False)
-        self.progress = QLabel(wordWrap=True, objectName="hint")
+        self.progress = QLabel(wordWrap=True, objectName="hint", visible=False)
         # a download that failed says so here, and only here: what failed, from where, what to do
         self.problem = QLabel(wordWrap=True, visible=False, objectName="problem",
                               textInteractionFlags=Qt.TextSelectableByMouse)
@@ -89,8 +89,9 @@ class WelcomePanel(QWidget):
             self.bar.setValue(int(1000 * p.done / p.total))
             self.progress.setText(tr("Downloading {name}: {pct}%", name=self.model.display,
                                      pct=int(100 * p.done / p.total)))
+            self.progress.show()
         elif job.state == "done":
-            self.progress.setText("")
+            self.progress.hide()
             self.job = None
             self.win.bridge.job.disconnect(self.on_job)
             self.win.load_model(str(job.path), self.advice.strategy)
@@ -99,7 +100,7 @@ class WelcomePanel(QWidget):
             self.win.chat.new_chat()
         elif job.state in ("failed", "paused", "cancelled"):
             self.bar.hide()
-            self.progress.setText("")
+            self.progress.hide()
             if job.state == "failed":
                 self.problem.setText(split_bilingual(job.error or ""))
                 self.problem.show()
