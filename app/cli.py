@@ -347,21 +347,22 @@ def _doctor(args) -> int:
 
 def _models(args) -> int:
     from roost.core import paths
-    from roost.core.advisor import choose_strategy
-    from roost.core.catalog import load_catalog, newest_releases
+    from roost.core.catalog import load_catalog
     from roost.core.hardware import probe
+    from roost.core.library import model_rows
     from roost.engine.memory import gib
 
     folder = paths.models_dir()
-    machine = probe(folder)
-    models = load_catalog()
-    here = {p.name for p in folder.iterdir()}
-    if not args.all:
-        models = sorted(newest_releases(models), key=lambda m: (m.version, m.billions))
+    rows, partial = model_rows(folder, load_catalog(), probe(folder), every_release=args.all)
+    rows.sort(key=lambda r: (r.model is None, r.model.version if r.model else 0, r.model.billions if r.model else 0))
     print(f"{'model':<22} {'size':>8} {'strategy':<30} {'speed':<7} {'fit':<34} file")
-    for m in models:
-        a = choose_strategy(m.shape, machine)
-        mark = " [downloaded]" if m.file in here else " [removed upstream]" if not m.available else ""
+    for r in rows:
+        if r.model is None:
+            print(f"{r.name[:22]:<22} {gib(r.path.stat().st_size):>8} {'(a file of yours)':<30} {'':<7} {'':<34} {r.file}")
+            continue
+        a, m = r.advice, r.model
+        mark = (" [downloaded]" if r.downloaded else " [partly downloaded]" if r.file in partial
+                else " [removed upstream]" if not m.available else "")
         print(f"{m.display:<22} {gib(m.size_bytes):>8} {a.strategy:<30} {a.speed:<7} "
               f"{a.label + ' / ' + a.label_zh:<34} {m.file}{mark}")
     print(f"\nModels folder: {folder}    Download one: roost download FILE")

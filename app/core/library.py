@@ -193,3 +193,53 @@ def describe_pending(p: Pending) -> str:
 
 def free_space(models_dir: str | os.PathLike) -> int:
     return shutil.disk_usage(models_dir).free
+
+
+# --- what the Models page and `roost models` list ---------------------------------------------------
+@dataclass
+class ModelRow:
+    model: CatalogModel | None  # None for a local file outside the catalog
+    path: Path  # where the file is (or would be) in the models folder
+    advice: object | None = None  # the advisor's Advice on this machine (catalog models)
+
+    @property
+    def name(self) -> str:
+        return self.model.display if self.model else self.path.name
+
+    @property
+    def file(self) -> str:
+        return self.model.file if self.model else self.path.name
+
+    @property
+    def downloaded(self) -> bool:
+        return self.path.is_file()
+
+
+def model_rows(models_dir: str | os.PathLike, catalog: list[CatalogModel], machine=None, *,
+               every_release: bool = False, advice_cache: dict | None = None) -> tuple[list[ModelRow], dict]:
+    """The rows of the models list, and the partial downloads by file name: the catalog (the newest
+    release of each size unless `every_release`, plus any release that is here or partly here), then
+    the model files in the folder that the catalog does not know; with `machine`, each catalog row
+    carries the advisor's choice (kept in `advice_cache` by model id, for the next call)."""
+    from roost.core.advisor import choose_strategy
+    from roost.core.catalog import newest_releases
+
+    folder = Path(models_dir)
+    partial = {p.name: p for p in pending(folder)}
+    files = sorted(folder.iterdir()) if folder.is_dir() else []
+    models = catalog
+    if not every_release:
+        here = {p.name for p in files} | set(partial)
+        newest = {m.id for m in newest_releases(catalog)}
+        models = [m for m in catalog if m.id in newest or m.file in here]
+    rows = [ModelRow(m, folder / m.file) for m in models]
+    known = {m.file for m in catalog}
+    rows += [ModelRow(None, p) for p in files if p.suffix in (".pth", ".safetensors") and p.name not in known]
+    if machine is not None:
+        cache = advice_cache if advice_cache is not None else {}
+        for r in rows:
+            if r.model is not None:
+                if r.model.id not in cache:
+                    cache[r.model.id] = choose_strategy(r.model.shape, machine)
+                r.advice = cache[r.model.id]
+    return rows, partial

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QAbstractTableModel, QSortFilterProxyModel, Qt
 from PySide6.QtGui import QColor
@@ -24,23 +23,11 @@ from PySide6.QtWidgets import (
 
 from roost.gui.i18n import pick, split_bilingual, tr
 
+if TYPE_CHECKING:  # (importing the library at start-up would load torch before the window shows)
+    from roost.core.library import ModelRow as Row
+
 PRESETS = ["cpu int8", "cpu bf16", "cpu fp32", "cuda fp16", "cuda int8", "cuda fp16 *20 -> cpu fp32", "mps fp32"]
 FIT_COLORS = {"runs well": "#2e8b57", "runs, close other programs first": "#c77700", "will not fit": "#c0392b"}
-
-
-@dataclass
-class Row:
-    model: object | None  # CatalogModel, None for a local file outside the catalog
-    path: Path | None  # where the file is (or would be) in the models folder
-    advice: object | None = None
-
-    @property
-    def name(self) -> str:
-        return self.model.display if self.model else self.path.name
-
-    @property
-    def file(self) -> str:
-        return self.model.file if self.model else self.path.name
 
 
 def eta_text(seconds: float | None) -> str:
@@ -229,29 +216,10 @@ class ModelsPage(QWidget):
 
     def refresh(self) -> None:
         from roost.core import paths
-        from roost.core.advisor import choose_strategy
-        from roost.core.catalog import newest_releases
-        from roost.core.library import pending
+        from roost.core.library import model_rows
 
-        folder = paths.models_dir()
-        self.partial = {p.name: p for p in pending(folder)}
-        files = sorted(folder.iterdir())
-        models = self.catalog
-        if not self.show_all:  # the newest of each size, and whatever is (partly) downloaded
-            here = {p.name for p in files} | set(self.partial)
-            newest = {m.id for m in newest_releases(models)}
-            models = [m for m in models if m.id in newest or m.file in here]
-        rows = [Row(m, folder / m.file) for m in models]
-        known = {m.file for m in self.catalog}
-        rows += [Row(None, p) for p in files
-                 if p.suffix in (".pth", ".safetensors") and p.name not in known]
-        machine = self.win.machine
-        if machine is not None:
-            for r in rows:
-                if r.model is not None:
-                    if r.model.id not in self.advice:
-                        self.advice[r.model.id] = choose_strategy(r.model.shape, machine)
-                    r.advice = self.advice[r.model.id]
+        rows, self.partial = model_rows(paths.models_dir(), self.catalog, self.win.machine,
+                                        every_release=self.show_all, advice_cache=self.advice)
         current = self.current()
         self.table.set_rows(rows)
         self.view.sortByColumn(0, Qt.AscendingOrder)

@@ -230,3 +230,39 @@ def test_models_lists_what_is_downloaded(tmp_path):
     assert r.returncode == 0, r.stderr
     line = next(x for x in r.stdout.splitlines() if RAVEN.file in x)
     assert "[downloaded]" in line and str(tmp_path) in r.stdout
+
+
+def test_model_rows_are_one_qt_free_function_for_the_page_and_the_command(tmp_path):
+    """The newest release of each size, any other release that is here or partly here, and the
+    user's own files; with a machine, each catalog row carries the advisor's choice (cached)."""
+    import json
+
+    from roost.core.catalog import newest_releases
+    from roost.core.hardware import Machine
+    from roost.core.library import model_rows
+
+    catalog = load_catalog(refreshed=False)
+    newest = {m.id for m in newest_releases(catalog)}
+    old = [m for m in catalog if m.id not in newest][:2]
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / old[0].file).write_bytes(b"x")  # an older release, downloaded
+    (folder / (old[1].file + ".part")).write_bytes(b"x" * 10)  # another, partly downloaded
+    (folder / (old[1].file + ".part.json")).write_text(json.dumps({"sha256": old[1].sha256, "size": old[1].size_bytes}))
+    (folder / "mine.safetensors").write_bytes(b"x")
+    (folder / "notes.txt").write_text("not a model")
+    machine = Machine(os="Linux", cpu_name="CPU", cpu_cores=8, ram_total=16 << 30, ram_free=12 << 30,
+                      disk_free=100 << 30)
+    cache = {}
+    rows, partial = model_rows(folder, catalog, machine, advice_cache=cache)
+    files = {r.file for r in rows}
+    assert {m.file for m in catalog if m.id in newest} <= files
+    assert old[0].file in files and old[1].file in files and "mine.safetensors" in files
+    assert "notes.txt" not in files and set(partial) == {old[1].file}
+    by_file = {r.file: r for r in rows}
+    assert by_file[old[0].file].downloaded and not by_file[old[1].file].downloaded
+    assert by_file["mine.safetensors"].model is None and by_file["mine.safetensors"].advice is None
+    assert all(r.advice is not None for r in rows if r.model is not None)
+    assert len(cache) == len([r for r in rows if r.model is not None])
+    everything, _ = model_rows(folder, catalog, every_release=True)
+    assert len(everything) == len(catalog) + 1 and all(r.advice is None for r in everything)
