@@ -58,6 +58,8 @@ class Runtime:
         # state saw for as long as the history is unchanged
         self._chats: OrderedDict[object, tuple] = OrderedDict()
         self._chats_lock = threading.Lock()  # short: the UI thread forgets a chat while a reply runs
+        self._replying: object = None  # the conversation whose reply is running
+        self._forgotten = False  # ... and it was deleted meanwhile: do not remember it afterwards
 
     # --- model ---------------------------------------------------------------------------------
     def load(self, path: str | Path, strategy: str, progress: Callable[[float], None] | None = None) -> LoadedInfo:
@@ -102,6 +104,7 @@ class Runtime:
             think = think if reasoning else None
             with self._chats_lock:
                 remembered = self._chats.pop(key, None)
+                self._replying, self._forgotten = key, False
             seen = remembered[2] if remembered and remembered[:2] == (system, think) else []
             turns, same = [], True  # (role, shown, Message): as the model saw them up to the first change
             for i, (role, content) in enumerate(history):
@@ -122,9 +125,11 @@ class Runtime:
             opening = fmt.reply_prefix(think)[len(fmt.assistant) + 1:]
             turns.append(("assistant", answer, Message("assistant", opening + raw, verbatim=True)))
             with self._chats_lock:
-                self._chats[key] = (system, think, turns)
+                if not self._forgotten:
+                    self._chats[key] = (system, think, turns)
                 while len(self._chats) > KEEP_CHATS:
                     self._chats.popitem(last=False)
+                self._replying = None
             context = len(ids) + r.n_fed if r.state is not None else 0
             return Reply(answer, thought, r.finish_reason, len(r.tokens), done.fed_tokens, context,
                          r.tokens_per_second)
@@ -133,6 +138,8 @@ class Runtime:
         """Drop what is remembered of a conversation (it was deleted); its states age out of the cache."""
         with self._chats_lock:  # not the generation lock: this never waits for a reply
             self._chats.pop(key, None)
+            if key == self._replying:
+                self._forgotten = True
 
     # --- completion ----------------------------------------------------------------------------
     def complete(self, prompt: str, *, params, on_piece: Callable[[str], None] | None = None,

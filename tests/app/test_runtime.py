@@ -115,3 +115,19 @@ def test_the_app_and_the_api_share_one_cache_and_a_new_model_drops_it(make_check
     assert len(rt.cache) == 0
     again = rt.chat(1, [], "Hello", params=PARAMS)  # the same words, another model: read in full
     assert again.fed_tokens == len(rt.model.tokenizer.encode("User: Hello\n\nAssistant:"))
+
+
+def test_a_chat_deleted_while_its_reply_runs_is_not_remembered_afterwards(make_checkpoint):
+    rt = Runtime()
+    rt.load(make_checkpoint("v6.0"), "cpu fp32")
+    forgotten = []
+
+    def on_piece(piece):
+        if not forgotten:  # the UI thread deletes the chat while the reply streams
+            rt.forget(7)
+            forgotten.append(True)
+
+    rt.chat(7, [], "Hello there", params=PARAMS, on_piece=on_piece)
+    assert forgotten and 7 not in rt._chats
+    rt.chat(8, [], "Hello there", params=PARAMS)
+    assert 8 in rt._chats
