@@ -1,6 +1,9 @@
-"""Build assets/catalog.json from the team's model facts (shared/model-facts.json).
+"""Build assets/catalog.json from a model-facts file (files, sizes, sha256 of the official checkpoints).
 
-    python packaging/make_catalog.py ../shared/model-facts.json assets/catalog.json
+    python packaging/make_catalog.py MODEL_FACTS.json assets/catalog.json
+
+A maintainer's tool, run by hand when the facts change; nothing in the build or the tests runs it,
+and the catalog it writes is committed.
 
 Adds what the app shows: a display name, the parameter count, and a one-line description in
 English and Chinese. Run it again when the facts change.

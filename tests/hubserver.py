@@ -1,6 +1,6 @@
 """A local stand-in for the Hugging Face Hub, its CDN and ModelScope, for download tests.
 
-Two origins on 127.0.0.1, as the real service has (see ../shared/notes/hub-protocol.md):
+Two origins on 127.0.0.1, as the real service has (the Hub's resolve protocol as huggingface_hub speaks it):
 - the "hub": `HEAD/GET /{repo}/resolve/{rev}/{file}` answers LFS files with a 302 to the CDN and the
   headers huggingface_hub needs (`X-Repo-Commit`, `X-Linked-Etag` = sha256, `X-Linked-Size`), small
   files directly with a git-blob ETag; errors carry `X-Error-Code`; `/api/models/...` for metadata;
