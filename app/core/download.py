@@ -1,7 +1,7 @@
 """Resumable, verified downloads of one file.
 
 huggingface_hub restarts a download from zero after a crash or a cancel and never checks the
-sha256 (../shared/notes/hub-protocol.md), so the transfer is ours: bytes go to `<name>.part` beside
+sha256 of what arrived, so the transfer is ours: bytes go to `<name>.part` beside
 a `<name>.part.json` sidecar that says what they are; a retry, a new process or an app restart
 continues with an HTTP `Range` request. huggingface_hub does what it does well: the resolve URL, the
 metadata call (size, sha256 in `X-Linked-Etag`, CDN location), the endpoint and the auth token.
