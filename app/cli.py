@@ -271,12 +271,12 @@ def _serve(args) -> int:
     return serve_cli(args)
 
 
-def _settings(quiet: bool = False):
+def _settings():
     """The settings store; a notice about the file (damaged, values reset) is said once, on stderr."""
     from roost.core.settings import SettingsStore
 
     store = SettingsStore()
-    if store.notice and not quiet:
+    if store.notice:
         print(f"roost: {store.notice}", file=sys.stderr)
     return store
 

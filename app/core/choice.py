@@ -26,31 +26,25 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class StrategyChoice:
     strategy: str  # an engine strategy string, never "auto"
-    requested: str  # what the rule gave before the advisor: a strategy or "auto"
     reason: str  # "" unless the advisor chose
     reason_zh: str
 
 
-def requested_strategy(model_file: str | os.PathLike, asked: str | None = None,
-                       settings: Settings | None = None) -> str:
-    """The strategy asked for `model_file` (Settings.strategy_for on the saved settings by default)."""
+def decide_strategy(path: str | os.PathLike, asked: str | None = None,
+                    settings: Settings | None = None) -> StrategyChoice:
+    """The strategy to load `path` with (Settings.strategy_for, on the saved settings unless given);
+    "auto" asks the advisor."""
     if settings is None:
         from roost.core.settings import load_settings
 
         settings = load_settings()
-    return settings.strategy_for(model_file, asked)
-
-
-def decide_strategy(path: str | os.PathLike, asked: str | None = None,
-                    settings: Settings | None = None) -> StrategyChoice:
-    """The strategy to load `path` with (see the module's rule); "auto" asks the advisor."""
-    requested = requested_strategy(path, asked, settings)
+    requested = settings.strategy_for(path, asked)
     if requested.lower() != AUTO:
-        return StrategyChoice(requested, requested, "", "")
+        return StrategyChoice(requested, "", "")
     from roost.core.advisor import advise_file
 
     advice = advise_file(path)
-    return StrategyChoice(advice.strategy, AUTO, advice.reason, advice.reason_zh)
+    return StrategyChoice(advice.strategy, advice.reason, advice.reason_zh)
 
 
 def resolve_model(spec: str, models_dir: str | os.PathLike | None = None) -> Path:

@@ -24,11 +24,12 @@ from pathlib import Path
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
+from roost.engine.sampling import KNOBS  # (torch-free at import: the app reads settings before its window)
+
 AUTO = "auto"
 THEMES = ("system", "light", "dark")
 LANGUAGES = ("", "en", "zh")  # "": the system's language
-SAMPLING_KEYS = ("temperature", "top_p", "top_k", "presence_penalty", "frequency_penalty", "penalty_decay",
-                 "max_tokens")
+SAMPLING_KEYS = (*KNOBS, "max_tokens")  # what Settings.sampling may change
 PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
 
 
@@ -234,10 +235,12 @@ class SettingsStore:
     """The settings file, read once, and every change to it: validated, saved atomically (unknown
     keys kept), then announced to the listeners as (old, new). Thread-safe."""
 
-    def __init__(self, path: str | os.PathLike | None = None):
+    def __init__(self, path: str | os.PathLike | None = None, *, repair: bool = True):
+        """`repair=False`: only read (a damaged file is left where it is, for a store that says so)."""
         from roost.core.paths import settings_file
 
         self.path = Path(path) if path is not None else settings_file()
+        self._repair = repair
         self.notice: str | None = None  # said once to the user: the file was unreadable, or values bad
         self._lock = threading.RLock()
         self._listeners: list[Callable[[Settings, Settings], None]] = []
@@ -285,6 +288,8 @@ class SettingsStore:
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
         except (UnicodeDecodeError, ValueError):
+            if not self._repair:
+                return Settings()
             backup = self.path.with_name(f"{self.path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
             try:
                 os.replace(self.path, backup)
@@ -309,8 +314,10 @@ class SettingsStore:
 
 
 def load_settings() -> Settings:
-    """The saved settings, read now (for one-off readers; a long-lived program keeps a SettingsStore)."""
-    return SettingsStore().current
+    """The saved settings, read now (for one-off readers; a long-lived program keeps a SettingsStore).
+    A damaged file gives the defaults and stays in place: the app or command that owns the store
+    moves it aside and tells the user."""
+    return SettingsStore(repair=False).current
 
 
 # --- the proxy ------------------------------------------------------------------------------------

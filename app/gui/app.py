@@ -7,7 +7,6 @@ import logging
 import sys
 from pathlib import Path
 
-from roost.core.choice import requested_strategy
 from roost.core.logs import setup_logging
 
 
@@ -152,7 +151,7 @@ def on_machine(win, machine, catalog) -> None:
         return
     last = win.settings.current.last_model
     if last and Path(last).is_file() and win.info is None and win.loading is None:
-        win.load_model(last, requested_strategy(last, settings=win.settings.current))
+        win.load_model(last, win.settings.current.strategy_for(last))
 
 
 def run() -> int:

@@ -251,9 +251,9 @@ class ModelsPage(QWidget):
 
     # --- per-row facts -------------------------------------------------------------------------
     def strategy_for(self, row: Row) -> str:
-        from roost.core.choice import AUTO, requested_strategy
+        from roost.core.settings import AUTO
 
-        strategy = requested_strategy(row.file, settings=self.win.settings.current)
+        strategy = self.win.settings.current.strategy_for(row.file)
         if strategy != AUTO:
             return strategy
         return row.advice.strategy if row.advice else tr("Automatic")
@@ -367,9 +367,7 @@ class ModelsPage(QWidget):
     def load(self) -> None:
         row = self.current()
         if row and row.path and row.path.exists():
-            from roost.core.choice import requested_strategy
-
-            self.win.load_model(str(row.path), requested_strategy(row.file, settings=self.win.settings.current))
+            self.win.load_model(str(row.path), self.win.settings.current.strategy_for(row.file))
 
     def unload(self) -> None:
         self.win.unload_model()

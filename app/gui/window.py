@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
 from roost.core import paths
 from roost.core.conversations import ConversationStore
 from roost.gui.i18n import split_bilingual, tr
+from roost.gui.tasks import Tasks
 
 log = logging.getLogger("roost")
 
@@ -61,8 +62,6 @@ class MainWindow(QMainWindow):
         self._pieces, self._first_piece, self._shown_tps = 0, 0.0, 0.0
         self.error: str | None = None
         self.bridge = Bridge()
-        from roost.gui.tasks import Tasks
-
         self.tasks = Tasks(self)  # background work whose results come back on this thread
         self._build()
         self._restore_geometry()

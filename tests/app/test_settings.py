@@ -162,3 +162,14 @@ def test_roost_download_goes_through_the_saved_proxy_into_the_saved_folder(home,
     assert hashlib.sha256((folder / "tiny.pth").read_bytes()).digest() == hashlib.sha256(data).digest()
     through = " ".join(proxy.requests)
     assert hub.hub_url in through and hub.cdn_url in through, proxy.requests  # metadata and bytes alike
+
+
+def test_a_one_off_read_leaves_a_damaged_file_for_the_store_that_says_so(home):
+    from roost.core.settings import load_settings
+
+    home.mkdir(parents=True)
+    (home / "settings.json").write_text("{broken")
+    assert load_settings() == Settings()  # e.g. paths.models_dir() deep inside a command
+    assert (home / "settings.json").exists() and not list(home.glob("settings.json.unreadable-*"))
+    store = SettingsStore()  # the app's or the command's own: moves it aside and says so
+    assert store.notice and len(list(home.glob("settings.json.unreadable-*"))) == 1
