@@ -103,22 +103,21 @@ def main() -> int:
 
     win = create_window(start_engine=False)
     app = QApplication.instance()
-    win.attach_engine(EngineThread(win))
-    # as the app starts: the machine probe (which imports torch), then on_machine on the UI thread
+    win.ctl.attach_engine(EngineThread(win.ctl))
+    # as the app starts: the machine probe (which imports torch), then set_machine on the UI thread
     from roost.core.catalog import load_catalog
     from roost.core.hardware import probe
-    from roost.gui.app import on_machine
 
-    on_machine(win, probe(home), load_catalog())
+    win.ctl.set_machine(probe(home), load_catalog())
     meter = StallMeter(app)
 
     ckpt = save_checkpoint(home / "bench-v7-12x768.pth", "v7.0", n_layer=12, n_embd=768)
-    win.load_model(str(ckpt), "cpu fp32")
-    meter.run_until(lambda: win.info is not None or win.error is not None, 300)
+    win.ctl.load_model(str(ckpt), "cpu fp32")
+    meter.run_until(lambda: win.ctl.info is not None or win.ctl.error is not None, 300)
     print(f"while loading a 12x768 model: {meter.report()}")
     win.chat.sampling.set_values({"max_tokens": args.tokens})
     replies = []
-    win.engine.worker.done.connect(lambda rid, r: replies.append(r))
+    win.ctl.engine.worker.done.connect(lambda rid, r: replies.append(r))
     win.chat.input.setPlainText("Tell me a long story about a lighthouse keeper.")
     win.chat.send()
     meter.run_until(lambda: bool(replies), 600)
@@ -132,8 +131,7 @@ def main() -> int:
     hub.add("bench/repo", "big.pth", data)
     hub.start()
     q = DownloadQueue(home / "dl", endpoints={"hf": hub.hub_url})
-    q.listen(win.bridge.job.emit)
-    win.queue = q
+    win.ctl.attach_queue(q)
     import hashlib
 
     t0 = time.perf_counter()

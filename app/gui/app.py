@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 from roost.core.logs import setup_logging
 
@@ -32,13 +31,15 @@ def create_window(start_engine: bool = True):
     apply_theme(app, settings.theme)
     apply_proxy(settings.proxy)
     win = MainWindow(settings=store)
-    win.modelChanged.connect(lambda: tenure() if win.info is not None else None)  # a model just loaded
+    ctl = win.ctl
+    ctl.modelChanged.connect(lambda: tenure() if ctl.info is not None else None)  # a model just loaded
+    ctl.catalogChanged.connect(lambda _catalog: tenure())  # start-up is over: imports and catalog stay
     if store.notice:  # the settings file was damaged (kept aside) or held values Roost cannot use
-        win.show_error(store.notice)
+        ctl.show_error(store.notice)
     win.show()
     keep_gc_on_ui_thread(app)
     if start_engine:
-        QTimer.singleShot(0, lambda: start_background(win))
+        QTimer.singleShot(0, lambda: start_background(ctl))
     return win
 
 
@@ -100,15 +101,16 @@ def default_language() -> str:
     return "zh" if lang.lower().startswith("zh") else "en"
 
 
-def start_background(win) -> None:
+def start_background(ctl) -> None:
+    """The engine thread, the download queue and the machine probe (which imports torch)."""
     from roost.core.queue import DownloadQueue
     from roost.core.runtime import Runtime
     from roost.engine.options import LoadOptions
     from roost.gui.worker import EngineThread
 
-    win.attach_engine(EngineThread(win, runtime=Runtime(LoadOptions.from_env())))  # the app owns its process
-    s = win.settings.current
-    connect_queue(win, DownloadQueue(s.models_folder(), source=s.download_source(), token=s.token()))
+    ctl.attach_engine(EngineThread(ctl, runtime=Runtime(LoadOptions.from_env())))  # the app owns its process
+    s = ctl.settings.current
+    ctl.attach_queue(DownloadQueue(s.models_folder(), source=s.download_source(), token=s.token()))
     folder = s.models_folder()
 
     def probe():
@@ -118,40 +120,8 @@ def start_background(win) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         return probe_machine(folder), load_catalog()
 
-    win.tasks.run(probe, on_done=lambda result: on_machine(win, *result),
-                  on_error=lambda e: win.show_error(str(e)), name="probe")
-
-
-def connect_queue(win, queue) -> None:
-    """The window shows the queue's jobs, and the queue follows the settings: a new models folder,
-    source or token applies to the next download."""
-    queue.listen(win.bridge.job.emit)
-    win.queue = queue
-
-    def follow(old, new) -> None:
-        if win.queue is queue:
-            queue.configure(models_dir=new.models_folder(), source=new.download_source(), token=new.token())
-
-    win.settings.subscribe(follow)
-
-
-def on_machine(win, machine, catalog) -> None:
-    from roost.core.catalog import recommend
-    from roost.core.library import installed
-
-    tenure()  # start-up is over: the engine's imports and the catalog are in memory for good
-    win.machine = machine
-    win.catalog = catalog
-    win.models.set_catalog(catalog)
-    have = installed(win.settings.current.models_folder(), catalog)
-    if not have:
-        model, advice = recommend(catalog, machine)
-        win.chat.welcome.set_recommendation(machine, model, advice)
-        win.chat.show_welcome(True)
-        return
-    last = win.settings.current.last_model
-    if last and Path(last).is_file() and win.info is None and win.loading is None:
-        win.load_model(last, win.settings.current.strategy_for(last))
+    ctl.tasks.run(probe, on_done=lambda result: ctl.set_machine(*result),
+                  on_error=lambda e: ctl.show_error(str(e)), name="probe")
 
 
 def run() -> int:
@@ -166,7 +136,7 @@ def run() -> int:
 
     win = create_window()
     code = QApplication.instance().exec()
-    if win.engine is not None and win.engine.thread.isRunning():
+    if win.ctl.engine is not None and win.ctl.engine.thread.isRunning():
         import os  # a model still loading cannot be interrupted: leave without waiting for it
 
         logging.getLogger("roost").warning("exiting while the engine is busy")

@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from roost.gui import dialogs
 from roost.gui.i18n import tr
 from roost.gui.sampling import SamplingPanel
 from roost.gui.welcome import WelcomePanel
@@ -36,9 +37,9 @@ PERSONAS = {
 
 
 class ChatPage(QWidget):
-    def __init__(self, win):
+    def __init__(self, ctl):
         super().__init__()
-        self.win = win
+        self.ctl = ctl
         self.conv_id: int | None = None
         self.rid: int | None = None  # the generation in flight
         self.reply_pos: int | None = None  # its message position
@@ -50,7 +51,11 @@ class ChatPage(QWidget):
         self.render_timer = QTimer(self, singleShot=True, interval=50, timeout=self.render)
         self._build()
         self.reload_list()
-        win.modelChanged.connect(self.update_controls)
+        ctl.modelChanged.connect(self._model_changed)
+        ctl.piece.connect(self.on_piece)
+        ctl.done.connect(self.on_done)
+        ctl.failed.connect(self.on_failed)
+        ctl.firstRun.connect(self._first_run)
         self.update_controls()
 
     # --- layout --------------------------------------------------------------------------------
@@ -92,7 +97,7 @@ class ChatPage(QWidget):
 
         self.view = QTextBrowser(openLinks=False)
         self.view.anchorClicked.connect(self._on_link)
-        self.sampling = SamplingPanel(self.win.settings.current)
+        self.sampling = SamplingPanel(self.ctl.settings.current)
         self.sampling.setVisible(False)
         self.sampling_btn.toggled.connect(self.sampling.setVisible)
         middle = QHBoxLayout()
@@ -120,7 +125,8 @@ class ChatPage(QWidget):
         split.addWidget(left)
         split.addWidget(right)
         split.setSizes([230, 800])
-        self.welcome = WelcomePanel(self.win)
+        self.welcome = WelcomePanel(self.ctl)
+        self.welcome.started.connect(self._welcome_done)
         self.stack = QStackedWidget()
         self.stack.addWidget(split)
         self.stack.addWidget(self.welcome)
@@ -131,11 +137,26 @@ class ChatPage(QWidget):
     def show_welcome(self, on: bool) -> None:
         self.stack.setCurrentIndex(1 if on else 0)
 
+    def _first_run(self, machine, model, advice) -> None:
+        self.welcome.set_recommendation(machine, model, advice)
+        if self.ctl.info is None and self.ctl.loading is None:
+            self.show_welcome(True)
+
+    def _welcome_done(self) -> None:
+        """The welcome panel's download landed and its model is loading: the chat takes over."""
+        self.show_welcome(False)
+        self.new_chat()
+
+    def _model_changed(self) -> None:
+        if self.ctl.info is not None:  # any model loaded (import, the Models page, a download): chat now
+            self.show_welcome(False)
+        self.update_controls()
+
     # --- conversations -------------------------------------------------------------------------
     def reload_list(self) -> None:
         self.list.blockSignals(True)
         self.list.clear()
-        for c in self.win.store.list(self.search.text().strip()):
+        for c in self.ctl.store.list(self.search.text().strip()):
             item = QListWidgetItem(c.title)
             item.setData(Qt.UserRole, c.id)
             self.list.addItem(item)
@@ -152,7 +173,7 @@ class ChatPage(QWidget):
             return
         self.conv_id = item.data(Qt.UserRole)
         self.edit_pos, self.expanded = None, set()
-        conv = self.win.store.get(self.conv_id)
+        conv = self.ctl.store.get(self.conv_id)
         idx = max(self.persona.findData(conv.system), 0) if conv else 0
         self.persona.blockSignals(True)
         self.persona.setCurrentIndex(idx)
@@ -162,33 +183,32 @@ class ChatPage(QWidget):
     def new_chat(self) -> None:
         if self.rid is not None:
             return
-        conv = self.win.store.new(tr("New chat"), self.persona.currentData() or "")
+        conv = self.ctl.store.new(tr("New chat"), self.persona.currentData() or "")
         self.conv_id = conv.id
         self.reload_list()
         self.render()
         self.input.setFocus()
 
     def rename_chat(self) -> None:
-        conv = self.win.store.get(self.conv_id) if self.conv_id else None
+        conv = self.ctl.store.get(self.conv_id) if self.conv_id else None
         if conv is None:
             return
         title, ok = QInputDialog.getText(self, tr("Rename chat"), tr("Title:"), text=conv.title)
         if ok and title.strip():
-            self.win.store.rename(conv.id, title)
+            self.ctl.store.rename(conv.id, title)
             self.reload_list()
 
     def delete_chat(self) -> None:
-        if self.conv_id is None or self.rid is not None or not self.win.ask(tr("Delete"), tr("Delete this chat?")):
+        if self.conv_id is None or self.rid is not None or not dialogs.confirm(self, tr("Delete"), tr("Delete this chat?")):
             return
-        self.win.store.delete(self.conv_id)
-        if self.win.engine is not None:
-            self.win.engine.worker.runtime.forget(self.conv_id)
+        self.ctl.store.delete(self.conv_id)
+        self.ctl.forget(self.conv_id)
         self.conv_id = None
         self.reload_list()
 
     def _on_persona(self) -> None:
         if self.conv_id is not None:
-            self.win.store.set_system(self.conv_id, self.persona.currentData() or "")
+            self.ctl.store.set_system(self.conv_id, self.persona.currentData() or "")
 
     def export(self) -> None:
         if self.conv_id is None:
@@ -196,16 +216,16 @@ class ChatPage(QWidget):
         path, _ = QFileDialog.getSaveFileName(self, tr("Export…"), "chat.md", tr("Markdown (*.md)"))
         if path:
             with open(path, "w", encoding="utf-8") as f:
-                f.write(self.win.store.to_markdown(self.conv_id, (tr("You"), "RWKV")))
+                f.write(self.ctl.store.to_markdown(self.conv_id, (tr("You"), "RWKV")))
 
     # --- sending -------------------------------------------------------------------------------
     def send(self) -> None:
         text = self.input.toPlainText().strip()
-        if not text or self.rid is not None or self.win.info is None:
+        if not text or self.rid is not None or self.ctl.info is None:
             return
         if self.conv_id is None:
             self.new_chat()
-        store, cid = self.win.store, self.conv_id
+        store, cid = self.ctl.store, self.conv_id
         if self.edit_pos is not None:
             store.truncate(cid, self.edit_pos)
             self.edit_pos = None
@@ -223,14 +243,12 @@ class ChatPage(QWidget):
 
         self.stop_flag = StopFlag()
         self.partial = ""
-        self.rid = self.win.next_rid()
-        conv = self.win.store.get(self.conv_id)
-        think = self.think.isChecked() if self.win.info.reasoning else None
+        conv = self.ctl.store.get(self.conv_id)
+        think = self.think.isChecked() if self.ctl.info.reasoning else None
         req = {"key": self.conv_id, "history": history, "text": text, "params": self.sampling.params(),
                "system": conv.system, "think": think, "stop": self.stop_flag}
-        self.win.set_generating(True)
+        self.rid = self.ctl.request("chat", req)
         self.update_controls()
-        self.win.engine.requestChat.emit(self.rid, req)
         self.render()
 
     def stop(self) -> None:
@@ -238,17 +256,17 @@ class ChatPage(QWidget):
             self.stop_flag.set()
 
     def regenerate(self) -> None:
-        if self.rid is not None or self.conv_id is None or self.win.info is None:
+        if self.rid is not None or self.conv_id is None or self.ctl.info is None:
             return
-        msgs = self.win.store.messages(self.conv_id)
+        msgs = self.ctl.store.messages(self.conv_id)
         users = [m for m in msgs if m.role == "user"]
         if not users:
             return
         last = users[-1]
-        self.win.store.truncate(self.conv_id, last.position)
+        self.ctl.store.truncate(self.conv_id, last.position)
         history = [(m.role, m.content) for m in msgs if m.position < last.position]
-        self.win.store.append(self.conv_id, "user", last.content)
-        self.reply_pos = self.win.store.append(self.conv_id, "assistant", "").position
+        self.ctl.store.append(self.conv_id, "user", last.content)
+        self.reply_pos = self.ctl.store.append(self.conv_id, "assistant", "").position
         self._start(history, last.content)
 
     # --- from the worker -----------------------------------------------------------------------
@@ -262,20 +280,19 @@ class ChatPage(QWidget):
     def on_done(self, rid: int, reply) -> None:
         if rid != self.rid:
             return
-        self.win.store.update(self.conv_id, self.reply_pos, reply.text, reply.reasoning)
+        self.ctl.store.update(self.conv_id, self.reply_pos, reply.text, reply.reasoning)
         self.context_tokens = reply.context_tokens
-        self._finish(reply.tokens_per_second)
+        self._finish()
 
     def on_failed(self, rid: int, message: str) -> None:
         if rid != self.rid:
             return
         self._save_partial()
-        self.win.show_error(message)
+        self.ctl.show_error(message)
         self._finish()
 
-    def _finish(self, tps: float = 0.0) -> None:
+    def _finish(self) -> None:
         self.rid, self.stop_flag = None, None
-        self.win.set_generating(False, tps)
         self.update_controls()
         self.render()
 
@@ -283,7 +300,7 @@ class ChatPage(QWidget):
         if self.rid is None or self.conv_id is None:
             return
         thought, answer = self._split(self.partial)
-        self.win.store.update(self.conv_id, self.reply_pos, answer, thought)
+        self.ctl.store.update(self.conv_id, self.reply_pos, answer, thought)
 
     def shutdown(self) -> None:
         """The window is closing: stop the generation and keep what it wrote."""
@@ -296,20 +313,20 @@ class ChatPage(QWidget):
 
     # --- view ----------------------------------------------------------------------------------
     def update_controls(self) -> None:
-        ready = self.win.info is not None
+        ready = self.ctl.info is not None
         busy = self.rid is not None
         self.send_btn.setEnabled(ready and not busy)
         self.regen_btn.setEnabled(ready and not busy)
         self.stop_btn.setEnabled(busy)
         for w in (self.new_btn, self.delete_btn, self.list):
             w.setEnabled(not busy)
-        self.think.setVisible(bool(ready and self.win.info.reasoning))
+        self.think.setVisible(bool(ready and self.ctl.info.reasoning))
         self.input.setPlaceholderText(tr("Type a message (Ctrl+Enter to send)") if ready
                                       else tr("Load a model to start chatting."))
         self.tokens_label.setText(tr("{n} tokens in context", n=self.context_tokens) if self.context_tokens else "")
 
     def _split(self, raw: str) -> tuple[str, str]:
-        info = self.win.info
+        info = self.ctl.info
         if info is not None and info.reasoning and self.think.isChecked():
             from roost.engine.prompts import split_reasoning
 
@@ -320,7 +337,7 @@ class ChatPage(QWidget):
         if self.conv_id is None:
             return ""
         out = []
-        for m in self.win.store.messages(self.conv_id):
+        for m in self.ctl.store.messages(self.conv_id):
             content, thought = m.content, m.reasoning
             if self.rid is not None and m.position == self.reply_pos:
                 thought, content = self._split(self.partial)
@@ -357,7 +374,7 @@ class ChatPage(QWidget):
         if not pos.isdigit() or self.conv_id is None:
             return
         pos = int(pos)
-        msg = next((m for m in self.win.store.messages(self.conv_id) if m.position == pos), None)
+        msg = next((m for m in self.ctl.store.messages(self.conv_id) if m.position == pos), None)
         if msg is None:
             return
         if action == "copy":

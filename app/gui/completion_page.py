@@ -42,9 +42,9 @@ def parse_stops(text: str) -> tuple[str, ...]:
 
 
 class CompletionPage(QWidget):
-    def __init__(self, win):
+    def __init__(self, ctl):
         super().__init__()
-        self.win = win
+        self.ctl = ctl
         self.rid = None
         self.stop_flag = None
         v = QVBoxLayout(self)
@@ -61,7 +61,7 @@ class CompletionPage(QWidget):
         self.text = QPlainTextEdit(placeholderText=tr("Start writing, then press Generate."))
         from roost.engine.sampling import COMPLETION_SAMPLING
 
-        self.sampling = SamplingPanel(win.settings.current, {**COMPLETION_SAMPLING, "max_tokens": 300})
+        self.sampling = SamplingPanel(ctl.settings.current, {**COMPLETION_SAMPLING, "max_tokens": 300})
         mid = QHBoxLayout()
         mid.addWidget(self.text, 1)
         mid.addWidget(self.sampling)
@@ -75,7 +75,10 @@ class CompletionPage(QWidget):
         v.addLayout(top)
         v.addLayout(mid, 1)
         v.addLayout(bottom)
-        win.modelChanged.connect(self.update_controls)
+        ctl.modelChanged.connect(self.update_controls)
+        ctl.piece.connect(self.on_piece)
+        ctl.done.connect(self.on_done)
+        ctl.failed.connect(self.on_failed)
         self.update_controls()
 
     def apply_preset(self) -> None:
@@ -87,16 +90,14 @@ class CompletionPage(QWidget):
         from roost.engine.generate import StopFlag
 
         prompt = self.text.toPlainText()
-        if not prompt.strip() or self.rid is not None or self.win.info is None:
+        if not prompt.strip() or self.rid is not None or self.ctl.info is None:
             return
         self.stop_flag = StopFlag()
-        self.rid = self.win.next_rid()
         req = {"text": prompt, "params": self.sampling.params(stop=parse_stops(self.stops.text())),
                "stop": self.stop_flag}
         self.text.moveCursor(QTextCursor.End)
-        self.win.set_generating(True)
+        self.rid = self.ctl.request("complete", req)
         self.update_controls()
-        self.win.engine.requestComplete.emit(self.rid, req)
 
     def stop(self) -> None:
         if self.stop_flag is not None:
@@ -114,16 +115,15 @@ class CompletionPage(QWidget):
             why = tr(FINISHED.get(reply.finish_reason, "finished"))
             self.info.setText(tr("{n} tokens · {tps:.1f} tokens/s · {why}", n=reply.tokens,
                                  tps=reply.tokens_per_second, why=why))
-            self._finish(reply.tokens_per_second)
+            self._finish()
 
     def on_failed(self, rid: int, message: str) -> None:
         if rid == self.rid:
-            self.win.show_error(message)
+            self.ctl.show_error(message)
             self._finish()
 
-    def _finish(self, tps: float = 0.0) -> None:
+    def _finish(self) -> None:
         self.rid = self.stop_flag = None
-        self.win.set_generating(False, tps)
         self.update_controls()
 
     def shutdown(self) -> None:
@@ -131,6 +131,6 @@ class CompletionPage(QWidget):
 
     def update_controls(self) -> None:
         busy = self.rid is not None
-        self.gen_btn.setEnabled(self.win.info is not None and not busy)
+        self.gen_btn.setEnabled(self.ctl.info is not None and not busy)
         self.stop_btn.setEnabled(busy)
         self.text.setReadOnly(busy)

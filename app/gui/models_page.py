@@ -10,7 +10,6 @@ from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
     QComboBox,
-    QFileDialog,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -21,6 +20,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from roost.gui import dialogs
 from roost.gui.i18n import pick, split_bilingual, tr
 
 if TYPE_CHECKING:  # (importing the library at start-up would load torch before the window shows)
@@ -124,19 +124,23 @@ class Filter(QSortFilterProxyModel):
 
 
 class ModelsPage(QWidget):
-    def __init__(self, win):
+    """A view of the controller's library: rows from roost.core.library.model_rows, redrawn when the
+    controller says the library, a download, the loaded model or the engine's business changed."""
+
+    def __init__(self, ctl):
         super().__init__()
-        self.win = win
-        self.catalog = []
+        self.ctl = ctl
         self.jobs = {}  # file name -> Job
-        self.advice = {}  # catalog id -> Advice for win.machine (it depends on nothing else)
         self.partial = {}  # file name -> Pending: a download stopped in an earlier session
         self.show_all = False
         self.table = CatalogTable(self)
         self.proxy = Filter(self.table)
         self._build()
-        win.bridge.job.connect(self.on_job)
-        win.modelChanged.connect(self.on_model_changed)
+        ctl.jobChanged.connect(self.on_job)
+        ctl.modelChanged.connect(self.on_model_changed)
+        ctl.busyChanged.connect(self.update_details)
+        ctl.catalogChanged.connect(self.set_families)
+        ctl.libraryChanged.connect(self.refresh)
 
     def _build(self) -> None:
         v = QVBoxLayout(self)
@@ -201,10 +205,7 @@ class ModelsPage(QWidget):
         self.update_details()
 
     # --- content -------------------------------------------------------------------------------
-    def set_catalog(self, catalog) -> None:
-        """A new catalog (or the machine became known): fit advice is worked out again."""
-        self.catalog = catalog
-        self.advice.clear()
+    def set_families(self, catalog) -> None:
         fams = sorted({m.family for m in catalog})
         self.family.blockSignals(True)
         while self.family.count() > 1:
@@ -212,14 +213,9 @@ class ModelsPage(QWidget):
         for f in [*fams, tr("Local file")]:
             self.family.addItem(f, f)
         self.family.blockSignals(False)
-        self.refresh()
 
     def refresh(self) -> None:
-        from roost.core import paths
-        from roost.core.library import model_rows
-
-        rows, self.partial = model_rows(paths.models_dir(), self.catalog, self.win.machine,
-                                        every_release=self.show_all, advice_cache=self.advice)
+        rows, self.partial = self.ctl.model_rows(every_release=self.show_all)
         current = self.current()
         self.table.set_rows(rows)
         self.view.sortByColumn(0, Qt.AscendingOrder)
@@ -253,7 +249,7 @@ class ModelsPage(QWidget):
     def strategy_for(self, row: Row) -> str:
         from roost.core.settings import AUTO
 
-        strategy = self.win.settings.current.strategy_for(row.file)
+        strategy = self.ctl.settings.current.strategy_for(row.file)
         if strategy != AUTO:
             return strategy
         return row.advice.strategy if row.advice else tr("Automatic")
@@ -261,7 +257,7 @@ class ModelsPage(QWidget):
     def status_text(self, row: Row) -> str:
         from roost.core.download import human_size
 
-        info = self.win.info
+        info = self.ctl.info
         if info is not None and row.path is not None and info.path == row.path:
             return tr("loaded")
         job = self.jobs.get(row.file)
@@ -294,9 +290,9 @@ class ModelsPage(QWidget):
         self.btn["pause"].setEnabled(active)
         self.btn["resume"].setEnabled(paused)
         self.btn["cancel"].setEnabled(active or paused)
-        self.btn["delete"].setEnabled(present and not (self.win.info and self.win.info.path == row.path))
-        self.btn["load"].setEnabled(present and self.win.engine is not None and not self.win.generating)
-        self.btn["unload"].setEnabled(self.win.info is not None and not self.win.generating)
+        self.btn["delete"].setEnabled(present and not (self.ctl.info and self.ctl.info.path == row.path))
+        self.btn["load"].setEnabled(present and self.ctl.engine is not None and not self.ctl.generating)
+        self.btn["unload"].setEnabled(self.ctl.info is not None and not self.ctl.generating)
         if row is None:
             self.details.setText("")
             self.reason.setText("")
@@ -309,7 +305,7 @@ class ModelsPage(QWidget):
         self.reason.setText(pick(row.advice.reason, row.advice.reason_zh) if row.advice else "")
         if job is not None and job.state == "failed" and job.error:
             self.reason.setText(split_bilingual(job.error))
-        override = self.win.settings.current.strategy_overrides.get(row.file)
+        override = self.ctl.settings.current.strategy_overrides.get(row.file)
         self.strategy.blockSignals(True)
         if override:
             self.strategy.setEditText(override)
@@ -325,7 +321,7 @@ class ModelsPage(QWidget):
         from roost.core.settings import SettingsError
 
         try:
-            self.win.settings.set_override(row.file, None if text == tr("Automatic") else text)
+            self.ctl.settings.set_override(row.file, None if text == tr("Automatic") else text)
         except (SettingsError, OSError) as e:
             self.reason.setText(split_bilingual(str(e)))
             return
@@ -333,90 +329,56 @@ class ModelsPage(QWidget):
 
     # --- actions -------------------------------------------------------------------------------
     def download(self) -> None:
-        from roost.core.library import from_catalog
-
         row = self.current()
-        if row and row.model and self.win.queue is not None:
-            self.jobs[row.file] = self.win.queue.add(from_catalog(row.model))
+        job = self.ctl.download(row.model) if row and row.model else None
+        if job is not None:
+            self.jobs[row.file] = job
             self.update_details()
 
     def pause(self) -> None:
         row = self.current()
         if row and row.file in self.jobs:
-            self.win.queue.pause(self.jobs[row.file])
+            self.ctl.queue.pause(self.jobs[row.file])
 
     def resume(self) -> None:
         row = self.current()
         if row and row.file in self.jobs:
-            self.win.queue.resume(self.jobs[row.file])
+            self.ctl.queue.resume(self.jobs[row.file])
 
     def cancel(self) -> None:
         row = self.current()
         if row and row.file in self.jobs:
-            self.win.queue.cancel(self.jobs[row.file])
+            self.ctl.queue.cancel(self.jobs[row.file])
 
     def delete(self) -> None:
-        from roost.core import paths
-        from roost.core.library import delete
-
         row = self.current()
-        if row and row.path and self.win.ask(tr("Delete"), tr("Delete {name} from the models folder?", name=row.file)):
-            delete(row.path, paths.models_dir(), self.catalog)
-            self.refresh()
+        if row and row.path and dialogs.confirm(self, tr("Delete"),
+                                                tr("Delete {name} from the models folder?", name=row.file)):
+            self.ctl.delete_model(row.path)
 
     def load(self) -> None:
         row = self.current()
         if row and row.path and row.path.exists():
-            self.win.load_model(str(row.path), self.win.settings.current.strategy_for(row.file))
+            self.ctl.load_model(row.path)  # with the strategy the settings give this model
 
     def unload(self) -> None:
-        self.win.unload_model()
+        self.ctl.unload_model()
 
     def import_file(self):
         """Ask for a model file and import it; returns its path in the models folder, or None."""
-        path, _ = QFileDialog.getOpenFileName(self, tr("Choose an RWKV model file"), "",
-                                              tr("RWKV models (*.pth *.safetensors)"))
+        path = dialogs.choose_model_file(self)
         return self.import_path(path) if path else None
 
     def import_path(self, path: str):
-        from roost.core import paths
-        from roost.core.library import import_file
-        from roost.engine.errors import RoostError
-
-        try:
-            inst = import_file(path, paths.models_dir(), self.catalog)
-        except RoostError as e:
-            self.win.show_error(str(e))
-            return None
-        self.refresh()
-        self.select_file(inst.path.name)
-        return inst.path
+        model = self.ctl.import_model(path)
+        if model is not None:
+            self.select_file(model.name)
+        return model
 
     def refresh_catalog(self) -> None:
-        """Ask the Hub which files still exist, in the background (the network may be slow or blocked)."""
-        from roost.core.catalog import refresh_catalog
-        from roost.core.sources import MIRROR, endpoints
-
-        settings = self.win.settings.current
-        endpoint = endpoints()[MIRROR] if settings.download_source() == MIRROR else None
-        token = settings.token()
+        """Ask the Hub which files still exist (in the background; the list redraws when it answers)."""
         self.refresh_btn.setEnabled(False)
-
-        def failed(e: BaseException) -> None:
-            from roost.engine.errors import RoostError
-
-            self.on_catalog(str(e) if isinstance(e, RoostError) else tr(
-                "The model list could not be refreshed; the details are in the log."))
-
-        self.win.tasks.run(lambda: refresh_catalog(endpoint=endpoint, token=token), on_done=self.on_catalog,
-                           on_error=failed, name="catalog")
-
-    def on_catalog(self, result) -> None:
-        self.refresh_btn.setEnabled(True)
-        if isinstance(result, str):
-            self.win.show_error(result)
-        else:
-            self.set_catalog(result)
+        self.ctl.refresh_catalog(on_finished=lambda: self.refresh_btn.setEnabled(True))
 
     # --- events --------------------------------------------------------------------------------
     def on_job(self, job) -> None:
@@ -424,9 +386,7 @@ class ModelsPage(QWidget):
         for r, row in enumerate(self.table.rows):
             if row.file == job.target.name:
                 self.table.changed(r)
-        if job.state == "done":
-            self.refresh()
-        self.update_details()  # a failed download's message shows in its row's details, not as a banner
+        self.update_details()  # (a finished download re-lists through libraryChanged)  # a failed download's message shows in its row's details, not as a banner
 
     def on_model_changed(self) -> None:
         self.table.changed_all()

@@ -26,10 +26,10 @@ from roost.gui.theme import apply_theme
 
 
 class SettingsPage(QWidget):
-    def __init__(self, win):
+    def __init__(self, ctl):
         super().__init__()
-        self.win = win
-        s = win.settings.current
+        self.ctl = ctl
+        s = ctl.settings.current
         from roost.core.sources import SOURCE_NAMES, SOURCES
 
         inner = QWidget()
@@ -112,97 +112,26 @@ class SettingsPage(QWidget):
         self.api_status = QLabel(objectName="hint", wordWrap=True,
                                  textInteractionFlags=Qt.TextSelectableByMouse)
         form.addRow(self.api_status)
-        self.api_server = None  # roost.server.run.ApiServer while it runs
-        self._api_open = False  # listening beyond this computer
-        app = QGuiApplication.instance()
-        if app is not None:
-            app.aboutToQuit.connect(self.stop_api_server)
+        self.ctl.apiChanged.connect(self._api_changed)
         return box
 
     def _api_toggled(self, on: bool) -> None:
         if on:
-            self.start_api_server()
+            self.ctl.start_api(self.api_host.text().strip(), self.api_port.value(), self.api_key.text().strip())
         else:
-            self.stop_api_server(wait=False)
+            self.ctl.stop_api(wait=False)
+        self._api_changed()
 
-    def start_api_server(self) -> None:
-        """Start the server for the model the app has loaded (binding, imports and start-up run in
-        the background; the result comes back on the UI thread)."""
-        from roost.server.run import ServerError, check_bind, is_loopback
-
-        engine = self.win.engine
-        host, port, key = self.api_host.text().strip(), self.api_port.value(), self.api_key.text().strip()
-        if engine is None:
-            return self._api_failed(tr("The engine is still starting. Try again in a moment."))
-        try:
-            check_bind(host, port, key)
-        except ServerError as e:
-            return self._api_failed(split_bilingual(str(e)))
-        try:
-            self.win.settings.update(api_host=host, api_port=port, api_key=key)
-        except (ValueError, OSError) as e:
-            return self._api_failed(split_bilingual(str(e)))
+    def _api_changed(self) -> None:
+        """The switch, the fields (fixed while the server starts or runs) and its status line."""
+        busy = self.ctl.api_busy()
         for w in (self.api_host, self.api_port, self.api_key):
-            w.setEnabled(False)
-        self.api_status.setText(tr("Starting…"))
-        from roost.gui.sampling import defaults
-
-        sampling = defaults(self.win.settings.current)
-        chat_defaults = {k: sampling[k] for k in ("temperature", "top_p", "top_k", "presence_penalty",
-                                                  "frequency_penalty", "penalty_decay") if k in sampling}
-        runtime = engine.worker.runtime
-        self._api_open = not is_loopback(host)
-
-        def start():
-            from roost.server.run import ApiServer
-
-            return ApiServer(runtime, host=host, port=port, api_key=key or None, chat_defaults=chat_defaults,
-                             chat_max_tokens=int(sampling.get("max_tokens", 1024))).start()
-
-        def failed(e: BaseException) -> None:  # shown beside the switch; a bug's details are in the log
-            from roost.engine.errors import RoostError
-
-            self._api_failed(split_bilingual(str(e)) if isinstance(e, RoostError)
-                             else tr("The server could not start; the details are in the log."))
-
-        self.win.tasks.run(start, on_done=self._api_started, on_error=failed, name="api-start")
-
-    def _api_started(self, server) -> None:
-        if not self.api_switch.isChecked():  # switched off while it was starting
-            self.api_server = server
-            self.stop_api_server(wait=False)
-            return
-        self.api_server = server
-        text = tr("Running at {url}", url=server.base_url)
-        if self.win.info is None:
-            text += " " + tr("No model is loaded yet: requests get an error until one is.")
-        if self._api_open:
-            text += " " + tr("Other computers can reach it; keep the API key secret.")
-        self.api_status.setText(text)
-
-    def _api_failed(self, message: str) -> None:
-        self.api_status.setText(tr("Error: {msg}", msg=message))
-        for w in (self.api_host, self.api_port, self.api_key):
-            w.setEnabled(True)
-        if self.api_switch.isChecked():
+            w.setEnabled(not busy)
+        if self.api_switch.isChecked() != busy:
             self.api_switch.blockSignals(True)
-            self.api_switch.setChecked(False)
+            self.api_switch.setChecked(busy)
             self.api_switch.blockSignals(False)
-
-    def stop_api_server(self, wait: bool = True) -> None:
-        """Stop the server (its running generations end within a token)."""
-        server, self.api_server = self.api_server, None
-        for w in (self.api_host, self.api_port, self.api_key):
-            w.setEnabled(True)
-        if server is None:
-            return
-        self.api_status.setText(tr("Stopping…"))
-        if wait:
-            server.stop()
-            self.api_status.setText(tr("Stopped."))
-            return
-        self.win.tasks.run(server.stop, on_done=lambda _: self.api_status.setText(tr("Stopped.")),
-                           name="api-stop")
+        self.api_status.setText(self.ctl.api_status)
 
     def browse(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, tr("Models folder:"), self.folder.text())
@@ -210,9 +139,9 @@ class SettingsPage(QWidget):
             self.folder.setText(folder)
 
     def save(self) -> None:
-        from roost.core.settings import SettingsError, apply_proxy
+        from roost.core.settings import SettingsError
 
-        store = self.win.settings
+        store = self.ctl.settings
         old = store.current
         # what the page showed for an unset value (the suggested source, the system's language)
         # stays unset unless the user picked something else
@@ -236,11 +165,9 @@ class SettingsPage(QWidget):
         new = store.current
         if new.language != old.language:
             messages.append(tr("The language changes the next time Roost starts."))
-        apply_proxy(new.proxy)
-        apply_theme(QGuiApplication.instance(), new.theme)
+        apply_theme(QGuiApplication.instance(), new.theme)  # (the controller applies the proxy and the folder)
         self.folder.setText(str(new.models_folder()))
         self.saved.setText(" ".join(messages) or tr("Saved."))
-        self.win.models.refresh()
 
     def open_log(self) -> None:
         from roost.core.logs import log_file
@@ -248,25 +175,6 @@ class SettingsPage(QWidget):
         QDesktopServices.openUrl(QUrl.fromLocalFile(str(log_file())))
 
     def copy_diagnostics(self) -> None:
-        QGuiApplication.clipboard().setText(diagnostics(self.win))
+        QGuiApplication.clipboard().setText(self.ctl.diagnostics())
         self.saved.setText(tr("Diagnostics copied to the clipboard."))
 
-
-def diagnostics(win) -> str:
-    """A machine report and the end of the log, for bug reports (no token, no chats)."""
-    import json
-    import platform
-
-    from roost import __version__
-    from roost.core.logs import log_file
-
-    lines = [f"Roost {__version__}, Python {platform.python_version()}, {platform.platform()}"]
-    if win.machine is not None:
-        lines.append(json.dumps(win.machine.to_dict(), ensure_ascii=False))
-    if win.info is not None:
-        lines.append(f"model: {win.info.name} ({win.info.label}), strategy {win.info.strategy}")
-    try:
-        tail = log_file().read_text(encoding="utf-8", errors="replace").splitlines()[-80:]
-    except OSError:
-        tail = []
-    return "\n".join(lines + ["--- log ---", *tail])

@@ -1,7 +1,7 @@
-"""Background work for the window: run a function off the UI thread, get its result (or its error)
+"""Background work for the app: run a function off the UI thread, get its result (or its error)
 back on the UI thread. One helper instead of a thread and a bridge signal per feature.
 
-    win.tasks.run(probe_machine, on_done=show_machine, on_error=show_problem, name="probe")
+    ctl.tasks.run(probe_machine, on_done=show_machine, on_error=show_problem, name="probe")
 
 The function runs on a plain Python thread (never the engine's worker, which is busy with the
 model); callbacks run on the UI thread through a queued Qt signal. An error's traceback goes to the

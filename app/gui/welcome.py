@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QFrame,
     QLabel,
@@ -16,9 +16,11 @@ from roost.gui.i18n import pick, split_bilingual, tr
 
 
 class WelcomePanel(QWidget):
-    def __init__(self, win):
+    started = Signal()  # the recommended model downloaded and is loading: a chat can begin
+
+    def __init__(self, ctl):
         super().__init__()
-        self.win = win
+        self.ctl = ctl
         self.model = None
         self.advice = None
         self.job = None
@@ -69,17 +71,15 @@ class WelcomePanel(QWidget):
         self.button.setEnabled(True)
 
     def start(self) -> None:
-        from roost.core.library import from_catalog
-
-        if self.model is None or self.win.queue is None:
+        if self.model is None or self.ctl.queue is None:
             return
         self.button.setEnabled(False)
         self.problem.hide()
         self.settings_btn.hide()
         self.bar.setValue(0)
         self.bar.show()
-        self.job = self.win.queue.add(from_catalog(self.model))
-        self.win.bridge.job.connect(self.on_job)
+        self.job = self.ctl.download(self.model)
+        self.ctl.jobChanged.connect(self.on_job)
 
     def on_job(self, job) -> None:
         if self.job is None or job is not self.job:
@@ -93,11 +93,9 @@ class WelcomePanel(QWidget):
         elif job.state == "done":
             self.progress.hide()
             self.job = None
-            self.win.bridge.job.disconnect(self.on_job)
-            self.win.load_model(str(job.path), self.advice.strategy)
-            self.win.models.refresh()
-            self.win.chat.show_welcome(False)
-            self.win.chat.new_chat()
+            self.ctl.jobChanged.disconnect(self.on_job)
+            self.ctl.load_model(job.path, self.advice.strategy)
+            self.started.emit()
         elif job.state in ("failed", "paused", "cancelled"):
             self.bar.hide()
             self.progress.hide()
@@ -108,11 +106,15 @@ class WelcomePanel(QWidget):
             self.button.setText(tr("Try again"))
             self.button.setEnabled(True)
             self.job = None
-            self.win.bridge.job.disconnect(self.on_job)
+            self.ctl.jobChanged.disconnect(self.on_job)
 
     def open_settings(self) -> None:
-        self.win.show_page("settings")
+        self.ctl.navigate.emit("settings")
 
     def import_file(self) -> None:
-        if self.win.models.import_file() is not None:  # imported and selected: load it (the chat opens)
-            self.win.models.load()
+        from roost.gui.dialogs import choose_model_file
+
+        path = choose_model_file(self)
+        model = self.ctl.import_model(path) if path else None
+        if model is not None:  # imported: load it (the chat opens when it has loaded)
+            self.ctl.load_model(model)

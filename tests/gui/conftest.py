@@ -28,7 +28,7 @@ def window(qtbot, home):
     def make():
         win = create_window(start_engine=False)
         qtbot.addWidget(win)
-        win.attach_engine(EngineThread(win))
+        win.ctl.attach_engine(EngineThread(win.ctl))
         wins.append(win)
         return win
 
@@ -43,6 +43,6 @@ def window(qtbot, home):
 
 
 def load(qtbot, win, path, strategy="cpu fp32"):
-    win.load_model(str(path), strategy)
-    qtbot.waitUntil(lambda: win.info is not None or win.error is not None, timeout=60000)
-    assert win.info is not None, win.error
+    win.ctl.load_model(str(path), strategy)
+    qtbot.waitUntil(lambda: win.ctl.info is not None or win.ctl.error is not None, timeout=60000)
+    assert win.ctl.info is not None, win.ctl.error

@@ -44,8 +44,8 @@ def test_geometry_and_settings_are_remembered(qtbot, window, home, monkeypatch):
     win.close()
     again = window()
     # the offscreen screen is 800 px wide, so only the height can be checked exactly
-    assert again.height() == 610 and again.settings.current.geometry
-    assert again.settings.current.theme == "dark" and again.palette().window().color().lightness() < 128
+    assert again.height() == 610 and again.ctl.settings.current.geometry
+    assert again.ctl.settings.current.theme == "dark" and again.palette().window().color().lightness() < 128
     assert again.chat.sampling.values()["temperature"] == 0.7  # the chat's defaults follow Settings
 
 
@@ -54,13 +54,13 @@ def test_g1_reasoning_is_shown_folded_with_a_think_switch(qtbot, window, make_ch
     shutil.copy(make_checkpoint("v7.0"), g1)
     win = window()
     load(qtbot, win, g1)
-    assert win.info.reasoning
+    assert win.ctl.info.reasoning
     assert not win.chat.think.isHidden()
     win.chat.sampling.set_values({"max_tokens": 30})
     win.chat.input.setPlainText("Why is the sky blue?")
     qtbot.mouseClick(win.chat.send_btn, Qt.LeftButton)
     qtbot.waitUntil(lambda: win.chat.rid is None, timeout=60000)
-    reply = win.store.messages(win.chat.conv_id)[1]
+    reply = win.ctl.store.messages(win.chat.conv_id)[1]
     assert reply.reasoning  # a random model never closes </think>: all of it is thinking
     shown = win.chat.view.toPlainText()
     assert "Thinking (" in shown and reply.reasoning[:20] not in shown  # folded
@@ -76,10 +76,10 @@ def test_never_two_models(qtbot, window, make_checkpoint):
     import gc
     import weakref
 
-    first = weakref.ref(win.engine.worker.runtime.model)
-    win.info = None
+    first = weakref.ref(win.ctl.engine.worker.runtime.model)
+    win.ctl.info = None
     load(qtbot, win, make_checkpoint("v5.2"))
-    rt = win.engine.worker.runtime
+    rt = win.ctl.engine.worker.runtime
     gc.collect()
     assert first() is None and rt.info.version == 5  # the first model was let go, not kept beside
 
@@ -101,10 +101,10 @@ def test_saving_settings_keeps_what_the_user_did_not_choose(qtbot, window, home)
     page = win.settings_page
     page.theme.setCurrentIndex(page.theme.findData("dark"))
     page.save()
-    s = win.settings.current
+    s = win.ctl.settings.current
     assert s.theme == "dark" and s.source == "" and s.language == ""
     assert page.saved.text() == "Saved."
     page.proxy.setText("ftp://nope")
     page.save()
-    assert "proxy cannot be 'ftp://nope'" in page.saved.text() and win.settings.current.proxy == ""
+    assert "proxy cannot be 'ftp://nope'" in page.saved.text() and win.ctl.settings.current.proxy == ""
     assert page.saved.wordWrap()  # a long refusal wraps instead of widening the page

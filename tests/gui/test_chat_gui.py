@@ -19,21 +19,21 @@ def test_reply_streams_in_and_is_saved(qtbot, window, make_checkpoint):
     assert win.status_label.text().startswith("Ready: model-v6.0.pth")
     win.chat.sampling.set_values({"max_tokens": 40})
     pieces = []
-    win.engine.worker.piece.connect(lambda rid, p: pieces.append(p))
+    win.ctl.engine.worker.piece.connect(lambda rid, p: pieces.append(p))
     send(qtbot, win, "Hello, who are you?")
     assert win.chat.rid is not None and not win.chat.send_btn.isEnabled() and win.chat.stop_btn.isEnabled()
     qtbot.waitUntil(lambda: win.chat.rid is None, timeout=60000)
     assert len(pieces) > 3  # streamed piece by piece
-    msgs = win.store.messages(win.chat.conv_id)
+    msgs = win.ctl.store.messages(win.chat.conv_id)
     assert [m.role for m in msgs] == ["user", "assistant"]
     assert msgs[1].content == "".join(pieces).strip() and msgs[1].content
     assert msgs[1].content[:20] in win.chat.view.toPlainText()
-    assert win.store.get(win.chat.conv_id).title == "Hello, who are you?"
+    assert win.ctl.store.get(win.chat.conv_id).title == "Hello, who are you?"
     assert "tokens in context" in win.chat.tokens_label.text()
 
     # the next turn reuses the conversation's state: only the new text is processed
     replies = []
-    win.engine.worker.done.connect(lambda rid, r: replies.append(r))
+    win.ctl.engine.worker.done.connect(lambda rid, r: replies.append(r))
     send(qtbot, win, "Tell me more.")
     qtbot.waitUntil(lambda: win.chat.rid is None, timeout=60000)
     assert replies and replies[-1].fed_tokens < 20
@@ -44,9 +44,9 @@ def test_stop_takes_effect_within_a_token(qtbot, window, make_checkpoint):
     load(qtbot, win, make_checkpoint("v7.0"))
     win.chat.sampling.set_values({"max_tokens": 4000})
     replies = []
-    win.engine.worker.done.connect(lambda rid, r: replies.append(r))
+    win.ctl.engine.worker.done.connect(lambda rid, r: replies.append(r))
     count = []
-    win.engine.worker.piece.connect(lambda rid, p: count.append(p))
+    win.ctl.engine.worker.piece.connect(lambda rid, p: count.append(p))
     send(qtbot, win, "Write a very long story.")
     qtbot.waitUntil(lambda: len(count) >= 3, timeout=30000)
     qtbot.mouseClick(win.chat.stop_btn, Qt.LeftButton)
@@ -61,7 +61,7 @@ def test_conversation_survives_a_restart(qtbot, window, make_checkpoint):
     win.chat.sampling.set_values({"max_tokens": 10})
     send(qtbot, win, "Remember the number 42.")
     qtbot.waitUntil(lambda: win.chat.rid is None, timeout=60000)
-    reply = win.store.messages(win.chat.conv_id)[1].content
+    reply = win.ctl.store.messages(win.chat.conv_id)[1].content
     win.close()
 
     again = window()
@@ -78,9 +78,9 @@ def test_closing_mid_generation_keeps_the_partial_reply(qtbot, window, make_chec
     qtbot.waitUntil(lambda: len(win.chat.partial) > 10, timeout=30000)
     conv = win.chat.conv_id
     win.close()
-    assert not win.engine.thread.isRunning()
+    assert not win.ctl.engine.thread.isRunning()
     again = window()
-    saved = again.store.messages(conv)[1].content
+    saved = again.ctl.store.messages(conv)[1].content
     assert len(saved) >= 5
 
 
@@ -94,7 +94,7 @@ def test_switching_pages_while_generating(qtbot, window, make_checkpoint):
         qtbot.wait(30)
     assert "Generating" in win.status_label.text() or win.chat.rid is None
     qtbot.waitUntil(lambda: win.chat.rid is None, timeout=60000)
-    assert win.store.messages(win.chat.conv_id)[1].content
+    assert win.ctl.store.messages(win.chat.conv_id)[1].content
 
 
 def test_edit_and_regenerate(qtbot, window, make_checkpoint):
@@ -112,11 +112,11 @@ def test_edit_and_regenerate(qtbot, window, make_checkpoint):
     win.chat.input.setPlainText("Another second question")
     qtbot.mouseClick(win.chat.send_btn, Qt.LeftButton)
     qtbot.waitUntil(lambda: win.chat.rid is None, timeout=60000)
-    msgs = win.store.messages(win.chat.conv_id)
+    msgs = win.ctl.store.messages(win.chat.conv_id)
     assert [m.content for m in msgs if m.role == "user"] == ["First question", "Another second question"]
     qtbot.mouseClick(win.chat.regen_btn, Qt.LeftButton)
     qtbot.waitUntil(lambda: win.chat.rid is None, timeout=60000)
-    msgs = win.store.messages(win.chat.conv_id)
+    msgs = win.ctl.store.messages(win.chat.conv_id)
     assert len(msgs) == 4 and msgs[3].role == "assistant"
 
 
@@ -124,9 +124,9 @@ def test_failed_load_shows_the_error(qtbot, window, tmp_path):
     win = window()
     junk = tmp_path / "broken.pth"
     junk.write_bytes(b"this is not a model")
-    win.load_model(str(junk), "cpu fp32")
-    qtbot.waitUntil(lambda: win.error is not None, timeout=30000)
-    assert win.info is None and win.status_label.text().startswith("Error:")
+    win.ctl.load_model(str(junk), "cpu fp32")
+    qtbot.waitUntil(lambda: win.ctl.error is not None, timeout=30000)
+    assert win.ctl.info is None and win.status_label.text().startswith("Error:")
     assert not win.banner.isHidden() and "broken.pth" in win.banner_text.text()
     assert "broken.pth" in win.status_label.toolTip() or "not" in win.status_label.text()
     assert not win.chat.send_btn.isEnabled()

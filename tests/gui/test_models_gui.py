@@ -37,41 +37,36 @@ def served(make_checkpoint):
 
 def with_queue(win, hub, home):
     from roost.core import paths
-    from roost.gui.app import connect_queue
 
     q = DownloadQueue(paths.models_dir(), endpoints={"hf": hub.hub_url}, backoff=0.01)
-    connect_queue(win, q)
+    win.ctl.attach_queue(q)
     return q
 
 
 def test_first_run_downloads_the_recommendation_and_opens_the_chat(qtbot, window, served, home):
-    from roost.gui.app import on_machine
-
     model, catalog, hub = served
     win = window()
     with_queue(win, hub, home)
-    on_machine(win, MACHINE, catalog)
+    win.ctl.set_machine(MACHINE, catalog)
     assert win.chat.stack.currentIndex() == 1  # the welcome card
     welcome = win.chat.welcome
     assert welcome.model == model and welcome.advice.label == RUNS_WELL
     assert model.display in welcome.name.text() and welcome.reason.text()
     qtbot.mouseClick(welcome.button, Qt.LeftButton)
     qtbot.waitUntil(lambda: welcome.bar.value() > 0, timeout=20000)
-    qtbot.waitUntil(lambda: win.info is not None, timeout=60000)
-    assert win.chat.stack.currentIndex() == 0 and win.info.name == model.file
+    qtbot.waitUntil(lambda: win.ctl.info is not None, timeout=60000)
+    assert win.chat.stack.currentIndex() == 0 and win.ctl.info.name == model.file
     assert win.chat.send_btn.isEnabled()
     assert (home / "models" / model.file).is_file()
 
 
-def test_models_page_lists_fit_downloads_pauses_resumes_deletes(qtbot, window, served, home):
-    from roost.gui.app import on_machine
-
+def test_models_page_lists_fit_downloads_pauses_resumes_deletes(qtbot, window, served, home, monkeypatch):
     model, catalog, hub = served
     win = window()
     with_queue(win, hub, home)
     (home / "models").mkdir(parents=True, exist_ok=True)
     (home / "models" / "keep.pth").write_bytes(b"")  # something installed: no welcome card
-    on_machine(win, MACHINE, catalog)
+    win.ctl.set_machine(MACHINE, catalog)
     page = win.models
     win.show_page("models")
     table = page.table
@@ -100,11 +95,11 @@ def test_models_page_lists_fit_downloads_pauses_resumes_deletes(qtbot, window, s
 
     page.select_file(model.file)
     qtbot.mouseClick(page.btn["load"], Qt.LeftButton)
-    qtbot.waitUntil(lambda: win.info is not None, timeout=60000)
+    qtbot.waitUntil(lambda: win.ctl.info is not None, timeout=60000)
     assert page.status_text(page.current()) == "loaded" and not page.btn["delete"].isEnabled()
-    win.unload_model()
-    qtbot.waitUntil(lambda: win.info is None, timeout=10000)
-    win.ask = lambda *a: True
+    win.ctl.unload_model()
+    qtbot.waitUntil(lambda: win.ctl.info is None, timeout=10000)
+    monkeypatch.setattr("roost.gui.dialogs.confirm", lambda *a: True)
     page.select_file(model.file)
     qtbot.mouseClick(page.btn["delete"], Qt.LeftButton)
     assert not (home / "models" / model.file).exists()
@@ -112,24 +107,24 @@ def test_models_page_lists_fit_downloads_pauses_resumes_deletes(qtbot, window, s
 
 def test_strategy_override_and_import(qtbot, window, make_checkpoint, home, tmp_path):
     win = window()
-    win.models.set_catalog(load_catalog(refreshed=False))
+    win.ctl.set_catalog(load_catalog(refreshed=False))
     page = win.models
     ckpt = make_checkpoint("v6.0")
     page.import_path(str(ckpt))
     assert page.current().file == ckpt.name
     page.strategy.setEditText("cpu bf16")
     page._strategy_edited()
-    assert win.settings.current.strategy_overrides[ckpt.name] == "cpu bf16"
+    assert win.ctl.settings.current.strategy_overrides[ckpt.name] == "cpu bf16"
     page.strategy.setEditText("gpu turbo")
     page._strategy_edited()
-    assert win.settings.current.strategy_overrides[ckpt.name] == "cpu bf16" and page.reason.text()
+    assert win.ctl.settings.current.strategy_overrides[ckpt.name] == "cpu bf16" and page.reason.text()
     qtbot.mouseClick(page.btn["load"], Qt.LeftButton)
-    qtbot.waitUntil(lambda: win.info is not None, timeout=60000)
-    assert win.info.strategy == "cpu bf16"
+    qtbot.waitUntil(lambda: win.ctl.info is not None, timeout=60000)
+    assert win.ctl.info.strategy == "cpu bf16"
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"garbage")
     page.import_path(str(junk))
-    assert win.error and "junk.pth" not in [r.file for r in page.table.rows]
+    assert win.ctl.error and "junk.pth" not in [r.file for r in page.table.rows]
 
 
 def test_a_download_stopped_in_an_earlier_session_shows_as_paused(qtbot, window, home):
@@ -141,22 +136,20 @@ def test_a_download_stopped_in_an_earlier_session_shows_as_paused(qtbot, window,
     (folder / (model.file + ".part")).write_bytes(b"x" * (model.size_bytes // 4 + 1000))
     (folder / (model.file + ".part.json")).write_text(json.dumps({"sha256": model.sha256, "size": model.size_bytes}))
     win = window()
-    win.models.set_catalog(load_catalog(refreshed=False))
+    win.ctl.set_catalog(load_catalog(refreshed=False))
     row = next(r for r in win.models.table.rows if r.file == model.file)
     assert win.models.status_text(row) == "paused · 25%"
 
 
 # --- the app's spine: settings reach their users, a model loaded any way opens the chat -------------
 def test_importing_and_loading_a_model_opens_the_chat_without_a_restart(qtbot, window, make_checkpoint, home):
-    from roost.gui.app import on_machine
-
     win = window()
-    on_machine(win, MACHINE, load_catalog(refreshed=False))  # nothing downloaded: the welcome card
+    win.ctl.set_machine(MACHINE, load_catalog(refreshed=False))  # nothing downloaded: the welcome card
     assert win.chat.stack.currentIndex() == 1
     page = win.models
     page.import_path(str(make_checkpoint("v7.0")))
     qtbot.mouseClick(page.btn["load"], Qt.LeftButton)
-    qtbot.waitUntil(lambda: win.info is not None, timeout=60000)
+    qtbot.waitUntil(lambda: win.ctl.info is not None, timeout=60000)
     assert win.chat.stack.currentIndex() == 0 and win.chat.send_btn.isEnabled()
 
 
@@ -165,12 +158,12 @@ def test_a_new_models_folder_takes_the_next_download(qtbot, window, served, home
     hub.faults.rate = None
     win = window()
     with_queue(win, hub, home)
-    win.models.set_catalog(catalog)
+    win.ctl.set_catalog(catalog)
     settings_page = win.settings_page
     new_folder = tmp_path / "new-models"
     settings_page.folder.setText(str(new_folder))
     settings_page.save()
-    assert win.settings.current.models_dir == str(new_folder.resolve())
+    assert win.ctl.settings.current.models_dir == str(new_folder.resolve())
     page = win.models
     page.select_file(model.file)
     qtbot.mouseClick(page.btn["download"], Qt.LeftButton)
@@ -182,20 +175,19 @@ def test_a_damaged_settings_file_starts_with_defaults_and_says_so(qtbot, window,
     home.mkdir(parents=True, exist_ok=True)
     (home / "settings.json").write_text("{not json")
     win = window()
-    assert win.error and "damaged" in win.error
-    assert win.settings.current.theme == "system"
+    assert win.ctl.error and "damaged" in win.ctl.error
+    assert win.ctl.settings.current.theme == "system"
     assert len(list(home.glob("settings.json.unreadable-*"))) == 1
 
 
 def test_an_offline_first_run_says_so_once_in_the_card(qtbot, window, served, home):
-    from roost.gui.app import on_machine
 
     model, catalog, hub = served
     win = window()
     q = with_queue(win, hub, home)
     q.endpoints = {"hf": "http://roost-offline.invalid", "mirror": "http://roost-offline.invalid",
                    "modelscope": "http://roost-offline.invalid"}
-    on_machine(win, MACHINE, catalog)
+    win.ctl.set_machine(MACHINE, catalog)
     welcome = win.chat.welcome
     qtbot.mouseClick(welcome.button, Qt.LeftButton)
     qtbot.waitUntil(lambda: welcome.problem.isVisibleTo(welcome), timeout=5000)  # no half-minute of retries
@@ -204,5 +196,5 @@ def test_an_offline_first_run_says_so_once_in_the_card(qtbot, window, served, ho
     assert "Errno" not in message and "urlopen" not in message
     assert not welcome.bar.isVisibleTo(welcome) and welcome.button.isEnabled()
     assert welcome.button.text() == "Try again" and welcome.settings_btn.isVisibleTo(welcome)
-    assert win.error is None and not win.banner.isVisibleTo(win)  # one place: the card
+    assert win.ctl.error is None and not win.banner.isVisibleTo(win)  # one place: the card
     assert "Could not" not in win.status_label.text()

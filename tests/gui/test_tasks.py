@@ -12,17 +12,17 @@ def test_results_and_errors_arrive_on_the_ui_thread(qtbot, window):
     def work():
         return threading.current_thread().name
 
-    win.tasks.run(work, on_done=lambda v: got.append(("done", v, threading.current_thread().name)), name="t1")
-    win.tasks.run(lambda: 1 / 0, on_error=lambda e: got.append(("error", type(e).__name__,
+    win.ctl.tasks.run(work, on_done=lambda v: got.append(("done", v, threading.current_thread().name)), name="t1")
+    win.ctl.tasks.run(lambda: 1 / 0, on_error=lambda e: got.append(("error", type(e).__name__,
                                                                   threading.current_thread().name)), name="t2")
     qtbot.waitUntil(lambda: len(got) == 2, timeout=5000)
     ui = threading.current_thread().name
     assert ("done", "roost-t1", ui) in got and ("error", "ZeroDivisionError", ui) in got
-    assert not win.tasks.running
+    assert not win.ctl.tasks.running
 
 
 def test_no_page_starts_threads_of_its_own():
-    """Background work goes through the window's Tasks (or the engine's worker, the download queue)."""
+    """Background work goes through the controller's Tasks (or the engine's worker, the download queue)."""
     from pathlib import Path
 
     gui = Path(__file__).resolve().parents[2] / "app" / "gui"

@@ -22,9 +22,9 @@ def win(qtbot, tmp_path, monkeypatch):
 
     w = create_window(start_engine=False)
     qtbot.addWidget(w)
-    w.attach_engine(EngineThread(w))
+    w.ctl.attach_engine(EngineThread(w.ctl))
     yield w
-    w.settings_page.stop_api_server()
+    w.ctl.stop_api()
     if w.isVisible():
         w.close()
 
@@ -36,24 +36,24 @@ def free_port() -> int:
 
 
 def test_the_switch_starts_and_stops_the_server_for_the_loaded_model(qtbot, win, make_checkpoint):
-    win.load_model(str(make_checkpoint("v6.0")), "cpu fp32")
-    qtbot.waitUntil(lambda: win.info is not None or win.error is not None, timeout=60000)
-    assert win.info is not None, win.error
+    win.ctl.load_model(str(make_checkpoint("v6.0")), "cpu fp32")
+    qtbot.waitUntil(lambda: win.ctl.info is not None or win.ctl.error is not None, timeout=60000)
+    assert win.ctl.info is not None, win.ctl.error
     page = win.settings_page
     assert page.api_host.text() == "127.0.0.1"
     page.api_port.setValue(free_port())
     page.api_switch.setChecked(True)
-    qtbot.waitUntil(lambda: page.api_server is not None or "Error" in page.api_status.text(), timeout=30000)
-    assert page.api_server is not None, page.api_status.text()
-    assert page.api_server.base_url in page.api_status.text()
-    assert page.api_server.runtime is win.engine.worker.runtime  # the app's own model, not a copy
+    qtbot.waitUntil(lambda: win.ctl.api_server is not None or "Error" in page.api_status.text(), timeout=30000)
+    assert win.ctl.api_server is not None, page.api_status.text()
+    assert win.ctl.api_server.base_url in page.api_status.text()
+    assert win.ctl.api_server.runtime is win.ctl.engine.worker.runtime  # the app's own model, not a copy
     assert not page.api_host.isEnabled()  # settings are fixed while it runs
-    client = openai.OpenAI(base_url=page.api_server.base_url, api_key="x", max_retries=0, timeout=60)
-    assert [m.id for m in client.models.list().data] == [win.info.path.stem]
-    r = client.chat.completions.create(model=win.info.path.stem, max_tokens=3,
+    client = openai.OpenAI(base_url=win.ctl.api_server.base_url, api_key="x", max_retries=0, timeout=60)
+    assert [m.id for m in client.models.list().data] == [win.ctl.info.path.stem]
+    r = client.chat.completions.create(model=win.ctl.info.path.stem, max_tokens=3,
                                        messages=[{"role": "user", "content": "Hi"}])
     assert r.usage.completion_tokens >= 1
-    server = page.api_server
+    server = win.ctl.api_server
     page.api_switch.setChecked(False)
     qtbot.waitUntil(lambda: page.api_status.text() == "Stopped." and not server.running, timeout=30000)
     assert page.api_host.isEnabled()
@@ -66,5 +66,5 @@ def test_the_switch_refuses_other_interfaces_without_a_key(qtbot, win):
     page.api_host.setText("0.0.0.0")
     page.api_key.setText("")
     page.api_switch.setChecked(True)
-    assert not page.api_switch.isChecked() and page.api_server is None
+    assert not page.api_switch.isChecked() and win.ctl.api_server is None
     assert "API key" in page.api_status.text()
