@@ -61,13 +61,13 @@ def render(out: Path, theme: str, lang: str, wanted) -> list[Path]:
     win = create_window(start_engine=False)
     app = QApplication.instance()
     title, turns, partial = SAMPLE[lang]
-    conv = win.store.new(title)
+    conv = win.ctl.store.new(title)
     for role, text in turns:
-        win.store.append(conv.id, role, text)
+        win.ctl.store.append(conv.id, role, text)
     catalog = load_catalog()
     machine = probe(paths.models_dir())
-    win.machine = machine
-    win.models.set_catalog(catalog)
+    win.ctl.machine = machine
+    win.ctl.set_catalog(catalog)
     win.chat.conv_id = None
     win.chat.reload_list()
     win.chat.partial = partial
