@@ -275,17 +275,43 @@ def detect_config(t: TensorFile) -> ModelConfig:
     return cfg
 
 
-def _check_shapes(t: TensorFile, cfg: ModelConfig) -> None:
-    """Every tensor the model uses exists with the right shape, so loading cannot fail midway."""
+def official_config(arch: str, n_layer: int, n_embd: int, vocab_size: int = 65536,
+                    head_size: int = 64) -> ModelConfig:
+    """The configuration of an official model of this architecture and size (widths as BlinkDL
+    trains them), for models known only by their catalog facts and for the test checkpoints."""
+    ffn = int(n_embd * 3.5) // 32 * 32 if arch in ("v5.2", "v6.0") else 4 * n_embd
+    heads = 0 if arch == "v4" else n_embd // head_size
+    return ModelConfig(arch=arch, n_layer=n_layer, n_embd=n_embd, vocab_size=vocab_size, n_att=n_embd,
+                       n_ffn=ffn, n_head=heads, head_size=0 if arch == "v4" else head_size)
+
+
+def model_shapes(cfg: ModelConfig, keys=(), *, official_lora: bool = False) -> dict[str, tuple[int, ...] | None]:
+    """Every tensor a model of ``cfg`` is read from, with its shape (size-1 dimensions aside): the
+    one description of the layout, used to check a file, to estimate memory without one and to make
+    test checkpoints. ``keys``: the file's, where a variant is told by which keys it has. Low-rank
+    (LoRA) matrices are None (their rank varies between sizes) unless ``official_lora`` asks for
+    the ranks BlinkDL's training code gives a model of this width."""
     from roost.engine.arch import arch_module
 
-    expected = arch_module(cfg.arch).expected_shapes(cfg, set(t))
-    expected.update({
+    arch = arch_module(cfg.arch)
+    shapes = {
         "emb.weight": (cfg.vocab_size, cfg.n_embd),
         "blocks.0.ln0.weight": (cfg.n_embd,), "blocks.0.ln0.bias": (cfg.n_embd,),
         "ln_out.weight": (cfg.n_embd,), "ln_out.bias": (cfg.n_embd,),
         "head.weight": (cfg.vocab_size, cfg.n_embd),
-    })
+    }
+    shapes.update(arch.expected_shapes(cfg, set(keys)))
+    if official_lora:
+        ranks = arch.lora_shapes(cfg)
+        for key, shape in shapes.items():
+            if shape is None:
+                shapes[key] = ranks[key.split(".", 2)[2]]
+    return shapes
+
+
+def _check_shapes(t: TensorFile, cfg: ModelConfig) -> None:
+    """Every tensor the model uses exists with the right shape, so loading cannot fail midway."""
+    expected = model_shapes(cfg, set(t))
     for key, shape in expected.items():
         if key not in t:
             raise CorruptCheckpointError(

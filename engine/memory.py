@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from roost.engine.checkpoint import ModelConfig, TensorFile
+from roost.engine.checkpoint import ModelConfig, TensorFile, model_shapes
 from roost.engine.errors import OutOfMemoryError
 from roost.engine.linear import packs_on_cpu
 from roost.engine.strategy import Strategy, plan_layers
@@ -42,26 +42,26 @@ def gib(n: float) -> str:
 
 
 def layer_numels(t: TensorFile, cfg: ModelConfig) -> list[tuple[int, int]]:
-    """(big-matrix elements, other elements) for each block, from the shapes alone."""
-    out = [[0, 0] for _ in range(cfg.n_layer)]
-    for key in t:
-        if not key.startswith("blocks."):
-            continue
-        i = int(key.split(".")[1])
-        n = 1
-        for d in t.shape(key):
-            n *= d
-        out[i][0 if key.endswith(BIG_SUFFIXES) else 1] += n
-    return [tuple(x) for x in out]
+    """(big-matrix elements, other elements) for each block of a checkpoint, from its shapes alone."""
+    return _per_layer(((key, t.shape(key)) for key in t), cfg.n_layer)
 
 
 def shape_numels(cfg: ModelConfig) -> list[tuple[int, int]]:
-    """(big-matrix elements, other elements) per block from the configuration alone, for models
-    not downloaded yet (a catalog entry). Low-rank and per-channel tensors are a few percent."""
-    c, a, f = cfg.n_embd, cfg.n_att, cfg.n_ffn
-    big = (4 if cfg.version in (4, 7) else 5) * a * c + 2 * f * c + (c * c if cfg.version < 7 else 0)
-    small = 20 * c + (c * 512 if cfg.version >= 6 else 0)
-    return [(big, small)] * cfg.n_layer
+    """The same for an official model known only by its configuration (a catalog entry not
+    downloaded yet): from the one description of the layout (checkpoint.model_shapes)."""
+    return _per_layer(model_shapes(cfg, official_lora=True).items(), cfg.n_layer)
+
+
+def _per_layer(shapes, n_layer: int) -> list[tuple[int, int]]:
+    out = [[0, 0] for _ in range(n_layer)]
+    for key, shape in shapes:
+        if not key.startswith("blocks."):
+            continue
+        n = 1
+        for d in shape:
+            n *= d
+        out[int(key.split(".")[1])][0 if key.endswith(BIG_SUFFIXES) else 1] += n
+    return [tuple(x) for x in out]
 
 
 def estimate(t: TensorFile | None, cfg: ModelConfig, strategy: Strategy, chunk_len: int = 128, *,

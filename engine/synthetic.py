@@ -33,8 +33,11 @@ def make_weights(arch: str, *, n_layer: int = 2, n_embd: int = 128, vocab: int =
     def lin(out_f, in_f):
         return randn(out_f, in_f, std=in_f ** -0.5)
 
-    ffn = {"v4": 4 * c, "v5.0": 4 * c, "v5.1": 4 * c, "v5.2": int(c * 3.5) // 32 * 32,
-           "v6.0": int(c * 3.5) // 32 * 32, "v7.0": 4 * c}[arch]
+    from roost.engine.arch import arch_module
+    from roost.engine.checkpoint import official_config
+
+    cfg = official_config(arch, n_layer, c, vocab, head_size)  # widths and ranks as in official files
+    ffn, ranks = cfg.n_ffn, arch_module(arch).lora_shapes(cfg)
     head = lin(vocab, c)
     # A trained model's next-token distribution is peaked on a few likely tokens, not spread over
     # the whole vocabulary: give a small set of "frequent" tokens larger output rows, so that the
@@ -79,14 +82,13 @@ def make_weights(arch: str, *, n_layer: int = 2, n_embd: int = 128, vocab: int =
             if arch != "v5.0":
                 w[p + "att.gate.weight"] = lin(c, c)
         elif arch == "v6.0":
-            d_mix, d_dec = 32, 64
             for m in ("x", "w", "k", "v", "r", "g"):
                 w[p + f"att.time_maa_{m}"] = uniform(0, 1, 1, 1, c)
-            w[p + "att.time_maa_w1"] = randn(c, 5 * d_mix, std=0.1)
-            w[p + "att.time_maa_w2"] = randn(5, d_mix, c, std=0.1)
+            w[p + "att.time_maa_w1"] = randn(*ranks["att.time_maa_w1"], std=0.1)
+            w[p + "att.time_maa_w2"] = randn(*ranks["att.time_maa_w2"], std=0.1)
             w[p + "att.time_decay"] = uniform(-5, 0.5, 1, 1, c)
-            w[p + "att.time_decay_w1"] = randn(c, d_dec, std=0.1)
-            w[p + "att.time_decay_w2"] = randn(d_dec, c, std=0.1)
+            w[p + "att.time_decay_w1"] = randn(*ranks["att.time_decay_w1"], std=0.1)
+            w[p + "att.time_decay_w2"] = randn(*ranks["att.time_decay_w2"], std=0.1)
             w[p + "att.time_faaaa"] = uniform(-1, 1, h, head_size)
             w[p + "att.gate.weight"] = lin(c, c)
         if arch in ("v5.0", "v5.1", "v5.2", "v6.0", "v7.0"):
@@ -104,7 +106,7 @@ def make_weights(arch: str, *, n_layer: int = 2, n_embd: int = 128, vocab: int =
         if time_state and arch in ("v5.2", "v6.0"):
             w[p + "att.time_state"] = randn(h, head_size, head_size, std=0.3)
         if arch == "v7.0":
-            _v7_layer(w, p, i, c, h, head_size, randn, uniform)
+            _v7_layer(w, p, i, c, h, head_size, ranks, randn, uniform)
     return dict(w)
 
 
@@ -121,18 +123,21 @@ class _Converting(dict):
             self[k] = v
 
 
-def _v7_layer(w, p, i, c, h, n, randn, uniform) -> None:
-    d_w, d_a, d_v, d_g = 64, 64, 32, 128
+def _v7_layer(w, p, i, c, h, n, ranks, randn, uniform) -> None:
+    def lora(name):
+        for j in "12":
+            w[f"{p}att.{name}{j}"] = randn(*ranks[f"att.{name}{j}"], std=0.1)
+
     for m in ("r", "w", "k", "v", "a", "g"):
         w[p + f"att.x_{m}"] = uniform(0, 1, 1, 1, c)
     w[p + "att.w0"] = uniform(-4, 1, 1, 1, c)
-    w[p + "att.w1"], w[p + "att.w2"] = randn(c, d_w, std=0.1), randn(d_w, c, std=0.1)
+    lora("w")
     w[p + "att.a0"] = randn(1, 1, c, std=0.5)
-    w[p + "att.a1"], w[p + "att.a2"] = randn(c, d_a, std=0.1), randn(d_a, c, std=0.1)
+    lora("a")
     if i > 0:  # official files carry v0/v1/v2 in every layer but the first
         w[p + "att.v0"] = randn(1, 1, c, std=0.5)
-        w[p + "att.v1"], w[p + "att.v2"] = randn(c, d_v, std=0.1), randn(d_v, c, std=0.1)
-    w[p + "att.g1"], w[p + "att.g2"] = randn(c, d_g, std=0.1), randn(d_g, c, std=0.1)
+        lora("v")
+    lora("g")
     w[p + "att.k_k"] = uniform(0.5, 1, 1, 1, c)
     w[p + "att.k_a"] = uniform(0, 1, 1, 1, c)
     w[p + "att.r_k"] = randn(h, n, std=0.3)

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from roost.core.hardware import Machine
-from roost.engine.checkpoint import ModelConfig
-from roost.engine.memory import estimate, gib
+from roost.engine.checkpoint import ModelConfig, official_config
+from roost.engine.memory import estimate, gib, shape_numels
 from roost.engine.strategy import parse_strategy
 
 GPU_RESERVE = 300 * 1024 ** 2  # left free on the card for the driver and other programs
@@ -30,10 +30,7 @@ class ModelShape:
 
     def config(self) -> ModelConfig:
         arch = {4: "v4", 5: "v5.2", 6: "v6.0", 7: "v7.0"}[self.version]
-        ffn = int(self.n_embd * 3.5) // 32 * 32 if self.version in (5, 6) else 4 * self.n_embd
-        return ModelConfig(arch=arch, n_layer=self.n_layer, n_embd=self.n_embd, vocab_size=self.vocab_size,
-                           n_att=self.n_embd, n_ffn=ffn, n_head=0 if self.version == 4 else self.n_embd // 64,
-                           head_size=0 if self.version == 4 else 64)
+        return official_config(arch, self.n_layer, self.n_embd, self.vocab_size)
 
 
 @dataclass(frozen=True)
@@ -62,7 +59,7 @@ def need_for(shape: ModelShape, strategy: str) -> dict[str, int]:
 
 def _bytes_per_token(shape: ModelShape, bytes_per_weight: float) -> float:
     cfg = shape.config()
-    big = sum(b for b, _ in __import__("roost.engine.memory", fromlist=["x"]).shape_numels(cfg))
+    big = sum(b for b, _ in shape_numels(cfg))
     return (big + cfg.vocab_size * cfg.n_embd) * bytes_per_weight
 
 

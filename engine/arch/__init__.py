@@ -1,6 +1,8 @@
 """One module per RWKV architecture. Each exposes the same small set of pure functions:
 
-- ``expected_shapes(cfg, keys) -> {key: shape}``: every per-layer tensor it reads, for validation;
+- ``expected_shapes(cfg, keys) -> {key: shape}``: every per-layer tensor it reads (low-rank matrices
+  None); ``lora_shapes(cfg) -> {name: shape}``: those low-rank matrices in an official model of
+  that width. Use them through ``checkpoint.model_shapes``;
 - ``prepare_layer(tensors, i, cfg, dtype) -> dict``: layer ``i``'s weights in run-time form;
 - ``init_state(cfg, w, dtype) -> tuple``: a layer's fresh recurrent state;
 - ``layer(x, w, state, cfg, carry) -> (x, state, carry)``: one block over ``x`` of shape (T, C).

@@ -17,6 +17,10 @@ from roost.engine.linear import linear
 _MIX = ("time_mix_k", "time_mix_v", "time_mix_r")
 
 
+def lora_shapes(cfg) -> dict:
+    return {}  # RWKV-4 has no low-rank matrices
+
+
 def expected_shapes(cfg, keys) -> dict:
     c, a = cfg.n_embd, cfg.n_att
     shapes = {}

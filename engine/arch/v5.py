@@ -29,6 +29,10 @@ def _mix(cfg) -> tuple[str, ...]:
     return ("time_mix_k", "time_mix_v", "time_mix_r") + (("time_mix_g",) if _gated(cfg) else ())
 
 
+def lora_shapes(cfg) -> dict:
+    return {}  # RWKV-5 has no low-rank matrices
+
+
 def expected_shapes(cfg, keys) -> dict:
     c, a, h, n = cfg.n_embd, cfg.n_att, cfg.n_head, cfg.head_size
     per_head = (h, n) if cfg.arch == "v5.2" else (h,)

@@ -22,6 +22,14 @@ _MAA = ("time_maa_x", "time_maa_w", "time_maa_k", "time_maa_v", "time_maa_r", "t
 _LORA = ("time_maa_w1", "time_maa_w2", "time_decay_w1", "time_decay_w2")
 
 
+def lora_shapes(cfg) -> dict:
+    """The low-rank matrices' shapes in official x060 models (ranks 32 and 64, doubled from 4096 wide)."""
+    c = cfg.n_embd
+    d_mix, d_decay = (64, 128) if c >= 4096 else (32, 64)
+    return {"att.time_maa_w1": (c, 5 * d_mix), "att.time_maa_w2": (5, d_mix, c),
+            "att.time_decay_w1": (c, d_decay), "att.time_decay_w2": (d_decay, c)}
+
+
 def expected_shapes(cfg, keys) -> dict:
     c, a, h, n = cfg.n_embd, cfg.n_att, cfg.n_head, cfg.head_size
     shapes = {}

@@ -19,6 +19,22 @@ _LORA = ("w1", "w2", "a1", "a2", "g1", "g2")
 _LORA_V = ("v1", "v2")
 
 
+def lora_shapes(cfg) -> dict:
+    """The low-rank matrices' shapes as x070 training code sizes them for a width C (a multiple of
+    32 near 1.8 sqrt(C) for decay and in-context rate, 1.3 sqrt(C) for value, 0.6 C^0.8 for gate;
+    later G1 releases may differ a little, and these matrices are ~2% of a model's weights)."""
+    c = cfg.n_embd
+
+    def rank(x: float) -> int:
+        return max(32, int(round(x / 32) * 32))
+
+    shapes = {}
+    for name, d in (("w", rank(1.8 * c ** 0.5)), ("a", rank(1.8 * c ** 0.5)), ("v", rank(1.3 * c ** 0.5)),
+                    ("g", rank(0.6 * c ** 0.8))):
+        shapes[f"att.{name}1"], shapes[f"att.{name}2"] = (c, d), (d, c)
+    return shapes
+
+
 def expected_shapes(cfg, keys) -> dict:
     c, a, h, n = cfg.n_embd, cfg.n_att, cfg.n_head, cfg.head_size
     shapes = {}

@@ -24,6 +24,30 @@ def test_estimate_scales_with_precision(make_checkpoint):
     assert fp32 > bf16 > int8
 
 
+@pytest.mark.parametrize("arch", ["v4", "v5.0", "v5.1", "v5.2", "v6.0", "v7.0"])
+@pytest.mark.parametrize("n_embd", [128, 768])
+def test_one_layout_for_files_estimates_and_test_models(tmp_path, arch, n_embd):
+    """checkpoint.model_shapes is the one description of the layout: the test checkpoints follow it
+    exactly, the loader checks files against it, and a model known only by its size (a catalog
+    entry) gets the same memory estimate as its file."""
+    from roost.engine.checkpoint import model_shapes, official_config
+    from roost.engine.memory import layer_numels, shape_numels
+    from roost.engine.synthetic import make_weights, save_checkpoint
+
+    weights = make_weights(arch, n_layer=2, n_embd=n_embd, vocab=512)
+    cfg = official_config(arch, 2, n_embd, vocab_size=512)
+    want = model_shapes(cfg, set(weights), official_lora=True)
+    squeeze = lambda shape: tuple(d for d in shape if d != 1)  # noqa: E731 -- (1, 1, C) is stored for (C,)
+    assert {k: squeeze(v.shape) for k, v in weights.items()} == {k: squeeze(v) for k, v in want.items()}
+    t, read = open_checkpoint(save_checkpoint(tmp_path / "m.pth", arch, n_layer=2, n_embd=n_embd, vocab=512))
+    assert read == cfg
+    if arch in ("v4", "v5.2", "v6.0", "v7.0"):  # the catalog's architectures
+        assert shape_numels(cfg) == layer_numels(t, cfg)
+        for strategy in ("cpu int8", "cpu bf16"):
+            assert estimate(None, cfg, parse_strategy(strategy)).per_device["cpu"] == pytest.approx(
+                estimate(t, cfg, parse_strategy(strategy)).per_device["cpu"], rel=0.01)
+
+
 @pytest.mark.parametrize("arch, dtype, stored", [("v6.0", torch.bfloat16, torch.bfloat16),
                                                  ("v6.0", torch.float32, torch.float32),
                                                  ("v7.0", torch.bfloat16, torch.float32)])
