@@ -57,27 +57,29 @@ class CatalogTable(QAbstractTableModel):
             return tr(self.HEADERS[section])
         return None
 
-    def data(self, index, role=Qt.DisplayRole):
+    def text(self, row: Row, col: int) -> str:
         from roost.core.download import human_size
 
+        if col == 0:
+            return row.name
+        if col == 1:
+            return row.model.family if row.model else tr("Local file")
+        if col == 2:
+            size = row.model.size_bytes if row.model else (row.path.stat().st_size if row.path.exists() else 0)
+            return human_size(size)
+        if col == 3:
+            return pick(row.advice.label, row.advice.label_zh) if row.advice else ""
+        if col == 4:
+            return tr(row.advice.speed) if row.advice else ""
+        if col == 5:
+            return self.page.strategy_for(row)
+        return self.page.status_text(row)
+
+    def data(self, index, role=Qt.DisplayRole):
         row = self.rows[index.row()]
         col = index.column()
         if role == Qt.DisplayRole:
-            if col == 0:
-                return row.name
-            if col == 1:
-                return row.model.family if row.model else tr("Local file")
-            if col == 2:
-                size = row.model.size_bytes if row.model else (row.path.stat().st_size if row.path.exists() else 0)
-                return human_size(size)
-            if col == 3:
-                return pick(row.advice.label, row.advice.label_zh) if row.advice else ""
-            if col == 4:
-                return tr(row.advice.speed) if row.advice else ""
-            if col == 5:
-                return self.page.strategy_for(row)
-            if col == 6:
-                return self.page.status_text(row)
+            return self.text(row, col)
         if role == Qt.ToolTipRole:
             return row.file
         if role == Qt.ForegroundRole and col == 3 and row.advice:
@@ -166,7 +168,10 @@ class ModelsPage(QWidget):
         self.view.setSelectionBehavior(QAbstractItemView.SelectRows)
         self.view.setSelectionMode(QAbstractItemView.SingleSelection)
         self.view.verticalHeader().hide()
-        self.view.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
+        # widths set from the texts by fit_columns, not ResizeToContents: that mode has Qt ask the
+        # table for every cell's text and size (hundreds of calls into Python, each waiting for the
+        # GIL while the engine loads) whenever any row changes, even on a hidden page: a 40-50 ms stall
+        self.view.horizontalHeader().setSectionResizeMode(QHeaderView.Interactive)
         self.view.horizontalHeader().setSectionResizeMode(0, QHeaderView.Stretch)
         self.view.selectionModel().currentRowChanged.connect(lambda *_: self.update_details())
 
@@ -218,12 +223,28 @@ class ModelsPage(QWidget):
         rows, self.partial = self.ctl.model_rows(every_release=self.show_all)
         current = self.current()
         self.table.set_rows(rows)
+        self.fit_columns()
         self.view.sortByColumn(0, Qt.AscendingOrder)
         if current is not None:
             self.select_file(current.file)
         elif self.proxy.rowCount():
             self.view.setCurrentIndex(self.proxy.index(0, 0))
         self.update_details()
+
+    def fit_columns(self) -> None:
+        """Each column as wide as its header and its widest text (the status column as wide as a
+        download's progress line), measured here in one pass."""
+        from roost.core.download import human_size
+
+        fm = self.view.fontMetrics()
+        header = self.view.horizontalHeader()
+        pad = 2 * self.view.style().pixelMetric(self.view.style().PixelMetric.PM_HeaderMargin) + 16
+        widest_status = tr("{pct}% · {speed}/s · {eta} left", pct=100, speed=human_size(999.9e6), eta="59m59s")
+        for col in range(1, self.table.columnCount()):
+            texts = [tr(CatalogTable.HEADERS[col])] + [self.table.text(row, col) for row in self.table.rows]
+            if col == self.table.columnCount() - 1:
+                texts.append(widest_status)
+            header.resizeSection(col, max(fm.horizontalAdvance(t) for t in texts) + pad)
 
     def _toggle_all(self, on: bool) -> None:
         self.show_all = on
