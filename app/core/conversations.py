@@ -1,17 +1,32 @@
-"""Saved conversations, in SQLite (one file in the user's data folder).
+"""Saved conversations, in SQLite (one file in the user's data folder), with branches.
 
-Every change is committed at once, so closing the app (or a crash) loses nothing that was shown.
-The store is used from the GUI thread only; SQLite's own locking covers a second Roost process.
+A conversation is a tree of messages: regenerating an answer or editing a question adds a sibling
+("version") instead of overwriting, and the conversation remembers which path is shown (its
+`leaf`). `messages()` returns that path; each message says which version it is ("2 of 3"), and
+`switch()` shows another. Every change is committed at once, so closing the app (or a crash) loses
+nothing that was shown. The store is used from the GUI thread only; SQLite's own locking covers a
+second Roost process.
+
+The file carries a schema version (`PRAGMA user_version`) and is migrated forward when opened
+(`MIGRATIONS`; later features add their tables with a new step there). Search is ranked by SQLite
+FTS5 with the trigram tokenizer (it finds Chinese as well as English) where SQLite has it; terms
+shorter than three characters, and SQLite builds without FTS5, use plain substring search.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-SCHEMA = """
+from roost.engine.errors import RoostError
+
+# --- schema and migrations ------------------------------------------------------------------------
+# Schema 1 is what Roost wrote before branches (it had no version number: user_version 0).
+SCHEMA_1 = """
 CREATE TABLE IF NOT EXISTS conversations (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     title TEXT NOT NULL,
@@ -31,57 +46,217 @@ CREATE TABLE IF NOT EXISTS messages (
 """
 
 
+def _script(db: sqlite3.Connection, sql: str) -> None:
+    """Run statements one by one (executescript would commit the migration's transaction first)."""
+    for statement in sql.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def _to_2(db: sqlite3.Connection) -> None:
+    """Branches, pins and undoable deletes: messages point to their parent instead of holding a
+    position; a conversation remembers the path it shows (its leaf)."""
+    _script(db, """
+        ALTER TABLE conversations ADD COLUMN leaf INTEGER;
+        ALTER TABLE conversations ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE conversations ADD COLUMN deleted REAL;
+        CREATE TABLE messages_2 (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            conversation INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+            parent INTEGER REFERENCES messages_2(id) ON DELETE CASCADE,
+            role TEXT NOT NULL,
+            content TEXT NOT NULL,
+            reasoning TEXT NOT NULL DEFAULT '',
+            created REAL NOT NULL,
+            selected REAL NOT NULL DEFAULT 0
+        );
+    """)
+    rows = db.execute("SELECT m.id, m.conversation, m.role, m.content, m.reasoning, c.updated FROM messages m "
+                      "JOIN conversations c ON c.id = m.conversation ORDER BY m.conversation, m.position").fetchall()
+    prev: dict[int, int] = {}
+    for mid, conv, role, content, reasoning, updated in rows:
+        db.execute("INSERT INTO messages_2 (id, conversation, parent, role, content, reasoning, created, selected) "
+                   "VALUES (?,?,?,?,?,?,?,?)", (mid, conv, prev.get(conv), role, content, reasoning, updated, 0))
+        prev[conv] = mid
+    for conv, leaf in prev.items():
+        db.execute("UPDATE conversations SET leaf=? WHERE id=?", (leaf, conv))
+    _script(db, """
+        DROP TABLE messages;
+        ALTER TABLE messages_2 RENAME TO messages;
+        CREATE INDEX messages_tree ON messages(conversation, parent);
+    """)
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_to_2]  # MIGRATIONS[i] takes schema i+1 to i+2
+SCHEMA_VERSION = 1 + len(MIGRATIONS)
+
+FTS_SCHEMA = """
+CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5(content, content='messages', content_rowid='id',
+                                                           tokenize='trigram');
+CREATE TRIGGER IF NOT EXISTS messages_fts_insert AFTER INSERT ON messages BEGIN
+    INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content);
+END;
+CREATE TRIGGER IF NOT EXISTS messages_fts_delete AFTER DELETE ON messages BEGIN
+    INSERT INTO messages_fts(messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
+END;
+CREATE TRIGGER IF NOT EXISTS messages_fts_update AFTER UPDATE OF content ON messages BEGIN
+    INSERT INTO messages_fts(messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
+    INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content);
+END;
+"""
+
+EXPORT_FORMAT = "roost.conversations"
+EXPORT_VERSION = 1
+ROLES = ("user", "assistant")
+
+
+class ConversationFileError(RoostError):
+    """A file to import that is not a Roost conversation export (or is damaged); nothing was imported."""
+
+
+class NewerDatabaseError(RoostError):
+    """The conversations file was written by a newer Roost."""
+
+
 @dataclass
 class Conversation:
     id: int
     title: str
     system: str
     updated: float
+    pinned: bool = False
+    created: float = 0.0
 
 
 @dataclass
 class StoredMessage:
-    position: int
+    position: int  # where it is on the path shown (0 = first)
     role: str  # "user" or "assistant"
     content: str
     reasoning: str = ""
+    id: int = 0
+    version: int = 1  # which of the versions at this point (1-based)
+    versions: int = 1  # how many there are (regenerated answers, edited questions)
+
+
+_CONV_COLS = "id, title, system, updated, pinned, created"
+
+
+def _conv(row) -> Conversation:
+    return Conversation(row[0], row[1], row[2], row[3], bool(row[4]), row[5])
 
 
 class ConversationStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, isolation_level=None)  # autocommit: nothing is pending
         self.db.execute("PRAGMA foreign_keys = ON")
         self.db.execute("PRAGMA journal_mode = WAL")
-        self.db.executescript(SCHEMA)
+        self._migrate()
+        self.fts = self._make_fts()
+        self.purge_deleted()  # chats deleted in an earlier session can no longer be restored
 
     def close(self) -> None:
+        self.purge_deleted()
         self.db.close()
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise NewerDatabaseError(
+                f"{self.path.name} was written by a newer version of Roost (conversation schema {version}; "
+                f"this one knows up to {SCHEMA_VERSION}). Update Roost to open your chats; the file is "
+                "left as it is.\n"
+                f"{self.path.name} 由更新版本的 Roost 写入。请更新 Roost 后再打开对话；文件未作任何改动。",
+            )
+        if version == 0:  # a new file, or one from before schema numbers (schema 1)
+            self.db.executescript(SCHEMA_1)
+            version = 1
+        for step in range(version, SCHEMA_VERSION):
+            # one transaction per step: a failed step leaves the file as it was before it
+            self.db.execute("PRAGMA foreign_keys = OFF")  # tables are rebuilt; checked below
+            try:
+                self.db.execute("BEGIN IMMEDIATE")
+                MIGRATIONS[step - 1](self.db)
+                problems = self.db.execute("PRAGMA foreign_key_check").fetchall()
+                if problems:
+                    raise sqlite3.IntegrityError(f"after migrating to schema {step + 1}: {problems[:3]}")
+                self.db.execute(f"PRAGMA user_version = {step + 1}")
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            finally:
+                self.db.execute("PRAGMA foreign_keys = ON")
+
+    def _make_fts(self) -> bool:
+        """The ranked search index, where this SQLite has FTS5 with the trigram tokenizer."""
+        exists = self.db.execute("SELECT count(*) FROM sqlite_master WHERE name='messages_fts'").fetchone()[0]
+        try:
+            self.db.executescript(FTS_SCHEMA)
+        except sqlite3.OperationalError:
+            return False
+        if not exists:
+            self.db.execute("INSERT INTO messages_fts(messages_fts) VALUES ('rebuild')")
+        return True
 
     # --- conversations -------------------------------------------------------------------------
     def new(self, title: str = "New chat", system: str = "") -> Conversation:
         now = time.time()
         cur = self.db.execute("INSERT INTO conversations (title, system, created, updated) VALUES (?,?,?,?)",
                               (title, system, now, now))
-        return Conversation(cur.lastrowid, title, system, now)
+        return Conversation(cur.lastrowid, title, system, now, False, now)
 
     def get(self, conv_id: int) -> Conversation | None:
-        row = self.db.execute("SELECT id, title, system, updated FROM conversations WHERE id=?",
+        row = self.db.execute(f"SELECT {_CONV_COLS} FROM conversations WHERE id=? AND deleted IS NULL",
                               (conv_id,)).fetchone()
-        return Conversation(*row) if row else None
+        return _conv(row) if row else None
 
     def list(self, search: str = "") -> list[Conversation]:
-        """Newest first; `search` matches titles and message text."""
-        if search:
-            like = f"%{search}%"
-            rows = self.db.execute(
-                "SELECT DISTINCT c.id, c.title, c.system, c.updated FROM conversations c "
-                "LEFT JOIN messages m ON m.conversation = c.id "
-                "WHERE c.title LIKE ? OR m.content LIKE ? ORDER BY c.updated DESC", (like, like))
+        """Pinned first, then newest first; with `search`, the best matches first (see `search`)."""
+        if search.strip():
+            return self.search(search)
+        rows = self.db.execute(f"SELECT {_CONV_COLS} FROM conversations WHERE deleted IS NULL "
+                               "ORDER BY pinned DESC, updated DESC")
+        return [_conv(r) for r in rows]
+
+    def search(self, query: str) -> list[Conversation]:
+        """Conversations whose title or messages hold every word of `query` (case-insensitive):
+        title matches first, then by FTS5's bm25 rank of the best message (newest first where there
+        is no rank: words under three characters, or no FTS5)."""
+        terms = query.split()
+        if not terms:
+            return self.list()
+        long = [t for t in terms if len(t) >= 3]
+        like = [f"%{_escape_like(t)}%" for t in terms]
+        ranked: dict[int, float] = {}
+        if self.fts and long:
+            match = " AND ".join('"' + t.replace('"', '""') + '"' for t in long)
+            hits = dict(self.db.execute("SELECT rowid, rank FROM messages_fts WHERE messages_fts MATCH ?", (match,)))
+            ids = list(hits)
+            for start in range(0, len(ids), 500):  # (SQLite limits the parameters of one statement)
+                batch = ids[start:start + 500]
+                sql = (f"SELECT id, conversation FROM messages WHERE id IN ({','.join('?' * len(batch))})"
+                       + "".join(" AND content LIKE ? ESCAPE '\\'" for _ in like))  # short words too
+                for mid, conv in self.db.execute(sql, [*batch, *like]):
+                    ranked[conv] = min(ranked.get(conv, 0.0), hits[mid])
         else:
-            rows = self.db.execute("SELECT id, title, system, updated FROM conversations ORDER BY updated DESC")
-        return [Conversation(*r) for r in rows]
+            sql = "SELECT DISTINCT conversation FROM messages WHERE " + " AND ".join(
+                "content LIKE ? ESCAPE '\\'" for _ in like)
+            for (conv,) in self.db.execute(sql, like):
+                ranked[conv] = 0.0
+        title_sql = " AND ".join("title LIKE ? ESCAPE '\\'" for _ in like)
+        titled = {r[0] for r in self.db.execute(f"SELECT id FROM conversations WHERE {title_sql}", like)}
+        ids = ranked.keys() | titled
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        convs = [_conv(r) for r in self.db.execute(
+            f"SELECT {_CONV_COLS} FROM conversations WHERE deleted IS NULL AND id IN ({marks})", list(ids))]
+        convs.sort(key=lambda c: (c.id not in titled, ranked.get(c.id, 0.0), -c.updated))
+        return convs
 
     def rename(self, conv_id: int, title: str) -> None:
         self.db.execute("UPDATE conversations SET title=? WHERE id=?", (title.strip() or "Chat", conv_id))
@@ -89,38 +264,122 @@ class ConversationStore:
     def set_system(self, conv_id: int, system: str) -> None:
         self.db.execute("UPDATE conversations SET system=? WHERE id=?", (system, conv_id))
 
-    def delete(self, conv_id: int) -> None:
-        self.db.execute("DELETE FROM conversations WHERE id=?", (conv_id,))
+    def pin(self, conv_id: int, pinned: bool = True) -> None:
+        self.db.execute("UPDATE conversations SET pinned=? WHERE id=?", (int(pinned), conv_id))
 
-    # --- messages ------------------------------------------------------------------------------
+    def delete(self, conv_id: int) -> None:
+        """Hide a conversation; `restore` brings it back until the store is closed (then it is gone)."""
+        self.db.execute("UPDATE conversations SET deleted=? WHERE id=?", (time.time(), conv_id))
+
+    def restore(self, conv_id: int) -> None:
+        self.db.execute("UPDATE conversations SET deleted=NULL WHERE id=?", (conv_id,))
+
+    def purge_deleted(self) -> None:
+        self.db.execute("DELETE FROM conversations WHERE deleted IS NOT NULL")
+
+    # --- messages: the path shown and its versions -----------------------------------------------
+    def _tree(self, conv_id: int) -> tuple[int | None, dict[int, tuple]]:
+        """(the leaf, {id: (parent, role, content, reasoning, selected)}) of a conversation."""
+        leaf = self.db.execute("SELECT leaf FROM conversations WHERE id=?", (conv_id,)).fetchone()
+        nodes = {r[0]: r[1:] for r in self.db.execute(
+            "SELECT id, parent, role, content, reasoning, selected FROM messages WHERE conversation=? ORDER BY id",
+            (conv_id,))}
+        return (leaf[0] if leaf else None), nodes
+
+    @staticmethod
+    def _path(leaf: int | None, nodes: dict[int, tuple]) -> list[int]:
+        path = []
+        while leaf is not None and leaf in nodes:
+            path.append(leaf)
+            leaf = nodes[leaf][0]
+        return path[::-1]
+
+    def _path_ids(self, conv_id: int) -> list[int]:
+        return self._path(*self._tree(conv_id))
+
     def messages(self, conv_id: int) -> list[StoredMessage]:
-        rows = self.db.execute("SELECT position, role, content, reasoning FROM messages "
-                               "WHERE conversation=? ORDER BY position", (conv_id,))
-        return [StoredMessage(*r) for r in rows]
+        """The messages shown, first to last, each with its version number among its siblings."""
+        leaf, nodes = self._tree(conv_id)
+        children: dict[int | None, list[int]] = {}
+        for mid, (parent, *_rest) in nodes.items():
+            children.setdefault(parent, []).append(mid)
+        out = []
+        for pos, mid in enumerate(self._path(leaf, nodes)):
+            parent, role, content, reasoning, _sel = nodes[mid]
+            sibs = children[parent]
+            out.append(StoredMessage(pos, role, content, reasoning, mid, sibs.index(mid) + 1, len(sibs)))
+        return out
 
     def append(self, conv_id: int, role: str, content: str, reasoning: str = "") -> StoredMessage:
-        pos = self.db.execute("SELECT COALESCE(MAX(position), -1) + 1 FROM messages WHERE conversation=?",
-                              (conv_id,)).fetchone()[0]
-        self.db.execute("INSERT INTO messages (conversation, position, role, content, reasoning) "
-                        "VALUES (?,?,?,?,?)", (conv_id, pos, role, content, reasoning))
-        self._touch(conv_id)
-        return StoredMessage(pos, role, content, reasoning)
+        """Add a message after the last one shown (after `rewind`, a new version at that point)."""
+        path = self._path_ids(conv_id)
+        parent = path[-1] if path else None
+        now = time.time()
+        cur = self.db.execute("INSERT INTO messages (conversation, parent, role, content, reasoning, created, "
+                              "selected) VALUES (?,?,?,?,?,?,?)", (conv_id, parent, role, content, reasoning, now, now))
+        self.db.execute("UPDATE conversations SET leaf=?, updated=? WHERE id=?", (cur.lastrowid, now, conv_id))
+        versions = self.db.execute("SELECT count(*) FROM messages WHERE conversation=? AND parent IS ?",
+                                   (conv_id, parent)).fetchone()[0]
+        return StoredMessage(len(path), role, content, reasoning, cur.lastrowid, versions, versions)
 
-    def update(self, conv_id: int, position: int, content: str, reasoning: str = "") -> None:
-        self.db.execute("UPDATE messages SET content=?, reasoning=? WHERE conversation=? AND position=?",
-                        (content, reasoning, conv_id, position))
+    def update(self, conv_id: int, message_id: int, content: str, reasoning: str = "") -> None:
+        self.db.execute("UPDATE messages SET content=?, reasoning=? WHERE conversation=? AND id=?",
+                        (content, reasoning, conv_id, message_id))
         self._touch(conv_id)
 
-    def truncate(self, conv_id: int, position: int) -> None:
-        """Drop the message at `position` and everything after it (edit and re-run, regenerate)."""
-        self.db.execute("DELETE FROM messages WHERE conversation=? AND position>=?", (conv_id, position))
+    def rewind(self, conv_id: int, position: int) -> None:
+        """Show the path only up to just before `position` (to edit a question or regenerate an
+        answer): the next `append` adds a new version there; the old one stays, reachable by `switch`."""
+        path = self._path_ids(conv_id)
+        leaf = path[position - 1] if 0 < position <= len(path) else (None if position <= 0 else path[-1])
+        self.db.execute("UPDATE conversations SET leaf=? WHERE id=?", (leaf, conv_id))
+
+    def switch(self, conv_id: int, position: int, step: int) -> None:
+        """Show another version of the message at `position` (step -1: the previous one, +1: the
+        next), and after it the path last shown in that version."""
+        leaf, nodes = self._tree(conv_id)
+        path = self._path(leaf, nodes)
+        if not 0 <= position < len(path):
+            return
+        parent = nodes[path[position]][0]
+        sibs = [m for m, n in nodes.items() if n[0] == parent]
+        i = sibs.index(path[position]) + step
+        if not 0 <= i < len(sibs):
+            return
+        target = sibs[i]
+        self.db.execute("UPDATE messages SET selected=? WHERE id=?", (time.time(), target))
+        self.db.execute("UPDATE conversations SET leaf=? WHERE id=?", (self._descend(target, nodes), conv_id))
+
+    @staticmethod
+    def _descend(node: int, nodes: dict[int, tuple]) -> int:
+        """The end of the path below `node`, taking the version chosen (or written) last at each step."""
+        while True:
+            kids = [(n[4], m) for m, n in nodes.items() if n[0] == node]
+            if not kids:
+                return node
+            node = max(kids)[1]
+
+    def delete_message(self, conv_id: int, position: int) -> None:
+        """Delete the version shown at `position` and everything that followed it; another version
+        of it is shown if there is one."""
+        leaf, nodes = self._tree(conv_id)
+        path = self._path(leaf, nodes)
+        if not 0 <= position < len(path):
+            return
+        gone = path[position]
+        parent = nodes[gone][0]
+        self.db.execute("DELETE FROM messages WHERE id=?", (gone,))  # its replies go with it (cascade)
+        others = [(n[4], m) for m, n in nodes.items() if n[0] == parent and m != gone]
+        new_leaf = self._descend(max(others)[1], nodes) if others else parent
+        self.db.execute("UPDATE conversations SET leaf=? WHERE id=?", (new_leaf, conv_id))
         self._touch(conv_id)
 
     def _touch(self, conv_id: int) -> None:
         self.db.execute("UPDATE conversations SET updated=? WHERE id=?", (time.time(), conv_id))
 
-    # --- export --------------------------------------------------------------------------------
+    # --- export and import ---------------------------------------------------------------------
     def to_markdown(self, conv_id: int, names: tuple[str, str] = ("You", "RWKV")) -> str:
+        """The path shown, readable anywhere (other versions are in the JSON export)."""
         conv = self.get(conv_id)
         if conv is None:
             return ""
@@ -133,3 +392,166 @@ class ConversationStore:
                 out += ["<details><summary>Thinking</summary>", "", m.reasoning, "", "</details>", ""]
             out += [m.content, ""]
         return "\n".join(out)
+
+    def export(self, conv_ids: list[int]) -> dict:
+        """Conversations as a JSON-ready dict: every version of every message, lossless."""
+        out = []
+        for conv_id in conv_ids:
+            row = self.db.execute("SELECT title, system, created, updated, pinned, leaf FROM conversations "
+                                  "WHERE id=?", (conv_id,)).fetchone()
+            if row is None:
+                continue
+            title, system, created, updated, pinned, leaf = row
+            local: dict[int, int] = {}
+            msgs = []
+            for mid, parent, role, content, reasoning, mcreated, selected in self.db.execute(
+                    "SELECT id, parent, role, content, reasoning, created, selected FROM messages "
+                    "WHERE conversation=? ORDER BY id", (conv_id,)):
+                local[mid] = len(msgs)
+                msgs.append({"id": len(msgs), "parent": local.get(parent) if parent is not None else None,
+                             "role": role, "content": content, "reasoning": reasoning, "created": mcreated,
+                             "selected": selected})
+            out.append({"title": title, "system": system, "created": created, "updated": updated,
+                        "pinned": bool(pinned), "current": local.get(leaf) if leaf is not None else None,
+                        "messages": msgs})
+        return {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "conversations": out}
+
+    def export_json(self, conv_ids: list[int]) -> str:
+        return json.dumps(self.export(conv_ids), ensure_ascii=False, indent=1)
+
+    def import_json(self, text: str | bytes) -> list[int]:
+        """Add the conversations of an export (ids of the new ones). A file that is not a valid
+        export is refused whole with ConversationFileError: nothing of it is imported."""
+        try:
+            data = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise _bad(f"it is not JSON ({e})") from None
+        convs = _validate(data)
+        ids = []
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for c in convs:
+                cur = self.db.execute("INSERT INTO conversations (title, system, created, updated, pinned) "
+                                      "VALUES (?,?,?,?,?)", (c["title"], c["system"], c["created"], c["updated"],
+                                                             int(c["pinned"])))
+                conv_id = cur.lastrowid
+                new: dict[int, int] = {}
+                for m in c["messages"]:
+                    parent = new[m["parent"]] if m["parent"] is not None else None
+                    new[m["id"]] = self.db.execute(
+                        "INSERT INTO messages (conversation, parent, role, content, reasoning, created, selected) "
+                        "VALUES (?,?,?,?,?,?,?)", (conv_id, parent, m["role"], m["content"], m["reasoning"],
+                                                   m["created"], m["selected"])).lastrowid
+                leaf = new[c["current"]] if c["current"] is not None else None
+                self.db.execute("UPDATE conversations SET leaf=? WHERE id=?", (leaf, conv_id))
+                ids.append(conv_id)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return ids
+
+
+def open_store(path: str | Path) -> tuple[ConversationStore, str]:
+    """The store at `path` and a notice for the user ("" when all is well). A damaged file is kept
+    aside (``conversations.sqlite.unreadable-<time>``) and a new one started; a file from a newer
+    Roost is left alone and chats are kept in memory for this session."""
+    path = Path(path)
+    try:
+        return ConversationStore(path), ""
+    except NewerDatabaseError as e:
+        return ConversationStore(":memory:"), str(e) + "\nChats of this session are not saved. / 本次会话的对话不会保存。"
+    except sqlite3.DatabaseError as e:
+        aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+        for suffix in ("", "-wal", "-shm"):
+            part = Path(str(path) + suffix)
+            if part.exists():
+                part.replace(Path(str(aside) + suffix))
+        return ConversationStore(path), (
+            f"Your saved chats could not be read ({e}); the file was kept as {aside.name} and a new one "
+            f"started.\n已保存的对话无法读取（{e}）；原文件已保留为 {aside.name}，并新建了对话文件。")
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _bad(why: str) -> ConversationFileError:
+    return ConversationFileError(f"This file cannot be imported: {why}. Nothing was imported.\n"
+                                 f"无法导入此文件：{why}。未导入任何内容。")
+
+
+def _validate(data) -> list[dict]:
+    """Every conversation of an export, checked and with defaults filled in; raises on the first fault."""
+    if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
+        raise _bad("it is not a Roost conversation export")
+    version = data.get("version")
+    if not isinstance(version, int) or version < 1:
+        raise _bad("its format version is missing")
+    if version > EXPORT_VERSION:
+        raise _bad(f"it was written by a newer Roost (format {version}); update Roost to import it")
+    convs = data.get("conversations")
+    if not isinstance(convs, list):
+        raise _bad("it holds no list of conversations")
+    out = []
+    for n, c in enumerate(convs, 1):
+        where = f"conversation {n}"
+        if not isinstance(c, dict):
+            raise _bad(f"{where} is not an object")
+        title, system = c.get("title", "Chat"), c.get("system", "")
+        if not isinstance(title, str) or not isinstance(system, str):
+            raise _bad(f"{where} has a title or system prompt that is not text")
+        msgs = c.get("messages")
+        if not isinstance(msgs, list):
+            raise _bad(f"{where} has no list of messages")
+        seen: set[int] = set()
+        clean = []
+        for k, m in enumerate(msgs, 1):
+            at = f"message {k} of {where}"
+            if not isinstance(m, dict):
+                raise _bad(f"{at} is not an object")
+            mid, parent = m.get("id"), m.get("parent")
+            if not isinstance(mid, int) or isinstance(mid, bool) or mid in seen:
+                raise _bad(f"{at} has no id of its own")
+            if parent is not None and parent not in seen:
+                raise _bad(f"{at} follows a message that does not come before it")
+            if m.get("role") not in ROLES:
+                raise _bad(f"{at} has the role {m.get('role')!r} (only user and assistant)")
+            if not isinstance(m.get("content"), str) or not isinstance(m.get("reasoning", ""), str):
+                raise _bad(f"{at} has content that is not text")
+            seen.add(mid)
+            clean.append({"id": mid, "parent": parent, "role": m["role"], "content": m["content"],
+                          "reasoning": m.get("reasoning", ""), "created": _number(m.get("created"), at),
+                          "selected": _number(m.get("selected", 0), at)})
+        current = c.get("current")
+        if current is not None and current not in seen:
+            raise _bad(f"{where} shows a message it does not have")
+        now = time.time()
+        out.append({"title": title.strip() or "Chat", "system": system, "pinned": bool(c.get("pinned", False)),
+                    "created": _number(c.get("created", now), where), "updated": _number(c.get("updated", now), where),
+                    "messages": clean, "current": current})
+    return out
+
+
+def _number(value, where: str) -> float:
+    if value is None:
+        return time.time()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _bad(f"{where} has a time that is not a number")
+    return float(value)
+
+
+def date_group(updated: float, now: float | None = None) -> str:
+    """Which group of the chat list a conversation belongs in, by when it last changed:
+    "today", "yesterday", "week" (the 7 days before), "month" (30 days) or "earlier"."""
+    now = time.time() if now is None else now
+    today = time.mktime(time.localtime(now)[:3] + (0, 0, 0, 0, 0, -1))
+    if updated >= today:
+        return "today"
+    if updated >= today - 86400:
+        return "yesterday"
+    if updated >= today - 7 * 86400:
+        return "week"
+    if updated >= today - 30 * 86400:
+        return "month"
+    return "earlier"

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, QTimer, QUrl
-from PySide6.QtGui import QGuiApplication, QKeySequence, QShortcut
+from PySide6.QtGui import QColor, QGuiApplication, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
     QFileDialog,
+    QFrame,
     QHBoxLayout,
-    QInputDialog,
     QLabel,
     QLineEdit,
     QListWidget,
@@ -23,11 +23,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from roost.gui import dialogs
 from roost.gui.i18n import tr
 from roost.gui.sampling import SamplingPanel
 from roost.gui.welcome import WelcomePanel
 
+GROUPS = {"pinned": "Pinned", "today": "Today", "yesterday": "Yesterday", "week": "Previous 7 days",
+          "month": "Previous 30 days", "earlier": "Earlier"}
 PERSONAS = {
     "Assistant": "",
     "Concise": "You are a helpful assistant. Answer briefly and precisely.",
@@ -42,12 +43,13 @@ class ChatPage(QWidget):
         self.ctl = ctl
         self.conv_id: int | None = None
         self.rid: int | None = None  # the generation in flight
-        self.reply_pos: int | None = None  # its message position
+        self.reply_id: int | None = None  # the id of the message it writes
         self.partial = ""
         self.stop_flag = None
         self.edit_pos: int | None = None
         self.expanded: set[int] = set()
         self.context_tokens = 0
+        self.follow = False  # the next render scrolls to the end (a message was just sent)
         self.render_timer = QTimer(self, singleShot=True, interval=50, timeout=self.render)
         self._build()
         self.reload_list()
@@ -66,15 +68,30 @@ class ChatPage(QWidget):
         self.search.textChanged.connect(self.reload_list)
         self.list = QListWidget()
         self.list.currentItemChanged.connect(self._on_select)
+        self.list.setContextMenuPolicy(Qt.CustomContextMenu)
+        self.list.customContextMenuRequested.connect(self._list_menu)
+        self.list.itemChanged.connect(self._renamed_inline)
         row = QHBoxLayout()
         self.new_btn = QPushButton(tr("New chat"), clicked=self.new_chat)
         self.rename_btn = QPushButton(tr("Rename"), clicked=self.rename_chat)
         self.delete_btn = QPushButton(tr("Delete"), clicked=self.delete_chat)
         for b in (self.new_btn, self.rename_btn, self.delete_btn):
             row.addWidget(b)
+        # a deleted chat can be brought back until the app closes
+        self.undo_bar = QFrame(objectName="card", visible=False)
+        ub = QHBoxLayout(self.undo_bar)
+        ub.setContentsMargins(8, 4, 8, 4)
+        self.undo_label = QLabel(wordWrap=True)
+        self.undo_btn = QPushButton(tr("Undo"), clicked=self.undo_delete)
+        ub.addWidget(self.undo_label, 1)
+        ub.addWidget(self.undo_btn)
+        self.deleted: int | None = None
+        self.import_btn = QPushButton(tr("Import…"), clicked=self.import_chats)
         lv.addWidget(self.search)
         lv.addWidget(self.list, 1)
+        lv.addWidget(self.undo_bar)
         lv.addLayout(row)
+        lv.addWidget(self.import_btn)
 
         right = QWidget()
         rv = QVBoxLayout(right)
@@ -109,7 +126,7 @@ class ChatPage(QWidget):
         buttons = QVBoxLayout()
         self.send_btn = QPushButton(tr("Send"), objectName="primary", clicked=self.send)
         self.stop_btn = QPushButton(tr("Stop"), clicked=self.stop)
-        self.regen_btn = QPushButton(tr("Regenerate"), clicked=self.regenerate)
+        self.regen_btn = QPushButton(tr("Regenerate"), clicked=lambda: self.regenerate())
         for b in (self.send_btn, self.stop_btn, self.regen_btn):
             buttons.addWidget(b)
         bottom = QHBoxLayout()
@@ -154,19 +171,73 @@ class ChatPage(QWidget):
 
     # --- conversations -------------------------------------------------------------------------
     def reload_list(self) -> None:
+        """The chats, pinned first, then grouped by when they last changed (a search lists the best
+        matches first, without groups)."""
+        from roost.core.conversations import date_group
+
+        query = self.search.text().strip()
         self.list.blockSignals(True)
         self.list.clear()
-        for c in self.ctl.store.list(self.search.text().strip()):
-            item = QListWidgetItem(c.title)
+        heading = None
+        for c in self.ctl.store.list(query):
+            group = None if query else ("pinned" if c.pinned else date_group(c.updated))
+            if group != heading and group is not None:
+                heading = group
+                head = QListWidgetItem(tr(GROUPS[group]))
+                head.setFlags(Qt.NoItemFlags)
+                head.setData(Qt.AccessibleDescriptionRole, "heading")
+                font = head.font()
+                font.setBold(True)
+                font.setPointSizeF(font.pointSizeF() * 0.9)
+                head.setFont(font)
+                head.setForeground(QColor("#8a8f98"))
+                self.list.addItem(head)
+            item = QListWidgetItem(("📌 " if c.pinned and query else "") + c.title)
             item.setData(Qt.UserRole, c.id)
+            item.setFlags(item.flags() | Qt.ItemIsEditable)
             self.list.addItem(item)
             if c.id == self.conv_id:
                 self.list.setCurrentItem(item)
         self.list.blockSignals(False)
-        if self.conv_id is None and self.list.count():
-            self.list.setCurrentRow(0)
-        elif self.conv_id is None:
-            self.render()
+        if self.conv_id is None:
+            first = next((self.list.item(i) for i in range(self.list.count())
+                          if self.list.item(i).data(Qt.UserRole) is not None), None)
+            if first is not None:
+                self.list.setCurrentItem(first)
+            else:
+                self.render()
+
+    def _item_for(self, conv_id):
+        return next((self.list.item(i) for i in range(self.list.count())
+                     if self.list.item(i).data(Qt.UserRole) == conv_id), None)
+
+    def _list_menu(self, pos) -> None:
+        from PySide6.QtWidgets import QMenu
+
+        item = self.list.itemAt(pos)
+        conv = self.ctl.store.get(item.data(Qt.UserRole)) if item is not None and item.data(Qt.UserRole) else None
+        if conv is None:
+            return
+        menu = QMenu(self)
+        menu.addAction(tr("Unpin") if conv.pinned else tr("Pin"), lambda: self.pin_chat(conv.id, not conv.pinned))
+        menu.addAction(tr("Rename"), lambda: self.list.editItem(item))
+        menu.addAction(tr("Export…"), self.export)
+        menu.addAction(tr("Delete"), self.delete_chat)
+        self.list.setCurrentItem(item)
+        menu.exec(self.list.viewport().mapToGlobal(pos))
+
+    def pin_chat(self, conv_id: int, on: bool = True) -> None:
+        self.ctl.store.pin(conv_id, on)
+        self.reload_list()
+
+    def _renamed_inline(self, item) -> None:
+        conv_id = item.data(Qt.UserRole)
+        if conv_id is None:
+            return
+        title = item.text().removeprefix("📌 ").strip()
+        if title:
+            self.ctl.store.rename(conv_id, title)
+        self.reload_list()
 
     def _on_select(self, item, _prev=None) -> None:
         if item is None or self.rid is not None:
@@ -190,33 +261,76 @@ class ChatPage(QWidget):
         self.input.setFocus()
 
     def rename_chat(self) -> None:
-        conv = self.ctl.store.get(self.conv_id) if self.conv_id else None
-        if conv is None:
-            return
-        title, ok = QInputDialog.getText(self, tr("Rename chat"), tr("Title:"), text=conv.title)
-        if ok and title.strip():
-            self.ctl.store.rename(conv.id, title)
-            self.reload_list()
+        item = self._item_for(self.conv_id) if self.conv_id else None
+        if item is not None:
+            self.list.editItem(item)  # in place; Enter keeps the new title
 
     def delete_chat(self) -> None:
-        if self.conv_id is None or self.rid is not None or not dialogs.confirm(self, tr("Delete"), tr("Delete this chat?")):
+        """Delete the open chat at once; Undo (beside the list) brings it back until Roost closes."""
+        if self.conv_id is None or self.rid is not None:
             return
+        conv = self.ctl.store.get(self.conv_id)
         self.ctl.store.delete(self.conv_id)
         self.ctl.forget(self.conv_id)
-        self.conv_id = None
+        self.deleted, self.conv_id = self.conv_id, None
+        self.undo_label.setText(tr("Deleted “{title}”.", title=conv.title if conv else ""))
+        self.undo_bar.show()
         self.reload_list()
+
+    def undo_delete(self) -> None:
+        if self.deleted is None:
+            return
+        self.ctl.store.restore(self.deleted)
+        self.conv_id, self.deleted = self.deleted, None
+        self.undo_bar.hide()
+        self.reload_list()
+        self.render()
 
     def _on_persona(self) -> None:
         if self.conv_id is not None:
             self.ctl.store.set_system(self.conv_id, self.persona.currentData() or "")
 
     def export(self) -> None:
-        if self.conv_id is None:
+        """The open chat as Markdown (readable) or JSON (every version, to import again)."""
+        conv = self.ctl.store.get(self.conv_id) if self.conv_id else None
+        if conv is None:
             return
-        path, _ = QFileDialog.getSaveFileName(self, tr("Export…"), "chat.md", tr("Markdown (*.md)"))
+        md, js = tr("Markdown (*.md)"), tr("Roost chat (*.json)")
+        name = "".join(ch if ch.isalnum() or ch in " -_" else "_" for ch in conv.title).strip() or "chat"
+        path, kind = QFileDialog.getSaveFileName(self, tr("Export…"), name + ".md", f"{md};;{js}")
         if path:
+            self.export_to(path, json_format=kind == js or path.lower().endswith(".json"))
+
+    def export_to(self, path: str, json_format: bool) -> None:
+        store = self.ctl.store
+        text = store.export_json([self.conv_id]) if json_format else store.to_markdown(self.conv_id, (tr("You"), "RWKV"))
+        try:
             with open(path, "w", encoding="utf-8") as f:
-                f.write(self.ctl.store.to_markdown(self.conv_id, (tr("You"), "RWKV")))
+                f.write(text)
+        except OSError as e:
+            self.ctl.show_error(tr("Could not write {path}: {why}", path=path, why=e.strerror or str(e)))
+
+    def import_chats(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, tr("Import…"), "", tr("Roost chat (*.json)"))
+        if path:
+            self.import_from(path)
+
+    def import_from(self, path: str) -> list[int]:
+        """Add the chats of an exported file; a file that is not one is refused whole, said plainly."""
+        from roost.core.conversations import ConversationFileError
+
+        try:
+            with open(path, "rb") as f:
+                ids = self.ctl.store.import_json(f.read())
+        except (OSError, ConversationFileError) as e:
+            self.ctl.show_error(str(e) if isinstance(e, ConversationFileError)
+                                else tr("Could not read {path}: {why}", path=path, why=e.strerror or str(e)))
+            return []
+        if ids:
+            self.conv_id = ids[0]
+            self.reload_list()
+            self.render()
+        return ids
 
     # --- sending -------------------------------------------------------------------------------
     def send(self) -> None:
@@ -226,15 +340,15 @@ class ChatPage(QWidget):
         if self.conv_id is None:
             self.new_chat()
         store, cid = self.ctl.store, self.conv_id
-        if self.edit_pos is not None:
-            store.truncate(cid, self.edit_pos)
+        if self.edit_pos is not None:  # the edited question becomes a new version of the old one
+            store.rewind(cid, self.edit_pos)
             self.edit_pos = None
         history = [(m.role, m.content) for m in store.messages(cid)]
         if not history and store.get(cid).title == tr("New chat"):
             store.rename(cid, text.splitlines()[0][:40])
             self.reload_list()
         store.append(cid, "user", text)
-        self.reply_pos = store.append(cid, "assistant", "").position
+        self.reply_id = store.append(cid, "assistant", "").id
         self.input.clear()
         self._start(history, text)
 
@@ -249,25 +363,28 @@ class ChatPage(QWidget):
                "system": conv.system, "think": think, "stop": self.stop_flag}
         self.rid = self.ctl.request("chat", req)
         self.update_controls()
+        self.follow = True  # the user just sent: show the reply coming
         self.render()
 
     def stop(self) -> None:
         if self.stop_flag is not None:
             self.stop_flag.set()
 
-    def regenerate(self) -> None:
+    def regenerate(self, position: int | None = None) -> None:
+        """A new answer to the question before `position` (default: the last answer); the answer
+        it replaces stays as another version."""
         if self.rid is not None or self.conv_id is None or self.ctl.info is None:
             return
-        msgs = self.ctl.store.messages(self.conv_id)
-        users = [m for m in msgs if m.role == "user"]
+        store = self.ctl.store
+        msgs = store.messages(self.conv_id)
+        users = [m for m in msgs if m.role == "user" and (position is None or m.position < position)]
         if not users:
             return
-        last = users[-1]
-        self.ctl.store.truncate(self.conv_id, last.position)
-        history = [(m.role, m.content) for m in msgs if m.position < last.position]
-        self.ctl.store.append(self.conv_id, "user", last.content)
-        self.reply_pos = self.ctl.store.append(self.conv_id, "assistant", "").position
-        self._start(history, last.content)
+        question = users[-1]
+        store.rewind(self.conv_id, question.position + 1)
+        history = [(m.role, m.content) for m in msgs if m.position < question.position]
+        self.reply_id = store.append(self.conv_id, "assistant", "").id
+        self._start(history, question.content)
 
     # --- from the worker -----------------------------------------------------------------------
     def on_piece(self, rid: int, text: str) -> None:
@@ -280,7 +397,7 @@ class ChatPage(QWidget):
     def on_done(self, rid: int, reply) -> None:
         if rid != self.rid:
             return
-        self.ctl.store.update(self.conv_id, self.reply_pos, reply.text, reply.reasoning)
+        self.ctl.store.update(self.conv_id, self.reply_id, reply.text, reply.reasoning)
         self.context_tokens = reply.context_tokens
         self._finish()
 
@@ -300,7 +417,7 @@ class ChatPage(QWidget):
         if self.rid is None or self.conv_id is None:
             return
         thought, answer = self._split(self.partial)
-        self.ctl.store.update(self.conv_id, self.reply_pos, answer, thought)
+        self.ctl.store.update(self.conv_id, self.reply_id, answer, thought)
 
     def shutdown(self) -> None:
         """The window is closing: stop the generation and keep what it wrote."""
@@ -339,14 +456,23 @@ class ChatPage(QWidget):
         out = []
         for m in self.ctl.store.messages(self.conv_id):
             content, thought = m.content, m.reasoning
-            if self.rid is not None and m.position == self.reply_pos:
+            if self.rid is not None and m.id == self.reply_id:
                 thought, content = self._split(self.partial)
                 content += " ▍"
             who = tr("You") if m.role == "user" else "RWKV"
-            links = f"[{tr('copy')}](roost:copy/{m.position})"
-            if m.role == "user" and self.rid is None:
-                links += f" · [{tr('edit')}](roost:edit/{m.position})"
-            out.append(f"**{who}** &nbsp; <small>{links}</small>\n")
+            links = []
+            if m.versions > 1:  # other versions of this message: regenerated answers, edited questions
+                back = f"[‹](roost:prev/{m.position})" if m.version > 1 and self.rid is None else "‹"
+                forward = f"[›](roost:next/{m.position})" if m.version < m.versions and self.rid is None else "›"
+                links.append(f"{back} {m.version}/{m.versions} {forward}")
+            links.append(f"[{tr('copy')}](roost:copy/{m.position})")
+            if self.rid is None:
+                if m.role == "user":
+                    links.append(f"[{tr('edit')}](roost:edit/{m.position})")
+                else:
+                    links.append(f"[{tr('regenerate')}](roost:regen/{m.position})")
+                links.append(f"[{tr('delete')}](roost:delete/{m.position})")
+            out.append(f"**{who}** &nbsp; <small>{' · '.join(links)}</small>\n")
             if thought:
                 if m.position in self.expanded:
                     quoted = "\n".join("> " + line for line in thought.splitlines())
@@ -361,10 +487,11 @@ class ChatPage(QWidget):
         if getattr(self, "closed", False):
             return
         bar = self.view.verticalScrollBar()
-        at_end = bar.value() >= bar.maximum() - 4
+        at_end, where = bar.value() >= bar.maximum() - 4, bar.value()
         self.view.setMarkdown(self.markdown())
-        if at_end or self.rid is not None:
-            bar.setValue(bar.maximum())
+        # follow the reply only when the reader is at the bottom; one who scrolled up to read stays put
+        bar.setValue(bar.maximum() if at_end or self.follow else where)
+        self.follow = False
         self.update_controls()
 
     def _on_link(self, url: QUrl) -> None:
@@ -385,4 +512,14 @@ class ChatPage(QWidget):
             self.input.setFocus()
         elif action == "think":
             self.expanded ^= {pos}
+            self.render()
+        elif self.rid is not None:
+            return
+        elif action in ("prev", "next"):
+            self.ctl.store.switch(self.conv_id, pos, -1 if action == "prev" else 1)
+            self.render()
+        elif action == "regen":
+            self.regenerate(pos)
+        elif action == "delete":
+            self.ctl.store.delete_message(self.conv_id, pos)
             self.render()

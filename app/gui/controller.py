@@ -45,11 +45,11 @@ class Controller(QObject):
     def __init__(self, settings=None, store=None, parent=None):
         super().__init__(parent)
         from roost.core import paths
-        from roost.core.conversations import ConversationStore
+        from roost.core.conversations import open_store
         from roost.core.settings import SettingsStore
 
         self.settings = settings or SettingsStore()  # the typed settings; .current is a Settings
-        self.store = store or ConversationStore(paths.data_dir() / "conversations.sqlite")
+        self.store, notice = (store, "") if store is not None else open_store(paths.data_dir() / "conversations.sqlite")
         self.tasks = Tasks(self)  # background work whose results come back on the UI thread
         self.engine = None  # EngineThread, attached after the window is shown
         self.queue = None  # DownloadQueue
@@ -70,6 +70,8 @@ class Controller(QObject):
         self._advice: dict = {}  # catalog id -> Advice for this machine (depends on nothing else)
         self.settings.subscribe(self._settings_changed)
         self._job.connect(self._on_job)  # queued: this object lives on the UI thread
+        if notice:  # the chats file was damaged (kept aside) or is from a newer Roost
+            self.show_error(notice)
         from PySide6.QtCore import QCoreApplication
 
         app = QCoreApplication.instance()

@@ -27,6 +27,11 @@ TEXT = {
     "Rename chat": "重命名对话", "Title:": "标题：",
     "Delete this chat?": "删除这个对话？",
     "Markdown (*.md)": "Markdown 文件 (*.md)",
+    "Roost chat (*.json)": "Roost 对话文件 (*.json)", "Import…": "导入…",
+    "regenerate": "重新生成", "delete": "删除", "Undo": "撤销", "Deleted “{title}”.": "已删除“{title}”。",
+    "Pin": "置顶", "Unpin": "取消置顶", "Pinned": "已置顶", "Today": "今天", "Yesterday": "昨天",
+    "Previous 7 days": "过去 7 天", "Previous 30 days": "过去 30 天", "Earlier": "更早",
+    "Could not write {path}: {why}": "无法写入 {path}：{why}", "Could not read {path}: {why}": "无法读取 {path}：{why}",
     # personas
     "Assistant": "助手", "Concise": "简洁", "Translator": "翻译", "Writer": "写作",
     # completion

@@ -7,6 +7,12 @@ from PySide6.QtCore import Qt
 from tests.gui.conftest import load
 
 
+def chat_titles(page):
+    """The chats in the list, without the date headings between them."""
+    items = [page.list.item(i) for i in range(page.list.count())]
+    return [i.text() for i in items if i.data(Qt.UserRole) is not None]
+
+
 def send(qtbot, win, text):
     win.chat.input.setPlainText(text)
     qtbot.mouseClick(win.chat.send_btn, Qt.LeftButton)
@@ -65,7 +71,7 @@ def test_conversation_survives_a_restart(qtbot, window, make_checkpoint):
     win.close()
 
     again = window()
-    assert again.chat.list.count() == 1 and again.chat.list.item(0).text() == "Remember the number 42."
+    assert chat_titles(again.chat) == ["Remember the number 42."] and again.chat.list.item(0).text() == "Today"
     text = again.chat.view.toPlainText()
     assert "Remember the number 42." in text and reply[:15] in text
 
@@ -114,10 +120,79 @@ def test_edit_and_regenerate(qtbot, window, make_checkpoint):
     qtbot.waitUntil(lambda: win.chat.rid is None, timeout=60000)
     msgs = win.ctl.store.messages(win.chat.conv_id)
     assert [m.content for m in msgs if m.role == "user"] == ["First question", "Another second question"]
+    assert msgs[2].versions == 2  # the first wording is kept as another version
+    first_answer = msgs[3].content
     qtbot.mouseClick(win.chat.regen_btn, Qt.LeftButton)
     qtbot.waitUntil(lambda: win.chat.rid is None, timeout=60000)
     msgs = win.ctl.store.messages(win.chat.conv_id)
-    assert len(msgs) == 4 and msgs[3].role == "assistant"
+    assert len(msgs) == 4 and msgs[3].role == "assistant" and (msgs[3].version, msgs[3].versions) == (2, 2)
+    assert "‹ 2/2 ›" in win.chat.view.toPlainText()
+    win.chat._on_link(QUrl("roost:prev/3"))  # back to the first answer
+    assert win.ctl.store.messages(win.chat.conv_id)[3].content == first_answer
+    assert "‹ 1/2 ›" in win.chat.view.toPlainText()
+    conv = win.chat.conv_id
+    win.close()
+    again = window()  # the versions and the one shown survive a restart
+    msgs = again.ctl.store.messages(conv)
+    assert msgs[3].content == first_answer and msgs[3].versions == 2 and msgs[2].versions == 2
+    again.chat._on_link(QUrl("roost:prev/2"))  # the original second question, and its answer
+    assert [m.content for m in again.ctl.store.messages(conv)][2] == "Second question"
+
+
+def test_streaming_keeps_the_place_of_a_reader_who_scrolled_up(qtbot, window, make_checkpoint):
+    win = window()
+    win.resize(900, 600)
+    win.show()
+    load(qtbot, win, make_checkpoint("v6.0"))
+    store = win.ctl.store
+    conv = store.new("Long")
+    for i in range(40):
+        store.append(conv.id, "user", f"Question {i}")
+        store.append(conv.id, "assistant", f"Answer {i}\n\n" + "Some words. " * 30)
+    win.chat.conv_id = conv.id
+    win.chat.render()
+    bar = win.chat.view.verticalScrollBar()
+    assert bar.value() == bar.maximum() > 0
+    win.chat.sampling.set_values({"max_tokens": 200})
+    send(qtbot, win, "Go on.")
+    qtbot.waitUntil(lambda: len(win.chat.partial) > 20 or win.chat.rid is None, timeout=30000)
+    kept = bar.maximum() // 3
+    bar.setValue(kept)  # the reader scrolls up to read while the reply streams in
+    qtbot.wait(300)
+    assert win.chat.rid is not None and bar.value() == kept
+    qtbot.waitUntil(lambda: win.chat.rid is None, timeout=60000)
+    assert bar.value() == kept  # never pulled down to the end
+    bar.setValue(bar.maximum())  # back at the bottom: the next reply is followed again
+    send(qtbot, win, "More.")
+    qtbot.waitUntil(lambda: win.chat.rid is None, timeout=60000)
+    assert bar.value() == bar.maximum()
+
+
+def test_chat_list_pin_delete_undo_and_import(qtbot, window, tmp_path):
+    win = window()
+    page, store = win.chat, win.ctl.store
+    a, b = store.new("Alpha"), store.new("Beta")
+    store.append(a.id, "user", "hello")
+    page.reload_list()
+    assert chat_titles(page) == ["Alpha", "Beta"]  # the one written to last first
+    page.pin_chat(b.id)
+    assert chat_titles(page) == ["Beta", "Alpha"] and page.list.item(0).text() == "Pinned"
+    page.conv_id = b.id
+    page.delete_chat()
+    assert chat_titles(page) == ["Alpha"] and page.undo_bar.isVisibleTo(page)
+    page.undo_delete()
+    assert chat_titles(page) == ["Beta", "Alpha"] and not page.undo_bar.isVisibleTo(page)
+
+    page.conv_id = a.id
+    page.export_to(str(tmp_path / "alpha.json"), json_format=True)
+    page.export_to(str(tmp_path / "alpha.md"), json_format=False)
+    assert "**You:**\n\nhello" in (tmp_path / "alpha.md").read_text(encoding="utf-8")
+    [new] = page.import_from(str(tmp_path / "alpha.json"))
+    assert page.conv_id == new and [m.content for m in store.messages(new)] == ["hello"]
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "roost.conversations", "version": 1, "conversations": [{"messages": 3}]}')
+    assert page.import_from(str(bad)) == [] and "Nothing was imported" in win.ctl.error
+    assert len(chat_titles(page)) == 3
 
 
 def test_failed_load_shows_the_error(qtbot, window, tmp_path):
