@@ -124,9 +124,54 @@ def main() -> int:
     win.ctl.engine.worker.done.connect(lambda rid, r: replies.append(r))
     win.chat.input.setPlainText("Tell me a long story about a lighthouse keeper.")
     win.chat.send()
-    meter.run_until(lambda: bool(replies), 600)
+    meter.run_until(lambda: bool(replies) and win.chat.rid is None, 600)
     r = replies[0]
     print(f"while generating {r.tokens} tokens at {r.tokens_per_second:.1f} tokens/s: {meter.report()}")
+
+    # a long conversation: 1,000 messages of a few paragraphs, some with code
+    store = win.ctl.store
+    long = store.new("A long chat")
+    for i in range(500):
+        store.append(long.id, "user", f"Question {i}: how does this part work?")
+        store.append(long.id, "assistant", f"Answer {i}. " + "Some explanation with **bold** words. " * 12
+                     + ("\n\n```python\nfor n in range(10):\n    print(n * n)\n```\n" if i % 5 == 0 else ""))
+    win.chat.reload_list()
+    t0 = time.perf_counter()
+    item = win.chat._item_for(long.id)
+    win.chat.list.setCurrentItem(item)  # as a click on it in the list
+    win.chat.view.viewport().repaint()
+    print(f"opening a 1,000-message chat: {(time.perf_counter() - t0) * 1000:.0f} ms to its first paint")
+    assert "Answer 499" in win.chat.view.toPlainText()
+    meter.run_until(lambda: False, 0.5)
+    bar = win.chat.view.verticalScrollBar()
+    t0, last = time.perf_counter(), [0.0]
+
+    def scrolled():  # to the top a page every 20 ms, as a reader paging up
+        now = time.perf_counter()
+        if now - last[0] >= 0.02:
+            last[0] = now
+            bar.setValue(bar.value() - bar.pageStep())
+        return bar.value() <= bar.minimum() or now - t0 > 10
+
+    meter.run_until(scrolled, 30)
+    print(f"scrolling it to the top: {meter.report()}")
+    # a reply streaming into it, 20 pieces a second (the model would first read the whole
+    # 60k-token history; what is measured here is the view's work)
+    from PySide6.QtCore import QTimer
+
+    bar.setValue(bar.maximum())
+    store.append(long.id, "user", "And one more question.")
+    chat = win.chat
+    chat.reply_id, chat.rid, chat.partial = store.append(long.id, "assistant", "").id, -1, ""
+    chat.render()
+    pieces = iter([" word"] * 150 + [" and **bold**"] * 25 + ["\n\n```python\nprint(1)\n```\n"] + [" end"] * 24)
+    feed = QTimer(interval=50, timeout=lambda: chat.on_piece(-1, next(pieces, "")))
+    feed.start()
+    t0 = time.perf_counter()
+    meter.run_until(lambda: time.perf_counter() - t0 > 10, 20)
+    feed.stop()
+    chat.rid = None
+    print(f"streaming 200 pieces into it: {meter.report()}")
 
     from tests.hubserver import HubServer
 

@@ -28,6 +28,7 @@ from roost.engine.sampling import KNOBS  # (torch-free at import: the app reads 
 
 AUTO = "auto"
 THEMES = ("system", "light", "dark")
+SEND_KEYS = ("enter", "ctrl+enter")
 LANGUAGES = ("", "en", "zh")  # "": the system's language
 SAMPLING_KEYS = (*KNOBS, "max_tokens")  # what Settings.sampling may change
 PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
@@ -49,6 +50,7 @@ class Settings:
     proxy: str = ""  # "": the system's proxy variables, if any
     language: str = ""  # "": the system's; en | zh
     theme: str = "system"
+    send_key: str = "enter"  # the chat's composer: "enter" sends (Shift+Enter: new line), or "ctrl+enter"
     default_strategy: str = AUTO
     strategy_overrides: Mapping[str, str] = field(default_factory=lambda: _frozen({}))  # model file name -> strategy
     sampling: Mapping[str, float] = field(default_factory=lambda: _frozen({}))  # changed defaults only
@@ -124,7 +126,7 @@ class Settings:
 
 _FIELDS = {f.name for f in fields(Settings)}
 # what `roost settings set` may change (the rest is the app's own bookkeeping)
-EDITABLE = ("models_dir", "source", "hf_token", "proxy", "language", "theme", "default_strategy",
+EDITABLE = ("models_dir", "source", "hf_token", "proxy", "language", "theme", "send_key", "default_strategy",
             "api_host", "api_port", "api_key", *(f"sampling.{k}" for k in SAMPLING_KEYS))
 SECRET = ("hf_token", "api_key")
 
@@ -153,6 +155,8 @@ def _validate(key: str, value, *, checking_folder: bool = True):
                       "hf、mirror、modelscope，或 \"\"（按本机推荐）")
     if key == "theme":
         return one_of(THEMES)
+    if key == "send_key":
+        return one_of(SEND_KEYS)
     if key == "language":
         return one_of(LANGUAGES, "en, zh, or \"\" (the system's)", "en、zh，或 \"\"（跟随系统）")
     if key == "proxy":

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, QTimer, QUrl
-from PySide6.QtGui import QColor, QGuiApplication, QKeySequence, QShortcut
+from PySide6.QtCore import Qt, QTimer, QUrl, Signal
+from PySide6.QtGui import QColor, QDesktopServices, QGuiApplication, QKeySequence, QPalette, QShortcut, QTextCursor
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -27,6 +27,7 @@ from roost.gui.i18n import tr
 from roost.gui.sampling import SamplingPanel
 from roost.gui.welcome import WelcomePanel
 
+PAGE = 100  # messages shown at first in a long chat, and added by each "show earlier"
 GROUPS = {"pinned": "Pinned", "today": "Today", "yesterday": "Yesterday", "week": "Previous 7 days",
           "month": "Previous 30 days", "earlier": "Earlier"}
 PERSONAS = {
@@ -35,6 +36,60 @@ PERSONAS = {
     "Translator": "You translate the user's text between Chinese and English, faithfully and fluently.",
     "Writer": "You are a creative writer. Write vivid, original prose in the language of the request.",
 }
+
+
+class Composer(QPlainTextEdit):
+    """Where a message is written: grows with the text (up to 8 lines), sends on Enter (Shift+Enter:
+    a new line) or on Ctrl+Enter, as the setting `send_key` says; Esc stops a reply being written."""
+
+    send = Signal()
+    stop = Signal()
+
+    def __init__(self, send_key: str = "enter"):
+        super().__init__()
+        self.send_key = send_key
+        self.setTabChangesFocus(True)
+        self.document().documentLayout().documentSizeChanged.connect(lambda _size: self._fit())
+        self._fit()
+
+    def placeholder(self, ready: bool) -> str:
+        if not ready:
+            return tr("Load a model to start chatting.")
+        if self.send_key == "enter":
+            return tr("Type a message (Enter to send, Shift+Enter for a new line)")
+        return tr("Type a message (Ctrl+Enter to send)")
+
+    def keyPressEvent(self, event) -> None:
+        key, mods = event.key(), event.modifiers()
+        if key == Qt.Key_Escape:
+            self.stop.emit()
+            return
+        if key in (Qt.Key_Return, Qt.Key_Enter):
+            ctrl = bool(mods & Qt.ControlModifier)
+            shift = bool(mods & Qt.ShiftModifier)
+            if ctrl or (self.send_key == "enter" and not shift):
+                self.send.emit()
+                return
+        super().keyPressEvent(event)
+
+    def _fit(self) -> None:
+        lines = max(2, min(8, int(self.document().documentLayout().documentSize().height())))
+        margins = self.contentsMargins()
+        doc_margin = 2 * self.document().documentMargin()
+        self.setFixedHeight(int(lines * self.fontMetrics().lineSpacing() + doc_margin + margins.top()
+                                + margins.bottom() + 4))
+
+
+class ChatView(QTextBrowser):
+    """The conversation: rich text whose images (avatars) come from `images`, not from files."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.images: dict[str, object] = {}
+
+    def loadResource(self, kind, url):
+        image = self.images.get(url.toString())
+        return image if image is not None else super().loadResource(kind, url)
 
 
 class ChatPage(QWidget):
@@ -50,7 +105,10 @@ class ChatPage(QWidget):
         self.expanded: set[int] = set()
         self.context_tokens = 0
         self.follow = False  # the next render scrolls to the end (a message was just sent)
-        self.render_timer = QTimer(self, singleShot=True, interval=50, timeout=self.render)
+        self.render_timer = QTimer(self, singleShot=True, interval=50, timeout=self._render_streaming)
+        self.shown = PAGE  # how many of the last messages the view shows ("show earlier" adds more)
+        self._tail_start: int | None = None  # where the last message begins in the view's document
+        self._tail_msg = None  # that message (while a reply streams, the reply)
         self._build()
         self.reload_list()
         ctl.modelChanged.connect(self._model_changed)
@@ -112,8 +170,10 @@ class ChatPage(QWidget):
         top.addWidget(self.sampling_btn)
         top.addWidget(self.export_btn)
 
-        self.view = QTextBrowser(openLinks=False)
+        self.view = ChatView(openLinks=False)
         self.view.anchorClicked.connect(self._on_link)
+        self.view.setAccessibleName(tr("Conversation"))
+        self._add_avatars()
         self.sampling = SamplingPanel(self.ctl.settings.current)
         self.sampling.setVisible(False)
         self.sampling_btn.toggled.connect(self.sampling.setVisible)
@@ -121,8 +181,11 @@ class ChatPage(QWidget):
         middle.addWidget(self.view, 1)
         middle.addWidget(self.sampling)
 
-        self.input = QPlainTextEdit(placeholderText=tr("Type a message (Ctrl+Enter to send)"))
-        self.input.setFixedHeight(90)
+        self.input = Composer(self.ctl.settings.current.send_key)
+        self.input.send.connect(self.send)
+        self.input.stop.connect(self.stop)
+        self.input.setAccessibleName(tr("Message"))
+        self.ctl.settings.subscribe(self._settings_changed)
         buttons = QVBoxLayout()
         self.send_btn = QPushButton(tr("Send"), objectName="primary", clicked=self.send)
         self.stop_btn = QPushButton(tr("Stop"), clicked=self.stop)
@@ -132,7 +195,10 @@ class ChatPage(QWidget):
         bottom = QHBoxLayout()
         bottom.addWidget(self.input, 1)
         bottom.addLayout(buttons)
-        QShortcut(QKeySequence("Ctrl+Return"), self.input, activated=self.send)
+        # the page's keys (the window has those that switch pages)
+        QShortcut(QKeySequence("Ctrl+N"), self, activated=self.new_chat)
+        QShortcut(QKeySequence("Ctrl+F"), self, activated=self.focus_search)
+        QShortcut(QKeySequence("Ctrl+L"), self, activated=self.input.setFocus)
 
         rv.addLayout(top)
         rv.addLayout(middle, 1)
@@ -150,6 +216,15 @@ class ChatPage(QWidget):
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
         outer.addWidget(self.stack)
+
+    def _settings_changed(self, old, new) -> None:
+        if new.send_key != old.send_key:
+            self.input.send_key = new.send_key
+            self.update_controls()
+
+    def focus_search(self) -> None:
+        self.search.setFocus()
+        self.search.selectAll()
 
     def show_welcome(self, on: bool) -> None:
         self.stack.setCurrentIndex(1 if on else 0)
@@ -243,7 +318,7 @@ class ChatPage(QWidget):
         if item is None or self.rid is not None:
             return
         self.conv_id = item.data(Qt.UserRole)
-        self.edit_pos, self.expanded = None, set()
+        self.edit_pos, self.expanded, self.shown = None, set(), PAGE
         conv = self.ctl.store.get(self.conv_id)
         idx = max(self.persona.findData(conv.system), 0) if conv else 0
         self.persona.blockSignals(True)
@@ -340,6 +415,7 @@ class ChatPage(QWidget):
         if self.conv_id is None:
             self.new_chat()
         store, cid = self.ctl.store, self.conv_id
+        appended = self.edit_pos is None  # the view only grows: no need to draw it all again
         if self.edit_pos is not None:  # the edited question becomes a new version of the old one
             store.rewind(cid, self.edit_pos)
             self.edit_pos = None
@@ -347,12 +423,13 @@ class ChatPage(QWidget):
         if not history and store.get(cid).title == tr("New chat"):
             store.rename(cid, text.splitlines()[0][:40])
             self.reload_list()
-        store.append(cid, "user", text)
-        self.reply_id = store.append(cid, "assistant", "").id
+        question = store.append(cid, "user", text)
+        reply = store.append(cid, "assistant", "")
+        self.reply_id = reply.id
         self.input.clear()
-        self._start(history, text)
+        self._start(history, text, append=[question, reply] if appended else None)
 
-    def _start(self, history, text) -> None:
+    def _start(self, history, text, append=None) -> None:
         from roost.engine.generate import StopFlag
 
         self.stop_flag = StopFlag()
@@ -364,7 +441,15 @@ class ChatPage(QWidget):
         self.rid = self.ctl.request("chat", req)
         self.update_controls()
         self.follow = True  # the user just sent: show the reply coming
-        self.render()
+        if append == [] and self._tail_start is not None:  # a new answer in the place of the last one
+            self._redraw_tail(streaming=True)
+            bar = self.view.verticalScrollBar()
+            bar.setValue(bar.maximum())
+            self.follow = False
+        elif append and (self._tail_start is not None or self.view.document().characterCount() <= 1):
+            self._append(append)  # the chat only grows: nothing before is drawn again
+        else:
+            self.render()
 
     def stop(self) -> None:
         if self.stop_flag is not None:
@@ -381,10 +466,16 @@ class ChatPage(QWidget):
         if not users:
             return
         question = users[-1]
+        last = question.position + 1 == len(msgs) - 1  # the answer replaced is the last message shown
         store.rewind(self.conv_id, question.position + 1)
         history = [(m.role, m.content) for m in msgs if m.position < question.position]
-        self.reply_id = store.append(self.conv_id, "assistant", "").id
-        self._start(history, question.content)
+        reply = store.append(self.conv_id, "assistant", "")
+        self.reply_id = reply.id
+        if last and self._tail_start is not None:  # draw the new answer in the old one's place
+            self._tail_msg = reply
+            self._start(history, question.content, append=[])
+        else:
+            self._start(history, question.content)
 
     # --- from the worker -----------------------------------------------------------------------
     def on_piece(self, rid: int, text: str) -> None:
@@ -411,6 +502,16 @@ class ChatPage(QWidget):
     def _finish(self) -> None:
         self.rid, self.stop_flag = None, None
         self.update_controls()
+        tail = self._tail_msg
+        if self._tail_start is not None and tail is not None and tail.id == self.reply_id and self.conv_id is not None:
+            done = next((m for m in reversed(self.ctl.store.messages(self.conv_id)) if m.id == tail.id), None)
+            if done is not None:  # only the reply changes: draw it alone (a long chat stays as it is)
+                bar = self.view.verticalScrollBar()
+                at_end, where = bar.value() >= bar.maximum() - 4, bar.value()
+                self._tail_msg = done
+                self._redraw_tail(streaming=False)
+                bar.setValue(bar.maximum() if at_end else where)
+                return
         self.render()
 
     def _save_partial(self) -> None:
@@ -438,8 +539,7 @@ class ChatPage(QWidget):
         for w in (self.new_btn, self.delete_btn, self.list):
             w.setEnabled(not busy)
         self.think.setVisible(bool(ready and self.ctl.info.reasoning))
-        self.input.setPlaceholderText(tr("Type a message (Ctrl+Enter to send)") if ready
-                                      else tr("Load a model to start chatting."))
+        self.input.setPlaceholderText(self.input.placeholder(ready))
         self.tokens_label.setText(tr("{n} tokens in context", n=self.context_tokens) if self.context_tokens else "")
 
     def _split(self, raw: str) -> tuple[str, str]:
@@ -450,54 +550,164 @@ class ChatPage(QWidget):
             return split_reasoning(raw)
         return "", raw.strip()
 
-    def markdown(self) -> str:
-        if self.conv_id is None:
-            return ""
-        out = []
-        for m in self.ctl.store.messages(self.conv_id):
-            content, thought = m.content, m.reasoning
-            if self.rid is not None and m.id == self.reply_id:
-                thought, content = self._split(self.partial)
-                content += " ▍"
-            who = tr("You") if m.role == "user" else "RWKV"
-            links = []
-            if m.versions > 1:  # other versions of this message: regenerated answers, edited questions
-                back = f"[‹](roost:prev/{m.position})" if m.version > 1 and self.rid is None else "‹"
-                forward = f"[›](roost:next/{m.position})" if m.version < m.versions and self.rid is None else "›"
-                links.append(f"{back} {m.version}/{m.versions} {forward}")
-            links.append(f"[{tr('copy')}](roost:copy/{m.position})")
-            if self.rid is None:
+    # --- the conversation view ----------------------------------------------------------------
+    def _palette(self):
+        from roost.gui import render
+
+        return render.DARK if self.palette().color(QPalette.ColorRole.Base).lightness() < 128 else render.LIGHT
+
+    def _add_avatars(self) -> None:
+        """Round avatars (a letter on a colour) as images of the view."""
+        from PySide6.QtGui import QFont, QImage, QPainter
+
+        for key, letter, colour in (("user", tr("You")[:1], "#4c7bd9"), ("assistant", "R", "#2e9b6f")):
+            img = QImage(60, 60, QImage.Format_ARGB32_Premultiplied)
+            img.fill(Qt.transparent)
+            p = QPainter(img)
+            p.setRenderHint(QPainter.Antialiasing)
+            p.setBrush(QColor(colour))
+            p.setPen(Qt.NoPen)
+            p.drawEllipse(0, 0, 60, 60)
+            p.setPen(QColor("white"))
+            font = QFont(self.font())
+            font.setPixelSize(28)
+            font.setBold(True)
+            p.setFont(font)
+            p.drawText(img.rect(), Qt.AlignCenter, letter)
+            p.end()
+            self.view.images[f"roost:avatar/{key}"] = img
+
+    def _message_html(self, m, streaming: bool = False) -> str:
+        from roost.gui.render import markdown_html, message_html
+
+        palette = self._palette()
+        content, thought = m.content, m.reasoning
+        if streaming:
+            thought, content = self._split(self.partial)
+            content += " ▍"
+        body, _code = markdown_html(content, palette, f"{m.position}-")
+        thought_html = ""
+        if thought:
+            words = len(thought.split())
+            if m.position in self.expanded:
+                inner, _ = markdown_html(thought, palette, f"{m.position}t-")
+                thought_html = (f'<p style="color:{palette.muted};"><i>{tr("Thinking")}</i> '
+                                f'<a href="roost:think/{m.position}">{tr("hide")}</a></p>'
+                                f'<div style="color:{palette.muted};">{inner}</div><hr>')
+            else:
+                thought_html = (f'<p style="color:{palette.muted};"><i>{tr("Thinking")} ({words})</i> '
+                                f'<a href="roost:think/{m.position}">{tr("show")}</a></p>')
+        idle = True  # (actions are shown while a reply is written, and ignored until it ends)
+        actions: list[tuple[str, str]] = []
+        versions = None
+        if m.versions > 1:  # other versions here: regenerated answers, edited questions
+            versions = (m.version, m.versions, f"roost:prev/{m.position}" if idle and m.version > 1 else "",
+                        f"roost:next/{m.position}" if idle and m.version < m.versions else "")
+        if not streaming:
+            actions.append((tr("copy"), f"roost:copy/{m.position}"))
+            if idle:
                 if m.role == "user":
-                    links.append(f"[{tr('edit')}](roost:edit/{m.position})")
+                    actions.append((tr("edit"), f"roost:edit/{m.position}"))
                 else:
-                    links.append(f"[{tr('regenerate')}](roost:regen/{m.position})")
-                links.append(f"[{tr('delete')}](roost:delete/{m.position})")
-            out.append(f"**{who}** &nbsp; <small>{' · '.join(links)}</small>\n")
-            if thought:
-                if m.position in self.expanded:
-                    quoted = "\n".join("> " + line for line in thought.splitlines())
-                    out.append(f"*{tr('Thinking')}* [{tr('hide')}](roost:think/{m.position})\n\n{quoted}\n")
-                else:
-                    words = len(thought.split())
-                    out.append(f"*{tr('Thinking')} ({words})* [{tr('show')}](roost:think/{m.position})\n")
-            out.append(content + "\n\n---\n")
-        return "\n".join(out)
+                    actions.append((tr("regenerate"), f"roost:regen/{m.position}"))
+                actions.append((tr("delete"), f"roost:delete/{m.position}"))
+        who = tr("You") if m.role == "user" else "RWKV"
+        return message_html(who=who, role=m.role, body_html=body, actions=actions, palette=palette,
+                            avatar=f"roost:avatar/{m.role}", thought_html=thought_html, anchor=f"m{m.position}",
+                            versions=versions)
 
     def render(self) -> None:
+        """Show the conversation (its last `shown` messages); the reply being written is the last part
+        of the document, so streaming replaces only that (`_render_streaming`)."""
         if getattr(self, "closed", False):
             return
         bar = self.view.verticalScrollBar()
         at_end, where = bar.value() >= bar.maximum() - 4, bar.value()
-        self.view.setMarkdown(self.markdown())
-        # follow the reply only when the reader is at the bottom; one who scrolled up to read stays put
+        msgs = self.ctl.store.messages(self.conv_id) if self.conv_id is not None else []
+        streaming = self.rid is not None and bool(msgs) and msgs[-1].id == self.reply_id
+        earlier = max(0, len(msgs) - self.shown)
+        head = []
+        if earlier:
+            head.append(f'<p align="center"><a href="roost:earlier/0">{tr("Show {n} earlier messages", n=earlier)}'
+                        "</a></p>")
+        head += [self._message_html(m) for m in msgs[earlier:-1]]
+        self.view.setHtml("".join(head))
+        self._tail_start, self._tail_msg = None, None
+        if msgs:  # the last message is drawn on its own, so that it alone can be redrawn
+            self._tail_start, self._tail_msg = self.view.document().characterCount() - 1, msgs[-1]
+            self._redraw_tail(streaming)
+        # follow the reply only when the reader is at the bottom; one who scrolled up stays put
         bar.setValue(bar.maximum() if at_end or self.follow else where)
         self.follow = False
         self.update_controls()
 
+    def _redraw_tail(self, streaming: bool) -> None:
+        cursor = QTextCursor(self.view.document())
+        cursor.setPosition(self._tail_start)
+        cursor.movePosition(QTextCursor.End, QTextCursor.KeepAnchor)
+        cursor.insertHtml(self._message_html(self._tail_msg, streaming=streaming))
+
+    def _append(self, msgs) -> None:
+        """Messages added at the end (a question sent, its reply begun): the last of them becomes
+        the tail; nothing before is drawn again."""
+        bar = self.view.verticalScrollBar()
+        at_end, where = bar.value() >= bar.maximum() - 4, bar.value()
+        if self._tail_start is not None and self._tail_msg is not None:
+            self._redraw_tail(streaming=False)  # the former last message, with its actions
+        for m in msgs:
+            cursor = QTextCursor(self.view.document())
+            cursor.movePosition(QTextCursor.End)
+            self._tail_start, self._tail_msg = cursor.position(), m
+            self._redraw_tail(streaming=self.rid is not None and m.id == self.reply_id)
+        bar.setValue(bar.maximum() if at_end or self.follow else where)
+        self.follow = False
+
+    def _render_streaming(self) -> None:
+        """A new piece of the reply: redraw its message only (a long chat is not laid out again)."""
+        if getattr(self, "closed", False):
+            return
+        if self.rid is None:
+            return  # the reply ended; _finish drew it
+        if self._tail_start is None or self._tail_msg is None or self._tail_msg.id != self.reply_id:
+            return self.render()
+        bar = self.view.verticalScrollBar()
+        at_end, where = bar.value() >= bar.maximum() - 4, bar.value()
+        self._redraw_tail(streaming=True)
+        bar.setValue(bar.maximum() if at_end else where)
+
+    def _copy_code(self, ref: str) -> None:
+        from roost.gui.render import markdown_html
+
+        where, _, n = ref.partition("-")
+        thinking = where.endswith("t")
+        where = where.rstrip("t")
+        if not (where.isdigit() and n.isdigit()) or self.conv_id is None:
+            return
+        msg = next((m for m in self.ctl.store.messages(self.conv_id) if m.position == int(where)), None)
+        if msg is None:
+            return
+        base = f"{where}{'t' if thinking else ''}-"
+        _html, blocks = markdown_html(msg.reasoning if thinking else msg.content, self._palette(), base)
+        if int(n) < len(blocks):
+            QGuiApplication.clipboard().setText(blocks[int(n)])
+
     def _on_link(self, url: QUrl) -> None:
+        if url.scheme() in ("http", "https"):
+            QDesktopServices.openUrl(url)
+            return
         if url.scheme() != "roost":
             return
         action, _, pos = url.toString()[len("roost:"):].partition("/")
+        if action == "code":  # a code block's copy link: roost:code/<position>-<n> (t: in the thinking)
+            self._copy_code(pos)
+            return
+        if action == "earlier":
+            bar = self.view.verticalScrollBar()
+            from_end = bar.maximum() - bar.value()
+            self.shown += PAGE
+            self.render()
+            bar.setValue(bar.maximum() - from_end)  # the same message stays in view
+            return
         if not pos.isdigit() or self.conv_id is None:
             return
         pos = int(pos)

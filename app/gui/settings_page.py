@@ -62,6 +62,11 @@ class SettingsPage(QWidget):
             self.theme.addItem(tr(name), key)
         self.theme.setCurrentIndex(max(self.theme.findData(s.theme), 0))
         form.addRow(tr("Theme:"), self.theme)
+        self.send_key = QComboBox()
+        self.send_key.addItem(tr("Enter (Shift+Enter for a new line)"), "enter")
+        self.send_key.addItem(tr("Ctrl+Enter (Enter for a new line)"), "ctrl+enter")
+        self.send_key.setCurrentIndex(max(self.send_key.findData(s.send_key), 0))
+        form.addRow(tr("Send a message with:"), self.send_key)
         self.strategy = QComboBox(editable=True)
         self.strategy.addItem(tr("Automatic"), "auto")
         from roost.gui.models_page import PRESETS
@@ -150,7 +155,8 @@ class SettingsPage(QWidget):
         changes = dict(source=old.source if source == old.download_source() else source,
                        hf_token=self.token.text().strip(), proxy=self.proxy.text().strip(),
                        language=old.language if lang == (old.language or language()) else lang,
-                       theme=self.theme.currentData(), sampling=self.sampling.values())
+                       theme=self.theme.currentData(), send_key=self.send_key.currentData(),
+                       sampling=self.sampling.values())
         folder = self.folder.text().strip()
         if folder != str(old.models_folder()):
             changes["models_dir"] = folder  # "" goes back to the default folder

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import psutil
 from PySide6.QtCore import QByteArray, Qt, QTimer
+from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
@@ -66,6 +67,9 @@ class MainWindow(QMainWindow):
             self.pages.addWidget(page)
         self.sidebar.currentRowChanged.connect(self.pages.setCurrentIndex)
         self.sidebar.setCurrentRow(0)
+        self.sidebar.setAccessibleName(tr("Pages"))
+        for n, name in enumerate(("chat", "completion", "models", "settings"), 1):  # Ctrl+1 ... Ctrl+4
+            QShortcut(QKeySequence(f"Ctrl+{n}"), self, activated=lambda name=name: self.show_page(name))
         row.addWidget(self.sidebar)
         right = QVBoxLayout()
         right.setContentsMargins(0, 0, 0, 0)

@@ -219,3 +219,103 @@ def test_completion_continues_the_text(qtbot, window, make_checkpoint):
     assert page.text.toPlainText().startswith("Once upon a time")
     assert len(page.text.toPlainText()) > len("Once upon a time")
     assert "tokens/s" in page.info.text()
+
+
+def test_composer_keys_and_shortcuts(qtbot, window, make_checkpoint):
+    from PySide6.QtGui import QGuiApplication
+
+    win = window()
+    win.show()
+    load(qtbot, win, make_checkpoint("v6.0"))
+    box = win.chat.input
+    small = box.height()
+    box.setPlainText("\n".join(f"line {i}" for i in range(6)))
+    assert box.height() > small  # grows with the text
+    box.clear()
+    qtbot.keyClicks(box, "first")
+    qtbot.keyClick(box, Qt.Key_Return, Qt.ShiftModifier)  # a new line, not sent
+    qtbot.keyClicks(box, "second")
+    assert box.toPlainText() == "first\nsecond" and win.chat.rid is None
+    win.chat.sampling.set_values({"max_tokens": 4000})
+    qtbot.keyClick(box, Qt.Key_Return)  # Enter sends
+    assert win.chat.rid is not None and box.toPlainText() == ""
+    qtbot.keyClick(box, Qt.Key_Escape)  # Esc stops
+    qtbot.waitUntil(lambda: win.chat.rid is None, timeout=30000)
+    assert win.ctl.store.messages(win.chat.conv_id)[0].content == "first\nsecond"
+
+    win.ctl.settings.update(send_key="ctrl+enter")
+    qtbot.keyClicks(box, "third")
+    qtbot.keyClick(box, Qt.Key_Return)  # now a new line
+    assert box.toPlainText() == "third\n" and win.chat.rid is None
+    win.chat.sampling.set_values({"max_tokens": 3})
+    qtbot.keyClick(box, Qt.Key_Return, Qt.ControlModifier)
+    assert win.chat.rid is not None
+    qtbot.waitUntil(lambda: win.chat.rid is None, timeout=30000)
+
+    before = win.chat.conv_id
+    qtbot.keyClick(win.chat, Qt.Key_N, Qt.ControlModifier)  # new chat
+    assert win.chat.conv_id != before and QGuiApplication.focusObject() is box
+    qtbot.keyClick(win.chat, Qt.Key_F, Qt.ControlModifier)
+    assert QGuiApplication.focusObject() is win.chat.search
+    qtbot.keyClick(win, Qt.Key_3, Qt.ControlModifier)
+    assert win.pages.currentWidget() is win.models
+    assert box.accessibleName() and win.chat.view.accessibleName() and win.sidebar.accessibleName()
+
+
+def test_replies_show_markdown_code_with_a_copy_link_and_long_chats_open_at_the_end(qtbot, window):
+    from PySide6.QtCore import QUrl
+    from PySide6.QtGui import QGuiApplication
+
+    win = window()
+    store = win.ctl.store
+    conv = store.new("Code")
+    store.append(conv.id, "user", "Show me a loop")
+    store.append(conv.id, "assistant", "Here:\n\n```python\nfor i in range(3):\n    print(i)\n```\n\n"
+                                       "| a | b |\n|---|---|\n| 1 | 2 |\n\n<b>raw html</b> and $x^2$")
+    win.chat.conv_id = conv.id
+    win.chat.render()
+    html = win.chat.view.toHtml()
+    assert "roost:code/1-0" in html and "color:" in html  # a copy link; Pygments colours
+    text = win.chat.view.toPlainText()
+    assert "<b>raw html</b>" in text and "x^2" in text and "$" not in text  # HTML shown as text; TeX as code
+    win.chat._on_link(QUrl("roost:code/1-0"))
+    assert QGuiApplication.clipboard().text() == "for i in range(3):\n    print(i)"
+
+    long = store.new("Long")
+    for i in range(500):
+        store.append(long.id, "user", f"question {i}")
+        store.append(long.id, "assistant", f"answer {i}")
+    win.chat.conv_id = long.id
+    win.chat.shown = 100
+    win.chat.render()
+    text = win.chat.view.toPlainText()
+    assert "answer 499" in text and "answer 449" not in text and "Show 900 earlier messages" in text
+    win.chat._on_link(QUrl("roost:earlier/0"))
+    text = win.chat.view.toPlainText()
+    assert "answer 449" in text and "Show 800 earlier messages" in text
+
+
+def test_a_reply_in_a_long_chat_redraws_only_itself(qtbot, window, make_checkpoint, monkeypatch):
+    """Sending, streaming and finishing touch the end of the view only: a long chat is not laid
+    out again for every reply (benchmarks/ui_bench.py measures the time)."""
+    win = window()
+    load(qtbot, win, make_checkpoint("v6.0"))
+    store, chat = win.ctl.store, win.chat
+    conv = store.new("Long")
+    for i in range(60):
+        store.append(conv.id, "user", f"q{i}")
+        store.append(conv.id, "assistant", f"a{i}")
+    chat.conv_id = conv.id
+    chat.render()
+    full = []
+    original = chat.render
+    monkeypatch.setattr(chat, "render", lambda: (full.append(1), original())[1])
+    chat.sampling.set_values({"max_tokens": 12})
+    send(qtbot, win, "One more")
+    qtbot.waitUntil(lambda: chat.rid is None, timeout=60000)
+    reply = store.messages(conv.id)[-1]
+    assert full == [] and reply.content and reply.content[:10] in chat.view.toPlainText()
+    assert chat.view.toPlainText().count("One more") == 1 and "regenerate" in chat.view.toPlainText()[-80:]
+    qtbot.mouseClick(chat.regen_btn, Qt.LeftButton)  # a new answer in the last one's place
+    qtbot.waitUntil(lambda: chat.rid is None, timeout=60000)
+    assert full == [] and "2/2" in chat.view.toPlainText()[-120:]
