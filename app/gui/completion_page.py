@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QTextCursor
 from PySide6.QtWidgets import (
     QComboBox,
+    QFrame,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QPlainTextEdit,
     QPushButton,
+    QScrollArea,
     QVBoxLayout,
     QWidget,
 )
@@ -17,15 +20,19 @@ from PySide6.QtWidgets import (
 from roost.gui.i18n import pick, tr
 from roost.gui.sampling import SamplingPanel
 
-PRESETS = {  # key: ((name en, zh), (opening en, zh), sampling)
+PRESETS = {  # key: ((name en, zh), (opening en, zh), sampling, (what it does en, zh))
     "story": (("Story", "故事"), ("Once upon a time, in a village at the edge of the forest,",
-                                 "很久很久以前，在森林边上的一个小村庄里，"), {"temperature": 1.0, "top_p": 0.7}),
+                                 "很久很久以前，在森林边上的一个小村庄里，"), {"temperature": 1.0, "top_p": 0.7},
+              ("Continues your text like a storybook.", "像讲故事一样接着你的文字往下写。")),
     "poem": (("Poem", "诗歌"), ("The moon over the quiet harbour\n", "静静的港湾上，月光\n"),
-             {"temperature": 1.1, "top_p": 0.8}),
+             {"temperature": 1.1, "top_p": 0.8},
+             ("Writes verse, a little freer with words.", "写诗，用词更自由一些。")),
     "email": (("Email", "邮件"), ("Subject: Meeting next week\n\nDear team,\n\n", "主题：下周的会议\n\n各位同事：\n\n"),
-              {"temperature": 0.8, "top_p": 0.5}),
+              {"temperature": 0.8, "top_p": 0.5},
+              ("Finishes a letter in a plain, predictable tone.", "用平实、稳妥的语气把信写完。")),
     "novel": (("Chinese novel", "小说"), ("第一章\n\n夜色渐深，城门口的灯笼在风里摇晃。",) * 2,
-              {"temperature": 1.0, "top_p": 0.7}),
+              {"temperature": 1.0, "top_p": 0.7},
+              ("Continues a Chinese novel chapter by chapter.", "接着写中文小说的章节。")),
 }
 # the engine's finish reasons, as the result line says them
 FINISHED = {"stop": "finished", "length": "reached the token limit", "cancelled": "stopped"}
@@ -50,26 +57,51 @@ class CompletionPage(QWidget):
         v = QVBoxLayout(self)
         top = QHBoxLayout()
         self.preset = QComboBox()
-        for key, (names, _opening, _sampling) in PRESETS.items():
+        for key, (names, _opening, _sampling, _about) in PRESETS.items():
             self.preset.addItem(pick(*names), key)
         self.preset.activated.connect(self.apply_preset)
-        self.stops = QLineEdit(placeholderText="\\n\\n, THE END")
+        self.preset.currentIndexChanged.connect(self._describe_preset)
+        self.preset.setAccessibleName(tr("Preset:").rstrip(":："))
+        self.about = QLabel(objectName="hint", wordWrap=True)
+        self.advanced = QPushButton(tr("Advanced"), checkable=True)
+        self.advanced.setAccessibleName(tr("Advanced settings"))
         top.addWidget(QLabel(tr("Preset:")))
         top.addWidget(self.preset)
-        top.addWidget(QLabel(tr("Stop strings:")))
-        top.addWidget(self.stops, 1)
+        top.addWidget(self.about, 1)
+        top.addWidget(self.advanced)
         self.text = QPlainTextEdit(placeholderText=tr("Start writing, then press Generate."))
+        self.text.setAccessibleName(tr("Your text"))
+        self.text.textChanged.connect(self.update_controls)
         from roost.engine.sampling import COMPLETION_SAMPLING
 
-        self.sampling = SamplingPanel(ctl.settings.current, {**COMPLETION_SAMPLING, "max_tokens": 300})
+        # the knobs and stop strings, each explained, behind "Advanced"
+        inner = QWidget()
+        pv = QVBoxLayout(inner)
+        pv.setContentsMargins(0, 0, 6, 0)
+        self.sampling = SamplingPanel(ctl.settings.current, {**COMPLETION_SAMPLING, "max_tokens": 300}, explained=True)
+        self.stops = QLineEdit(placeholderText="\\n\\n, THE END")
+        self.stops.setAccessibleName(tr("Stop strings:").rstrip(":："))
+        pv.addWidget(self.sampling)
+        pv.addWidget(QLabel(tr("Stop strings:")))
+        pv.addWidget(self.stops)
+        pv.addWidget(QLabel(tr("Writing stops when one of these appears (separate them with commas; "
+                               "\\n is a new line)."), wordWrap=True, objectName="hint"))
+        pv.addStretch(1)
+        self.panel = QScrollArea(widgetResizable=True, visible=False, frameShape=QFrame.NoFrame)
+        self.panel.setWidget(inner)
+        self.panel.setFixedWidth(340)
+        self.panel.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self.advanced.toggled.connect(self.panel.setVisible)
         mid = QHBoxLayout()
         mid.addWidget(self.text, 1)
-        mid.addWidget(self.sampling)
+        mid.addWidget(self.panel)
         bottom = QHBoxLayout()
         self.gen_btn = QPushButton(tr("Generate"), objectName="primary", clicked=self.generate)
         self.stop_btn = QPushButton(tr("Stop"), clicked=self.stop)
         self.info = QLabel(objectName="hint")
+        self.why_not = QLabel(objectName="hint")  # why Generate cannot be pressed now
         bottom.addWidget(self.info, 1)
+        bottom.addWidget(self.why_not)
         bottom.addWidget(self.stop_btn)
         bottom.addWidget(self.gen_btn)
         v.addLayout(top)
@@ -79,10 +111,14 @@ class CompletionPage(QWidget):
         ctl.piece.connect(self.on_piece)
         ctl.done.connect(self.on_done)
         ctl.failed.connect(self.on_failed)
+        self._describe_preset()
         self.update_controls()
 
+    def _describe_preset(self) -> None:
+        self.about.setText(pick(*PRESETS[self.preset.currentData()][3]))
+
     def apply_preset(self) -> None:
-        _names, openings, sampling = PRESETS[self.preset.currentData()]
+        _names, openings, sampling, _about = PRESETS[self.preset.currentData()]
         self.text.setPlainText(pick(*openings))
         self.sampling.set_values(sampling)
 
@@ -131,6 +167,17 @@ class CompletionPage(QWidget):
 
     def update_controls(self) -> None:
         busy = self.rid is not None
-        self.gen_btn.setEnabled(self.ctl.info is not None and not busy)
+        ready = self.ctl.info is not None
+        has_text = bool(self.text.toPlainText().strip())
+        self.gen_btn.setEnabled(ready and has_text and not busy)
         self.stop_btn.setEnabled(busy)
         self.text.setReadOnly(busy)
+        if busy:
+            hint = ""
+        elif not ready:
+            hint = tr("Load a model first (Models page).")
+        elif not has_text:
+            hint = tr("Write a beginning or choose a preset first.")
+        else:
+            hint = ""
+        self.why_not.setText(hint)

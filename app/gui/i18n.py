@@ -28,7 +28,20 @@ TEXT = {
     "Delete this chat?": "删除这个对话？",
     "Markdown (*.md)": "Markdown 文件 (*.md)",
     "Roost chat (*.json)": "Roost 对话文件 (*.json)", "Import…": "导入…",
-    "regenerate": "重新生成", "Message": "消息", "Pages": "页面",
+    "regenerate": "重新生成", "Advanced": "高级", "Advanced settings": "高级设置", "Your text": "你的文字",
+    "Writing stops when one of these appears (separate them with commas; \\n is a new line).":
+        "出现其中任意一个时停止（用逗号分隔；\\n 表示换行）。",
+    "Load a model first (Models page).": "请先加载模型（在“模型”页）。",
+    "Write a beginning or choose a preset first.": "请先写个开头，或选择一个预设。",
+    "Higher: more varied and surprising text. Lower: more predictable.": "越高文字越多变、越出人意料；越低越稳定。",
+    "Picks only among the likeliest words that together make up this share. Lower is safer.":
+        "只在累计概率达到此比例的最可能的词中挑选；越低越保守。",
+    "Picks only among this many likeliest words. 0: no limit.": "只在最可能的这么多个词中挑选；0 表示不限。",
+    "Makes any word already used less likely: more new topics.": "已用过的词变得不太可能再出现：话题更多样。",
+    "Makes a word less likely the more often it was used: less repetition.": "一个词用得越多，越不容易再出现：减少重复。",
+    "How slowly those penalties fade for words used long ago (1: never).": "较早用过的词，上述惩罚消退得多慢（1 表示不消退）。",
+    "The longest the text can get, in tokens (a token is about a Chinese character or three quarters of an English word).":
+        "文字的最大长度，以词元计（一个词元约为一个汉字或四分之三个英文单词）。", "Message": "消息", "Pages": "页面",
     "Type a message (Enter to send, Shift+Enter for a new line)": "输入消息（Enter 发送，Shift+Enter 换行）",
     "Enter (Shift+Enter for a new line)": "Enter（Shift+Enter 换行）",
     "Ctrl+Enter (Enter for a new line)": "Ctrl+Enter（Enter 换行）", "Send a message with:": "发送消息：", "code": "代码", "Conversation": "对话内容",

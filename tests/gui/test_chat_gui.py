@@ -209,10 +209,20 @@ def test_failed_load_shows_the_error(qtbot, window, tmp_path):
 
 def test_completion_continues_the_text(qtbot, window, make_checkpoint):
     win = window()
-    load(qtbot, win, make_checkpoint("v7.0"))
     page = win.completion
     win.show_page("completion")
+    win.show()
+    assert not page.gen_btn.isEnabled() and page.why_not.text() == "Load a model first (Models page)."
+    assert page.about.text() == "Continues your text like a storybook."  # each preset says what it does
+    assert not page.sampling.isVisibleTo(page)  # the knobs wait behind "Advanced"
+    qtbot.mouseClick(page.advanced, Qt.LeftButton)
+    assert page.sampling.isVisibleTo(page) and page.stops.isVisibleTo(page)
+    assert "predictable" in page.sampling.boxes["temperature"].toolTip()
+    load(qtbot, win, make_checkpoint("v7.0"))
+    page.text.clear()
+    assert not page.gen_btn.isEnabled() and "Write a beginning" in page.why_not.text()
     page.text.setPlainText("Once upon a time")
+    assert page.gen_btn.isEnabled() and page.why_not.text() == ""
     page.sampling.set_values({"max_tokens": 20})
     qtbot.mouseClick(page.gen_btn, Qt.LeftButton)
     qtbot.waitUntil(lambda: page.rid is None, timeout=60000)

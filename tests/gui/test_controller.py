@@ -66,6 +66,7 @@ def test_the_pages_run_on_the_controller_without_a_window(qtbot, ctl, make_check
     qtbot.waitUntil(lambda: ctl.info is not None or ctl.error is not None, timeout=60000)
     assert ctl.info is not None, ctl.error
     assert seen == [True] and chat.stack.currentIndex() == 0 and chat.send_btn.isEnabled()
+    completion.text.setPlainText("Once")
     assert models.status_text(models.current()) == "loaded" and completion.gen_btn.isEnabled()
 
     chat.sampling.set_values({"max_tokens": 8})

@@ -87,7 +87,7 @@ def test_models_page_lists_fit_downloads_pauses_resumes_deletes(qtbot, window, s
     assert "%" in page.status_text(page.current()) and "/s" in page.status_text(page.current())
     qtbot.mouseClick(page.btn["pause"], Qt.LeftButton)
     qtbot.waitUntil(lambda: page.status_text(page.current()) == "paused", timeout=20000)
-    assert page.btn["resume"].isEnabled()
+    qtbot.waitUntil(page.btn["resume"].isEnabled, timeout=5000)  # (the queue's news arrives just after)
     hub.faults.rate = None
     qtbot.mouseClick(page.btn["resume"], Qt.LeftButton)
     qtbot.waitUntil(lambda: page.status_text(page.current()) == "downloaded", timeout=30000)
