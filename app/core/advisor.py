@@ -15,8 +15,14 @@ from roost.engine.strategy import parse_strategy
 
 GPU_RESERVE = 300 * 1024 ** 2  # left free on the card for the driver and other programs
 OS_SHARE = 0.85  # of total RAM, the most a model can ever get: the OS and desktop keep the rest
-# effective bytes/s a token's weights are read at, to class the expected speed
+# effective bytes/s a token's weights are read at, to class the expected speed; on the CPU the
+# machine's measured read rate (hardware.read_rate) times the share of it generation reaches
+# (0.57-0.75 measured: RWKV-7 and RWKV-6 with 8-bit weights), else CPU_READ
 CPU_READ, GPU_READ, MPS_READ = 15e9, 400e9, 80e9
+CPU_SHARE = 0.6
+# what the models list says about speed, from the expected tokens per second
+FAST, COMFORTABLE, SLOW, TIGHT, WONT_FIT = "fast", "comfortable", "slow", "tight", "won't fit"
+FAST_TPS, COMFORTABLE_TPS = 15.0, 5.0
 RUNS_WELL, CLOSE_OTHERS, WILL_NOT_FIT = "runs well", "runs, close other programs first", "will not fit"
 LABELS_ZH = {RUNS_WELL: "运行流畅", CLOSE_OTHERS: "可运行，请先关闭其他程序", WILL_NOT_FIT: "内存不足，无法运行"}
 
@@ -48,6 +54,17 @@ class Advice:
         return "fast" if t >= 15 else "usable" if t >= 4 else "slow"
 
     @property
+    def fit(self) -> str:
+        """One word for the models list: fast, comfortable or slow (by the expected speed), tight
+        (it fits only once other programs are closed) or won't fit."""
+        if self.label == WILL_NOT_FIT:
+            return WONT_FIT
+        if self.label == CLOSE_OTHERS:
+            return TIGHT
+        t = self.tokens_per_second
+        return FAST if t >= FAST_TPS else COMFORTABLE if t >= COMFORTABLE_TPS else SLOW
+
+    @property
     def label_zh(self) -> str:
         return LABELS_ZH[self.label]
 
@@ -55,6 +72,11 @@ class Advice:
 def need_for(shape: ModelShape, strategy: str) -> dict[str, int]:
     est = estimate(None, shape.config(), parse_strategy(strategy)).per_device
     return {("cuda:0" if k == "cuda" else k): v for k, v in est.items()}
+
+
+def cpu_read(machine: Machine) -> float:
+    """Effective bytes/s generation reads weights at on this machine's CPU."""
+    return machine.read_rate * CPU_SHARE if machine.read_rate > 0 else CPU_READ
 
 
 def _bytes_per_token(shape: ModelShape, bytes_per_weight: float) -> float:
@@ -102,7 +124,7 @@ def choose_strategy(shape: ModelShape, machine: Machine) -> Advice:
             label = _label(need, machine)
             if label != WILL_NOT_FIT:
                 frac = k / (shape.n_layer + 1)
-                tps = 1 / (frac * _bytes_per_token(shape, 1) / GPU_READ + (1 - frac) * _bytes_per_token(shape, 1) / CPU_READ)
+                tps = 1 / (frac * _bytes_per_token(shape, 1) / GPU_READ + (1 - frac) * _bytes_per_token(shape, 1) / cpu_read(machine))
                 return Advice(strategy, label, tps,
                               f"{gpu.name} has {gib(room)} free: {k} of {shape.n_layer + 1} layers run on it "
                               "with 8-bit weights, the rest on the CPU.",
@@ -118,7 +140,7 @@ def choose_strategy(shape: ModelShape, machine: Machine) -> Advice:
     label = _label(need, machine)
     why_no_gpu = ("no usable GPU" if gpu is None and not machine.mps else "the GPU is too small")
     why_no_gpu_zh = "没有可用的显卡" if gpu is None and not machine.mps else "显卡显存不足"
-    return Advice("cpu int8", label, CPU_READ / _bytes_per_token(shape, 1),
+    return Advice("cpu int8", label, cpu_read(machine) / _bytes_per_token(shape, 1),
                   f"On the CPU with 8-bit weights ({why_no_gpu}): needs {gib(need['cpu'])} of RAM, "
                   f"{gib(machine.ram_free)} free.",
                   f"在 CPU 上以 8 位权重运行（{why_no_gpu_zh}）：需要内存 {gib(need['cpu'])}，空闲 {gib(machine.ram_free)}。",

@@ -31,6 +31,7 @@ class Machine:
     torch_cuda: bool = False  # the installed torch can use the NVIDIA GPUs
     mps: bool = False  # Apple Silicon GPU usable by torch
     notes: tuple[str, ...] = field(default=())
+    read_rate: float = 0.0  # bytes/s the CPU reads memory at (measure_read_rate); 0: not measured
 
     @property
     def usable_gpu(self) -> Gpu | None:
@@ -40,7 +41,8 @@ class Machine:
         return asdict(self)
 
 
-def probe(models_dir: str | os.PathLike | None = None) -> Machine:
+def probe(models_dir: str | os.PathLike | None = None, *, measure: bool = True) -> Machine:
+    """What this computer has. `measure`: its memory read rate too (measured once, then remembered)."""
     import psutil
 
     vm = psutil.virtual_memory()
@@ -64,10 +66,60 @@ def probe(models_dir: str | os.PathLike | None = None) -> Machine:
     if gpus and not torch_cuda:
         notes += ("An NVIDIA GPU is present, but the installed PyTorch is a CPU build: a CUDA build "
                   "of PyTorch would run models several times faster on it.",)
-    return Machine(os=f"{platform.system()} {platform.release()}", cpu_name=_cpu_name(),
-                   cpu_cores=psutil.cpu_count(logical=False) or os.cpu_count() or 1,
+    cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    cpu = _cpu_name()
+    return Machine(os=f"{platform.system()} {platform.release()}", cpu_name=cpu, cpu_cores=cores,
                    ram_total=vm.total, ram_free=vm.available, disk_free=disk, gpus=gpus,
-                   torch_cuda=torch_cuda, mps=mps, notes=notes)
+                   torch_cuda=torch_cuda, mps=mps, notes=notes,
+                   read_rate=read_rate(cpu, cores, vm.total) if measure else 0.0)
+
+
+def read_rate(cpu: str, cores: int, ram: int) -> float:
+    """This computer's memory read rate in bytes/s: measured once (a fraction of a second) and kept
+    in the data folder (``machine.json``) for this CPU and memory size; 0.0 if it cannot be."""
+    import json
+
+    from roost.core import paths
+
+    cache = paths.data_dir() / "machine.json"
+    key = {"cpu": cpu, "cores": cores, "ram": ram}
+    try:
+        saved = json.loads(cache.read_text(encoding="utf-8"))
+        if {k: saved.get(k) for k in key} == key and float(saved.get("read_rate", 0)) > 0:
+            return float(saved["read_rate"])
+    except (OSError, ValueError, TypeError, AttributeError):
+        pass
+    rate = measure_read_rate()
+    if rate > 0:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps({**key, "read_rate": rate}), encoding="utf-8")
+        except OSError:
+            pass
+    return rate
+
+
+def measure_read_rate(mib: int = 256, passes: int = 5) -> float:
+    """Bytes/s of a multi-threaded sum over a buffer much larger than the CPU caches (the median of
+    `passes`): what reading a model's weights for each token is bounded by."""
+    import statistics
+    import time
+
+    try:
+        import torch
+    except ImportError:
+        return 0.0
+    try:
+        buf = torch.ones(mib << 18, dtype=torch.float32)  # mib MiB of float32
+    except RuntimeError:  # not enough memory now
+        return 0.0
+    buf.sum()  # touch every page first
+    times = []
+    for _ in range(passes):
+        t0 = time.perf_counter()
+        buf.sum()
+        times.append(time.perf_counter() - t0)
+    return buf.numel() * 4 / statistics.median(times)
 
 
 def _cpu_name() -> str:

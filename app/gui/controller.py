@@ -36,6 +36,7 @@ class Controller(QObject):
     jobChanged = Signal(object)  # a download job changed (delivered on the UI thread)
     libraryChanged = Signal()  # the models folder, the catalog or the machine changed: list again
     catalogChanged = Signal(object)  # list of CatalogModel
+    imported = Signal(object)  # Path of a model file just imported into the models folder
     firstRun = Signal(object, object, object)  # machine, recommended model, its Advice: nothing installed
     navigate = Signal(str)  # a page asks for another page: "chat", "completion", "models", "settings"
     busyChanged = Signal()  # a generation started or ended (controls that need the engine free)
@@ -68,6 +69,7 @@ class Controller(QObject):
         self._rids = itertools.count(1)
         self._pieces, self._first_piece, self._shown_tps = 0, 0.0, 0.0
         self._advice: dict = {}  # catalog id -> Advice for this machine (depends on nothing else)
+        self._recommended = None  # its suggested model
         self.settings.subscribe(self._settings_changed)
         self._job.connect(self._on_job)  # queued: this object lives on the UI thread
         if notice:  # the chats file was damaged (kept aside) or is from a newer Roost
@@ -131,8 +133,19 @@ class Controller(QObject):
     def set_catalog(self, catalog) -> None:
         self.catalog = list(catalog)
         self._advice.clear()
+        self._recommended = None
         self.catalogChanged.emit(self.catalog)
         self.libraryChanged.emit()
+
+    def recommended(self):
+        """The catalog model suggested for this computer (None before the machine is known)."""
+        if self.machine is None or not self.catalog:
+            return None
+        if self._recommended is None:
+            from roost.core.catalog import recommend
+
+            self._recommended = recommend(self.catalog, self.machine)[0]
+        return self._recommended
 
     def model_rows(self, every_release: bool = False):
         """The Models page's rows (Qt-free: roost.core.library.model_rows) and the partial downloads."""
@@ -160,6 +173,7 @@ class Controller(QObject):
             self.show_error(str(e))
             return None
         self.libraryChanged.emit()
+        self.imported.emit(inst.path)
         return inst.path
 
     def delete_model(self, path: str | Path) -> None:

@@ -28,7 +28,23 @@ TEXT = {
     "Delete this chat?": "删除这个对话？",
     "Markdown (*.md)": "Markdown 文件 (*.md)",
     "Roost chat (*.json)": "Roost 对话文件 (*.json)", "Import…": "导入…",
-    "regenerate": "重新生成", "Advanced": "高级", "Advanced settings": "高级设置", "Your text": "你的文字",
+    "regenerate": "重新生成", "Good for": "适合", "On this computer": "在本机", "Your own file": "你自己的文件",
+    "Technical details": "技术细节", "Runs as “{strategy}”.": "运行方式：“{strategy}”。",
+    "Fast": "流畅", "Comfortable": "可以接受", "Slow": "较慢", "Close other programs first": "需先关闭其他程序",
+    "Won't fit": "内存不够",
+    "cuda: runs on the NVIDIA graphics card (fastest when the model fits in its memory).":
+        "cuda：在 NVIDIA 显卡上运行（模型能放进显存时最快）。",
+    "mps: runs on the Apple Silicon graphics unit.": "mps：在 Apple 芯片的图形单元上运行。",
+    "cpu: runs on the processor and ordinary memory (works everywhere, slower).": "cpu：在处理器和普通内存上运行（到处可用，较慢）。",
+    "int8 / i8: weights kept in 8 bits: half the memory of 16 bits and faster to read, a little less exact.":
+        "int8 / i8：权重以 8 位保存：内存是 16 位的一半，读取更快，精度略低。",
+    "fp16: weights in 16-bit floating point: half the memory of fp32, as exact as needed.":
+        "fp16：16 位浮点权重：内存是 fp32 的一半，精度足够。",
+    "bf16: another 16-bit format, with fp32's range: for processors that support it.":
+        "bf16：另一种 16 位格式，数值范围与 fp32 相同：用于支持它的处理器。",
+    "fp32: full 32-bit precision: the most exact and the most memory.": "fp32：完整的 32 位精度：最精确，内存占用最多。",
+    "*N -> ...: the first N layers run on the first device, the rest on the next one.":
+        "*N -> ...：前 N 层在第一个设备上运行，其余在下一个设备上。", "Advanced": "高级", "Advanced settings": "高级设置", "Your text": "你的文字",
     "Writing stops when one of these appears (separate them with commas; \\n is a new line).":
         "出现其中任意一个时停止（用逗号分隔；\\n 表示换行）。",
     "Load a model first (Models page).": "请先加载模型（在“模型”页）。",

@@ -27,7 +27,38 @@ if TYPE_CHECKING:  # (importing the library at start-up would load torch before 
     from roost.core.library import ModelRow as Row
 
 PRESETS = ["cpu int8", "cpu bf16", "cpu fp32", "cuda fp16", "cuda int8", "cuda fp16 *20 -> cpu fp32", "mps fp32"]
-FIT_COLORS = {"runs well": "#2e8b57", "runs, close other programs first": "#c77700", "will not fit": "#c0392b"}
+# the fit label of a model on this computer, as the list shows it
+FIT_TEXT = {"fast": "Fast", "comfortable": "Comfortable", "slow": "Slow", "tight": "Close other programs first",
+            "won't fit": "Won't fit"}
+FIT_COLORS = {"fast": "#2e8b57", "comfortable": "#3b7dd8", "slow": "#c77700", "tight": "#c77700",
+              "won't fit": "#c0392b"}
+# the words a strategy is made of, each with one line on what it means
+TERMS = [
+    ("cuda", "cuda: runs on the NVIDIA graphics card (fastest when the model fits in its memory)."),
+    ("mps", "mps: runs on the Apple Silicon graphics unit."),
+    ("cpu", "cpu: runs on the processor and ordinary memory (works everywhere, slower)."),
+    ("i8", "int8 / i8: weights kept in 8 bits: half the memory of 16 bits and faster to read, a little less exact."),
+    ("fp16", "fp16: weights in 16-bit floating point: half the memory of fp32, as exact as needed."),
+    ("bf16", "bf16: another 16-bit format, with fp32's range: for processors that support it."),
+    ("fp32", "fp32: full 32-bit precision: the most exact and the most memory."),
+    ("*", "*N -> ...: the first N layers run on the first device, the rest on the next one."),
+]
+
+
+def explain_strategy(strategy: str) -> list[str]:
+    """One line for each term the strategy uses."""
+    words = strategy.lower()
+    out = []
+    for term, line in TERMS:
+        if term == "i8":
+            present = "int8" in words or "i8" in words
+        elif term == "*":
+            present = "*" in words or "->" in words
+        else:
+            present = term in words.replace("fp16i8", "fp16 i8").replace("fp32i8", "fp32 i8")
+        if present:
+            out.append(tr(line))
+    return out
 
 
 def eta_text(seconds: float | None) -> str:
@@ -39,7 +70,7 @@ def eta_text(seconds: float | None) -> str:
 
 
 class CatalogTable(QAbstractTableModel):
-    HEADERS = ("Model", "Family", "Size", "Fits this computer", "Speed", "Strategy", "Status")
+    HEADERS = ("Model", "Good for", "Size", "On this computer", "Status")  # (the name says the family)
 
     def __init__(self, page):
         super().__init__()
@@ -61,18 +92,14 @@ class CatalogTable(QAbstractTableModel):
         from roost.core.download import human_size
 
         if col == 0:
-            return row.name
+            return ("★ " if self.page.is_recommended(row) else "") + row.name
         if col == 1:
-            return row.model.family if row.model else tr("Local file")
+            return good_for(row)
         if col == 2:
             size = row.model.size_bytes if row.model else (row.path.stat().st_size if row.path.exists() else 0)
             return human_size(size)
         if col == 3:
-            return pick(row.advice.label, row.advice.label_zh) if row.advice else ""
-        if col == 4:
-            return tr(row.advice.speed) if row.advice else ""
-        if col == 5:
-            return self.page.strategy_for(row)
+            return tr(FIT_TEXT[row.advice.fit]) if row.advice else ""
         return self.page.status_text(row)
 
     def data(self, index, role=Qt.DisplayRole):
@@ -81,14 +108,23 @@ class CatalogTable(QAbstractTableModel):
         if role == Qt.DisplayRole:
             return self.text(row, col)
         if role == Qt.ToolTipRole:
+            if col == 3 and row.advice:
+                return pick(row.advice.reason, row.advice.reason_zh)
             return row.file
         if role == Qt.ForegroundRole and col == 3 and row.advice:
-            return QColor(FIT_COLORS.get(row.advice.label, "#888888"))
-        if role == Qt.UserRole:  # sort key
-            # newest generation first, then small to large
-            if row.model is None:
+            return QColor(FIT_COLORS.get(row.advice.fit, "#888888"))
+        if role == Qt.FontRole and col == 0 and self.page.is_recommended(row):
+            from PySide6.QtGui import QFont
+
+            font = QFont()
+            font.setBold(True)
+            return font
+        if role == Qt.UserRole:  # sort key: the recommended model, then newest generation first, small to large
+            if self.page.is_recommended(row):
                 return "0"
-            return f"{9 - row.model.version}|{row.model.family}|{row.model.billions:09.3f}|{row.model.date}"
+            if row.model is None:
+                return "1"
+            return f"2|{9 - row.model.version}|{row.model.family}|{row.model.billions:09.3f}|{row.model.date}"
         return None
 
     def set_rows(self, rows: list[Row]) -> None:
@@ -102,6 +138,16 @@ class CatalogTable(QAbstractTableModel):
     def changed_all(self) -> None:
         if self.rows:
             self.dataChanged.emit(self.index(0, 0), self.index(len(self.rows) - 1, self.columnCount() - 1))
+
+
+def good_for(row) -> str:
+    """What a model is for, in a few words (the first part of its description)."""
+    if row.model is None:
+        return tr("Your own file")
+    text = pick(row.model.description, row.model.description_zh)
+    for sep in (";", "；", ":", "："):
+        text = text.split(sep)[0]
+    return text.strip().rstrip("，,。.")
 
 
 class Filter(QSortFilterProxyModel):
@@ -143,6 +189,7 @@ class ModelsPage(QWidget):
         ctl.busyChanged.connect(self.update_details)
         ctl.catalogChanged.connect(self.set_families)
         ctl.libraryChanged.connect(self.refresh)
+        ctl.imported.connect(lambda path: self.select_file(path.name))  # (also when dropped on the window)
 
     def _build(self) -> None:
         v = QVBoxLayout(self)
@@ -168,16 +215,26 @@ class ModelsPage(QWidget):
         self.view.setSelectionBehavior(QAbstractItemView.SelectRows)
         self.view.setSelectionMode(QAbstractItemView.SingleSelection)
         self.view.verticalHeader().hide()
+        self.view.setWordWrap(False)  # one line a model; a long text ends in …
         # widths set from the texts by fit_columns, not ResizeToContents: that mode has Qt ask the
         # table for every cell's text and size (hundreds of calls into Python, each waiting for the
         # GIL while the engine loads) whenever any row changes, even on a hidden page: a 40-50 ms stall
         self.view.horizontalHeader().setSectionResizeMode(QHeaderView.Interactive)
-        self.view.horizontalHeader().setSectionResizeMode(0, QHeaderView.Stretch)
+        self.view.horizontalHeader().setSectionResizeMode(1, QHeaderView.Stretch)  # what it is good for
         self.view.selectionModel().currentRowChanged.connect(lambda *_: self.update_details())
 
         self.details = QLabel(wordWrap=True)
         self.details.setMinimumHeight(60)
         self.reason = QLabel(wordWrap=True, objectName="hint")
+        self.tech_btn = QPushButton(tr("Technical details") + " ▸", checkable=True, flat=True)
+        self.tech_btn.toggled.connect(
+            lambda on: self.tech_btn.setText(tr("Technical details") + (" ▾" if on else " ▸")))
+        self.tech_btn.setAccessibleName(tr("Technical details"))
+        self.tech = QWidget(visible=False)  # the strategy and what its words mean
+        self.tech_btn.toggled.connect(self.tech.setVisible)
+        tv = QVBoxLayout(self.tech)
+        tv.setContentsMargins(0, 0, 0, 0)
+        self.terms = QLabel(wordWrap=True, objectName="hint")
         strat = QHBoxLayout()
         self.strategy = QComboBox(editable=True)
         self.strategy.addItem(tr("Automatic"), "auto")
@@ -189,6 +246,8 @@ class ModelsPage(QWidget):
         strat.addWidget(QLabel(tr("Strategy for this model:")))
         strat.addWidget(self.strategy)
         strat.addStretch(1)
+        tv.addLayout(strat)
+        tv.addWidget(self.terms)
 
         buttons = QHBoxLayout()
         self.btn = {}
@@ -205,7 +264,8 @@ class ModelsPage(QWidget):
         v.addWidget(self.view, 1)
         v.addWidget(self.details)
         v.addWidget(self.reason)
-        v.addLayout(strat)
+        v.addWidget(self.tech_btn, 0, Qt.AlignLeft)
+        v.addWidget(self.tech)
         v.addLayout(buttons)
         self.update_details()
 
@@ -239,12 +299,18 @@ class ModelsPage(QWidget):
         fm = self.view.fontMetrics()
         header = self.view.horizontalHeader()
         pad = 2 * self.view.style().pixelMetric(self.view.style().PixelMetric.PM_HeaderMargin) + 16
-        widest_status = tr("{pct}% · {speed}/s · {eta} left", pct=100, speed=human_size(999.9e6), eta="59m59s")
-        for col in range(1, self.table.columnCount()):
+        widest_status = tr("{pct}% · {speed}/s · {eta} left", pct=99, speed=human_size(99.9e6), eta="9m59s")
+        for col in range(self.table.columnCount()):
+            if col == 1:  # the stretching column
+                continue
             texts = [tr(CatalogTable.HEADERS[col])] + [self.table.text(row, col) for row in self.table.rows]
             if col == self.table.columnCount() - 1:
                 texts.append(widest_status)
             header.resizeSection(col, max(fm.horizontalAdvance(t) for t in texts) + pad)
+
+    def is_recommended(self, row) -> bool:
+        rec = self.ctl.recommended()
+        return rec is not None and row.model is not None and row.model.id == rec.id
 
     def _toggle_all(self, on: bool) -> None:
         self.show_all = on
@@ -317,6 +383,7 @@ class ModelsPage(QWidget):
         if row is None:
             self.details.setText("")
             self.reason.setText("")
+            self.terms.setText("")
             return
         if row.model:
             self.details.setText(f"<b>{row.model.display}</b> · {row.model.file}<br>"
@@ -326,6 +393,8 @@ class ModelsPage(QWidget):
         self.reason.setText(pick(row.advice.reason, row.advice.reason_zh) if row.advice else "")
         if job is not None and job.state == "failed" and job.error:
             self.reason.setText(split_bilingual(job.error))
+        strategy = self.strategy_for(row)
+        self.terms.setText(tr("Runs as “{strategy}”.", strategy=strategy) + "<br>" + "<br>".join(explain_strategy(strategy)))
         override = self.ctl.settings.current.strategy_overrides.get(row.file)
         self.strategy.blockSignals(True)
         if override:
@@ -347,6 +416,7 @@ class ModelsPage(QWidget):
             self.reason.setText(split_bilingual(str(e)))
             return
         self.table.changed_all()
+        self.update_details()
 
     # --- actions -------------------------------------------------------------------------------
     def download(self) -> None:
@@ -391,10 +461,7 @@ class ModelsPage(QWidget):
         return self.import_path(path) if path else None
 
     def import_path(self, path: str):
-        model = self.ctl.import_model(path)
-        if model is not None:
-            self.select_file(model.name)
-        return model
+        return self.ctl.import_model(path)  # selected when the controller says it was imported
 
     def refresh_catalog(self) -> None:
         """Ask the Hub which files still exist (in the background; the list redraws when it answers)."""

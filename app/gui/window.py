@@ -36,6 +36,7 @@ class MainWindow(QMainWindow):
         self.ctl = controller or Controller(settings, parent=self)
         self._build()
         self._restore_geometry()
+        self.setAcceptDrops(True)  # a model file dropped anywhere on the window is imported
         self.ctl.statusChanged.connect(self.update_status)
         self.ctl.navigate.connect(self.show_page)
         self.mem_timer = QTimer(self, interval=2000, timeout=self._update_memory)
@@ -92,6 +93,31 @@ class MainWindow(QMainWindow):
         self.statusBar().addWidget(self.status_label, 1)
         self.statusBar().addPermanentWidget(self.load_bar)
         self.statusBar().addPermanentWidget(self.mem_label)
+
+    # --- drag and drop a model file -----------------------------------------------------------------
+    @staticmethod
+    def _model_files(mime) -> list[str]:
+        return [u.toLocalFile() for u in mime.urls()
+                if u.isLocalFile() and u.toLocalFile().lower().endswith((".pth", ".safetensors"))]
+
+    def dragEnterEvent(self, event) -> None:
+        if self._model_files(event.mimeData()):
+            event.acceptProposedAction()
+        else:
+            event.ignore()
+
+    def dragMoveEvent(self, event) -> None:
+        self.dragEnterEvent(event)
+
+    def dropEvent(self, event) -> None:
+        files = self._model_files(event.mimeData())
+        if not files:
+            event.ignore()
+            return
+        event.acceptProposedAction()
+        imported = [p for p in (self.ctl.import_model(f) for f in files) if p is not None]
+        if imported:
+            self.show_page("models")
 
     def show_page(self, name: str) -> None:
         index = {"chat": 0, "completion": 1, "models": 2, "settings": 3}[name]

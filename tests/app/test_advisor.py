@@ -84,3 +84,35 @@ def test_first_run_recommendation_is_a_g1_model_that_fits(machine, at_least, at_
     model, advice = recommend(load_catalog(), machine)
     assert model.family == "RWKV-7 G1"
     assert at_least <= model.billions <= at_most
+
+
+def test_the_fit_label_tells_models_apart_by_speed_and_memory():
+    """On a 24 GB computer without a GPU, 'runs well' was true of nearly every model; the fit label
+    says how each will feel, from the measured read rate."""
+    from dataclasses import replace
+
+    from roost.core.advisor import COMFORTABLE, FAST, SLOW, TIGHT, WONT_FIT
+
+    machine = replace(pc(24, free=20), read_rate=40e9)  # this development machine's measured rate
+    fits = {name: choose_strategy(shape, machine).fit for name, shape in
+            [("0.4B", M_0_4B), ("1.5B", M_1_5B), ("2.9B", M_2_9B), ("7B", M_7B)]}
+    assert fits == {"0.4B": FAST, "1.5B": FAST, "2.9B": COMFORTABLE, "7B": SLOW}
+    assert choose_strategy(M_7B, replace(pc(16, free=6), read_rate=40e9)).fit == TIGHT
+    assert choose_strategy(M_14B, replace(pc(16), read_rate=40e9)).fit == WONT_FIT
+    slow_ram = replace(machine, read_rate=8e9)  # an older laptop: the same model is slower
+    assert choose_strategy(M_1_5B, slow_ram).tokens_per_second < choose_strategy(M_1_5B, machine).tokens_per_second / 4
+    assert choose_strategy(M_1_5B, slow_ram).fit == SLOW
+
+
+def test_the_read_rate_is_measured_once_per_computer(tmp_path, monkeypatch):
+    from roost.core import hardware
+
+    monkeypatch.setenv("ROOST_HOME", str(tmp_path))
+    assert hardware.measure_read_rate(mib=32, passes=3) > 1e8  # a real reading: bytes per second
+    calls = []
+    monkeypatch.setattr(hardware, "measure_read_rate", lambda: calls.append(1) or 33e9)
+    assert hardware.read_rate("cpu A", 8, 16 << 30) == 33e9
+    assert hardware.read_rate("cpu A", 8, 16 << 30) == 33e9 and len(calls) == 1  # remembered
+    assert hardware.read_rate("cpu B", 8, 16 << 30) == 33e9 and len(calls) == 2  # another computer
+    (tmp_path / "machine.json").write_text("{broken")
+    assert hardware.read_rate("cpu A", 8, 16 << 30) == 33e9 and len(calls) == 3  # a damaged file: measured again

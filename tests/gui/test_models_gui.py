@@ -198,3 +198,57 @@ def test_an_offline_first_run_says_so_once_in_the_card(qtbot, window, served, ho
     assert welcome.button.text() == "Try again" and welcome.settings_btn.isVisibleTo(welcome)
     assert win.ctl.error is None and not win.banner.isVisibleTo(win)  # one place: the card
     assert "Could not" not in win.status_label.text()
+
+
+def test_the_models_list_reads_plainly(qtbot, window, home):
+    """The recommended model comes first, marked and selected; the fit label tells models apart;
+    strategy words only appear under 'Technical details', each explained."""
+    from dataclasses import replace as with_
+
+    from roost.core.catalog import recommend
+
+    win = window()
+    machine = with_(MACHINE, ram_total=24 << 30, ram_free=20 << 30, read_rate=40e9)
+    catalog = load_catalog(refreshed=False)
+    (home / "models").mkdir(parents=True, exist_ok=True)
+    (home / "models" / "keep.pth").write_bytes(b"")
+    win.ctl.set_machine(machine, catalog)
+    page = win.models
+    win.show_page("models")
+    rec, _ = recommend(catalog, machine)
+    first = page.table.rows[page.proxy.mapToSource(page.proxy.index(0, 0)).row()]
+    assert first.model == rec and page.current().model == rec
+    assert page.table.text(first, 0) == "★ " + rec.display
+    headers = [page.table.headerData(c, Qt.Horizontal) for c in range(page.table.columnCount())]
+    assert "Strategy" not in headers and "On this computer" in headers
+    fits = {page.table.text(r, 3) for r in page.table.rows if r.model}
+    assert {"Fast", "Slow"} <= fits and len(fits) >= 3  # not the same word on every row
+    assert not page.tech.isVisibleTo(page) and "int8" not in page.details.text()
+    qtbot.mouseClick(page.tech_btn, Qt.LeftButton)
+    assert page.tech.isVisibleTo(page) and "int8 / i8: weights kept in 8 bits" in page.terms.text()
+
+
+def test_a_model_file_dropped_on_the_window_is_imported(qtbot, window, make_checkpoint, home):
+    from PySide6.QtCore import QMimeData, QPointF, QUrl
+    from PySide6.QtGui import QDragEnterEvent, QDropEvent
+
+    win = window()
+    win.ctl.set_catalog(load_catalog(refreshed=False))
+    ckpt = make_checkpoint("v7.0")
+
+    def mime(*paths):
+        data = QMimeData()
+        data.setUrls([QUrl.fromLocalFile(str(p)) for p in paths])
+        return data
+
+    notes = mime(home / "notes.txt")
+    enter = QDragEnterEvent(win.rect().center(), Qt.CopyAction, notes, Qt.LeftButton, Qt.NoModifier)
+    win.dragEnterEvent(enter)
+    assert not enter.isAccepted()  # not a model file: refused before the drop
+    models = mime(ckpt)
+    enter = QDragEnterEvent(win.rect().center(), Qt.CopyAction, models, Qt.LeftButton, Qt.NoModifier)
+    win.dragEnterEvent(enter)
+    assert enter.isAccepted()
+    win.dropEvent(QDropEvent(QPointF(win.rect().center()), Qt.CopyAction, models, Qt.LeftButton, Qt.NoModifier))
+    assert (home / "models" / ckpt.name).exists()
+    assert win.pages.currentWidget() is win.models and win.models.current().file == ckpt.name
