@@ -59,7 +59,8 @@ def test_the_wheel_installs_one_top_level_name_with_its_data(wheel):
     tops = {n.split("/")[0] for n in names}
     assert {t for t in tops if not t.endswith(".dist-info")} == {"roost"}
     assert "roost/assets/catalog.json" in names and "roost/engine/arch/v7.py" in names
-    assert not [n for n in names if n.endswith(".png")]  # the README's screenshots stay out
+    assert not [n for n in names if "screenshots" in n]  # the README's screenshots stay out
+    assert "roost/assets/icons/roost.png" in names  # the window icon goes in
     dist = next(t for t in tops if t.endswith(".dist-info"))
     entry_points = zipfile.ZipFile(wheel).read(f"{dist}/entry_points.txt").decode()
     assert "roost = roost.cli:main" in entry_points

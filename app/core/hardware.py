@@ -100,9 +100,9 @@ def read_rate(cpu: str, cores: int, ram: int) -> float:
 
 
 def measure_read_rate(mib: int = 256, passes: int = 5) -> float:
-    """Bytes/s of a multi-threaded sum over a buffer much larger than the CPU caches (the median of
-    `passes`): what reading a model's weights for each token is bounded by."""
-    import statistics
+    """Bytes/s of a multi-threaded sum over a buffer much larger than the CPU caches (the best of
+    `passes`, so that a moment of other work does not count): what reading a model's weights for
+    each token is bounded by."""
     import time
 
     try:
@@ -119,7 +119,7 @@ def measure_read_rate(mib: int = 256, passes: int = 5) -> float:
         t0 = time.perf_counter()
         buf.sum()
         times.append(time.perf_counter() - t0)
-    return buf.numel() * 4 / statistics.median(times)
+    return buf.numel() * 4 / min(times)
 
 
 def _cpu_name() -> str:

@@ -21,6 +21,8 @@ def create_window(start_engine: bool = True):
 
     app = QApplication.instance() or QApplication(sys.argv)
     app.setApplicationName("Roost")
+    app.setDesktopFileName("roost")
+    set_app_icon(app)
     # Qt calls back into Python (models, paint code) many times while it lays out or paints, and each
     # call waits for the GIL; with the default 5 ms switch interval a worker busy in Python (loading a
     # model) made one repaint of the Models table wait ~200 ms. At 0.5 ms: ~50 ms (benchmarks/ui_bench.py).
@@ -41,6 +43,21 @@ def create_window(start_engine: bool = True):
     if start_engine:
         QTimer.singleShot(0, lambda: start_background(ctl))
     return win
+
+
+def set_app_icon(app) -> None:
+    """The window and task-bar icon (assets/icons/roost.png); none if it is missing."""
+    from PySide6.QtGui import QIcon, QPixmap
+
+    from roost.core.paths import asset
+
+    try:
+        data = asset("icons/roost.png").read_bytes()
+    except (OSError, ModuleNotFoundError):
+        return
+    pixmap = QPixmap()
+    if pixmap.loadFromData(data):
+        app.setWindowIcon(QIcon(pixmap))
 
 
 def keep_gc_on_ui_thread(app) -> None:

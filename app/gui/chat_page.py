@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from roost.gui import icons
 from roost.gui.i18n import tr
 from roost.gui.sampling import SamplingPanel
 from roost.gui.welcome import WelcomePanel
@@ -196,6 +197,11 @@ class ChatPage(QWidget):
         bottom.addWidget(self.input, 1)
         bottom.addLayout(buttons)
         # the page's keys (the window has those that switch pages)
+        for widget, name in [(self.new_btn, "new"), (self.rename_btn, "rename"), (self.delete_btn, "delete"),
+                             (self.import_btn, "import"), (self.stop_btn, "stop"), (self.regen_btn, "regenerate"),
+                             (self.sampling_btn, "sampling"), (self.export_btn, "export"), (self.undo_btn, "undo")]:
+            icons.give(widget, name)
+        icons.give(self.send_btn, "send", on_accent=True)
         QShortcut(QKeySequence("Ctrl+N"), self, activated=self.new_chat)
         QShortcut(QKeySequence("Ctrl+F"), self, activated=self.focus_search)
         QShortcut(QKeySequence("Ctrl+L"), self, activated=self.input.setFocus)

@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from roost.gui import icons
 from roost.gui.i18n import pick, tr
 from roost.gui.sampling import SamplingPanel
 
@@ -100,6 +101,9 @@ class CompletionPage(QWidget):
         self.stop_btn = QPushButton(tr("Stop"), clicked=self.stop)
         self.info = QLabel(objectName="hint")
         self.why_not = QLabel(objectName="hint")  # why Generate cannot be pressed now
+        icons.give(self.gen_btn, "generate", on_accent=True)
+        icons.give(self.stop_btn, "stop")
+        icons.give(self.advanced, "sampling")
         bottom.addWidget(self.info, 1)
         bottom.addWidget(self.why_not)
         bottom.addWidget(self.stop_btn)

@@ -20,7 +20,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from roost.gui import dialogs
+from roost.gui import dialogs, icons
 from roost.gui.i18n import pick, split_bilingual, tr
 
 if TYPE_CHECKING:  # (importing the library at start-up would load torch before the window shows)
@@ -200,6 +200,8 @@ class ModelsPage(QWidget):
         self.older = QCheckBox(tr("All releases"))
         self.refresh_btn = QPushButton(tr("Refresh list"), clicked=self.refresh_catalog)
         self.import_btn = QPushButton(tr("Import file…"), clicked=self.import_file)
+        icons.give(self.refresh_btn, "refresh")
+        icons.give(self.import_btn, "file")
         top.addWidget(self.search, 1)
         top.addWidget(self.family)
         top.addWidget(self.older)
@@ -256,6 +258,7 @@ class ModelsPage(QWidget):
             b = QPushButton(tr(label), clicked=getattr(self, key))
             if key in ("load", "download"):
                 b.setObjectName("primary")
+            icons.give(b, key, on_accent=key in ("load", "download"))
             self.btn[key] = b
             if key == "unload":
                 buttons.addStretch(1)

@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from roost.gui import icons
 from roost.gui.i18n import LANGUAGES, language, split_bilingual, tr
 from roost.gui.sampling import SamplingPanel
 from roost.gui.theme import apply_theme
@@ -38,6 +39,7 @@ class SettingsPage(QWidget):
         folder_row = QHBoxLayout()
         self.folder = QLineEdit(str(s.models_folder()))
         browse = QPushButton(tr("Browse…"), clicked=self.browse)
+        icons.give(browse, "browse")
         folder_row.addWidget(self.folder, 1)
         folder_row.addWidget(browse)
         form.addRow(tr("Models folder:"), folder_row)
@@ -86,10 +88,15 @@ class SettingsPage(QWidget):
         buttons = QHBoxLayout()
         # what Save did, on a row of its own: a refusal can be long and must wrap, not widen the page
         self.saved = QLabel(objectName="hint", wordWrap=True, textInteractionFlags=Qt.TextSelectableByMouse)
-        buttons.addWidget(QPushButton(tr("Open log"), clicked=self.open_log))
-        buttons.addWidget(QPushButton(tr("Copy diagnostics"), clicked=self.copy_diagnostics))
-        buttons.addStretch(1)
-        buttons.addWidget(QPushButton(tr("Save"), objectName="primary", clicked=self.save))
+        for label, slot, name, accent in [("Open log", self.open_log, "log", False),
+                                          ("Copy diagnostics", self.copy_diagnostics, "diagnostics", False),
+                                          (None, None, None, False), ("Save", self.save, "save", True)]:
+            if label is None:
+                buttons.addStretch(1)
+                continue
+            b = QPushButton(tr(label), clicked=slot, objectName="primary" if accent else "")
+            icons.give(b, name, on_accent=accent)
+            buttons.addWidget(b)
         v.addLayout(buttons)
         v.addWidget(self.saved)
         v.addStretch(1)

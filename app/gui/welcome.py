@@ -12,6 +12,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from roost.gui import icons
 from roost.gui.i18n import pick, split_bilingual, tr
 
 
@@ -48,6 +49,9 @@ class WelcomePanel(QWidget):
         self.problem.setStyleSheet("color: #c0392b;")
         self.settings_btn = QPushButton(tr("Proxy and download source…"), visible=False, clicked=self.open_settings)
         self.have_file = QPushButton(tr("I already have a model file…"), clicked=self.import_file)
+        icons.give(self.button, "download", on_accent=True)
+        icons.give(self.have_file, "file")
+        icons.give(self.settings_btn, "settings")
         for w in (self.title, self.machine, self.heading, self.name, self.about, self.reason, self.button,
                   self.bar, self.progress, self.problem, self.settings_btn, self.have_file):
             v.addWidget(w)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import psutil
-from PySide6.QtCore import QByteArray, Qt, QTimer
+from PySide6.QtCore import QByteArray, QEvent, QSize, Qt, QTimer
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QFrame,
@@ -56,15 +56,25 @@ class MainWindow(QMainWindow):
         row.setContentsMargins(0, 0, 0, 0)
         row.setSpacing(0)
         self.sidebar = QListWidget(objectName="sidebar")
-        self.sidebar.setFixedWidth(150)
+        self.sidebar.setFixedWidth(172)
+        self.sidebar.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.pages = QStackedWidget()
         self.chat = ChatPage(self.ctl)
         self.completion = CompletionPage(self.ctl)
         self.models = ModelsPage(self.ctl)
         self.settings_page = SettingsPage(self.ctl)
-        for title, page in [(tr("Chat"), self.chat), (tr("Completion"), self.completion),
-                            (tr("Models"), self.models), (tr("Settings"), self.settings_page)]:
-            self.sidebar.addItem(title)
+        from PySide6.QtWidgets import QListWidgetItem
+
+        from roost.gui import icons
+
+        self.sidebar.setIconSize(QSize(20, 20))
+        self._items = []
+        for key, title, page in [("chat", tr("Chat"), self.chat), ("completion", tr("Completion"), self.completion),
+                                 ("models", tr("Models"), self.models), ("settings", tr("Settings"), self.settings_page)]:
+            item = QListWidgetItem(title)
+            self.sidebar.addItem(item)
+            icons.give(item, key)
+            self._items.append(item)  # (icons.give keeps only a weak reference)
             self.pages.addWidget(page)
         self.sidebar.currentRowChanged.connect(self.pages.setCurrentIndex)
         self.sidebar.setCurrentRow(0)
@@ -93,6 +103,13 @@ class MainWindow(QMainWindow):
         self.statusBar().addWidget(self.status_label, 1)
         self.statusBar().addPermanentWidget(self.load_bar)
         self.statusBar().addPermanentWidget(self.mem_label)
+
+    def changeEvent(self, event) -> None:
+        if event.type() == QEvent.ApplicationPaletteChange:  # the theme changed: icons in its colours
+            from roost.gui import icons
+
+            icons.refresh()
+        super().changeEvent(event)
 
     # --- drag and drop a model file -----------------------------------------------------------------
     @staticmethod

@@ -108,3 +108,15 @@ def test_saving_settings_keeps_what_the_user_did_not_choose(qtbot, window, home)
     page.save()
     assert "proxy cannot be 'ftp://nope'" in page.saved.text() and win.ctl.settings.current.proxy == ""
     assert page.saved.wordWrap()  # a long refusal wraps instead of widening the page
+
+
+def test_the_app_has_its_icon_and_every_action_an_icon(qtbot, window):
+    from PySide6.QtWidgets import QApplication, QPushButton
+
+    win = window()
+    assert not QApplication.instance().windowIcon().isNull()
+    assert all(not win.sidebar.item(i).icon().isNull() for i in range(win.sidebar.count()))
+    pages = (win.chat, win.completion, win.models, win.settings_page)
+    buttons = [b for page in pages for b in page.findChildren(QPushButton) if b.text() and b.text() != "×"]
+    without = [b.text() for b in buttons if b.icon().isNull() and not b.isCheckable()]
+    assert len(buttons) > 20 and without == [], without

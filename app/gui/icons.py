@@ -1,0 +1,61 @@
+"""Icons of the app: the Phosphor set through qtawesome (a maintained icon-font package), in the
+colour of the current palette's text; an empty icon if qtawesome is missing, never an error."""
+
+from __future__ import annotations
+
+from PySide6.QtGui import QGuiApplication, QIcon, QPalette
+
+NAMES = {  # what the app calls an action -> the Phosphor icon
+    "chat": "ph.chats-circle", "completion": "ph.pencil-simple", "models": "ph.cube", "settings": "ph.gear-six",
+    "send": "ph.paper-plane-right", "stop": "ph.stop", "regenerate": "ph.arrow-clockwise",
+    "new": "ph.plus", "rename": "ph.pencil-simple", "delete": "ph.trash", "export": "ph.export",
+    "import": "ph.upload-simple", "download": "ph.download-simple", "pause": "ph.pause", "resume": "ph.play",
+    "cancel": "ph.x", "load": "ph.play", "unload": "ph.eject", "refresh": "ph.arrow-clockwise",
+    "file": "ph.file-plus", "sampling": "ph.sliders-horizontal", "undo": "ph.arrow-counter-clockwise",
+    "browse": "ph.folder-open", "log": "ph.file-text", "diagnostics": "ph.clipboard-text", "save": "ph.floppy-disk",
+    "generate": "ph.magic-wand",
+}
+
+
+def icon(name: str, *, on_accent: bool = False) -> QIcon:
+    """The icon for an action (`on_accent`: white, for the accent-coloured buttons)."""
+    import os
+
+    os.environ.setdefault("QT_API", "pyside6")  # qtawesome (through QtPy) must use Roost's binding
+    try:
+        import qtawesome
+    except ImportError:  # pragma: no cover - a broken installation still runs, without icons
+        return QIcon()
+    app = QGuiApplication.instance()
+    colour = "white" if on_accent else (app.palette().color(QPalette.ButtonText).name() if app else "#333333")
+    disabled = app.palette().color(QPalette.Disabled, QPalette.ButtonText).name() if app else "#999999"
+    try:
+        return qtawesome.icon(NAMES.get(name, name), color=colour, color_disabled=disabled)
+    except Exception:  # noqa: BLE001 -- an unknown name shows no icon rather than stopping the app
+        return QIcon()
+
+
+_given: list = []  # (weak reference to the widget, name, on_accent) for each icon handed out by `give`
+
+
+def give(widget, name: str, *, on_accent: bool = False) -> None:
+    """Set a button's (or list item's) icon, and again whenever the palette changes (`refresh`)."""
+    import weakref
+
+    widget.setIcon(icon(name, on_accent=on_accent))
+    _given.append((weakref.ref(widget), name, on_accent))
+
+
+def refresh() -> None:
+    """The theme changed: redraw every icon given in the new text colour."""
+    alive = []
+    for ref, name, on_accent in _given:
+        widget = ref()
+        if widget is None:
+            continue
+        try:
+            widget.setIcon(icon(name, on_accent=on_accent))
+        except RuntimeError:  # its C++ side was deleted
+            continue
+        alive.append((ref, name, on_accent))
+    _given[:] = alive
