@@ -21,6 +21,11 @@ mkdir -p build/selftest
 # the tiny random-weight model that `roost selfcheck` loads (2 layers x 64; about 17 MB)
 "$PY" -c "from roost.engine.synthetic import save_checkpoint; save_checkpoint('build/selftest/selftest-rwkv7.pth', 'v7.0', n_layer=2, n_embd=64, seed=1)"
 
+if [ "$OS" = linux ]; then  # Chinese on desktops without a CJK font: a subset of the system's OFL font
+    rm -rf build/fonts
+    "$PY" packaging/cjk_font.py build/fonts || echo "cjk font: skipped" >&2
+fi
+
 start=$(date +%s)
 "$PY" -m PyInstaller --noconfirm --clean --log-level WARN \
     --distpath dist --workpath build/pyinstaller packaging/roost.spec

@@ -31,6 +31,7 @@ def create_window(start_engine: bool = True):
     settings = store.current
     set_language(settings.language or default_language())
     apply_theme(app, settings.theme)
+    add_cjk_font()
     apply_proxy(settings.proxy)
     win = MainWindow(settings=store)
     ctl = win.ctl
@@ -58,6 +59,29 @@ def set_app_icon(app) -> None:
     pixmap = QPixmap()
     if pixmap.loadFromData(data):
         app.setWindowIcon(QIcon(pixmap))
+
+
+def add_cjk_font(data: bytes | None = None) -> str | None:
+    """Where the system has no font for Chinese (a bare Linux desktop), use the one the Linux bundle
+    carries (packaging/cjk_font.py): its family name, or None when it is not needed or not there."""
+    from PySide6.QtGui import QFont, QFontDatabase
+
+    if QFontDatabase.families(QFontDatabase.WritingSystem.SimplifiedChinese):
+        return None
+    if data is None:
+        from roost.core.paths import asset
+
+        try:
+            data = asset("fonts/roost-cjk.otf").read_bytes()
+        except (OSError, ModuleNotFoundError):
+            return None
+    font_id = QFontDatabase.addApplicationFontFromData(data)
+    families = QFontDatabase.applicationFontFamilies(font_id) if font_id >= 0 else []
+    if not families:
+        return None
+    for family in {QFont().defaultFamily(), QFont().family(), "Sans Serif", "sans-serif"}:
+        QFont.insertSubstitutions(family, families)  # Chinese in any widget falls back to it
+    return families[0]
 
 
 def keep_gc_on_ui_thread(app) -> None:

@@ -30,9 +30,20 @@ def icon(name: str, *, on_accent: bool = False) -> QIcon:
     colour = "white" if on_accent else (app.palette().color(QPalette.ButtonText).name() if app else "#333333")
     disabled = app.palette().color(QPalette.Disabled, QPalette.ButtonText).name() if app else "#999999"
     try:
-        return qtawesome.icon(NAMES.get(name, name), color=colour, color_disabled=disabled)
+        drawn = qtawesome.icon(NAMES.get(name, name), color=colour, color_disabled=disabled)
     except Exception:  # noqa: BLE001 -- an unknown name shows no icon rather than stopping the app
         return QIcon()
+    # Kept as plain pixmaps, and qtawesome's caches emptied: its cached icons (a Python icon engine)
+    # and QRawFonts, freed at interpreter exit after the QApplication, crashed the process as it ended.
+    out = QIcon()
+    for size in (16, 20, 24, 32, 48):
+        for mode in (QIcon.Normal, QIcon.Disabled, QIcon.Active, QIcon.Selected):
+            out.addPixmap(drawn.pixmap(size, size, mode), mode)
+    del drawn
+    font = qtawesome._instance()
+    font.icon_cache.clear()
+    font.rawfont_cache.clear()
+    return out
 
 
 _given: list = []  # (weak reference to the widget, name, on_accent) for each icon handed out by `give`

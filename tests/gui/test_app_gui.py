@@ -120,3 +120,21 @@ def test_the_app_has_its_icon_and_every_action_an_icon(qtbot, window):
     buttons = [b for page in pages for b in page.findChildren(QPushButton) if b.text() and b.text() != "×"]
     without = [b.text() for b in buttons if b.icon().isNull() and not b.isCheckable()]
     assert len(buttons) > 20 and without == [], without
+
+
+def test_a_machine_without_a_chinese_font_gets_the_bundled_one(qtbot, monkeypatch):
+    from PySide6.QtGui import QFont, QFontDatabase, QFontMetrics
+
+    from roost.gui.app import add_cjk_font
+    from tests.conftest import ROOT
+
+    data = (ROOT / "tests" / "data" / "cjk-sample.otf").read_bytes()
+    if QFontDatabase.families(QFontDatabase.WritingSystem.SimplifiedChinese):
+        assert add_cjk_font(data) is None  # a system font is there: nothing is added
+    monkeypatch.setattr(QFontDatabase, "families", staticmethod(lambda *a: []))  # as on a bare desktop
+    family = add_cjk_font(data)
+    assert family and "Noto Sans CJK" in family
+    assert family.lower() in QFont.substitutes(QFont().defaultFamily())  # (Qt keeps them in lower case)
+    assert QFontMetrics(QFont(family)).inFont("中")
+    monkeypatch.setattr("roost.core.paths.asset", lambda name: (_ for _ in ()).throw(OSError("no such file")))
+    assert add_cjk_font() is None  # a wheel install has no bundled font: nothing happens
