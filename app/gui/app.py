@@ -31,6 +31,7 @@ def create_window(start_engine: bool = True):
     settings = store.current
     set_language(settings.language or default_language())
     apply_theme(app, settings.theme)
+    follow_system_theme(app)
     add_cjk_font()
     apply_proxy(settings.proxy)
     win = MainWindow(settings=store)
@@ -44,6 +45,23 @@ def create_window(start_engine: bool = True):
     if start_engine:
         QTimer.singleShot(0, lambda: start_background(ctl))
     return win
+
+
+def follow_system_theme(app) -> None:
+    """With the theme setting "system", switch between light and dark when the system does."""
+    hints = app.styleHints()
+    if not hasattr(hints, "colorSchemeChanged") or getattr(app, "_roost_follows", False):
+        return
+    app._roost_follows = True
+
+    def changed(_scheme) -> None:
+        from roost.core.settings import load_settings
+        from roost.gui.theme import apply_theme
+
+        if load_settings().theme == "system":
+            apply_theme(app, "system")
+
+    hints.colorSchemeChanged.connect(changed)
 
 
 def set_app_icon(app) -> None:

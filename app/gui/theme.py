@@ -35,6 +35,12 @@ QFrame#card { border: 1px solid palette(mid); border-radius: 8px; background: pa
 QPushButton#primary { background: %(accent)s; color: white; border-radius: 5px; padding: 6px 14px;
                       min-height: 20px; }
 QPushButton#primary:disabled { background: palette(button); color: palette(placeholder-text); }
+QLineEdit, QPlainTextEdit { border: 1px solid palette(mid); border-radius: 6px; padding: 4px 6px;
+                            background: palette(base); }
+QLineEdit:focus, QPlainTextEdit:focus { border: 1px solid %(accent)s; }
+QTextBrowser { border: 1px solid palette(mid); border-radius: 8px; background: palette(base); padding: 4px; }
+QListWidget { border: 1px solid palette(mid); border-radius: 8px; background: palette(base); padding: 2px; }
+QListWidget#sidebar { background: transparent; }
 """
 
 
