@@ -108,6 +108,7 @@ END;
 EXPORT_FORMAT = "roost.conversations"
 EXPORT_VERSION = 1
 ROLES = ("user", "assistant")
+ASSISTANT_NAMES = ("rwkv", "assistant", "bot", "ai", "助手", "模型")  # "**Name:**" of a reply in Markdown
 
 
 class ConversationFileError(RoostError):
@@ -392,6 +393,45 @@ class ConversationStore:
                 out += ["<details><summary>Thinking</summary>", "", m.reasoning, "", "</details>", ""]
             out += [m.content, ""]
         return "\n".join(out)
+
+    def import_markdown(self, text: str) -> int:
+        """A conversation from Markdown as `to_markdown` writes it ("# title", "> system prompt",
+        "**Name:**" before each message, thinking in <details>): the id of the new one. The path
+        shown only (Markdown has no versions). Refused with ConversationFileError when no message
+        can be found."""
+        import re
+
+        lines = text.replace("\r\n", "\n").split("\n")
+        title, system, msgs = "", [], []
+        current = None
+        for line in lines:
+            head = re.fullmatch(r"\*\*(.{1,40}?)[:：]\*\*\s*", line)
+            if head:
+                name = head.group(1).strip()
+                current = {"role": "assistant" if name.lower() in ASSISTANT_NAMES else "user", "lines": []}
+                msgs.append(current)
+            elif current is not None:
+                current["lines"].append(line)
+            elif line.startswith("# ") and not title:
+                title = line[2:].strip()
+            elif line.startswith(">"):
+                system.append(line[1:].removeprefix(" "))
+        if not msgs:
+            raise _bad("no messages were found in it (Roost reads Markdown as it exports it: "
+                       "**You:** and **RWKV:** before each message)")
+        data = []
+        for n, m in enumerate(msgs):
+            body = "\n".join(m["lines"]).strip()
+            reasoning = ""
+            think = re.match(r"<details><summary>[^<]*</summary>\s*(.*?)\s*</details>\s*", body, re.S)
+            if think:
+                reasoning, body = think.group(1).strip(), body[think.end():].strip()
+            data.append({"id": n, "parent": n - 1 if n else None, "role": m["role"], "content": body,
+                         "reasoning": reasoning})
+        export = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "conversations": [
+            {"title": title or "Chat", "system": "\n".join(system).strip(), "messages": data,
+             "current": len(data) - 1}]}
+        return self.import_json(json.dumps(export))[0]
 
     def export(self, conv_ids: list[int]) -> dict:
         """Conversations as a JSON-ready dict: every version of every message, lossless."""

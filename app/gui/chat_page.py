@@ -392,7 +392,8 @@ class ChatPage(QWidget):
             self.ctl.show_error(tr("Could not write {path}: {why}", path=path, why=e.strerror or str(e)))
 
     def import_chats(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, tr("Import…"), "", tr("Roost chat (*.json)"))
+        path, _ = QFileDialog.getOpenFileName(self, tr("Import…"), "",
+                                              f'{tr("Roost chat (*.json)")};;{tr("Markdown (*.md)")}')
         if path:
             self.import_from(path)
 
@@ -402,7 +403,11 @@ class ChatPage(QWidget):
 
         try:
             with open(path, "rb") as f:
-                ids = self.ctl.store.import_json(f.read())
+                data = f.read()
+            if path.lower().endswith((".md", ".markdown", ".txt")):
+                ids = [self.ctl.store.import_markdown(data.decode("utf-8", errors="replace"))]
+            else:
+                ids = self.ctl.store.import_json(data)
         except (OSError, ConversationFileError) as e:
             self.ctl.show_error(str(e) if isinstance(e, ConversationFileError)
                                 else tr("Could not read {path}: {why}", path=path, why=e.strerror or str(e)))

@@ -135,12 +135,18 @@ def message_html(*, who: str, role: str, body_html: str, actions: list[tuple[str
                         f'{link("›", next_url)}')
     links = " &nbsp;·&nbsp; ".join(parts)
     name = f'<b>{html.escape(who)}</b>'
+    avatar_cell = f'<td width="40" valign="top"><img src="{avatar}" width="30" height="30"></td>'
+    bubble_table = (f'<table width="100%" cellspacing="0" cellpadding="10" '
+                    f'style="margin-top:4px; background-color:{bubble}; border:1px solid {palette.code_border};">'
+                    f'<tr><td>{thought_html}{body_html}</td></tr></table>')
+    if role == "user":  # the user's own words on the right, as in a messenger
+        return (f'<a name="{anchor}"></a>'
+                f'<table width="100%" cellspacing="0" cellpadding="0" style="margin-top:10px;">'
+                f'<tr><td width="12%"></td><td valign="top" align="right">{name}{bubble_table}'
+                f'<div align="right" style="font-size:small; margin-top:3px;">{links}</div></td>'
+                f'<td width="8"></td>{avatar_cell}</tr></table>')
     return (f'<a name="{anchor}"></a>'
             f'<table width="100%" cellspacing="0" cellpadding="0" style="margin-top:10px;">'
-            f'<tr><td width="40" valign="top"><img src="{avatar}" width="30" height="30"></td>'
-            f'<td valign="top">{name}'
-            f'<table width="100%" cellspacing="0" cellpadding="10" '
-            f'style="margin-top:4px; background-color:{bubble}; border:1px solid {palette.code_border};">'
-            f'<tr><td>{thought_html}{body_html}</td></tr></table>'
+            f'<tr>{avatar_cell}<td valign="top">{name}{bubble_table}'
             f'<div style="font-size:small; margin-top:3px;">{links}</div>'
-            f'</td></tr></table>')
+            f'</td><td width="4%"></td></tr></table>')

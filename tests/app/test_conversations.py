@@ -199,3 +199,20 @@ def test_a_damaged_file_is_kept_aside_and_a_newer_one_left_alone(tmp_path):
     assert "newer version of Roost" in notice and store.list() == []  # in memory this session
     raw = sqlite3.connect(db)
     assert raw.execute("SELECT title FROM conversations").fetchall() == [("fresh",)]
+
+
+def test_markdown_export_imports_again_and_other_text_is_refused(tmp_path):
+    s = ConversationStore(tmp_path / "c.sqlite")
+    c = s.new("西湖", system="Be brief.\nUse Chinese.")
+    s.append(c.id, "user", "What to see?")
+    s.append(c.id, "assistant", "**Su Causeway**.\n\n```python\nprint(1)\n```", reasoning="Think of sights.")
+    s.append(c.id, "user", "谢谢")
+    for names in (("You", "RWKV"), ("你", "RWKV")):
+        new = s.import_markdown(s.to_markdown(c.id, names))
+        assert s.get(new).title == "西湖" and s.get(new).system == "Be brief.\nUse Chinese."
+        got = [(m.role, m.content, m.reasoning) for m in s.messages(new)]
+        assert got == [(m.role, m.content, m.reasoning) for m in s.messages(c.id)]
+    before = len(s.list())
+    with pytest.raises(ConversationFileError, match="no messages were found"):
+        s.import_markdown("# Shopping list\n\n- eggs\n- milk\n")
+    assert len(s.list()) == before

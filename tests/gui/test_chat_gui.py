@@ -189,10 +189,12 @@ def test_chat_list_pin_delete_undo_and_import(qtbot, window, tmp_path):
     assert "**You:**\n\nhello" in (tmp_path / "alpha.md").read_text(encoding="utf-8")
     [new] = page.import_from(str(tmp_path / "alpha.json"))
     assert page.conv_id == new and [m.content for m in store.messages(new)] == ["hello"]
+    [from_md] = page.import_from(str(tmp_path / "alpha.md"))  # the readable export comes back too
+    assert store.get(from_md).title == "Alpha" and [m.content for m in store.messages(from_md)] == ["hello"]
     bad = tmp_path / "bad.json"
     bad.write_text('{"format": "roost.conversations", "version": 1, "conversations": [{"messages": 3}]}')
     assert page.import_from(str(bad)) == [] and "Nothing was imported" in win.ctl.error
-    assert len(chat_titles(page)) == 3
+    assert len(chat_titles(page)) == 4
 
 
 def test_failed_load_shows_the_error(qtbot, window, tmp_path):
