@@ -59,6 +59,7 @@ def render(out: Path, theme: str, lang: str, wanted) -> list[Path]:
     os.environ["ROOST_HOME"] = str(home)
     SettingsStore().update(language=lang, theme=theme)
     win = create_window(start_engine=False)
+    win.resize(1280, 800)  # every page is checked at this size (and the chat and models pages smaller and larger)
     app = QApplication.instance()
     title, turns, partial = SAMPLE[lang]
     conv = win.ctl.store.new(title)

@@ -116,6 +116,7 @@ class SettingsPage(QWidget):
         self.api_host.setMaximumWidth(220)
         form.addRow(tr("Host:"), self.api_host)
         self.api_port = QSpinBox(minimum=1, maximum=65535, value=s.api_port)
+        self.api_port.setMaximumWidth(140)
         form.addRow(tr("Port:"), self.api_port)
         self.api_key = QLineEdit(s.api_key, echoMode=QLineEdit.Password,
                                  placeholderText=tr("required when the host is not 127.0.0.1"))

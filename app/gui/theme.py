@@ -35,13 +35,31 @@ QFrame#card { border: 1px solid palette(mid); border-radius: 8px; background: pa
 QPushButton#primary { background: %(accent)s; color: white; border-radius: 5px; padding: 6px 14px;
                       min-height: 20px; }
 QPushButton#primary:disabled { background: palette(button); color: palette(placeholder-text); }
-QLineEdit, QPlainTextEdit { border: 1px solid palette(mid); border-radius: 6px; padding: 4px 6px;
-                            background: palette(base); }
-QLineEdit:focus, QPlainTextEdit:focus { border: 1px solid %(accent)s; }
+QLineEdit, QPlainTextEdit, QComboBox, QSpinBox, QDoubleSpinBox {
+    border: 1px solid palette(mid); border-radius: 6px; padding: 4px 6px; background: palette(base); }
+QLineEdit:focus, QPlainTextEdit:focus, QComboBox:focus, QSpinBox:focus, QDoubleSpinBox:focus {
+    border: 1px solid %(accent)s; }
+QComboBox::drop-down { border: none; width: 22px; }
+QComboBox::down-arrow { image: url(%(down)s); width: 14px; height: 14px; }
+QSpinBox::up-button, QSpinBox::down-button, QDoubleSpinBox::up-button, QDoubleSpinBox::down-button {
+    border: none; width: 18px; }
+QSpinBox::up-arrow, QDoubleSpinBox::up-arrow { image: url(%(up)s); width: 12px; height: 12px; }
+QSpinBox::down-arrow, QDoubleSpinBox::down-arrow { image: url(%(down)s); width: 12px; height: 12px; }
 QTextBrowser { border: 1px solid palette(mid); border-radius: 8px; background: palette(base); padding: 4px; }
 QListWidget { border: 1px solid palette(mid); border-radius: 8px; background: palette(base); padding: 2px; }
 QListWidget#sidebar { background: transparent; }
 """
+
+
+def _icon_path(name: str) -> str:
+    """A bundled icon's file path for a style sheet ("" if it is not a plain file)."""
+    from roost.core.paths import asset
+
+    try:
+        path = str(asset("icons/" + name))
+    except (OSError, ModuleNotFoundError):
+        return ""
+    return path.replace("\\", "/")
 
 
 def is_dark(palette: QPalette) -> bool:
@@ -66,5 +84,6 @@ def apply_theme(app: QApplication, theme: str) -> str:
     pal.setColor(QPalette.Disabled, QPalette.Text, QColor("#7f8388"))
     pal.setColor(QPalette.Disabled, QPalette.ButtonText, QColor("#7f8388"))
     app.setPalette(pal)
-    app.setStyleSheet(SHEET % {"accent": ACCENT})
+    app.setStyleSheet(SHEET % {"accent": ACCENT, "down": _icon_path("chevron-down.svg"),
+                               "up": _icon_path("chevron-up.svg")})
     return theme
