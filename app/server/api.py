@@ -133,16 +133,15 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
         return model_id or info.path.stem
 
     def check_model(body: dict) -> str:
+        """The model that answers: Roost serves one, so any name (a client's default such as
+        gpt-3.5-turbo, a name the user typed) or none gets it, and the response carries its real id."""
         name = body.get("model")
-        if not isinstance(name, str) or not name:
-            raise ApiError(400, "You must provide a model parameter.", param="model", code="missing_required_parameter")
-        info = runtime.info
-        if info is None:
+        if name is not None and not isinstance(name, str):
+            raise ApiError(400, "model must be a string (the name of a model; any name gets the loaded one).",
+                           param="model", code="invalid_type")
+        if runtime.info is None:
             raise ApiError(503, "No model is loaded in Roost. Load one first.", type="server_error",
                            code="model_not_loaded")
-        if name not in (current_id(), info.name):
-            raise ApiError(404, f"The model `{name}` does not exist. This server serves `{current_id()}`.",
-                           param="model", code="model_not_found")
         return current_id()
 
     async def read_json(request: Request) -> dict:
