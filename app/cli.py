@@ -128,6 +128,10 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--api-key", default=None,
                     help="clients must send 'Authorization: Bearer KEY' (default: $ROOST_API_KEY)")
+    sv.add_argument("--allow-origin", action="append", default=None, metavar="ORIGIN",
+                    help="also let web pages of ORIGIN call the API (e.g. https://chat.example.org, or null); "
+                         "local pages, desktop apps and browser extensions always may (repeatable; "
+                         "also Settings: api_allow_origins)")
     sv.add_argument("--model-id", default=None, help="the model name clients use (default: the file name)")
     sv.add_argument("--max-queue", type=int, default=64, help="requests that may wait; more get 503 (default 64)")
     sv.add_argument("--max-tokens-limit", type=int, default=4096, help="the most max_tokens a request may ask")

@@ -57,6 +57,7 @@ class Settings:
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     api_key: str = ""
+    api_allow_origins: tuple[str, ...] = ()  # web origins that may call the API besides local pages and apps
     last_model: str = ""  # the app reloads it on start
     geometry: str = ""  # the window's, as Qt saves it
     extra: Mapping[str, object] = field(default_factory=lambda: _frozen({}), compare=False)  # unknown keys
@@ -107,7 +108,7 @@ class Settings:
             if f.name == "extra":
                 continue
             value = getattr(self, f.name)
-            out[f.name] = dict(value) if isinstance(value, Mapping) else value
+            out[f.name] = dict(value) if isinstance(value, Mapping) else list(value) if isinstance(value, tuple) else value
         return out
 
     @classmethod
@@ -127,7 +128,7 @@ class Settings:
 _FIELDS = {f.name for f in fields(Settings)}
 # what `roost settings set` may change (the rest is the app's own bookkeeping)
 EDITABLE = ("models_dir", "source", "hf_token", "proxy", "language", "theme", "send_key", "default_strategy",
-            "api_host", "api_port", "api_key", *(f"sampling.{k}" for k in SAMPLING_KEYS))
+            "api_host", "api_port", "api_key", "api_allow_origins", *(f"sampling.{k}" for k in SAMPLING_KEYS))
 SECRET = ("hf_token", "api_key")
 
 
@@ -196,6 +197,23 @@ def _validate(key: str, value, *, checking_folder: bool = True):
             raise SettingsError(f"api_port cannot be '{value}'. Allowed: a number from 1 to 65535.\n"
                                 f"api_port 必须是 1 到 65535 之间的数字。")
         return port
+    if key == "api_allow_origins":
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise SettingsError("api_allow_origins is a list of web origins such as https://chat.example.org.")
+        out = []
+        for item in items:
+            origin = str(item).strip().rstrip("/")
+            if not origin:
+                continue
+            parts = urlsplit(origin)
+            if origin != "null" and not (parts.scheme and parts.netloc and not parts.path):
+                raise SettingsError(f"api_allow_origins cannot hold '{origin}'. Give origins such as "
+                                    "https://chat.example.org or http://192.168.1.5:3000 (scheme and host, no "
+                                    "path), or null, separated by commas.\n"
+                                    f"“{origin}”不是有效的来源，例如 https://chat.example.org（只写协议和主机，不带路径），用逗号分隔。")
+            out.append(origin)
+        return tuple(out)
     if key == "api_host":
         v = text()
         if not v:
@@ -365,6 +383,8 @@ def describe(settings: Settings) -> list[tuple[str, str]]:
             shown = value or "(none: the system's, if any)"
         elif key == "language":
             shown = value or "(the system's)"
+        elif key == "api_allow_origins":
+            shown = ", ".join(value) or "(none: pages of this computer, desktop apps and browser extensions only)"
         else:
             shown = str(value)
         rows.append((key, shown))

@@ -315,7 +315,7 @@ class Controller(QObject):
             self.statusChanged.emit()
 
     # --- the local API server ------------------------------------------------------------------
-    def start_api(self, host: str, port: int, key: str) -> bool:
+    def start_api(self, host: str, port: int, key: str, origins: str | None = None) -> bool:
         """Serve the loaded model through the OpenAI-compatible API (app/server). Checks run here;
         binding, imports and start-up run in the background. False (with `api_status` saying why)
         when it cannot start."""
@@ -329,8 +329,11 @@ class Controller(QObject):
             return self._api_failed(split_bilingual(str(e)))
         try:
             self.settings.update(api_host=host, api_port=port, api_key=key)
+            if origins is not None:
+                self.settings.update(api_allow_origins=origins)
         except (ValueError, OSError) as e:
             return self._api_failed(split_bilingual(str(e)))
+        allow_origins = self.settings.current.api_allow_origins
         from roost.gui.sampling import defaults
 
         sampling = defaults(self.settings.current)
@@ -345,7 +348,8 @@ class Controller(QObject):
             from roost.server.run import ApiServer
 
             return ApiServer(runtime, host=host, port=port, api_key=key or None, chat_defaults=chat_defaults,
-                             chat_max_tokens=int(sampling.get("max_tokens", 1024))).start()
+                             chat_max_tokens=int(sampling.get("max_tokens", 1024)),
+                             allow_origins=allow_origins).start()
 
         def started(server) -> None:
             self.api_server = server

@@ -122,6 +122,11 @@ class SettingsPage(QWidget):
                                  placeholderText=tr("required when the host is not 127.0.0.1"))
         self.api_key.setMaximumWidth(320)
         form.addRow(tr("API key:"), self.api_key)
+        self.api_origins = QLineEdit(", ".join(s.api_allow_origins),
+                                     placeholderText=tr("e.g. https://chat.example.org (comma-separated)"))
+        self.api_origins.setToolTip(tr("Pages of this computer, desktop apps (Obsidian, VS Code, Tauri) and browser "
+                                       "extensions may always call the API; other websites only when listed here."))
+        form.addRow(tr("Also allow web pages from:"), self.api_origins)
         self.api_status = QLabel(objectName="hint", wordWrap=True,
                                  textInteractionFlags=Qt.TextSelectableByMouse)
         form.addRow(self.api_status)
@@ -130,7 +135,8 @@ class SettingsPage(QWidget):
 
     def _api_toggled(self, on: bool) -> None:
         if on:
-            self.ctl.start_api(self.api_host.text().strip(), self.api_port.value(), self.api_key.text().strip())
+            self.ctl.start_api(self.api_host.text().strip(), self.api_port.value(), self.api_key.text().strip(),
+                               self.api_origins.text().strip())
         else:
             self.ctl.stop_api(wait=False)
         self._api_changed()
@@ -138,7 +144,7 @@ class SettingsPage(QWidget):
     def _api_changed(self) -> None:
         """The switch, the fields (fixed while the server starts or runs) and its status line."""
         busy = self.ctl.api_busy()
-        for w in (self.api_host, self.api_port, self.api_key):
+        for w in (self.api_host, self.api_port, self.api_key, self.api_origins):
             w.setEnabled(not busy)
         if self.api_switch.isChecked() != busy:
             self.api_switch.blockSignals(True)

@@ -53,12 +53,25 @@ KEEPALIVE_SECONDS = 15.0  # an SSE comment while a streaming request waits its t
 # the engine's one set of sampling defaults (the app's too); a request overrides any of them
 CHAT_DEFAULTS, COMPLETION_DEFAULTS = CHAT_SAMPLING, COMPLETION_SAMPLING
 FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
-# web pages this computer serves (a local chat UI); without an API key, pages from anywhere else
-# may not drive the model through the visitor's browser
+# Where browser-based clients run: pages this computer serves (a local chat UI, on any port),
+# desktop apps built on web views (Obsidian app://, Tauri, VS Code webviews, file://) and browser
+# extensions. Without an API key, pages of any other website, and `Origin: null` (a sandboxed frame
+# of any site sends it), may not drive the model through the visitor's browser unless the user
+# allows them (`allow_origins`: roost serve --allow-origin, Settings).
 LOCAL_ORIGIN = r"[a-z][a-z0-9+.-]*://(localhost|127(\.[0-9]{1,3}){3}|\[::1\])(:[0-9]+)?"
+CLIENT_ORIGINS = "|".join([
+    LOCAL_ORIGIN,
+    r"app://[^/\s]+",
+    r"file://",
+    r"tauri://localhost",
+    r"https?://tauri\.localhost(:[0-9]+)?",
+    r"vscode-webview://[^/\s]+",
+    r"(chrome-extension|moz-extension|safari-web-extension)://[^/\s]+",
+])
 
 
 def create_app(runtime, *, model_id: str | None = None, api_key: str | None = None, max_queue: int = 64,
+               allow_origins: tuple[str, ...] = (),
                max_body_bytes: int = MAX_BODY_BYTES, max_tokens_limit: int = MAX_TOKENS_LIMIT,
                chat_max_tokens: int = CHAT_MAX_TOKENS, cache: PrefixCache | None = None,
                cache_entries: int | None = None, cache_bytes: int | None = None,
@@ -67,7 +80,9 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
 
     ``model_id`` is the name clients use (default: the loaded file's name without extension; the
     full file name is accepted too). With ``api_key`` every request must carry
-    ``Authorization: Bearer <api_key>``. ``app.state.roost`` is the :class:`Worker` (stats)."""
+    ``Authorization: Bearer <api_key>``. ``allow_origins``: web origins allowed besides
+    CLIENT_ORIGINS (exact, e.g. ``https://chat.example.org`` or ``null``); with an API key every
+    origin is. ``app.state.roost`` is the :class:`Worker` (stats)."""
     if cache is None and (cache_entries is not None or cache_bytes is not None):  # limits of its own
         cache = PrefixCache(32 if cache_entries is None else cache_entries,
                             512 * 2 ** 20 if cache_bytes is None else cache_bytes)
@@ -84,11 +99,15 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
 
     app = FastAPI(title="Roost", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.roost = worker
+    # Chrome's Private Network Access: a page asks before it may reach this computer; say yes to those allowed
     if api_key is None:
-        app.add_middleware(CORSMiddleware, allow_origin_regex=LOCAL_ORIGIN, allow_methods=["*"], allow_headers=["*"])
-        app.add_middleware(_LocalOriginsOnly)
+        extra = tuple(o.strip() for o in allow_origins if o.strip())
+        app.add_middleware(CORSMiddleware, allow_origin_regex=f"(?i:{CLIENT_ORIGINS})", allow_origins=extra,
+                           allow_methods=["*"], allow_headers=["*"], allow_private_network=True)
+        app.add_middleware(_ClientOriginsOnly, extra)
     else:  # the key protects it: any page that has the key may call it
-        app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
+        app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"],
+                           allow_private_network=True)
 
     # --- errors: always OpenAI-style JSON ------------------------------------------------------
     @app.exception_handler(ApiError)
@@ -325,20 +344,22 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
     return app
 
 
-class _LocalOriginsOnly:
-    """Refuse requests that a web page from another site makes through the visitor's browser
-    (they carry its Origin): otherwise any site could use the model of whoever visits it."""
+class _ClientOriginsOnly:
+    """Refuse requests that a web page of another site makes through the visitor's browser (they
+    carry its Origin): otherwise any site could use the model of whoever visits it."""
 
-    def __init__(self, app):
+    def __init__(self, app, extra: tuple[str, ...] = ()):
         self.app = app
-        self.local = re.compile(LOCAL_ORIGIN, re.IGNORECASE)
+        self.allowed = re.compile(CLIENT_ORIGINS, re.IGNORECASE)
+        self.extra = set(extra)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
             origin = dict(scope.get("headers") or ()).get(b"origin", b"").decode("latin-1")
-            if origin and not self.local.fullmatch(origin):
+            if origin and origin not in self.extra and not self.allowed.fullmatch(origin):
                 error = ApiError(403, f"Requests from web pages of {origin} are refused. Pages served from this "
-                                      "computer may call the API; set an API key to allow others.",
+                                      "computer, desktop apps and browser extensions may call the API; allow "
+                                      f"{origin} (roost serve --allow-origin, or Settings), or set an API key.",
                                  code="origin_not_allowed")
                 await error.response()(scope, receive, send)
                 return

@@ -188,8 +188,12 @@ def serve_cli(args) -> int:
     runtime = Runtime(LoadOptions.from_env())
     info = runtime.load(path, strategy)
     print(f"{info.label}, loaded in {info.seconds:.1f} s", file=sys.stderr, flush=True)
+    from roost.core.settings import load_settings
+
+    origins = tuple(args.allow_origin or ()) + tuple(load_settings().api_allow_origins)
     server = ApiServer(runtime, host=args.host, port=args.port, api_key=api_key, log_level=args.log_level,
-                       model_id=args.model_id, max_queue=args.max_queue, max_tokens_limit=args.max_tokens_limit)
+                       model_id=args.model_id, max_queue=args.max_queue, max_tokens_limit=args.max_tokens_limit,
+                       allow_origins=origins)
     model_id = args.model_id or path.stem
 
     def announce() -> None:  # only once the socket is bound: a URL printed is a URL that answers

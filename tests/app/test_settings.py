@@ -47,6 +47,8 @@ def test_defaults_changes_and_what_is_written(home):
     ("proxy", "ftp://host", "http://127.0.0.1:7890"),
     ("default_strategy", "warp9", "'cpu int8'"),
     ("sampling", {"top_p": 3}, "top_p must be between 0 and 1"),
+    ("api_allow_origins", "https://chat.example.org/page", "scheme and host, no path"),
+    ("send_key", "space", "Allowed: enter, ctrl"),
     ("nonsense", 1, "Settings:"),
 ])
 def test_a_bad_value_is_refused_with_the_allowed_ones_and_changes_nothing(home, key, value, allowed):
@@ -55,6 +57,12 @@ def test_a_bad_value_is_refused_with_the_allowed_ones_and_changes_nothing(home, 
     with pytest.raises(SettingsError, match=allowed.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
         store.update(**{key: value})
     assert store.current.theme == "light" and SettingsStore().current == store.current
+
+
+def test_allowed_web_origins_are_kept_as_a_list(home):
+    store = SettingsStore()
+    store.update(api_allow_origins=" https://chat.example.org/, null ,")
+    assert SettingsStore().current.api_allow_origins == ("https://chat.example.org", "null")
 
 
 def test_a_damaged_file_gives_defaults_a_notice_and_a_kept_copy(home):

@@ -236,3 +236,42 @@ def test_ctrl_c_in_chat_stops_the_reply_and_the_chat_goes_on(make_checkpoint):
         p.kill()
     assert p.returncode == 0, err
     assert "[stopped" in seen + out and (seen + out).count("Assistant:") == 2 and "Traceback" not in err
+
+
+def test_serve_lets_in_the_websites_the_user_allows(make_checkpoint, tmp_path):
+    """`roost serve --allow-origin` and the saved api_allow_origins both reach the server."""
+    import json
+    import socket
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    home = tmp_path / "home"
+    _save_settings(home, api_allow_origins=["https://saved.example.org"])
+    env = {**os.environ, "ROOST_HOME": str(home)}
+    p = subprocess.Popen([sys.executable, "-m", "roost", "serve", "--model", str(make_checkpoint("v7.0")),
+                          "--port", str(port), "--allow-origin", "https://flag.example.org"],
+                         stderr=subprocess.PIPE, text=True, env=env, cwd=tempfile.gettempdir())
+    try:
+        for line in p.stderr:
+            if "OpenAI-compatible API at" in line:
+                break
+
+        def status(origin):
+            body = json.dumps({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}).encode()
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
+                                         headers={"Origin": origin, "Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=60) as r:
+                    return r.status
+            except urllib.error.HTTPError as e:
+                return e.code
+
+        assert status("https://flag.example.org") == 200
+        assert status("https://saved.example.org") == 200
+        assert status("https://other.example.org") == 403
+    finally:
+        p.terminate()
+        p.wait(30)

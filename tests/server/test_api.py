@@ -294,13 +294,59 @@ def test_bad_requests_get_openai_error_objects(client, model, server):
     assert server.worker.failed == 0
 
 
-def test_web_pages_of_other_sites_are_refused(server, model):
+CLIENT_ORIGINS = ["http://localhost:3000", "http://127.0.0.1:5173", "https://[::1]:8443", "app://obsidian.md",
+                  "file://", "tauri://localhost", "http://tauri.localhost", "https://tauri.localhost",
+                  "vscode-webview://1c3b5s8q9r", "chrome-extension://jfedfbgedapdagkghmgibemcoggfppbb",
+                  "moz-extension://0b9d8f5a-1111-2222-3333-444455556666", "safari-web-extension://ABCD-1234"]
+
+
+def preflight(url, origin, pna=False):
+    headers = {"Origin": origin, "Access-Control-Request-Method": "POST",
+               "Access-Control-Request-Headers": "content-type, authorization"}
+    if pna:
+        headers["Access-Control-Request-Private-Network"] = "true"
+    return httpx2.options(f"{url}/chat/completions", headers=headers, timeout=30)
+
+
+def test_browser_clients_are_let_in_and_other_websites_refused(server, model):
+    """Extensions (Page Assist), Obsidian plugins, VS Code webviews, Tauri apps and local pages call
+    the API from a browser engine; any other website, or a sandboxed frame (Origin: null), may not."""
     body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
-    r = httpx2.post(f"{server.base_url}/chat/completions", json=body, headers={"Origin": "https://evil.example"})
-    assert r.status_code == 403 and r.json()["error"]["code"] == "origin_not_allowed"
-    r = httpx2.post(f"{server.base_url}/chat/completions", json=body, headers={"Origin": "http://localhost:3000"},
-                    timeout=30)
-    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://localhost:3000"
+    url = server.base_url
+    for origin in CLIENT_ORIGINS:
+        r = preflight(url, origin, pna=True)  # Chrome asks before a page may reach this computer
+        assert r.status_code == 200, (origin, r.text)
+        assert r.headers["access-control-allow-origin"] == origin
+        assert r.headers["access-control-allow-private-network"] == "true"
+    r = httpx2.post(f"{url}/chat/completions", json=body, headers={"Origin": "chrome-extension://abc"}, timeout=30)
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "chrome-extension://abc"
+    for origin in ("https://evil.example", "null", "http://localhost.evil.example", "app://x/../evil"):
+        r = httpx2.post(f"{url}/chat/completions", json=body, headers={"Origin": origin}, timeout=30)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "origin_not_allowed", origin
+        assert "--allow-origin" in r.json()["error"]["message"]
+        assert "access-control-allow-origin" not in preflight(url, origin).headers
+
+
+def test_the_user_may_allow_a_website_and_a_key_allows_any(runtime, model):
+    body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    srv = ApiServer(runtime, port=0, allow_origins=("https://chat.example.org", "null")).start()
+    try:
+        for origin in ("https://chat.example.org", "null"):
+            r = httpx2.post(f"{srv.base_url}/chat/completions", json=body, headers={"Origin": origin}, timeout=30)
+            assert r.status_code == 200 and r.headers["access-control-allow-origin"] == origin
+        r = httpx2.post(f"{srv.base_url}/chat/completions", json=body, headers={"Origin": "https://other.org"})
+        assert r.status_code == 403
+    finally:
+        srv.stop()
+    srv = ApiServer(runtime, port=0, api_key="k").start()  # the key protects it: any page with the key
+    try:
+        r = preflight(srv.base_url, "https://anywhere.example", pna=True)
+        assert r.status_code == 200 and r.headers["access-control-allow-private-network"] == "true"
+        r = httpx2.post(f"{srv.base_url}/chat/completions", json=body, timeout=30,
+                        headers={"Origin": "https://anywhere.example", "Authorization": "Bearer k"})
+        assert r.status_code == 200
+    finally:
+        srv.stop()
 
 
 def test_api_key(runtime, model):
