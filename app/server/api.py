@@ -31,7 +31,7 @@ from fastapi.responses import StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from roost.engine.sampling import CHAT_SAMPLING, COMPLETION_SAMPLING
-from roost.server import fields
+from roost.server import fields, tools
 from roost.engine.resume import PrefixCache
 from roost.server.fields import ApiError
 from roost.server.jobs import (
@@ -243,10 +243,15 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
         name = check_model(body)
         messages = fields.messages(body.get("messages"))
         fields.unsupported(body, chat=True)
+        offered = tools.parse(body)
+        lead = ""
+        if offered is not None and offered.active:  # listed in the System turn, as G1 models learned
+            messages = with_system(messages, offered.system_text())
+            lead = offered.reply_lead()
         stream, include_usage = fields.stream_flags(body)
         params = fields.sampling(body, chat_defaults, default_max=min(chat_max_tokens, max_tokens_limit),
                            limit=max_tokens_limit, chat=True)
-        job = Job(lambda model, info: chat_tokens(model, info, messages), params, stops=chat_stops,
+        job = Job(lambda model, info: chat_tokens(model, info, messages, lead), params, stops=chat_stops,
                   stream=stream)
         submit(job)
         rid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
@@ -256,28 +261,54 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
                          "system_fingerprint": None,
                          "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]})
 
+        def reply_of(text: str):
+            """(message fields, finish reason) of a whole reply: tool calls when it is written as one."""
+            calls = tools.read_calls(text, offered) if offered is not None and offered.active else None
+            if calls:
+                return {"content": None, "tool_calls": calls}, "tool_calls"
+            return {"content": text.strip() if lead else text.lstrip()}, None
+
         if not stream:
             outcome = await outcome_of(job, request)
             if outcome is None:
                 raise ApiError(499, "The client closed the request.", code="client_closed_request")
+            message, finish = reply_of(lead + outcome.text)
             return {"id": rid, "object": "chat.completion", "created": now, "model": name, "system_fingerprint": None,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": outcome.text.lstrip(),
-                                                         "refusal": None},
-                                 "logprobs": None, "finish_reason": FINISH[outcome.finish_reason]}],
+                    "choices": [{"index": 0, "message": {"role": "assistant", **message, "refusal": None},
+                                 "logprobs": None, "finish_reason": finish or FINISH[outcome.finish_reason]}],
                     "usage": usage(outcome)}
 
         async def events() -> AsyncIterator[str]:
             begun = False  # the reply's leading space (after "Assistant:") is not part of it
+            held = lead if offered is not None and offered.active else None  # a reply that may be a call waits
             async for kind, value in _stream_events(job, request):
                 if kind == "started":
                     yield chunk({"role": "assistant", "content": ""})
                 elif kind == "piece":
+                    if held is not None:
+                        held += value
+                        if tools.might_be_a_call(held):
+                            continue
+                        value, held = held, None  # plain text after all: send what was held
                     text = value if begun else value.lstrip()
                     if text:
                         begun = True
                         yield chunk({"content": text})
                 elif kind == "done":
-                    yield chunk({}, FINISH[value.finish_reason])
+                    finish = FINISH[value.finish_reason]
+                    if held is not None:
+                        message, called = reply_of(held)
+                        if called:
+                            for i, call in enumerate(message["tool_calls"]):
+                                yield chunk({"tool_calls": [{"index": i, "id": call["id"], "type": "function",
+                                                             "function": {"name": call["function"]["name"],
+                                                                          "arguments": ""}}]})
+                                yield chunk({"tool_calls": [{"index": i, "function": {
+                                    "arguments": call["function"]["arguments"]}}]})
+                            finish = called
+                        elif message["content"]:
+                            yield chunk({"content": message["content"]})
+                    yield chunk({}, finish)
                     if include_usage:
                         yield _sse({"id": rid, "object": "chat.completion.chunk", "created": now, "model": name,
                                     "system_fingerprint": None, "choices": [], "usage": usage(value)})
@@ -342,6 +373,15 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
         return sse_response(events())
 
     return app
+
+
+def with_system(messages: list[tuple[str, str]], text: str) -> list[tuple[str, str]]:
+    """`text` added to the conversation's system prompt (a System turn of its own if it has none)."""
+    if not text:
+        return messages
+    if messages and messages[0][0] == "system":
+        return [("system", f"{messages[0][1].strip()}\n{text}".strip()), *messages[1:]]
+    return [("system", text), *messages]
 
 
 class _ClientOriginsOnly:

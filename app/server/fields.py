@@ -121,13 +121,44 @@ def messages(raw) -> list[tuple[str, str]]:
         role = m.get("role")
         if role == "developer":
             role = "system"
+        if role in ("tool", "function"):  # a tool's result: the G1 format's "Function output:" user turn
+            text = content(m.get("content"), f"{where}.content", role)
+            if out and out[-1][0] == "user" and out[-1][1].startswith(FUNCTION_OUTPUT):
+                out[-1] = ("user", out[-1][1] + "\n" + text)
+            else:
+                out.append(("user", FUNCTION_OUTPUT + text))
+            continue
         if role not in ("system", "user", "assistant"):
-            if role in ("tool", "function"):
-                raise ApiError(400, f"'{where}.role' is '{role}': this server has no tool calling; use system, "
-                                    "user and assistant messages.", param=f"{where}.role", code="invalid_value")
             raise ApiError(400, f"Invalid value for '{where}.role': {role!r}. Supported values are: 'system', "
-                                "'developer', 'user' and 'assistant'.", param=f"{where}.role", code="invalid_value")
-        out.append((role, content(m.get("content"), f"{where}.content", role)))
+                                "'developer', 'user', 'assistant' and 'tool'.", param=f"{where}.role",
+                           code="invalid_value")
+        text = content(m.get("content"), f"{where}.content", role)
+        if role == "assistant" and (m.get("tool_calls") or m.get("function_call")):
+            text = "\n".join(filter(None, [text, *_calls(m, where)]))
+        out.append((role, text))
+    return out
+
+
+FUNCTION_OUTPUT = "Function output:\n"
+
+
+def _calls(m: dict, where: str) -> list[str]:
+    """An assistant message's earlier tool calls, as the model writes them."""
+    from roost.server.tools import call_text
+
+    calls = m.get("tool_calls") or []
+    if m.get("function_call"):
+        calls = [{"function": m["function_call"]}]
+    if not isinstance(calls, list):
+        raise ApiError(400, f"'{where}.tool_calls' must be an array.", param=f"{where}.tool_calls",
+                       code="invalid_type")
+    out = []
+    for i, call in enumerate(calls):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise ApiError(400, f"'{where}.tool_calls[{i}]' needs a function with a name.",
+                           param=f"{where}.tool_calls[{i}]", code="invalid_value")
+        out.append(call_text(fn["name"], fn.get("arguments") or {}))
     return out
 
 
@@ -186,8 +217,6 @@ def unsupported(body: dict, *, chat: bool) -> None:
     ]
     if chat:
         checks += [
-            ("tools", lambda v: bool(v), "Tool calling is not supported by this server."),
-            ("functions", lambda v: bool(v), "Function calling is not supported by this server."),
             ("response_format", lambda v: isinstance(v, dict) and v.get("type") not in (None, "text"),
              "Only the 'text' response format is supported."),
         ]

@@ -58,12 +58,13 @@ def chat_format(model, info):
     return fmt, fmt.reply_prefix()
 
 
-def chat_tokens(model, info, messages: Sequence[tuple[str, str]]) -> list[int]:
+def chat_tokens(model, info, messages: Sequence[tuple[str, str]], lead: str = "") -> list[int]:
     """Token ids of a chat transcript that ends where the assistant's reply begins.
 
     Each turn is tokenised on its own, and an assistant turn as the reply prefix, then its text:
     the same pieces as when that reply was generated. So the prompt of a continued chat starts
     with exactly the tokens of the previous request's prompt, and the prefix cache finds it.
+    ``lead``: text the reply is begun with (a tool call's opening, roost.server.tools).
     """
     from roost.engine.prompts import Message, clean
 
@@ -75,7 +76,7 @@ def chat_tokens(model, info, messages: Sequence[tuple[str, str]]) -> list[int]:
             ids += enc(prefix) + enc(" " + clean(content)) + enc("\n\n")
         else:
             ids += enc(fmt.turn(Message(role, content)))
-    return ids + enc(prefix)
+    return ids + enc(prefix) + (enc(" " + lead) if lead else [])
 
 
 def chat_stops(model, info) -> tuple[str, ...]:

@@ -258,7 +258,7 @@ def test_bad_requests_get_openai_error_objects(client, model, server):
         ({"model": 5, "messages": [{"role": "user", "content": "Hi"}]}, 400, "model"),
         ({"model": model, "messages": []}, 400, "messages"),
         ({"model": model, "messages": [{"role": "wizard", "content": "Hi"}]}, 400, "messages[0].role"),
-        ({"model": model, "messages": [{"role": "tool", "content": "Hi"}]}, 400, "messages[0].role"),
+        ({"model": model, "messages": [{"role": "tool", "content": 5}]}, 400, "messages[0].content"),
         ({"model": model, "messages": [{"role": "user", "content": 5}]}, 400, "messages[0].content"),
         ({"model": model, "messages": [{"role": "user", "content": "Hi"}], "temperature": "hot"}, 400, "temperature"),
         ({"model": model, "messages": [{"role": "user", "content": "Hi"}], "temperature": 9}, 400, "temperature"),
@@ -267,7 +267,7 @@ def test_bad_requests_get_openai_error_objects(client, model, server):
         ({"model": model, "messages": [{"role": "user", "content": "Hi"}], "n": 3}, 400, "n"),
         ({"model": model, "messages": [{"role": "user", "content": "Hi"}], "stop": [1]}, 400, "stop"),
         ({"model": model, "messages": [{"role": "user", "content": "Hi"}], "tools": [{"type": "function"}]},
-         400, "tools"),
+         400, "tools[0]"),
     ]
     for body, status, param in cases:
         r = httpx2.post(f"{url}/chat/completions", json=body, timeout=30)

@@ -1,0 +1,171 @@
+"""Tool calling in the RWKV-7 G1 format, through the official openai client.
+
+The model's reply is scripted (its generation replaced) so that each test knows what the model
+"wrote"; the prompt the model was given is captured and checked against the G1 template."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+
+from roost.core.runtime import Runtime
+from roost.server import tools
+from roost.server.fields import ApiError
+from roost.server.run import ApiServer
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+CLOCK = {"type": "function", "function": {"name": "get_time", "description": "The time now", "parameters": {}}}
+
+
+@pytest.fixture(scope="module")
+def runtime(make_checkpoint):
+    rt = Runtime()
+    rt.load(make_checkpoint("v7.0"), "cpu fp32")
+    yield rt
+    rt.unload()
+
+
+@pytest.fixture(scope="module")
+def server(runtime):
+    srv = ApiServer(runtime, port=0).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0, timeout=60)
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    """The model 'writes' `reply["text"]` (in pieces); `reply["prompt"]` is the prompt it was given."""
+    from roost.engine import resume
+    from roost.engine.generate import GenerationResult
+
+    reply = {"text": "", "prompt": ""}
+
+    def fake(model, cache, ids, params, *, stop_flag=None, on_piece=None, **_kw):
+        reply["prompt"] = model.tokenizer.decode(list(ids))
+        text = reply["text"]
+        for i in range(0, len(text), 7):
+            if on_piece is not None:
+                on_piece(text[i:i + 7])
+        result = GenerationResult(text=text, tokens=[1] * max(1, len(text) // 4), finish_reason="stop",
+                                  prompt_tokens=len(ids))
+        return resume.Resumed(result, len(ids), 0, len(ids))
+
+    monkeypatch.setattr(resume, "generate_resumed", fake)
+    return reply
+
+
+def test_a_call_in_the_g1_form_comes_back_as_tool_calls(client, scripted, runtime):
+    scripted["text"] = ' ```json\n{"name":"get_weather","arguments":{"city":"Hangzhou"}}\n```'
+    r = client.chat.completions.create(model="any", tools=[WEATHER, CLOCK],
+                                       messages=[{"role": "user", "content": "Weather in Hangzhou?"}])
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    call = choice.message.tool_calls[0]
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Hangzhou"}
+    prompt = scripted["prompt"]  # the tools listed in the System turn, as the template shows
+    assert prompt.startswith("System: Tools:\n[\n{\"name\":\"get_weather\"")
+    assert '"arguments":{"city":{"type":"string"}}' in prompt and tools.OFFER in prompt
+    assert prompt.endswith("User: Weather in Hangzhou?\n\nAssistant:")
+
+    # the result goes back as a "Function output:" user turn, the call as the assistant wrote it
+    scripted["text"] = " It is sunny in Hangzhou."
+    r = client.chat.completions.create(model="any", tools=[WEATHER], messages=[
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Weather in Hangzhou?"},
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": '{"sky":"sunny"}'}])
+    assert r.choices[0].finish_reason == "stop" and r.choices[0].message.content == "It is sunny in Hangzhou."
+    prompt = scripted["prompt"]
+    assert prompt.startswith("System: Be brief.\nTools:")
+    assert 'Assistant: ```json\n{"name":"get_weather","arguments":{"city":"Hangzhou"}}\n```' in prompt
+    assert prompt.endswith('User: Function output:\n{"sky":"sunny"}\n\nAssistant:')
+
+
+def test_auto_lets_the_model_answer_and_none_hides_the_tools(client, scripted):
+    scripted["text"] = " Hello! How can I help?"
+    r = client.chat.completions.create(model="any", tools=[WEATHER], messages=[{"role": "user", "content": "Hi"}])
+    assert r.choices[0].finish_reason == "stop" and r.choices[0].message.content == "Hello! How can I help?"
+    assert not r.choices[0].message.tool_calls
+    scripted["text"] = ' {"name":"get_weather","arguments":{"city":"Paris"}}'
+    r = client.chat.completions.create(model="any", tools=[WEATHER], tool_choice="none",
+                                       messages=[{"role": "user", "content": "Hi"}])
+    assert r.choices[0].finish_reason == "stop" and not r.choices[0].message.tool_calls
+    assert "Tools:" not in scripted["prompt"]
+
+
+def test_required_and_named_begin_the_reply_in_the_call_form(client, scripted):
+    scripted["text"] = '{"name":"get_time","arguments":{}}\n```'
+    r = client.chat.completions.create(model="any", tools=[WEATHER, CLOCK], tool_choice="required",
+                                       messages=[{"role": "user", "content": "What time is it?"}])
+    assert r.choices[0].message.tool_calls[0].function.name == "get_time"
+    assert scripted["prompt"].endswith("Assistant: ```json\n") and tools.FORCE in scripted["prompt"]
+    scripted["text"] = '{"city":"Oslo"}}\n```'
+    r = client.chat.completions.create(model="any", tools=[WEATHER, CLOCK],
+                                       tool_choice={"type": "function", "function": {"name": "get_weather"}},
+                                       messages=[{"role": "user", "content": "Oslo?"}])
+    call = r.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Oslo"}
+    assert scripted["prompt"].endswith('Assistant: ```json\n{"name":"get_weather","arguments":')
+
+
+def test_a_streamed_call_arrives_as_tool_call_deltas(client, scripted):
+    scripted["text"] = ' ```json\n{"name":"get_weather","arguments":{"city":"Rome"}}\n```'
+    stream = client.chat.completions.create(model="any", tools=[WEATHER], stream=True,
+                                            messages=[{"role": "user", "content": "Rome?"}])
+    name, args, finish, content = "", "", None, ""
+    for ev in stream:
+        if not ev.choices:
+            continue
+        delta = ev.choices[0].delta
+        content += delta.content or ""
+        for tc in delta.tool_calls or []:
+            name += tc.function.name or "" if tc.function else ""
+            args += tc.function.arguments or "" if tc.function else ""
+        finish = ev.choices[0].finish_reason or finish
+    assert finish == "tool_calls" and name == "get_weather" and json.loads(args) == {"city": "Rome"}
+    assert content == ""
+    scripted["text"] = " Plain words, streamed as they come."
+    stream = client.chat.completions.create(model="any", tools=[WEATHER], stream=True,
+                                            messages=[{"role": "user", "content": "Hi"}])
+    text = "".join(ev.choices[0].delta.content or "" for ev in stream if ev.choices)
+    assert text == "Plain words, streamed as they come."
+
+
+def test_bad_tool_requests_are_refused_plainly(client):
+    cases = [
+        ({"tools": "get_weather"}, "tools"),
+        ({"tools": [{"type": "retrieval"}]}, "tools[0]"),
+        ({"tools": [{"type": "function", "function": {"description": "no name"}}]}, "tools[0].function.name"),
+        ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"tools": [WEATHER], "tool_choice": "sometimes"}, "tool_choice"),
+    ]
+    for extra, param in cases:
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model="any", messages=[{"role": "user", "content": "Hi"}], **extra)
+        assert e.value.body["param"] == param, (extra, e.value.body)
+
+
+def test_reading_calls():
+    offered = tools.Tools(({"name": "f", "description": "", "parameters": None},), "auto")
+    for text in ('```json\n{"name":"f","arguments":{"x":1}}\n```', ' {"name": "f", "arguments": {"x": 1}}',
+                 '<think>\nuse f\n</think>\n```json\n{"name":"f","arguments":"{\\"x\\": 1}"}```',
+                 '[{"name":"f","arguments":{"x":1}}]'):
+        calls = tools.read_calls(text, offered)
+        assert calls and calls[0]["function"]["name"] == "f" and json.loads(calls[0]["function"]["arguments"]) == {"x": 1}
+    for text in ("Sure, here it is.", '{"name":"g","arguments":{}}', '```json\n{"name":"f","arguments":[1]}```',
+                 '```json\n{"name":"f", "arg'):
+        assert tools.read_calls(text, offered) is None, text
+    with pytest.raises(ApiError):
+        tools.parse({"tools": [WEATHER], "tool_choice": {"function": {"name": "x"}}})
+    assert tools.parse({"functions": [WEATHER["function"]], "function_call": {"name": "get_weather"}}).choice == \
+        "get_weather"
