@@ -103,7 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("chat", help="chat in the terminal; the model's state is kept between turns")
     model_args(c)
     c.add_argument("--system", default=None, help="a system prompt")
-    c.add_argument("--think", choices=["on", "off"], default=None, help="G1 reasoning models: think first")
+    c.add_argument("--think", choices=["off", "on", "low", "medium", "high"], default=None,
+                   help="G1 reasoning models: answer at once (off), think first (on), or think a bit / think / "
+                        "think a lot (low / medium / high)")
     c.set_defaults(func=_chat)
 
     d = sub.add_parser("doctor", help="what this machine has, and what it can run")
@@ -235,7 +237,7 @@ def _chat(args) -> int:
     print(f"{info.label}, loaded in {info.seconds:.1f} s", file=sys.stderr, flush=True)
     reasoning = info.reasoning or args.think is not None
     fmt = G1_CHAT if reasoning else default_format(info.vocab_size)
-    think = None if args.think is None else args.think == "on"
+    think = None if args.think is None else {"off": False, "on": True}.get(args.think, args.think)
     params = _params(args)
     history: list[tuple[str, str]] = []
     print("Type a message and press Enter. /reset starts over, /exit quits. Ctrl+C stops a reply.\n"

@@ -90,11 +90,13 @@ class Runtime:
 
     # --- chat ----------------------------------------------------------------------------------
     def chat(self, key, history: list[tuple[str, str]], text: str, *, params, system: str = "",
-             think: bool | None = None, on_piece: Callable[[str], None] | None = None, stop_flag=None,
+             think: bool | str | None = None, on_piece: Callable[[str], None] | None = None, stop_flag=None,
              reasoning: bool | None = None) -> Reply:
         """One turn of conversation `key`. `history` is [(role, shown text), ...] before this turn.
-        `reasoning`: use the G1 thinking format (default: when the loaded model is a G1 one)."""
-        from roost.engine.prompts import G1_CHAT, Message, build_prompt, default_format, split_reasoning
+        `reasoning`: use the G1 thinking format (default: when the loaded model is a G1 one); `think`:
+        False, True or a level "low" / "medium" / "high" (roost.engine.prompts)."""
+        from roost.engine.prompts import (G1_CHAT, Message, build_prompt, default_format, split_reasoning,
+                                          think_hint)
         from roost.engine.resume import generate_resumed, resumable_ids
 
         with self._lock:
@@ -110,9 +112,10 @@ class Runtime:
             for i, (role, content) in enumerate(history):
                 same = same and i < len(seen) and seen[i][:2] == (role, content)
                 turns.append(seen[i] if same else (role, content, Message(role, content)))
-            turns.append(("user", text, Message("user", text)))
+            # the model sees the thinking hint after the question; the conversation shows the question
+            turns.append(("user", text, Message("user", text + think_hint(think))))
             messages = ([Message("system", system)] if system else []) + [m for _r, _c, m in turns]
-            prompt = build_prompt(fmt, messages, think=think)
+            prompt = build_prompt(fmt, messages, think=think, hint=False)
             ids = resumable_ids(self.cache, model, prompt)
             done = generate_resumed(model, self.cache, ids, params.with_stops(fmt.stop_strings), text=prompt,
                                     stop_flag=stop_flag, on_piece=on_piece)
@@ -120,7 +123,8 @@ class Runtime:
             if r is None:  # stopped while reading the prompt
                 return Reply("", "", "cancelled", 0, done.fed_tokens, 0, 0.0)
             raw = r.text
-            thought, answer = split_reasoning(raw) if reasoning and think is not None else ("", raw.strip())
+            thought, answer = (split_reasoning(raw, thinking=think is not False) if reasoning and think is not None
+                               else ("", raw.strip()))
             # the reply as the model wrote it after "Assistant:" (G1: the prompt's "<think" opening too)
             opening = fmt.reply_prefix(think)[len(fmt.assistant) + 1:]
             turns.append(("assistant", answer, Message("assistant", opening + raw, verbatim=True)))

@@ -5,7 +5,6 @@ from __future__ import annotations
 from PySide6.QtCore import Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QColor, QDesktopServices, QGuiApplication, QKeySequence, QPalette, QShortcut, QTextCursor
 from PySide6.QtWidgets import (
-    QCheckBox,
     QComboBox,
     QFileDialog,
     QFrame,
@@ -28,6 +27,7 @@ from roost.gui.i18n import tr
 from roost.gui.sampling import SamplingPanel
 from roost.gui.welcome import WelcomePanel
 
+THINK_LEVELS = [("Don't think", False), ("Think a bit", "low"), ("Think", "medium"), ("Think a lot", "high")]
 PAGE = 100  # messages shown at first in a long chat, and added by each "show earlier"
 GROUPS = {"pinned": "Pinned", "today": "Today", "yesterday": "Yesterday", "week": "Previous 7 days",
           "month": "Previous 30 days", "earlier": "Earlier"}
@@ -106,6 +106,7 @@ class ChatPage(QWidget):
         self.expanded: set[int] = set()
         self.context_tokens = 0
         self.follow = False  # the next render scrolls to the end (a message was just sent)
+        self.reply_thinks = True
         self.render_timer = QTimer(self, singleShot=True, interval=50, timeout=self._render_streaming)
         self.shown = PAGE  # how many of the last messages the view shows ("show earlier" adds more)
         self._tail_start: int | None = None  # where the last message begins in the view's document
@@ -159,7 +160,13 @@ class ChatPage(QWidget):
         for name, prompt in PERSONAS.items():
             self.persona.addItem(tr(name), prompt)
         self.persona.currentIndexChanged.connect(self._on_persona)
-        self.think = QCheckBox(tr("Think before answering"), checked=True)
+        # G1 models: how much to think before answering (the official templates' levels)
+        self.think = QComboBox()
+        for label, level in THINK_LEVELS:
+            self.think.addItem(tr(label), level)
+        self.think.setCurrentIndex(2)
+        self.think.setToolTip(tr("Thinking first gives better answers to hard questions, and takes longer."))
+        self.think.setAccessibleName(tr("Thinking"))
         self.sampling_btn = QPushButton(tr("Sampling"), checkable=True)
         self.export_btn = QPushButton(tr("Export…"), clicked=self.export)
         self.tokens_label = QLabel(objectName="hint")
@@ -446,7 +453,8 @@ class ChatPage(QWidget):
         self.stop_flag = StopFlag()
         self.partial = ""
         conv = self.ctl.store.get(self.conv_id)
-        think = self.think.isChecked() if self.ctl.info.reasoning else None
+        think = self.think.currentData() if self.ctl.info.reasoning else None
+        self.reply_thinks = think is not None and think is not False  # how this reply is to be split
         req = {"key": self.conv_id, "history": history, "text": text, "params": self.sampling.params(),
                "system": conv.system, "think": think, "stop": self.stop_flag}
         self.rid = self.ctl.request("chat", req)
@@ -555,10 +563,11 @@ class ChatPage(QWidget):
 
     def _split(self, raw: str) -> tuple[str, str]:
         info = self.ctl.info
-        if info is not None and info.reasoning and self.think.isChecked():
+        if info is not None and info.reasoning:
             from roost.engine.prompts import split_reasoning
 
-            return split_reasoning(raw)
+            thinks = self.reply_thinks if self.rid is not None else self.think.currentData() is not False
+            return split_reasoning(raw, thinking=thinks)
         return "", raw.strip()
 
     # --- the conversation view ----------------------------------------------------------------

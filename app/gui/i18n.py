@@ -28,7 +28,9 @@ TEXT = {
     "Delete this chat?": "删除这个对话？",
     "Markdown (*.md)": "Markdown 文件 (*.md)",
     "Roost chat (*.json)": "Roost 对话文件 (*.json)", "Import…": "导入…",
-    "regenerate": "重新生成", "Also allow web pages from:": "另外允许这些网页：",
+    "regenerate": "重新生成", "Don't think": "不思考", "Think a bit": "稍加思考", "Think": "思考",
+    "Think a lot": "深入思考", "Thinking first gives better answers to hard questions, and takes longer.":
+        "先思考能更好地回答难题，但会更慢。", "Also allow web pages from:": "另外允许这些网页：",
     "e.g. https://chat.example.org (comma-separated)": "例如 https://chat.example.org（用逗号分隔）",
     "Pages of this computer, desktop apps (Obsidian, VS Code, Tauri) and browser extensions may always call the API; other websites only when listed here.":
         "本机的网页、桌面应用（Obsidian、VS Code、Tauri）和浏览器扩展总是可以调用接口；其他网站只有列在这里才可以。", "Good for": "适合", "On this computer": "在本机", "Your own file": "你自己的文件",

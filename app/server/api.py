@@ -244,14 +244,18 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
         messages = fields.messages(body.get("messages"))
         fields.unsupported(body, chat=True)
         offered = tools.parse(body)
+        think = fields.reasoning_effort(body)  # G1 models: how much to think first (None: not at all)
         lead = ""
         if offered is not None and offered.active:  # listed in the System turn, as G1 models learned
             messages = with_system(messages, offered.system_text())
             lead = offered.reply_lead()
+        if lead:
+            think = None  # a call required: no thought before it
+        reasoning_model = runtime.info is not None and runtime.info.reasoning
         stream, include_usage = fields.stream_flags(body)
         params = fields.sampling(body, chat_defaults, default_max=min(chat_max_tokens, max_tokens_limit),
                            limit=max_tokens_limit, chat=True)
-        job = Job(lambda model, info: chat_tokens(model, info, messages, lead), params, stops=chat_stops,
+        job = Job(lambda model, info: chat_tokens(model, info, messages, lead, think), params, stops=chat_stops,
                   stream=stream)
         submit(job)
         rid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
@@ -272,7 +276,14 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
             outcome = await outcome_of(job, request)
             if outcome is None:
                 raise ApiError(499, "The client closed the request.", code="client_closed_request")
-            message, finish = reply_of(lead + outcome.text)
+            thought, answer = "", outcome.text
+            if reasoning_model and not lead:  # the thought apart (reasoning_content), the answer as content
+                from roost.engine.prompts import split_reasoning
+
+                thought, answer = split_reasoning(answer, thinking=think not in (None, False))
+            message, finish = reply_of(lead + answer)
+            if thought:
+                message["reasoning_content"] = thought
             return {"id": rid, "object": "chat.completion", "created": now, "model": name, "system_fingerprint": None,
                     "choices": [{"index": 0, "message": {"role": "assistant", **message, "refusal": None},
                                  "logprobs": None, "finish_reason": finish or FINISH[outcome.finish_reason]}],
@@ -280,11 +291,19 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
 
         async def events() -> AsyncIterator[str]:
             begun = False  # the reply's leading space (after "Assistant:") is not part of it
+            thought_begun = False
             held = lead if offered is not None and offered.active else None  # a reply that may be a call waits
-            async for kind, value in _stream_events(job, request):
-                if kind == "started":
-                    yield chunk({"role": "assistant", "content": ""})
-                elif kind == "piece":
+            split = ThoughtSplitter(think not in (None, False)) if reasoning_model and not lead else None
+
+            def pieces(parts):
+                nonlocal begun, held, thought_begun
+                for part, value in parts:
+                    if part == "reasoning":
+                        text = value if thought_begun else value.lstrip()
+                        if text:
+                            thought_begun = True
+                            yield chunk({"reasoning_content": text})
+                        continue
                     if held is not None:
                         held += value
                         if tools.might_be_a_call(held):
@@ -294,7 +313,17 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
                     if text:
                         begun = True
                         yield chunk({"content": text})
+
+            async for kind, value in _stream_events(job, request):
+                if kind == "started":
+                    yield chunk({"role": "assistant", "content": ""})
+                elif kind == "piece":
+                    for out in pieces(split.feed(value) if split else [("content", value)]):
+                        yield out
                 elif kind == "done":
+                    if split is not None:
+                        for out in pieces(split.flush()):
+                            yield out
                     finish = FINISH[value.finish_reason]
                     if held is not None:
                         message, called = reply_of(held)
@@ -373,6 +402,44 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
         return sse_response(events())
 
     return app
+
+
+class ThoughtSplitter:
+    """A G1 reply streaming in, told apart as it comes: its thought (reasoning_content) and its
+    answer (content). The prompt leaves "<think" (thinking) or the fake think "</think" open; the
+    model's first ">" closes it."""
+
+    END = "</think>"
+
+    def __init__(self, thinking: bool):
+        self.in_thought = thinking
+        self.opened = False
+        self.buf = ""
+
+    def feed(self, piece: str) -> list[tuple[str, str]]:
+        self.buf += piece
+        if not self.opened:
+            if not self.buf:
+                return []
+            self.buf = self.buf.removeprefix(">")
+            self.opened = True
+        out = []
+        if self.in_thought:
+            end = self.buf.find(self.END)
+            if end < 0:  # keep back what may be the start of "</think>"
+                keep = next((k for k in range(len(self.END) - 1, 0, -1) if self.buf.endswith(self.END[:k])), 0)
+                out.append(("reasoning", self.buf[:len(self.buf) - keep]))
+                self.buf = self.buf[len(self.buf) - keep:]
+                return [p for p in out if p[1]]
+            out.append(("reasoning", self.buf[:end]))
+            self.buf, self.in_thought = self.buf[end + len(self.END):], False
+        out.append(("content", self.buf))
+        self.buf = ""
+        return [p for p in out if p[1]]
+
+    def flush(self) -> list[tuple[str, str]]:
+        rest, self.buf = self.buf, ""
+        return [("reasoning" if self.in_thought else "content", rest)] if rest else []
 
 
 def with_system(messages: list[tuple[str, str]], text: str) -> list[tuple[str, str]]:

@@ -205,6 +205,22 @@ def prompt(raw, runtime):
                         f"{type_name(raw)} instead.", param="prompt", code="invalid_type")
 
 
+EFFORTS = {"none": False, "minimal": False, "low": "low", "medium": "medium", "high": "high"}
+
+
+def reasoning_effort(body: dict):
+    """A G1 model's thinking for `reasoning_effort` (OpenAI's values): None when not asked (answer at
+    once), False for none/minimal, else the level "low" / "medium" / "high"."""
+    effort = body.get("reasoning_effort")
+    if effort is None:
+        return None
+    if effort not in EFFORTS:
+        raise ApiError(400, f"Invalid value for 'reasoning_effort': {effort!r}. Supported values are: "
+                            "'none', 'minimal', 'low', 'medium' and 'high'.", param="reasoning_effort",
+                       code="invalid_value")
+    return EFFORTS[effort]
+
+
 def unsupported(body: dict, *, chat: bool) -> None:
     """Refuse, with a clear 400, what this server cannot do rather than quietly ignoring it."""
     n = number(body, "n", integer=True)

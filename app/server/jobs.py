@@ -48,35 +48,49 @@ class Outcome:
 
 
 # --- prompts -------------------------------------------------------------------------------------
-def chat_format(model, info):
-    """The prompt format for the loaded model, and the text that starts the assistant's reply."""
+def chat_format(model, info, think=None):
+    """The prompt format for the loaded model, and the text that starts the assistant's reply.
+    G1: `think` False/None answers directly (the template's fake think), else a thinking level."""
     from roost.engine.prompts import G1_CHAT, default_format
 
-    if info is not None and info.reasoning:  # G1: answer directly (an empty thought pre-filled)
-        return G1_CHAT, G1_CHAT.reply_prefix(False)
+    if info is not None and info.reasoning:
+        return G1_CHAT, G1_CHAT.reply_prefix(False if think is None else think)
     fmt = default_format(model.vocab_size)
     return fmt, fmt.reply_prefix()
 
 
-def chat_tokens(model, info, messages: Sequence[tuple[str, str]], lead: str = "") -> list[int]:
+def thinks(info, think) -> bool:
+    """Whether a reply begins inside a thought (its text is then split into reasoning and answer)."""
+    return info is not None and info.reasoning and think not in (None, False)
+
+
+def chat_tokens(model, info, messages: Sequence[tuple[str, str]], lead: str = "", think=None) -> list[int]:
     """Token ids of a chat transcript that ends where the assistant's reply begins.
 
     Each turn is tokenised on its own, and an assistant turn as the reply prefix, then its text:
     the same pieces as when that reply was generated. So the prompt of a continued chat starts
     with exactly the tokens of the previous request's prompt, and the prefix cache finds it.
-    ``lead``: text the reply is begun with (a tool call's opening, roost.server.tools).
+    ``lead``: text the reply is begun with (a tool call's opening, roost.server.tools). ``think``:
+    a G1 model's thinking (False/None: none; True, "low", "medium", "high": roost.engine.prompts),
+    its length hint after the last user message.
     """
-    from roost.engine.prompts import Message, clean
+    from roost.engine.prompts import Message, clean, think_hint
 
-    fmt, prefix = chat_format(model, info)
+    fmt, prefix = chat_format(model, info, think)
+    # an earlier reply: after the empty thought, closed (the model writes the ">" the prompt leaves open)
+    done_prefix = fmt.reply_prefix(False) + ">" if fmt.reasoning else prefix
     enc = model.tokenizer.encode
+    last_user = max((i for i, (role, _c) in enumerate(messages) if role == "user"), default=-1)
     ids: list[int] = []
-    for role, content in messages:
+    for i, (role, content) in enumerate(messages):
         if role == "assistant":
-            ids += enc(prefix) + enc(" " + clean(content)) + enc("\n\n")
+            ids += enc(done_prefix) + enc(" " + clean(content)) + enc("\n\n")
         else:
-            ids += enc(fmt.turn(Message(role, content)))
-    return ids + enc(prefix) + (enc(" " + lead) if lead else [])
+            hint = think_hint(think) if fmt.reasoning and i == last_user else ""
+            ids += enc(fmt.turn(Message(role, clean(content) + hint if hint else content)))
+    if lead:  # a tool call: begun after the closed empty thought (or after "Assistant:")
+        return ids + enc(done_prefix) + enc(" " + lead)
+    return ids + enc(prefix)
 
 
 def chat_stops(model, info) -> tuple[str, ...]:

@@ -131,3 +131,32 @@ def test_a_chat_deleted_while_its_reply_runs_is_not_remembered_afterwards(make_c
     assert forgotten and 7 not in rt._chats
     rt.chat(8, [], "Hello there", params=PARAMS)
     assert 8 in rt._chats
+
+
+def test_a_thinking_level_asks_with_the_template_hint_and_still_resumes(make_checkpoint, tmp_path, monkeypatch):
+    import shutil
+
+    from roost.engine import resume
+
+    path = tmp_path / "rwkv7-g1-test.pth"
+    shutil.copy(make_checkpoint("v7.0"), path)
+    rt = Runtime()
+    rt.load(path, "cpu fp32")
+    prompts = []
+    real = resume.generate_resumed
+
+    def spy(model, cache, ids, params, **kw):
+        prompts.append(kw.get("text"))
+        return real(model, cache, ids, params, **kw)
+
+    monkeypatch.setattr(resume, "generate_resumed", spy)
+    params = PARAMS.replace(max_tokens=8)
+    r1 = rt.chat(7, [], "Why is the sky blue?", params=params, think="high")
+    assert prompts[-1].endswith("User: Why is the sky blue? (think a lot)\n\nAssistant: <think")
+    hist = [("user", "Why is the sky blue?"), ("assistant", r1.text)]
+    r2 = rt.chat(7, hist, "And at sunset?", params=params, think="high")
+    assert "User: Why is the sky blue? (think a lot)\n\n" in prompts[-1]  # as the model saw it before
+    assert prompts[-1].endswith("User: And at sunset? (think a lot)\n\nAssistant: <think")
+    assert r2.fed_tokens <= len(rt.model.tokenizer.encode("\n\nUser: And at sunset? (think a lot)\n\nAssistant: <think")) + 1
+    r3 = rt.chat(8, [], "Hi", params=params, think=False)
+    assert prompts[-1].endswith("User: Hi\n\nAssistant: <think>\n</think") and r3.reasoning == ""

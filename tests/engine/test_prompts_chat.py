@@ -23,16 +23,23 @@ def test_raven_chat_and_the_default_by_vocabulary():
     assert default_format(50277) is RAVEN_CHAT and default_format(65536) is WORLD_CHAT
 
 
-def test_g1_think_and_no_think():
-    msgs = [Message("user", "why?")]
-    assert build_prompt(G1_CHAT, msgs, think=True).endswith("Assistant: <think")
-    assert build_prompt(G1_CHAT, msgs, think=False).endswith("Assistant: <think>\n</think>")
+def test_g1_thinking_levels_follow_the_official_templates():
+    """RWKV-LM RWKV-v7/RWKV7-G1x-templates.txt, character by character."""
+    msgs = [Message("system", "Be brief."), Message("user", "why?")]
+    assert build_prompt(G1_CHAT, msgs, think=True) == "System: Be brief.\n\nUser: why?\n\nAssistant: <think"
+    # the fake think has no closing ">"
+    assert build_prompt(G1_CHAT, msgs, think=False) == "System: Be brief.\n\nUser: why?\n\nAssistant: <think>\n</think"
+    for level, hint in (("low", " (think a bit)"), ("medium", " (think)"), ("high", " (think a lot)")):
+        assert build_prompt(G1_CHAT, msgs, think=level) == f"System: Be brief.\n\nUser: why?{hint}\n\nAssistant: <think"
+    assert build_prompt(WORLD_CHAT, msgs, think="high").endswith("User: why?\n\nAssistant:")  # not a G1 format
     assert split_reasoning(">\nstep one\n</think>\nThe answer.") == ("step one", "The answer.")
     assert split_reasoning(">\nstill thinking") == ("still thinking", "")
+    assert split_reasoning(">The answer.", thinking=False) == ("", "The answer.")  # after the fake think
 
 
 def test_clean_keeps_single_newlines():
     assert clean("  a\r\n\r\n\r\nb\nc  ") == "a\nb\nc"
+    assert clean("a\n \nb") == "a\n \nb"  # the template's rule: only runs of newlines (no spaces between)
 
 
 def _turn(model, cache, messages, params):

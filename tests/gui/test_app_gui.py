@@ -68,6 +68,14 @@ def test_g1_reasoning_is_shown_folded_with_a_think_switch(qtbot, window, make_ch
 
     win.chat._on_link(QUrl(f"roost:think/{reply.position}"))
     assert reply.reasoning.split()[0] in win.chat.view.toPlainText()
+    levels = [win.chat.think.itemText(i) for i in range(win.chat.think.count())]
+    assert levels == ["Don't think", "Think a bit", "Think", "Think a lot"]
+    win.chat.think.setCurrentIndex(0)  # answer at once: all of the reply is the answer
+    win.chat.input.setPlainText("And at night?")
+    qtbot.mouseClick(win.chat.send_btn, Qt.LeftButton)
+    qtbot.waitUntil(lambda: win.chat.rid is None, timeout=60000)
+    reply = win.ctl.store.messages(win.chat.conv_id)[3]
+    assert reply.reasoning == "" and reply.content
 
 
 def test_never_two_models(qtbot, window, make_checkpoint):

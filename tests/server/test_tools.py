@@ -169,3 +169,62 @@ def test_reading_calls():
         tools.parse({"tools": [WEATHER], "tool_choice": {"function": {"name": "x"}}})
     assert tools.parse({"functions": [WEATHER["function"]], "function_call": {"name": "get_weather"}}).choice == \
         "get_weather"
+
+
+# --- G1 thinking: reasoning_effort in, reasoning_content out ------------------------------------------
+@pytest.fixture(scope="module")
+def g1_client(make_checkpoint, tmp_path_factory):
+    import shutil
+
+    path = tmp_path_factory.mktemp("g1") / "rwkv7-g1-test.pth"
+    shutil.copy(make_checkpoint("v7.0"), path)
+    rt = Runtime()
+    assert rt.load(path, "cpu fp32").reasoning
+    srv = ApiServer(rt, port=0).start()
+    yield openai.OpenAI(base_url=srv.base_url, api_key="x", max_retries=0, timeout=60)
+    srv.stop()
+    rt.unload()
+
+
+def test_reasoning_effort_asks_g1_to_think_and_the_thought_comes_apart(g1_client, scripted):
+    scripted["text"] = ">\nTwo and two make four.\n</think>\nIt is 4."
+    r = g1_client.chat.completions.create(model="any", reasoning_effort="high",
+                                          messages=[{"role": "user", "content": "What is 2+2?"}])
+    msg = r.choices[0].message
+    assert msg.content == "It is 4." and msg.reasoning_content == "Two and two make four."
+    assert scripted["prompt"].endswith("User: What is 2+2? (think a lot)\n\nAssistant: <think")
+    for effort, hint in (("low", " (think a bit)"), ("medium", " (think)")):
+        g1_client.chat.completions.create(model="any", reasoning_effort=effort,
+                                          messages=[{"role": "user", "content": "Q"}])
+        assert scripted["prompt"].endswith(f"User: Q{hint}\n\nAssistant: <think")
+
+    stream = g1_client.chat.completions.create(model="any", reasoning_effort="medium", stream=True,
+                                               messages=[{"role": "user", "content": "What is 2+2?"}])
+    thought, answer = "", ""
+    for ev in stream:
+        if ev.choices:
+            thought += getattr(ev.choices[0].delta, "reasoning_content", None) or ""
+            answer += ev.choices[0].delta.content or ""
+    assert thought == "Two and two make four.\n" and answer == "It is 4."
+
+    scripted["text"] = "> Four."  # no effort asked: the template's fake think, then the answer
+    for effort in (None, "none"):
+        extra = {} if effort is None else {"reasoning_effort": effort}
+        r = g1_client.chat.completions.create(model="any", messages=[{"role": "user", "content": "2+2?"}], **extra)
+        assert r.choices[0].message.content == "Four." and not getattr(r.choices[0].message, "reasoning_content", None)
+        assert scripted["prompt"].endswith("User: 2+2?\n\nAssistant: <think>\n</think")
+    with pytest.raises(openai.BadRequestError) as e:
+        g1_client.chat.completions.create(model="any", reasoning_effort="extreme", messages=[{"role": "user", "content": "Q"}])
+    assert e.value.body["param"] == "reasoning_effort"
+
+
+def test_the_thought_splitter_holds_back_a_split_end_mark():
+    from roost.server.api import ThoughtSplitter
+
+    s = ThoughtSplitter(thinking=True)
+    got = []
+    for piece in [">\nfirst", " idea</th", "ink>\nthe ans", "wer"]:
+        got += s.feed(piece)
+    got += s.flush()
+    joined = {k: "".join(t for kk, t in got if kk == k) for k in ("reasoning", "content")}
+    assert joined == {"reasoning": "\nfirst idea", "content": "\nthe answer"}
