@@ -103,7 +103,7 @@ def make_weights(arch: str, *, n_layer: int = 2, n_embd: int = 128, vocab: int =
         elif arch == "v6.0":
             w[p + "ffn.time_maa_k"] = uniform(0, 1, 1, 1, c)
             w[p + "ffn.time_maa_r"] = uniform(0, 1, 1, 1, c)
-        if time_state and arch in ("v5.2", "v6.0"):
+        if time_state and arch in ("v5.2", "v6.0", "v7.0"):
             w[p + "att.time_state"] = randn(h, head_size, head_size, std=0.3)
         if arch == "v7.0":
             _v7_layer(w, p, i, c, h, head_size, ranks, randn, uniform)

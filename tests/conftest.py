@@ -70,13 +70,17 @@ def make_checkpoint(tmp_path_factory, neox_tokenizer_file):
     return make
 
 
-def run_reference(path: Path, out: Path, tokens: list[int], split: int, *, v7: bool) -> dict:
-    """Logits from the rwkv pip package (see reference_runner.py)."""
+def run_reference(path: Path, out: Path, tokens: list[int], split: int, *, v7: bool,
+                  time_state: bool = False) -> dict:
+    """Logits from the rwkv pip package (see reference_runner.py); `time_state`: a v7 checkpoint's
+    starting state passed in by hand (the package does not apply it to v7)."""
     import torch
 
     env = dict(os.environ, RWKV_JIT_ON="1", RWKV_CUDA_ON="0")
     if v7:
         env["RWKV_V7_ON"] = "1"
+    if time_state:
+        env["ROOST_REF_TIME_STATE"] = "1"
     r = subprocess.run([sys.executable, str(RUNNER), str(path), str(out), json.dumps(tokens), str(split)],
                        env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, f"reference run failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"

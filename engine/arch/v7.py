@@ -70,12 +70,16 @@ def prepare_layer(t, i: int, cfg, dtype, big) -> dict:
     w["ffn.x_k"] = vec(t[p + "ffn.x_k"], dtype)
     w["ffn.key.weight"] = big(t, p + "ffn.key.weight")
     w["ffn.value.weight"] = big(t, p + "ffn.value.weight")
+    if cfg.has_time_state:  # a state-tuned model's starting state, stored (H, V, K) as the kernel keeps it
+        w["att.time_state"] = t[p + "att.time_state"].to(f32).reshape(cfg.n_head, cfg.head_size, cfg.head_size).contiguous()
     return w
 
 
 def init_state(cfg, w: dict, dtype) -> tuple:
+    """A fresh state: zeros, or the state-tuned starting state the checkpoint carries."""
     c, h, n = cfg.n_embd, cfg.n_head, cfg.head_size
-    return (torch.zeros(c, dtype=dtype), torch.zeros(h, n, n), torch.zeros(c, dtype=dtype))
+    s = w["att.time_state"].clone() if "att.time_state" in w else torch.zeros(h, n, n)
+    return (torch.zeros(c, dtype=dtype), s, torch.zeros(c, dtype=dtype))
 
 
 CHUNK = 32  # decays are >= exp(-0.6065) per token, so exp(+-cumsum) over a chunk stays < 2e8

@@ -18,14 +18,15 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 CASES = [(a, {}) for a in ARCHS] + [("v6.0", {"time_state": True}), ("v5.2", {"time_state": True}),
-                                     ("v4", {"vocab": 50277})]
+                                     ("v7.0", {"time_state": True}), ("v4", {"vocab": 50277})]
 
 
 @pytest.fixture(scope="module", params=CASES, ids=lambda c: c[0] + "".join(f"-{k}" for k in c[1]))
 def case(request, make_checkpoint, tmp_path_factory):
     arch, kw = request.param
     path = make_checkpoint(arch, n_layer=3, n_embd=128, **kw)
-    ref = run_reference(path, tmp_path_factory.mktemp("ref") / "ref.pt", TOKENS, SPLIT, v7=arch == "v7.0")
+    ref = run_reference(path, tmp_path_factory.mktemp("ref") / "ref.pt", TOKENS, SPLIT, v7=arch == "v7.0",
+                        time_state=arch == "v7.0" and kw.get("time_state", False))
     return arch, path, ref
 
 
