@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, QTimer, QUrl, Signal
-from PySide6.QtGui import QColor, QDesktopServices, QGuiApplication, QKeySequence, QPalette, QShortcut, QTextCursor
+from PySide6.QtCore import Qt, QTimer, QUrl
+from PySide6.QtGui import QDesktopServices, QGuiApplication, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -11,86 +11,27 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QListWidget,
-    QListWidgetItem,
-    QPlainTextEdit,
     QPushButton,
     QSplitter,
     QStackedWidget,
-    QTextBrowser,
     QVBoxLayout,
     QWidget,
 )
 
 from roost.gui import icons
+from roost.gui.chat_view import ChatList, ChatView, Composer
 from roost.gui.i18n import tr
 from roost.gui.sampling import SamplingPanel
 from roost.gui.welcome import WelcomePanel
 
 THINK_LEVELS = [("Don't think", False), ("Think a bit", "low"), ("Think", "medium"), ("Think a lot", "high")]
 PAGE = 100  # messages shown at first in a long chat, and added by each "show earlier"
-GROUPS = {"pinned": "Pinned", "today": "Today", "yesterday": "Yesterday", "week": "Previous 7 days",
-          "month": "Previous 30 days", "earlier": "Earlier"}
 PERSONAS = {
     "Assistant": "",
     "Concise": "You are a helpful assistant. Answer briefly and precisely.",
     "Translator": "You translate the user's text between Chinese and English, faithfully and fluently.",
     "Writer": "You are a creative writer. Write vivid, original prose in the language of the request.",
 }
-
-
-class Composer(QPlainTextEdit):
-    """Where a message is written: grows with the text (up to 8 lines), sends on Enter (Shift+Enter:
-    a new line) or on Ctrl+Enter, as the setting `send_key` says; Esc stops a reply being written."""
-
-    send = Signal()
-    stop = Signal()
-
-    def __init__(self, send_key: str = "enter"):
-        super().__init__()
-        self.send_key = send_key
-        self.setTabChangesFocus(True)
-        self.document().documentLayout().documentSizeChanged.connect(lambda _size: self._fit())
-        self._fit()
-
-    def placeholder(self, ready: bool) -> str:
-        if not ready:
-            return tr("Load a model to start chatting.")
-        if self.send_key == "enter":
-            return tr("Type a message (Enter to send, Shift+Enter for a new line)")
-        return tr("Type a message (Ctrl+Enter to send)")
-
-    def keyPressEvent(self, event) -> None:
-        key, mods = event.key(), event.modifiers()
-        if key == Qt.Key_Escape:
-            self.stop.emit()
-            return
-        if key in (Qt.Key_Return, Qt.Key_Enter):
-            ctrl = bool(mods & Qt.ControlModifier)
-            shift = bool(mods & Qt.ShiftModifier)
-            if ctrl or (self.send_key == "enter" and not shift):
-                self.send.emit()
-                return
-        super().keyPressEvent(event)
-
-    def _fit(self) -> None:
-        lines = max(2, min(8, int(self.document().documentLayout().documentSize().height())))
-        margins = self.contentsMargins()
-        doc_margin = 2 * self.document().documentMargin()
-        self.setFixedHeight(int(lines * self.fontMetrics().lineSpacing() + doc_margin + margins.top()
-                                + margins.bottom() + 4))
-
-
-class ChatView(QTextBrowser):
-    """The conversation: rich text whose images (avatars) come from `images`, not from files."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.images: dict[str, object] = {}
-
-    def loadResource(self, kind, url):
-        image = self.images.get(url.toString())
-        return image if image is not None else super().loadResource(kind, url)
 
 
 class ChatPage(QWidget):
@@ -109,8 +50,7 @@ class ChatPage(QWidget):
         self.reply_thinks = True
         self.render_timer = QTimer(self, singleShot=True, interval=50, timeout=self._render_streaming)
         self.shown = PAGE  # how many of the last messages the view shows ("show earlier" adds more)
-        self._tail_start: int | None = None  # where the last message begins in the view's document
-        self._tail_msg = None  # that message (while a reply streams, the reply)
+        self._tail_msg = None  # the view's last message (while a reply streams, the reply)
         self._build()
         self.reload_list()
         ctl.modelChanged.connect(self._model_changed)
@@ -126,7 +66,7 @@ class ChatPage(QWidget):
         lv = QVBoxLayout(left)
         self.search = QLineEdit(placeholderText=tr("Search chats…"), clearButtonEnabled=True)
         self.search.textChanged.connect(self.reload_list)
-        self.list = QListWidget()
+        self.list = ChatList()
         self.list.currentItemChanged.connect(self._on_select)
         self.list.setContextMenuPolicy(Qt.CustomContextMenu)
         self.list.customContextMenuRequested.connect(self._list_menu)
@@ -180,8 +120,6 @@ class ChatPage(QWidget):
 
         self.view = ChatView(openLinks=False)
         self.view.anchorClicked.connect(self._on_link)
-        self.view.setAccessibleName(tr("Conversation"))
-        self._add_avatars()
         self.sampling = SamplingPanel(self.ctl.settings.current)
         self.sampling.setVisible(False)
         self.sampling_btn.toggled.connect(self.sampling.setVisible)
@@ -261,43 +199,17 @@ class ChatPage(QWidget):
     def reload_list(self) -> None:
         """The chats, pinned first, then grouped by when they last changed (a search lists the best
         matches first, without groups)."""
-        from roost.core.conversations import date_group
-
         query = self.search.text().strip()
-        self.list.blockSignals(True)
-        self.list.clear()
-        heading = None
-        for c in self.ctl.store.list(query):
-            group = None if query else ("pinned" if c.pinned else date_group(c.updated))
-            if group != heading and group is not None:
-                heading = group
-                head = QListWidgetItem(tr(GROUPS[group]))
-                head.setFlags(Qt.NoItemFlags)
-                head.setData(Qt.AccessibleDescriptionRole, "heading")
-                font = head.font()
-                font.setBold(True)
-                font.setPointSizeF(font.pointSizeF() * 0.9)
-                head.setFont(font)
-                head.setForeground(QColor("#8a8f98"))
-                self.list.addItem(head)
-            item = QListWidgetItem(("📌 " if c.pinned and query else "") + c.title)
-            item.setData(Qt.UserRole, c.id)
-            item.setFlags(item.flags() | Qt.ItemIsEditable)
-            self.list.addItem(item)
-            if c.id == self.conv_id:
-                self.list.setCurrentItem(item)
-        self.list.blockSignals(False)
+        self.list.fill(self.ctl.store.list(query), self.conv_id, grouped=not query)
         if self.conv_id is None:
-            first = next((self.list.item(i) for i in range(self.list.count())
-                          if self.list.item(i).data(Qt.UserRole) is not None), None)
+            first = self.list.first_chat()
             if first is not None:
                 self.list.setCurrentItem(first)
             else:
                 self.render()
 
     def _item_for(self, conv_id):
-        return next((self.list.item(i) for i in range(self.list.count())
-                     if self.list.item(i).data(Qt.UserRole) == conv_id), None)
+        return self.list.item_for(conv_id)
 
     def _list_menu(self, pos) -> None:
         from PySide6.QtWidgets import QMenu
@@ -460,12 +372,11 @@ class ChatPage(QWidget):
         self.rid = self.ctl.request("chat", req)
         self.update_controls()
         self.follow = True  # the user just sent: show the reply coming
-        if append == [] and self._tail_start is not None:  # a new answer in the place of the last one
-            self._redraw_tail(streaming=True)
-            bar = self.view.verticalScrollBar()
-            bar.setValue(bar.maximum())
+        if append == [] and self.view.tail_start is not None:  # a new answer in the place of the last one
+            with self.view.keeping_place(follow=True):
+                self._redraw_tail(streaming=True)
             self.follow = False
-        elif append and (self._tail_start is not None or self.view.document().characterCount() <= 1):
+        elif append and (self.view.tail_start is not None or self.view.empty):
             self._append(append)  # the chat only grows: nothing before is drawn again
         else:
             self.render()
@@ -490,7 +401,7 @@ class ChatPage(QWidget):
         history = [(m.role, m.content) for m in msgs if m.position < question.position]
         reply = store.append(self.conv_id, "assistant", "")
         self.reply_id = reply.id
-        if last and self._tail_start is not None:  # draw the new answer in the old one's place
+        if last and self.view.tail_start is not None:  # draw the new answer in the old one's place
             self._tail_msg = reply
             self._start(history, question.content, append=[])
         else:
@@ -522,14 +433,12 @@ class ChatPage(QWidget):
         self.rid, self.stop_flag = None, None
         self.update_controls()
         tail = self._tail_msg
-        if self._tail_start is not None and tail is not None and tail.id == self.reply_id and self.conv_id is not None:
+        if self.view.tail_start is not None and tail is not None and tail.id == self.reply_id and self.conv_id is not None:
             done = next((m for m in reversed(self.ctl.store.messages(self.conv_id)) if m.id == tail.id), None)
             if done is not None:  # only the reply changes: draw it alone (a long chat stays as it is)
-                bar = self.view.verticalScrollBar()
-                at_end, where = bar.value() >= bar.maximum() - 4, bar.value()
                 self._tail_msg = done
-                self._redraw_tail(streaming=False)
-                bar.setValue(bar.maximum() if at_end else where)
+                with self.view.keeping_place():
+                    self._redraw_tail(streaming=False)
                 return
         self.render()
 
@@ -570,79 +479,19 @@ class ChatPage(QWidget):
             return split_reasoning(raw, thinking=thinks)
         return "", raw.strip()
 
-    # --- the conversation view ----------------------------------------------------------------
-    def _palette(self):
-        from roost.gui import render
-
-        return render.DARK if self.palette().color(QPalette.ColorRole.Base).lightness() < 128 else render.LIGHT
-
-    def _add_avatars(self) -> None:
-        """Round avatars (a letter on a colour) as images of the view."""
-        from PySide6.QtGui import QFont, QImage, QPainter
-
-        for key, letter, colour in (("user", tr("You")[:1], "#4c7bd9"), ("assistant", "R", "#2e9b6f")):
-            img = QImage(60, 60, QImage.Format_ARGB32_Premultiplied)
-            img.fill(Qt.transparent)
-            p = QPainter(img)
-            p.setRenderHint(QPainter.Antialiasing)
-            p.setBrush(QColor(colour))
-            p.setPen(Qt.NoPen)
-            p.drawEllipse(0, 0, 60, 60)
-            p.setPen(QColor("white"))
-            font = QFont(self.font())
-            font.setPixelSize(28)
-            font.setBold(True)
-            p.setFont(font)
-            p.drawText(img.rect(), Qt.AlignCenter, letter)
-            p.end()
-            self.view.images[f"roost:avatar/{key}"] = img
-
+    # --- the conversation view (roost.gui.chat_view) ------------------------------------------
     def _message_html(self, m, streaming: bool = False) -> str:
-        from roost.gui.render import markdown_html, message_html
-
-        palette = self._palette()
         content, thought = m.content, m.reasoning
         if streaming:
             thought, content = self._split(self.partial)
             content += " ▍"
-        body, _code = markdown_html(content, palette, f"{m.position}-")
-        thought_html = ""
-        if thought:
-            words = len(thought.split())
-            if m.position in self.expanded:
-                inner, _ = markdown_html(thought, palette, f"{m.position}t-")
-                thought_html = (f'<p style="color:{palette.muted};"><i>{tr("Thinking")}</i> '
-                                f'<a href="roost:think/{m.position}">{tr("hide")}</a></p>'
-                                f'<div style="color:{palette.muted};">{inner}</div><hr>')
-            else:
-                thought_html = (f'<p style="color:{palette.muted};"><i>{tr("Thinking")} ({words})</i> '
-                                f'<a href="roost:think/{m.position}">{tr("show")}</a></p>')
-        idle = True  # (actions are shown while a reply is written, and ignored until it ends)
-        actions: list[tuple[str, str]] = []
-        versions = None
-        if m.versions > 1:  # other versions here: regenerated answers, edited questions
-            versions = (m.version, m.versions, f"roost:prev/{m.position}" if idle and m.version > 1 else "",
-                        f"roost:next/{m.position}" if idle and m.version < m.versions else "")
-        if not streaming:
-            actions.append((tr("copy"), f"roost:copy/{m.position}"))
-            if idle:
-                if m.role == "user":
-                    actions.append((tr("edit"), f"roost:edit/{m.position}"))
-                else:
-                    actions.append((tr("regenerate"), f"roost:regen/{m.position}"))
-                actions.append((tr("delete"), f"roost:delete/{m.position}"))
-        who = tr("You") if m.role == "user" else "RWKV"
-        return message_html(who=who, role=m.role, body_html=body, actions=actions, palette=palette,
-                            avatar=f"roost:avatar/{m.role}", thought_html=thought_html, anchor=f"m{m.position}",
-                            versions=versions)
+        return self.view.message_html(m, content, thought, expanded=m.position in self.expanded, streaming=streaming)
 
     def render(self) -> None:
-        """Show the conversation (its last `shown` messages); the reply being written is the last part
-        of the document, so streaming replaces only that (`_render_streaming`)."""
+        """Show the conversation (its last `shown` messages); the last message is drawn on its own,
+        so that it alone is redrawn while a reply streams (`_render_streaming`)."""
         if getattr(self, "closed", False):
             return
-        bar = self.view.verticalScrollBar()
-        at_end, where = bar.value() >= bar.maximum() - 4, bar.value()
         msgs = self.ctl.store.messages(self.conv_id) if self.conv_id is not None else []
         streaming = self.rid is not None and bool(msgs) and msgs[-1].id == self.reply_id
         earlier = max(0, len(msgs) - self.shown)
@@ -651,49 +500,34 @@ class ChatPage(QWidget):
             head.append(f'<p align="center"><a href="roost:earlier/0">{tr("Show {n} earlier messages", n=earlier)}'
                         "</a></p>")
         head += [self._message_html(m) for m in msgs[earlier:-1]]
-        self.view.setHtml("".join(head))
-        self._tail_start, self._tail_msg = None, None
-        if msgs:  # the last message is drawn on its own, so that it alone can be redrawn
-            self._tail_start, self._tail_msg = self.view.document().characterCount() - 1, msgs[-1]
-            self._redraw_tail(streaming)
-        # follow the reply only when the reader is at the bottom; one who scrolled up stays put
-        bar.setValue(bar.maximum() if at_end or self.follow else where)
+        self._tail_msg = msgs[-1] if msgs else None
+        with self.view.keeping_place(follow=self.follow):
+            self.view.draw(head, self._message_html(msgs[-1], streaming) if msgs else None)
         self.follow = False
         self.update_controls()
 
     def _redraw_tail(self, streaming: bool) -> None:
-        cursor = QTextCursor(self.view.document())
-        cursor.setPosition(self._tail_start)
-        cursor.movePosition(QTextCursor.End, QTextCursor.KeepAnchor)
-        cursor.insertHtml(self._message_html(self._tail_msg, streaming=streaming))
+        self.view.replace_tail(self._message_html(self._tail_msg, streaming=streaming))
 
     def _append(self, msgs) -> None:
         """Messages added at the end (a question sent, its reply begun): the last of them becomes
         the tail; nothing before is drawn again."""
-        bar = self.view.verticalScrollBar()
-        at_end, where = bar.value() >= bar.maximum() - 4, bar.value()
-        if self._tail_start is not None and self._tail_msg is not None:
-            self._redraw_tail(streaming=False)  # the former last message, with its actions
-        for m in msgs:
-            cursor = QTextCursor(self.view.document())
-            cursor.movePosition(QTextCursor.End)
-            self._tail_start, self._tail_msg = cursor.position(), m
-            self._redraw_tail(streaming=self.rid is not None and m.id == self.reply_id)
-        bar.setValue(bar.maximum() if at_end or self.follow else where)
+        with self.view.keeping_place(follow=self.follow):
+            if self.view.tail_start is not None and self._tail_msg is not None:
+                self._redraw_tail(streaming=False)  # the former last message, with its actions
+            for m in msgs:
+                self._tail_msg = m
+                self.view.add_tail(self._message_html(m, streaming=self.rid is not None and m.id == self.reply_id))
         self.follow = False
 
     def _render_streaming(self) -> None:
         """A new piece of the reply: redraw its message only (a long chat is not laid out again)."""
-        if getattr(self, "closed", False):
-            return
-        if self.rid is None:
-            return  # the reply ended; _finish drew it
-        if self._tail_start is None or self._tail_msg is None or self._tail_msg.id != self.reply_id:
+        if getattr(self, "closed", False) or self.rid is None:
+            return  # (a reply that ended was drawn by _finish)
+        if self.view.tail_start is None or self._tail_msg is None or self._tail_msg.id != self.reply_id:
             return self.render()
-        bar = self.view.verticalScrollBar()
-        at_end, where = bar.value() >= bar.maximum() - 4, bar.value()
-        self._redraw_tail(streaming=True)
-        bar.setValue(bar.maximum() if at_end else where)
+        with self.view.keeping_place():
+            self._redraw_tail(streaming=True)
 
     def _copy_code(self, ref: str) -> None:
         from roost.gui.render import markdown_html
@@ -707,7 +541,7 @@ class ChatPage(QWidget):
         if msg is None:
             return
         base = f"{where}{'t' if thinking else ''}-"
-        _html, blocks = markdown_html(msg.reasoning if thinking else msg.content, self._palette(), base)
+        _html, blocks = markdown_html(msg.reasoning if thinking else msg.content, self.view.colours(), base)
         if int(n) < len(blocks):
             QGuiApplication.clipboard().setText(blocks[int(n)])
 

@@ -327,10 +327,11 @@ class Controller(QObject):
             check_bind(host, port, key)
         except ServerError as e:
             return self._api_failed(split_bilingual(str(e)))
+        changes = dict(api_host=host, api_port=port, api_key=key)
+        if origins is not None:
+            changes["api_allow_origins"] = origins
         try:
-            self.settings.update(api_host=host, api_port=port, api_key=key)
-            if origins is not None:
-                self.settings.update(api_allow_origins=origins)
+            self.settings.update(**changes)
         except (ValueError, OSError) as e:
             return self._api_failed(split_bilingual(str(e)))
         allow_origins = self.settings.current.api_allow_origins

@@ -3,6 +3,8 @@ colour of the current palette's text; an empty icon if qtawesome is missing, nev
 
 from __future__ import annotations
 
+import functools
+
 from PySide6.QtGui import QGuiApplication, QIcon, QPalette
 
 NAMES = {  # what the app calls an action -> the Phosphor icon
@@ -19,6 +21,15 @@ NAMES = {  # what the app calls an action -> the Phosphor icon
 
 def icon(name: str, *, on_accent: bool = False) -> QIcon:
     """The icon for an action (`on_accent`: white, for the accent-coloured buttons)."""
+    app = QGuiApplication.instance()
+    colour = "white" if on_accent else (app.palette().color(QPalette.ButtonText).name() if app else "#333333")
+    disabled = app.palette().color(QPalette.Disabled, QPalette.ButtonText).name() if app else "#999999"
+    return _drawn(NAMES.get(name, name), colour, disabled)
+
+
+@functools.lru_cache(maxsize=256)
+def _drawn(name: str, colour: str, disabled: str) -> QIcon:
+    """Drawn once per name and colours (every window and theme change asks again)."""
     import os
 
     os.environ.setdefault("QT_API", "pyside6")  # qtawesome (through QtPy) must use Roost's binding
@@ -26,18 +37,15 @@ def icon(name: str, *, on_accent: bool = False) -> QIcon:
         import qtawesome
     except ImportError:  # pragma: no cover - a broken installation still runs, without icons
         return QIcon()
-    app = QGuiApplication.instance()
-    colour = "white" if on_accent else (app.palette().color(QPalette.ButtonText).name() if app else "#333333")
-    disabled = app.palette().color(QPalette.Disabled, QPalette.ButtonText).name() if app else "#999999"
     try:
-        drawn = qtawesome.icon(NAMES.get(name, name), color=colour, color_disabled=disabled)
+        drawn = qtawesome.icon(name, color=colour, color_disabled=disabled)
     except Exception:  # noqa: BLE001 -- an unknown name shows no icon rather than stopping the app
         return QIcon()
     # Kept as plain pixmaps, and qtawesome's caches emptied: its cached icons (a Python icon engine)
     # and QRawFonts, freed at interpreter exit after the QApplication, crashed the process as it ended.
     out = QIcon()
-    for size in (16, 20, 24, 32, 48):
-        for mode in (QIcon.Normal, QIcon.Disabled, QIcon.Active, QIcon.Selected):
+    for size in (16, 24, 32):  # (Qt scales the nearest; active and selected look as normal)
+        for mode in (QIcon.Normal, QIcon.Disabled):
             out.addPixmap(drawn.pixmap(size, size, mode), mode)
     del drawn
     font = qtawesome._instance()

@@ -49,8 +49,8 @@ def _math_as_code(text: str) -> str:
     return _MATH_INLINE.sub(inline, text)
 
 
-@lru_cache(maxsize=4)
-def _parser(style: str):
+@lru_cache(maxsize=1)
+def _parser():
     from markdown_it import MarkdownIt
 
     md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
@@ -75,7 +75,7 @@ def _highlight(code: str, lang: str, style: str) -> str:
 def markdown_html(text: str, palette: Palette = LIGHT, code_base: str = "") -> tuple[str, tuple[str, ...]]:
     """(HTML for a message's text, the code of each of its code blocks). A code block gets a bar
     with its language and a copy link ``roost:code/<code_base><n>``."""
-    md = _parser(palette.pygments_style)
+    md = _parser()
     tokens = md.parse(_math_as_code(text))
     blocks: list[str] = []
     out = []

@@ -26,29 +26,8 @@ LONG = 3000  # a max_tokens that takes far longer than any test waits
 
 
 @pytest.fixture(scope="module")
-def runtime(make_checkpoint):
-    rt = Runtime()
-    rt.load(make_checkpoint("v6.0"), "cpu fp32")
-    yield rt
-    rt.unload()
-
-
-@pytest.fixture(scope="module")
-def server(runtime):
-    srv = ApiServer(runtime, port=0).start()
-    yield srv
-    srv.stop()
-    assert not srv.running
-
-
-@pytest.fixture(scope="module")
 def model(runtime) -> str:
     return runtime.info.path.stem
-
-
-@pytest.fixture
-def client(server):
-    return openai.OpenAI(base_url=server.base_url, api_key="not-needed-on-loopback", max_retries=0, timeout=60)
 
 
 def wait_idle(worker, timeout=20.0) -> None:

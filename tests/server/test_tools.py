@@ -21,24 +21,7 @@ WEATHER = {"type": "function", "function": {
 CLOCK = {"type": "function", "function": {"name": "get_time", "description": "The time now", "parameters": {}}}
 
 
-@pytest.fixture(scope="module")
-def runtime(make_checkpoint):
-    rt = Runtime()
-    rt.load(make_checkpoint("v7.0"), "cpu fp32")
-    yield rt
-    rt.unload()
-
-
-@pytest.fixture(scope="module")
-def server(runtime):
-    srv = ApiServer(runtime, port=0).start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def client(server):
-    return openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0, timeout=60)
+ARCH = "v7.0"  # the module's model (tests/server/conftest.py)
 
 
 @pytest.fixture
