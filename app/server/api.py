@@ -3,7 +3,12 @@
     GET  /v1/models              the loaded model
     POST /v1/chat/completions    chat, streamed (server-sent events) or not
     POST /v1/completions         raw text continuation, streamed or not
+    GET  /health                 200 when a model is loaded, 503 when not; open without a key
     GET  /roost/stats            queue, counters and the prefix cache (not an OpenAI endpoint)
+
+The OpenAI paths answer without the ``/v1`` prefix too, and with a trailing slash (no redirect:
+some clients do not follow one for a POST). The key goes in ``Authorization: Bearer`` or
+``X-Api-Key``.
 
 Requests wait in order for the single model; at most ``max_queue`` may wait, more get 503.
 Generation runs on a worker thread (see :mod:`roost.server.jobs`), never on the event loop. A
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import json
 import re
@@ -97,7 +103,9 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
         yield
         worker.close()
 
-    app = FastAPI(title="Roost", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="Roost", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None,
+                  redirect_slashes=False)
+    app.add_middleware(_NoTrailingSlash)
     app.state.roost = worker
     # Chrome's Private Network Access: a page asks before it may reach this computer; say yes to those allowed
     if api_key is None:
@@ -139,9 +147,12 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
             return
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
-        if not header:
-            raise ApiError(401, "You didn't provide an API key. Send it in an Authorization header "
-                                "using Bearer auth (Authorization: Bearer YOUR_KEY).", code="invalid_api_key")
+        if not header:  # Anthropic-style and some proxies' clients send the key in X-Api-Key
+            token, scheme = request.headers.get("x-api-key", ""), "bearer"
+            if not token:
+                raise ApiError(401, "You didn't provide an API key. Send it in an Authorization header "
+                                    "using Bearer auth (Authorization: Bearer YOUR_KEY), or in X-Api-Key.",
+                               code="invalid_api_key")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
             raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
 
@@ -150,6 +161,17 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
         if info is None:
             return None
         return model_id or info.path.stem
+
+    def fingerprint() -> str | None:
+        """What produced a reply (OpenAI's system_fingerprint): Roost's version, the model file and
+        the strategy; it changes when any of them does, as a seed's replies may then differ."""
+        info = runtime.info
+        if info is None:
+            return None
+        from roost import __version__
+
+        what = f"{__version__}|{info.name}|{info.path.stat().st_size if info.path.exists() else 0}|{info.strategy}"
+        return "fp_" + hashlib.sha256(what.encode()).hexdigest()[:10]
 
     def check_model(body: dict) -> str:
         """The model that answers: Roost serves one, so any name (a client's default such as
@@ -216,7 +238,16 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     # --- endpoints -----------------------------------------------------------------------------
+    @app.get("/health")
+    @app.get("/v1/health")
+    async def health():  # open without a key: it says only whether the server can answer
+        if runtime.info is None:
+            return ApiError(503, "No model is loaded in Roost. Load one first.", type="unavailable_error",
+                            code="model_not_loaded").response()
+        return {"status": "ok", "model": current_id()}
+
     @app.get("/v1/models")
+    @app.get("/models")
     async def list_models(request: Request):
         authorize(request)
         mid = current_id()
@@ -224,6 +255,7 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
         return {"object": "list", "data": data}
 
     @app.get("/v1/models/{name:path}")
+    @app.get("/models/{name:path}")
     async def get_model(name: str, request: Request):
         authorize(request)
         info = runtime.info
@@ -237,6 +269,7 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
         return {"model": current_id(), **worker.stats()}
 
     @app.post("/v1/chat/completions")
+    @app.post("/chat/completions")
     async def chat_completions(request: Request):
         authorize(request)
         body = await read_json(request)
@@ -262,7 +295,7 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
 
         def chunk(delta: dict, finish: str | None = None) -> str:
             return _sse({"id": rid, "object": "chat.completion.chunk", "created": now, "model": name,
-                         "system_fingerprint": None,
+                         "system_fingerprint": fingerprint(),
                          "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]})
 
         def reply_of(text: str):
@@ -284,7 +317,7 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
             message, finish = reply_of(lead + answer)
             if thought:
                 message["reasoning_content"] = thought
-            return {"id": rid, "object": "chat.completion", "created": now, "model": name, "system_fingerprint": None,
+            return {"id": rid, "object": "chat.completion", "created": now, "model": name, "system_fingerprint": fingerprint(),
                     "choices": [{"index": 0, "message": {"role": "assistant", **message, "refusal": None},
                                  "logprobs": None, "finish_reason": finish or FINISH[outcome.finish_reason]}],
                     "usage": usage(outcome)}
@@ -340,7 +373,7 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
                     yield chunk({}, finish)
                     if include_usage:
                         yield _sse({"id": rid, "object": "chat.completion.chunk", "created": now, "model": name,
-                                    "system_fingerprint": None, "choices": [], "usage": usage(value)})
+                                    "system_fingerprint": fingerprint(), "choices": [], "usage": usage(value)})
                     yield "data: [DONE]\n\n"
                 else:  # a keep-alive comment or an error event
                     yield value
@@ -348,6 +381,7 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
         return sse_response(events())
 
     @app.post("/v1/completions")
+    @app.post("/completions")
     async def completions(request: Request):
         authorize(request)
         body = await read_json(request)
@@ -371,14 +405,14 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
 
         def chunk(text: str, finish: str | None = None) -> str:
             return _sse({"id": rid, "object": "text_completion", "created": now, "model": name,
-                         "system_fingerprint": None,
+                         "system_fingerprint": fingerprint(),
                          "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]})
 
         if not stream:
             outcome = await outcome_of(job, request)
             if outcome is None:
                 raise ApiError(499, "The client closed the request.", code="client_closed_request")
-            return {"id": rid, "object": "text_completion", "created": now, "model": name, "system_fingerprint": None,
+            return {"id": rid, "object": "text_completion", "created": now, "model": name, "system_fingerprint": fingerprint(),
                     "choices": [{"text": shown + outcome.text, "index": 0, "logprobs": None,
                                  "finish_reason": FINISH[outcome.finish_reason]}],
                     "usage": usage(outcome)}
@@ -394,7 +428,7 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
                     yield chunk("", FINISH[value.finish_reason])
                     if include_usage:
                         yield _sse({"id": rid, "object": "text_completion", "created": now, "model": name,
-                                    "system_fingerprint": None, "choices": [], "usage": usage(value)})
+                                    "system_fingerprint": fingerprint(), "choices": [], "usage": usage(value)})
                     yield "data: [DONE]\n\n"
                 else:
                     yield value
@@ -449,6 +483,20 @@ def with_system(messages: list[tuple[str, str]], text: str) -> list[tuple[str, s
     if messages and messages[0][0] == "system":
         return [("system", f"{messages[0][1].strip()}\n{text}".strip()), *messages[1:]]
     return [("system", text), *messages]
+
+
+class _NoTrailingSlash:
+    """`/v1/chat/completions/` is `/v1/chat/completions`: answered, not redirected (a redirected
+    POST loses its body in some clients)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and len(scope["path"]) > 1 and scope["path"].endswith("/"):
+            scope = {**scope, "path": scope["path"].rstrip("/") or "/"}
+            scope.pop("raw_path", None)
+        await self.app(scope, receive, send)
 
 
 class _ClientOriginsOnly:

@@ -346,6 +346,49 @@ def test_api_key(runtime, model):
         srv.stop()
 
 
+def test_url_and_header_variants_real_clients_use(server, model, runtime):
+    """Paths without /v1 and with a trailing slash answer (no redirect), /health needs no key, the
+    key may come in X-Api-Key, and replies carry a system_fingerprint that follows the model."""
+    root = server.base_url.removesuffix("/v1")
+    body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    for path in ("/chat/completions", "/v1/chat/completions/", "/chat/completions/"):
+        r = httpx2.post(root + path, json=body, timeout=60, follow_redirects=False)
+        assert r.status_code == 200 and r.json()["object"] == "chat.completion", (path, r.text)
+        assert r.json()["system_fingerprint"].startswith("fp_")
+    for path in ("/completions", "/completions/"):
+        r = httpx2.post(root + path, json={"model": model, "prompt": "Hi", "max_tokens": 2}, timeout=60,
+                        follow_redirects=False)
+        assert r.status_code == 200 and r.json()["object"] == "text_completion", (path, r.text)
+    for path in ("/models", "/models/", "/v1/models/", f"/models/{model}"):
+        r = httpx2.get(root + path, follow_redirects=False)
+        assert r.status_code == 200, (path, r.text)
+    for path in ("/health", "/v1/health", "/health/"):
+        r = httpx2.get(root + path)
+        assert r.status_code == 200 and r.json() == {"status": "ok", "model": model}
+    fingerprints = {chat(openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0), model,
+                         [{"role": "user", "content": "Hi"}], max_tokens=1).system_fingerprint for _ in range(2)}
+    assert len(fingerprints) == 1  # the same model and strategy: the same fingerprint
+    srv = ApiServer(runtime, port=0, api_key="s3cret").start()
+    try:
+        root = srv.base_url.removesuffix("/v1")
+        assert httpx2.get(root + "/health").status_code == 200  # open without the key
+        assert httpx2.get(root + "/models", headers={"X-Api-Key": "s3cret"}).status_code == 200
+        r = httpx2.get(root + "/models", headers={"X-Api-Key": "wrong"})
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        assert httpx2.get(root + "/models").status_code == 401
+    finally:
+        srv.stop()
+
+
+def test_health_says_when_no_model_is_loaded():
+    srv = ApiServer(Runtime(), port=0).start()
+    try:
+        r = httpx2.get(srv.base_url.removesuffix("/v1") + "/health")
+        assert r.status_code == 503 and r.json()["error"]["code"] == "model_not_loaded"
+    finally:
+        srv.stop()
+
+
 def test_listening_beyond_loopback_needs_an_api_key(runtime):
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1") and is_loopback("127.1.2.3")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.20") and not is_loopback("example.org")
