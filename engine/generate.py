@@ -6,6 +6,10 @@
     gen.result.finish_reason   # "stop" | "length" | "cancelled"
     gen.result.state           # the model state after the prompt and every token fed back
 
+``logprobs=N`` records, for each generated token, its log-probability and the N likeliest
+alternatives (``result.logprobs``); ``constraint`` (see :class:`Constraint`) limits which tokens
+may come next, e.g. to what a JSON schema allows.
+
 Another thread may call ``gen.stop()`` (or set the :class:`StopFlag` passed in): generation ends
 before the next token is computed. A stop string is never emitted, not even its beginning: text
 that could start one is held back until it is clear.
@@ -21,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from roost.engine.sampling import PenaltyTracker, SamplingParams, sample_logits
+from roost.engine.sampling import PenaltyTracker, SamplingParams, adjust, pick
 from roost.engine.tokenizer import StreamDecoder
 
 
@@ -41,6 +45,31 @@ class StopFlag:
         return self._event.is_set()
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability, and the likeliest tokens at that step (best first), in
+    the distribution the sampler drew from before its top-p/top-k cut and temperature: the
+    model's, with the penalties, the logit bias and any constraint applied."""
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+class Constraint:
+    """What may come next, decided token by token (a grammar). The generation asks :meth:`mask`
+    before each token, tells :meth:`advance` the token chosen, and stops ("stop") once
+    :meth:`finished`; end-of-text is a token the mask must allow for the text to end there."""
+
+    def mask(self, logits: torch.Tensor) -> torch.Tensor:  # pragma: no cover - an interface
+        raise NotImplementedError
+
+    def advance(self, token: int) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def finished(self) -> bool:  # pragma: no cover
+        raise NotImplementedError
+
+
 @dataclass
 class GenerationResult:
     text: str = ""  # what was emitted (stop string excluded)
@@ -52,6 +81,7 @@ class GenerationResult:
     prompt_tokens: int = 0
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # one per token of ``tokens`` when asked
 
     @property
     def unfed_tokens(self) -> list[int]:
@@ -67,8 +97,11 @@ class Generation:
 
     def __init__(self, model, prompt: str | Sequence[int], params: SamplingParams, *,
                  state=None, stop_flag: StopFlag | None = None, chunk_size: int = 256,
-                 on_prefill_progress: Callable[[int, int], None] | None = None):
+                 on_prefill_progress: Callable[[int, int], None] | None = None,
+                 logprobs: int | None = None, constraint: Constraint | None = None):
         self.model = model
+        self.logprobs = logprobs
+        self.constraint = constraint
         self.params = params
         self.prompt_tokens = model.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         if not self.prompt_tokens:
@@ -124,13 +157,23 @@ class Generation:
                 if self.stop_flag.is_set():
                     res.finish_reason = "cancelled"
                     break
-                token = sample_logits(penalties.apply(logits), params, gen)
+                scores = adjust(penalties.apply(logits), params)
+                if self.constraint is not None:
+                    scores = self.constraint.mask(scores)
+                token = pick(scores, params, gen)
                 if token in stops:
                     res.finish_reason = "stop"
                     break
                 res.tokens.append(token)
+                if self.logprobs is not None:
+                    res.logprobs.append(_logprob(scores, token, self.logprobs))
                 penalties.update(token)
                 pending += decoder.feed(token)
+                if self.constraint is not None:
+                    self.constraint.advance(token)
+                    if self.constraint.finished():  # the value is complete: nothing may follow
+                        res.finish_reason = "stop"
+                        break
                 hit = _find_stop(pending, params.stop)
                 if hit is not None:
                     cut, res.stop_string = hit
@@ -156,6 +199,39 @@ class Generation:
                 yield pending
         finally:
             res.decode_seconds = time.perf_counter() - t0
+
+
+def _logprob(scores: torch.Tensor, token: int, top: int) -> TokenLogprob:
+    logp = torch.log_softmax(scores.float(), dim=-1)
+    best = ()
+    if top > 0:
+        values, ids = logp.topk(min(top, logp.numel()))
+        best = tuple((int(i), float(v)) for i, v in zip(ids, values) if v > float("-inf"))
+    return TokenLogprob(token, float(logp[token]), best)
+
+
+class LogprobRelease:
+    """Hands out a generation's token log-probabilities as its text is released: a token's entry
+    goes out once its bytes are all in the text emitted so far (a token held back with the start of
+    a stop string waits), and at the end every token that contributed to the text."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.index = 0
+        self.offset = 0  # bytes of the tokens handed out so far
+
+    def take(self, result: GenerationResult, *, final: bool = False) -> list[TokenLogprob]:
+        emitted = len(result.text.encode("utf-8"))
+        out = []
+        while self.index < len(result.logprobs):
+            entry = result.logprobs[self.index]
+            size = len(self.tokenizer.decode_bytes([entry.token]))
+            if not (self.offset + size <= emitted or (final and self.offset < emitted)):
+                break
+            out.append(entry)
+            self.index += 1
+            self.offset += size
+        return out
 
 
 def _find_stop(text: str, stops: Sequence[str]) -> tuple[int, str] | None:

@@ -29,6 +29,9 @@ class SamplingParams:
     max_tokens: int = 500
     seed: int | None = None
     stop_tokens: tuple[int, ...] = field(default=())  # besides the tokenizer's end-of-text
+    # (token id, bias) pairs added to the logits before sampling, OpenAI's logit_bias: -100 bans a
+    # token, +100 all but forces it; a dict {id: bias} is accepted
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self):
         for name in ("stop", "banned_tokens", "stop_tokens"):
@@ -36,6 +39,8 @@ class SamplingParams:
             if isinstance(value, str):
                 value = (value,)
             object.__setattr__(self, name, tuple(value))
+        bias = self.logit_bias.items() if isinstance(self.logit_bias, dict) else self.logit_bias
+        object.__setattr__(self, "logit_bias", tuple(sorted((int(t), float(b)) for t, b in bias)))
         checks = [
             (0 <= self.temperature <= 5, "temperature must be between 0 and 5"),
             (0 <= self.top_p <= 1, "top_p must be between 0 and 1"),
@@ -45,6 +50,8 @@ class SamplingParams:
             (0 < self.penalty_decay <= 1, "penalty_decay must be above 0 and at most 1"),
             (self.max_tokens >= 0, "max_tokens must be 0 or more"),
             (all(s for s in self.stop), "stop strings cannot be empty"),
+            (all(-100 <= b <= 100 for _t, b in self.logit_bias), "logit_bias values must be between -100 and 100"),
+            (all(t >= 0 for t, _b in self.logit_bias), "logit_bias token ids must be 0 or more"),
         ]
         for ok, message in checks:
             if not ok:
@@ -90,12 +97,32 @@ class PenaltyTracker:
         self.seen[token] = True
 
 
-def sample_logits(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None) -> int:
-    """Pick a token from float32 ``logits [vocab]``."""
+def adjust(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """``logits`` as the sampler sees them: banned tokens at -inf, the logit bias added (a new
+    tensor when anything changes)."""
     logits = logits.float()
-    if params.banned_tokens:
+    if params.banned_tokens or params.logit_bias:
         logits = logits.clone()
-        logits[list(params.banned_tokens)] = float("-inf")
+        if params.logit_bias:
+            import torch
+
+            ids = [t for t, _b in params.logit_bias if t < logits.numel()]
+            biases = [b for t, b in params.logit_bias if t < logits.numel()]
+            logits[ids] += torch.tensor(biases, dtype=logits.dtype)
+        if params.banned_tokens:
+            logits[list(params.banned_tokens)] = float("-inf")
+    return logits
+
+
+def sample_logits(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None) -> int:
+    """Pick a token from float32 ``logits [vocab]`` (banned tokens and the logit bias applied)."""
+    return pick(adjust(logits, params), params, generator)
+
+
+def pick(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None) -> int:
+    """Pick a token from logits already adjusted (:func:`adjust`): greedy at temperature 0, else
+    top-k, then top-p, then temperature."""
+    logits = logits.float()
     if params.temperature == 0:
         return int(logits.argmax())
     import torch

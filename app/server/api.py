@@ -173,6 +173,26 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
         what = f"{__version__}|{info.name}|{info.path.stat().st_size if info.path.exists() else 0}|{info.strategy}"
         return "fp_" + hashlib.sha256(what.encode()).hexdigest()[:10]
 
+    def decoder():
+        """The loaded model's bytes of token ids (for logprobs)."""
+        model = runtime.model
+        return model.tokenizer.decode_bytes if model is not None else (lambda _ids: b"")
+
+    def chat_logprobs(entries, top: int | None):
+        """A chat choice's (or chunk's) logprobs: {"content": [one per token], "refusal": None}."""
+        if top is None:
+            return None
+        decode, content = decoder(), []
+        for e in entries or ():
+            item = _logprob_item(decode, e.token, e.logprob)
+            item["top_logprobs"] = [_logprob_item(decode, t, lp) for t, lp in e.top[:top]]
+            content.append(item)
+        return {"content": content, "refusal": None}
+
+    def vocab_size() -> int | None:
+        model = runtime.model
+        return model.vocab_size if model is not None else None
+
     def check_model(body: dict) -> str:
         """The model that answers: Roost serves one, so any name (a client's default such as
         gpt-3.5-turbo, a name the user typed) or none gets it, and the response carries its real id."""
@@ -286,17 +306,20 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
             think = None  # a call required: no thought before it
         reasoning_model = runtime.info is not None and runtime.info.reasoning
         stream, include_usage = fields.stream_flags(body)
+        n, top = fields.choices(body), fields.logprobs(body, chat=True)
         params = fields.sampling(body, chat_defaults, default_max=min(chat_max_tokens, max_tokens_limit),
-                           limit=max_tokens_limit, chat=True)
+                                 limit=max_tokens_limit, chat=True, vocab_size=vocab_size())
         job = Job(lambda model, info: chat_tokens(model, info, messages, lead, think), params, stops=chat_stops,
-                  stream=stream)
+                  stream=stream, n=n, logprobs=top)
         submit(job)
         rid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        fp = fingerprint()
 
-        def chunk(delta: dict, finish: str | None = None) -> str:
+        def chunk(index: int, delta: dict, finish: str | None = None, logprobs=None) -> str:
             return _sse({"id": rid, "object": "chat.completion.chunk", "created": now, "model": name,
-                         "system_fingerprint": fingerprint(),
-                         "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]})
+                         "system_fingerprint": fp,
+                         "choices": [{"index": index, "delta": delta, "logprobs": chat_logprobs(logprobs, top),
+                                      "finish_reason": finish}]})
 
         def reply_of(text: str):
             """(message fields, finish reason) of a whole reply: tool calls when it is written as one."""
@@ -309,71 +332,95 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
             outcome = await outcome_of(job, request)
             if outcome is None:
                 raise ApiError(499, "The client closed the request.", code="client_closed_request")
-            thought, answer = "", outcome.text
-            if reasoning_model and not lead:  # the thought apart (reasoning_content), the answer as content
-                from roost.engine.prompts import split_reasoning
+            out = []
+            for i, choice in enumerate(outcome.choices):
+                thought, answer = "", choice.text
+                if reasoning_model and not lead:  # the thought apart (reasoning_content), the answer as content
+                    from roost.engine.prompts import split_reasoning
 
-                thought, answer = split_reasoning(answer, thinking=think not in (None, False))
-            message, finish = reply_of(lead + answer)
-            if thought:
-                message["reasoning_content"] = thought
-            return {"id": rid, "object": "chat.completion", "created": now, "model": name, "system_fingerprint": fingerprint(),
-                    "choices": [{"index": 0, "message": {"role": "assistant", **message, "refusal": None},
-                                 "logprobs": None, "finish_reason": finish or FINISH[outcome.finish_reason]}],
-                    "usage": usage(outcome)}
+                    thought, answer = split_reasoning(answer, thinking=think not in (None, False))
+                message, finish = reply_of(lead + answer)
+                if thought:
+                    message["reasoning_content"] = thought
+                out.append({"index": i, "message": {"role": "assistant", **message, "refusal": None},
+                            "logprobs": chat_logprobs(choice.logprobs, top),
+                            "finish_reason": finish or FINISH[choice.finish_reason]})
+            return {"id": rid, "object": "chat.completion", "created": now, "model": name, "system_fingerprint": fp,
+                    "choices": out, "usage": usage(outcome)}
 
-        async def events() -> AsyncIterator[str]:
-            begun = False  # the reply's leading space (after "Assistant:") is not part of it
-            thought_begun = False
-            held = lead if offered is not None and offered.active else None  # a reply that may be a call waits
-            split = ThoughtSplitter(think not in (None, False)) if reasoning_model and not lead else None
+        class Reply:
+            """One choice of a streamed reply: its text told apart (thought, answer, a tool call
+            held until it is whole) and its chunks, the logprobs riding on the next chunk sent."""
 
-            def pieces(parts):
-                nonlocal begun, held, thought_begun
+            def __init__(self, index: int):
+                self.index = index
+                self.begun = False  # the reply's leading space (after "Assistant:") is not part of it
+                self.thought_begun = False
+                self.held = lead if offered is not None and offered.active else None  # may be a call: wait
+                self.split = ThoughtSplitter(think not in (None, False)) if reasoning_model and not lead else None
+                self.logprobs: list = []
+
+            def send(self, delta: dict, finish: str | None = None) -> str:
+                entries, self.logprobs = self.logprobs, []
+                return chunk(self.index, delta, finish, entries)
+
+            def pieces(self, parts):
                 for part, value in parts:
                     if part == "reasoning":
-                        text = value if thought_begun else value.lstrip()
+                        text = value if self.thought_begun else value.lstrip()
                         if text:
-                            thought_begun = True
-                            yield chunk({"reasoning_content": text})
+                            self.thought_begun = True
+                            yield self.send({"reasoning_content": text})
                         continue
-                    if held is not None:
-                        held += value
-                        if tools.might_be_a_call(held):
+                    if self.held is not None:
+                        self.held += value
+                        if tools.might_be_a_call(self.held):
                             continue
-                        value, held = held, None  # plain text after all: send what was held
-                    text = value if begun else value.lstrip()
+                        value, self.held = self.held, None  # plain text after all: send what was held
+                    text = value if self.begun else value.lstrip()
                     if text:
-                        begun = True
-                        yield chunk({"content": text})
+                        self.begun = True
+                        yield self.send({"content": text})
 
-            async for kind, value in _stream_events(job, request):
-                if kind == "started":
-                    yield chunk({"role": "assistant", "content": ""})
-                elif kind == "piece":
-                    for out in pieces(split.feed(value) if split else [("content", value)]):
-                        yield out
-                elif kind == "done":
-                    if split is not None:
-                        for out in pieces(split.flush()):
-                            yield out
-                    finish = FINISH[value.finish_reason]
-                    if held is not None:
-                        message, called = reply_of(held)
-                        if called:
-                            for i, call in enumerate(message["tool_calls"]):
-                                yield chunk({"tool_calls": [{"index": i, "id": call["id"], "type": "function",
+            def feed(self, text: str, entries):
+                self.logprobs += entries
+                yield from self.pieces(self.split.feed(text) if self.split else [("content", text)])
+
+            def finish(self, choice):
+                if self.split is not None:
+                    yield from self.pieces(self.split.flush())
+                finish = FINISH[choice.finish_reason]
+                if self.held is not None:
+                    message, called = reply_of(self.held)
+                    if called:
+                        for i, call in enumerate(message["tool_calls"]):
+                            yield self.send({"tool_calls": [{"index": i, "id": call["id"], "type": "function",
                                                              "function": {"name": call["function"]["name"],
                                                                           "arguments": ""}}]})
-                                yield chunk({"tool_calls": [{"index": i, "function": {
-                                    "arguments": call["function"]["arguments"]}}]})
-                            finish = called
-                        elif message["content"]:
-                            yield chunk({"content": message["content"]})
-                    yield chunk({}, finish)
+                            yield self.send({"tool_calls": [{"index": i, "function": {
+                                "arguments": call["function"]["arguments"]}}]})
+                        finish = called
+                    elif message["content"]:
+                        yield self.send({"content": message["content"]})
+                yield self.send({}, finish)
+
+        async def events() -> AsyncIterator[str]:
+            replies = [Reply(i) for i in range(n)]
+            async for kind, value in _stream_events(job, request):
+                if kind == "started":
+                    for reply in replies:
+                        yield chunk(reply.index, {"role": "assistant", "content": ""})
+                elif kind == "piece":
+                    index, text, entries = value
+                    for out in replies[index].feed(text, entries):
+                        yield out
+                elif kind == "done":
+                    for reply, choice in zip(replies, value.choices):
+                        for out in reply.finish(choice):
+                            yield out
                     if include_usage:
                         yield _sse({"id": rid, "object": "chat.completion.chunk", "created": now, "model": name,
-                                    "system_fingerprint": fingerprint(), "choices": [], "usage": usage(value)})
+                                    "system_fingerprint": fp, "choices": [], "usage": usage(value)})
                     yield "data: [DONE]\n\n"
                 else:  # a keep-alive comment or an error event
                     yield value
@@ -390,45 +437,67 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
         fields.unsupported(body, chat=False)
         stream, include_usage = fields.stream_flags(body)
         echo = fields.flag(body, "echo")
+        n, top = fields.choices(body), fields.logprobs(body, chat=False)
         params = fields.sampling(body, completion_defaults, default_max=min(COMPLETION_MAX_TOKENS, max_tokens_limit),
-                           limit=max_tokens_limit, chat=False)
+                                 limit=max_tokens_limit, chat=False, vocab_size=vocab_size())
         if isinstance(prompt, str):
             def tokens(model, _info):
                 return model.tokenizer.encode(prompt)
         else:
             def tokens(_model, _info):
                 return prompt
-        job = Job(tokens, params, stream=stream)
+        job = Job(tokens, params, stream=stream, n=n, logprobs=top)
         submit(job)
         rid, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        fp = fingerprint()
         shown = (prompt if isinstance(prompt, str) else runtime.model.tokenizer.decode(prompt)) if echo else ""
+        offsets = [len(shown)] * n  # where each choice's next token's text begins (text_offset)
 
-        def chunk(text: str, finish: str | None = None) -> str:
+        def legacy_logprobs(index: int, entries):
+            if top is None:
+                return None
+            out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+            decode = decoder()
+            for e in entries:
+                token = decode([e.token]).decode("utf-8", errors="replace")
+                out["tokens"].append(token)
+                out["token_logprobs"].append(e.logprob)
+                out["top_logprobs"].append({decode([t]).decode("utf-8", errors="replace"): lp
+                                            for t, lp in e.top[:top]})
+                out["text_offset"].append(offsets[index])
+                offsets[index] += len(token)
+            return out
+
+        def chunk(index: int, text: str, finish: str | None = None, entries=()) -> str:
             return _sse({"id": rid, "object": "text_completion", "created": now, "model": name,
-                         "system_fingerprint": fingerprint(),
-                         "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]})
+                         "system_fingerprint": fp,
+                         "choices": [{"text": text, "index": index, "logprobs": legacy_logprobs(index, entries),
+                                      "finish_reason": finish}]})
 
         if not stream:
             outcome = await outcome_of(job, request)
             if outcome is None:
                 raise ApiError(499, "The client closed the request.", code="client_closed_request")
-            return {"id": rid, "object": "text_completion", "created": now, "model": name, "system_fingerprint": fingerprint(),
-                    "choices": [{"text": shown + outcome.text, "index": 0, "logprobs": None,
-                                 "finish_reason": FINISH[outcome.finish_reason]}],
+            return {"id": rid, "object": "text_completion", "created": now, "model": name, "system_fingerprint": fp,
+                    "choices": [{"text": shown + c.text, "index": i, "logprobs": legacy_logprobs(i, c.logprobs),
+                                 "finish_reason": FINISH[c.finish_reason]} for i, c in enumerate(outcome.choices)],
                     "usage": usage(outcome)}
 
         async def events() -> AsyncIterator[str]:
             async for kind, value in _stream_events(job, request):
                 if kind == "started":
                     if shown:
-                        yield chunk(shown)
+                        for i in range(n):
+                            yield chunk(i, shown)
                 elif kind == "piece":
-                    yield chunk(value)
+                    index, text, entries = value
+                    yield chunk(index, text, entries=entries)
                 elif kind == "done":
-                    yield chunk("", FINISH[value.finish_reason])
+                    for i, c in enumerate(value.choices):
+                        yield chunk(i, "", FINISH[c.finish_reason])
                     if include_usage:
                         yield _sse({"id": rid, "object": "text_completion", "created": now, "model": name,
-                                    "system_fingerprint": fingerprint(), "choices": [], "usage": usage(value)})
+                                    "system_fingerprint": fp, "choices": [], "usage": usage(value)})
                     yield "data: [DONE]\n\n"
                 else:
                     yield value
@@ -436,6 +505,11 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
         return sse_response(events())
 
     return app
+
+
+def _logprob_item(decode_bytes, token: int, logprob: float) -> dict:
+    data = decode_bytes([token])
+    return {"token": data.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(data)}
 
 
 class ThoughtSplitter:

@@ -65,7 +65,8 @@ def stream_flags(body: dict) -> tuple[bool, bool]:
     return stream, flag(options, "include_usage")
 
 
-def sampling(body: dict, defaults: dict, *, default_max: int, limit: int, chat: bool):
+def sampling(body: dict, defaults: dict, *, default_max: int, limit: int, chat: bool,
+             vocab_size: int | None = None):
     from roost.engine.sampling import SamplingParams
 
     values = dict(defaults)
@@ -102,6 +103,7 @@ def sampling(body: dict, defaults: dict, *, default_max: int, limit: int, chat: 
         raise ApiError(400, f"Invalid 'stop': at most {MAX_STOP_STRINGS} stop strings.", param="stop",
                        code="invalid_value")
     values["stop"] = tuple(s for s in stop if s)
+    values["logit_bias"] = logit_bias(body, vocab_size)
     try:
         return SamplingParams(**values)
     except ValueError as e:  # the engine's range checks: "temperature must be between 0 and 5" etc.
@@ -221,16 +223,65 @@ def reasoning_effort(body: dict):
     return EFFORTS[effort]
 
 
+MAX_CHOICES = 16  # replies per request ('n'): each costs a full generation
+MAX_TOP_LOGPROBS = 20
+
+
+def choices(body: dict) -> int:
+    n = number(body, "n", integer=True)
+    if n is None:
+        return 1
+    if not 1 <= n <= MAX_CHOICES:
+        raise ApiError(400, f"Invalid 'n': {n}. It must be between 1 and {MAX_CHOICES}.", param="n",
+                       code="invalid_value")
+    return n
+
+
+def logprobs(body: dict, *, chat: bool) -> int | None:
+    """How many alternatives to report with each token's log-probability; None: no logprobs.
+    Chat: ``logprobs: true`` and ``top_logprobs`` (0-20); legacy completions: ``logprobs: N``."""
+    if chat:
+        on = flag(body, "logprobs")
+        top = number(body, "top_logprobs", integer=True)
+        if top is not None and not on:
+            raise ApiError(400, "'top_logprobs' needs 'logprobs' set to true.", param="top_logprobs",
+                           code="invalid_value")
+        if top is not None and not 0 <= top <= MAX_TOP_LOGPROBS:
+            raise ApiError(400, f"Invalid 'top_logprobs': {top}. It must be between 0 and {MAX_TOP_LOGPROBS}.",
+                           param="top_logprobs", code="invalid_value")
+        return (top or 0) if on else None
+    top = number(body, "logprobs", integer=True)
+    if top is not None and not 0 <= top <= MAX_TOP_LOGPROBS:
+        raise ApiError(400, f"Invalid 'logprobs': {top}. It must be between 0 and {MAX_TOP_LOGPROBS}.",
+                       param="logprobs", code="invalid_value")
+    return top
+
+
+def logit_bias(body: dict, vocab_size: int | None) -> dict[int, float]:
+    """OpenAI's logit_bias: {"token id": bias from -100 to 100}."""
+    raw = body.get("logit_bias")
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ApiError(400, f"Invalid type for 'logit_bias': expected an object, but got {type_name(raw)} instead.",
+                       param="logit_bias", code="invalid_type")
+    out = {}
+    for key, value in raw.items():
+        token = int(key) if isinstance(key, str) and key.strip().isdigit() else None
+        if token is None or (vocab_size is not None and token >= vocab_size):
+            raise ApiError(400, f"Invalid key in 'logit_bias': {key!r} is not a token id"
+                                + (f" (the vocabulary has {vocab_size} tokens)." if vocab_size else "."),
+                           param="logit_bias", code="invalid_value")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
+            raise ApiError(400, f"Invalid value in 'logit_bias' for token {key}: {value!r}. It must be a number "
+                                "between -100 and 100.", param="logit_bias", code="invalid_value")
+        out[token] = float(value)
+    return out
+
+
 def unsupported(body: dict, *, chat: bool) -> None:
     """Refuse, with a clear 400, what this server cannot do rather than quietly ignoring it."""
-    n = number(body, "n", integer=True)
-    if n is not None and n != 1:
-        raise ApiError(400, "This server generates one choice per request ('n' must be 1).", param="n",
-                       code="invalid_value")
-    checks: list[tuple[str, Callable[[object], bool], str]] = [
-        ("logprobs", lambda v: v not in (None, False), "Log probabilities are not supported."),
-        ("top_logprobs", lambda v: v not in (None, 0), "Log probabilities are not supported."),
-    ]
+    checks: list[tuple[str, Callable[[object], bool], str]] = []
     if chat:
         checks += [
             ("response_format", lambda v: isinstance(v, dict) and v.get("type") not in (None, "text"),
@@ -241,6 +292,9 @@ def unsupported(body: dict, *, chat: bool) -> None:
             ("best_of", lambda v: v not in (None, 1), "'best_of' must be 1 on this server."),
             ("suffix", lambda v: bool(v), "'suffix' (insertion) is not supported."),
         ]
+        if body.get("echo") is True and body.get("logprobs") is not None:
+            raise ApiError(400, "'logprobs' with 'echo' (the prompt's own logprobs) is not supported.",
+                           param="logprobs", code="unsupported_parameter")
     for name, bad, message in checks:
         if bad(body.get(name)):
             raise ApiError(400, message, param=name, code="unsupported_parameter")

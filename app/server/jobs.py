@@ -16,7 +16,7 @@ import threading
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from roost.engine.resume import PrefixCache
 
@@ -37,14 +37,24 @@ class Cancelled(Exception):
 
 
 @dataclass
-class Outcome:
+class Choice:
     text: str
     finish_reason: str  # the engine's: "stop" | "length" | "cancelled"
+    tokens: int
+    logprobs: list = field(default_factory=list)  # TokenLogprob per token of the text, when asked
+
+
+@dataclass
+class Outcome:
+    choices: list[Choice]
     prompt_tokens: int
     cached_tokens: int  # prompt tokens resumed from the prefix cache, not processed
-    completion_tokens: int
     queue_seconds: float
     seconds: float
+
+    text = property(lambda self: self.choices[0].text)
+    finish_reason = property(lambda self: self.choices[0].finish_reason)
+    completion_tokens = property(lambda self: sum(c.tokens for c in self.choices))
 
 
 # --- prompts -------------------------------------------------------------------------------------
@@ -100,16 +110,21 @@ def chat_stops(model, info) -> tuple[str, ...]:
 # --- jobs ----------------------------------------------------------------------------------------
 class Job:
     """One request's generation. ``prompt`` is a function (model, info) -> token ids, called
-    once the job holds the model; ``stops`` (model, info) -> extra stop strings, likewise."""
+    once the job holds the model; ``stops`` (model, info) -> extra stop strings, likewise;
+    ``constraint`` (model) -> a Constraint for each reply, or None. ``n`` replies branch from the
+    prompt; ``logprobs``: None, or how many alternatives to report with each token's logprob."""
 
-    def __init__(self, prompt, params, *, stops=None, stream: bool = False,
-                 loop: asyncio.AbstractEventLoop | None = None):
+    def __init__(self, prompt, params, *, stops=None, stream: bool = False, n: int = 1,
+                 logprobs: int | None = None, constraint=None, loop: asyncio.AbstractEventLoop | None = None):
         from roost.engine.generate import StopFlag
 
         self.prompt = prompt
         self.params = params
         self.stops = stops
         self.stream = stream
+        self.n = n
+        self.logprobs = logprobs
+        self.constraint = constraint
         self.stop_flag = StopFlag()
         self.loop = loop or asyncio.get_running_loop()
         self.events: asyncio.Queue = asyncio.Queue()
@@ -120,8 +135,9 @@ class Job:
         self.stop_flag.set()
 
     def emit(self, kind: str, value=None) -> None:
-        """From the worker thread: ("started", None), ("piece", text), ("done", Outcome),
-        ("error", exception)."""
+        """From the worker thread: ("started", None), ("piece", (choice index, text, logprobs)),
+        ("done", Outcome), ("error", exception). A piece's logprobs are the TokenLogprob entries
+        of the tokens its text completes (when asked); the last piece of a reply may have no text."""
         try:
             self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
         except RuntimeError:  # the event loop is gone (the server stopped)
@@ -227,6 +243,7 @@ class Worker:
             time.sleep(0.002)
 
     def _run(self, job: Job) -> Outcome:
+        from roost.engine.generate import LogprobRelease
         from roost.engine.resume import generate_resumed
 
         with self.runtime.exclusive() as model:
@@ -242,11 +259,34 @@ class Worker:
                 extra = tuple(job.stops(model, info))
                 params = params.with_stops(extra)
             job.emit("started")
-            done = generate_resumed(model, self.cache, ids, params, stop_flag=job.stop_flag,
-                                    on_piece=(lambda piece: job.emit("piece", piece)) if job.stream else None)
-            r = done.result
-            if r is None:  # stopped while reading the prompt
-                return Outcome("", "cancelled", len(ids), done.cached_tokens, 0, started - job.created,
+            current = {}  # the reply being generated: its index, Generation and logprob release
+
+            def on_choice(i, gen):
+                if current and job.stream:
+                    finish_choice()
+                current.update(index=i, gen=gen, release=LogprobRelease(model.tokenizer))
+
+            def finish_choice():  # the logprobs still held of the reply that ended
+                if job.logprobs is not None:
+                    rest = current["release"].take(current["gen"].result, final=True)
+                    if rest:
+                        job.emit("piece", (current["index"], "", rest))
+
+            def on_piece(piece):
+                entries = current["release"].take(current["gen"].result) if job.logprobs is not None else []
+                job.emit("piece", (current["index"], piece, entries))
+
+            done = generate_resumed(model, self.cache, ids, params, stop_flag=job.stop_flag, n=job.n,
+                                    on_choice=on_choice, on_piece=on_piece if job.stream else None,
+                                    logprobs=job.logprobs,
+                                    constraint=(lambda: job.constraint(model)) if job.constraint is not None else None)
+            if current and job.stream:
+                finish_choice()
+            if done.result is None:  # stopped while reading the prompt
+                return Outcome([Choice("", "cancelled", 0)], len(ids), done.cached_tokens, started - job.created,
                                time.monotonic() - started)
-            return Outcome(r.text, r.finish_reason, len(ids), done.cached_tokens, len(r.tokens),
-                           started - job.created, time.monotonic() - started)
+            choices = []
+            for r in done.results:
+                kept = LogprobRelease(model.tokenizer).take(r, final=True) if job.logprobs is not None else []
+                choices.append(Choice(r.text, r.finish_reason, len(r.tokens), kept))
+            return Outcome(choices, len(ids), done.cached_tokens, started - job.created, time.monotonic() - started)

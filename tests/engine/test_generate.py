@@ -108,3 +108,61 @@ def test_the_result_state_continues_like_feeding_the_tokens(small_model):
     full, _ = small_model.forward(ids + [r.tokens[-1]])
     assert torch.allclose(via_state, full, atol=1e-4)
     assert direct.shape == full.shape
+
+
+def test_logprobs_are_those_of_the_distribution_sampled_from(small_model):
+    params = SamplingParams(temperature=0, max_tokens=6, presence_penalty=0, frequency_penalty=0)
+    prompt = small_model.tokenizer.encode("Hello")
+    gen = Generation(small_model, prompt, params, logprobs=3)
+    r = gen.run()
+    assert len(r.logprobs) == len(r.tokens) == 6
+    state, ids = None, list(prompt)
+    for entry, token in zip(r.logprobs, r.tokens):
+        logits, state = small_model.forward(ids, state)
+        expected = torch.log_softmax(logits, -1)
+        assert entry.token == token == int(expected.argmax())  # greedy: the likeliest
+        assert entry.logprob == pytest.approx(float(expected[token]), abs=1e-5)
+        assert [t for t, _ in entry.top] == expected.topk(3).indices.tolist()
+        assert entry.top[0] == (token, pytest.approx(entry.logprob))
+        ids = [token]
+    assert not Generation(small_model, prompt, params).run().logprobs  # only when asked
+
+
+def test_logit_bias_steers_and_bans_tokens(small_model):
+    prompt = small_model.tokenizer.encode("Hello")
+    base = SamplingParams(temperature=0, max_tokens=5, presence_penalty=0, frequency_penalty=0)
+    plain = generate(small_model, prompt, base)
+    forced = generate(small_model, prompt, base.replace(logit_bias={1234: 100}))
+    assert forced.tokens == [1234] * 5 != plain.tokens
+    banned = generate(small_model, prompt, base.replace(logit_bias={plain.tokens[0]: -100}))
+    assert banned.tokens[0] != plain.tokens[0]
+    sampled = generate(small_model, prompt, base.replace(temperature=1, top_p=1, seed=3, logit_bias={77: 100}))
+    assert sampled.tokens == [77] * 5
+    with pytest.raises(ValueError, match="logit_bias"):
+        SamplingParams(logit_bias={5: 150})
+
+
+def test_replies_branch_from_one_prompt_state(small_model):
+    """n replies read the prompt once and each equals a reply generated alone (seed, seed + 1, ...)."""
+    from roost.engine.resume import PrefixCache, generate_resumed
+
+    params = SamplingParams(temperature=1.0, top_p=0.9, max_tokens=10, seed=11)
+    prompt = small_model.tokenizer.encode("Once upon a time there was")
+    calls = []
+    real = small_model.forward
+
+    def counting(tokens, state=None):
+        calls.append(len(tokens))
+        return real(tokens, state)
+
+    small_model.forward = counting
+    try:
+        done = generate_resumed(small_model, PrefixCache(), prompt, params, n=3)
+    finally:
+        del small_model.forward
+    assert len(done.results) == 3 and done.result is done.results[0]
+    assert calls.count(len(prompt) - 1) == 1  # the prompt read once
+    for i, r in enumerate(done.results):
+        alone = generate(small_model, prompt, params.replace(seed=11 + i))
+        assert r.tokens == alone.tokens and r.text == alone.text
+    assert len({tuple(r.tokens) for r in done.results}) > 1

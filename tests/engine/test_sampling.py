@@ -111,3 +111,14 @@ def test_one_set_of_defaults_for_every_surface(monkeypatch):
 def test_stop_strings_merge_once_in_order():
     p = SamplingParams(stop=("END", "\n\n")).with_stops(("\n\nUser:", "\n\n"))
     assert p.stop == ("END", "\n\n", "\n\nUser:")
+
+
+def test_logit_bias_adds_to_the_logits_before_sampling():
+    from roost.engine.sampling import adjust
+
+    logits = torch.tensor([3.0, 1.0, 0.0, -1.0])
+    out = adjust(logits, SamplingParams(logit_bias={1: 2.5, 3: -100}))
+    assert out.tolist() == [3.0, 3.5, 0.0, -101.0] and logits.tolist() == [3.0, 1.0, 0.0, -1.0]
+    assert sample_logits(logits, SamplingParams(temperature=0, logit_bias={2: 5}), gen()) == 2
+    assert all(sample_logits(logits, SamplingParams(top_p=1, logit_bias={0: -100}), gen(s)) != 0 for s in range(50))
+    assert SamplingParams(logit_bias={"7": 1}).logit_bias == ((7, 1.0),)

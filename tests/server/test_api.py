@@ -243,7 +243,14 @@ def test_bad_requests_get_openai_error_objects(client, model, server):
         ({"model": model, "messages": [{"role": "user", "content": "Hi"}], "temperature": 9}, 400, "temperature"),
         ({"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 10 ** 6}, 400, "max_tokens"),
         ({"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 0}, 400, "max_tokens"),
-        ({"model": model, "messages": [{"role": "user", "content": "Hi"}], "n": 3}, 400, "n"),
+        ({"model": model, "messages": [{"role": "user", "content": "Hi"}], "n": 30}, 400, "n"),
+        ({"model": model, "messages": [{"role": "user", "content": "Hi"}], "top_logprobs": 2}, 400, "top_logprobs"),
+        ({"model": model, "messages": [{"role": "user", "content": "Hi"}], "logprobs": True, "top_logprobs": 21},
+         400, "top_logprobs"),
+        ({"model": model, "messages": [{"role": "user", "content": "Hi"}], "logit_bias": {"x": 1}}, 400, "logit_bias"),
+        ({"model": model, "messages": [{"role": "user", "content": "Hi"}], "logit_bias": {"5": 101}}, 400, "logit_bias"),
+        ({"model": model, "messages": [{"role": "user", "content": "Hi"}], "logit_bias": {"99999999": 1}}, 400,
+         "logit_bias"),
         ({"model": model, "messages": [{"role": "user", "content": "Hi"}], "stop": [1]}, 400, "stop"),
         ({"model": model, "messages": [{"role": "user", "content": "Hi"}], "tools": [{"type": "function"}]},
          400, "tools[0]"),
@@ -254,7 +261,8 @@ def test_bad_requests_get_openai_error_objects(client, model, server):
         err = r.json()["error"]
         assert err["param"] == param and err["message"] and err["type"] == "invalid_request_error", (body, err)
     for body in ({"model": model}, {"model": model, "prompt": {"x": 1}}, {"model": model, "prompt": [10 ** 9]},
-                 {"model": model, "prompt": ["a", "b"]}, {"model": model, "prompt": "x", "logprobs": 2}):
+                 {"model": model, "prompt": ["a", "b"]}, {"model": model, "prompt": "x", "logprobs": 50},
+                 {"model": model, "prompt": "x", "logprobs": 2, "echo": True}):
         r = httpx2.post(f"{url}/completions", json=body, timeout=30)
         assert r.status_code == 400 and r.json()["error"]["message"], (body, r.text)
     raw = [

@@ -6,6 +6,7 @@ The model's reply is scripted (its generation replaced) so that each test knows 
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import openai
 import pytest
@@ -32,15 +33,17 @@ def scripted(monkeypatch):
 
     reply = {"text": "", "prompt": ""}
 
-    def fake(model, cache, ids, params, *, stop_flag=None, on_piece=None, **_kw):
+    def fake(model, cache, ids, params, *, stop_flag=None, on_piece=None, on_choice=None, **_kw):
         reply["prompt"] = model.tokenizer.decode(list(ids))
         text = reply["text"]
+        result = GenerationResult(text=text, tokens=[1] * max(1, len(text) // 4), finish_reason="stop",
+                                  prompt_tokens=len(ids))
+        if on_choice is not None:
+            on_choice(0, SimpleNamespace(result=result))
         for i in range(0, len(text), 7):
             if on_piece is not None:
                 on_piece(text[i:i + 7])
-        result = GenerationResult(text=text, tokens=[1] * max(1, len(text) // 4), finish_reason="stop",
-                                  prompt_tokens=len(ids))
-        return resume.Resumed(result, len(ids), 0, len(ids))
+        return resume.Resumed(result, len(ids), 0, len(ids), [result])
 
     monkeypatch.setattr(resume, "generate_resumed", fake)
     return reply
