@@ -48,7 +48,8 @@ def run(out=sys.stdout) -> int:
 
     frozen = "frozen bundle" if getattr(sys, "frozen", False) else "Python install"
     print(f"Roost {__version__} ({frozen}), Python {platform.python_version()}, {platform.platform()}", file=out)
-    steps = [("catalog", _catalog), ("tokenizer", _tokenizer), ("model", _model), ("int8", _int8), ("conversations database", _sqlite),
+    steps = [("catalog", _catalog), ("tokenizer", _tokenizer), ("model", _model), ("int8", _int8),
+             ("structured output", _grammar), ("conversations database", _sqlite),
              ("Qt", _qt), ("main window", _window), ("API server", _api)]
     ok = True
     # everything the check writes goes here and is removed at the end (Windows may hold a file open
@@ -110,6 +111,25 @@ def _int8(scratch: Scratch) -> str:
     err = float((got - want).abs().max() / want.abs().max())
     assert bool(torch.isfinite(got).all()) and err < 0.1, f"int8 logits differ from float32 by {err:.1%}"
     return f"kernel {default_kernel(torch.device('cpu'))}, logits within {err:.2%} of float32"
+
+
+def _grammar(scratch: Scratch) -> str:
+    """The grammar engine (llguidance, a native library) loads and keeps a reply to a JSON schema."""
+    import json
+
+    from roost import engine
+    from roost.engine.generate import generate
+    from roost.engine.grammar import JsonConstraint, json_schema_grammar
+    from roost.engine.sampling import SamplingParams
+
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+              "additionalProperties": False}
+    model = engine.load_model(scratch.model(), "cpu fp32")
+    constraint = JsonConstraint(model.tokenizer, json_schema_grammar(schema))
+    r = generate(model, "JSON:", SamplingParams(max_tokens=20, seed=0), constraint=constraint)
+    value = json.loads(r.text)
+    assert set(value) == {"ok"}, r.text
+    return f"a random model's reply is {r.text}"
 
 
 def _sqlite(scratch: Scratch) -> str:

@@ -302,15 +302,27 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
         if offered is not None and offered.active:  # listed in the System turn, as G1 models learned
             messages = with_system(messages, offered.system_text())
             lead = offered.reply_lead()
-        if lead:
-            think = None  # a call required: no thought before it
         reasoning_model = runtime.info is not None and runtime.info.reasoning
+        grammar = fields.response_format(body, reasoning=reasoning_model)
+        if grammar is not None and offered is not None and offered.active:
+            raise ApiError(400, "'response_format' and 'tools' cannot be used together here: send one or the other "
+                                "(or tool_choice 'none').", param="response_format", code="unsupported_parameter")
+        if offered is not None:  # a required call: its arguments fit the tool's schema
+            grammar = offered.grammar() or grammar
+        if lead or grammar is not None:
+            think = None  # a call required, or JSON: no thought before it
         stream, include_usage = fields.stream_flags(body)
         n, top = fields.choices(body), fields.logprobs(body, chat=True)
         params = fields.sampling(body, chat_defaults, default_max=min(chat_max_tokens, max_tokens_limit),
                                  limit=max_tokens_limit, chat=True, vocab_size=vocab_size())
-        job = Job(lambda model, info: chat_tokens(model, info, messages, lead, think), params, stops=chat_stops,
-                  stream=stream, n=n, logprobs=top)
+        constraint = None
+        if grammar is not None:  # the grammar ends the reply, not the chat's stop strings
+            from roost.engine.grammar import JsonConstraint
+
+            constraint = lambda model: JsonConstraint(model.tokenizer, grammar)  # noqa: E731
+        job = Job(lambda model, info: chat_tokens(model, info, messages, lead, think), params,
+                  stops=chat_stops if grammar is None else None, stream=stream, n=n, logprobs=top,
+                  constraint=constraint)
         submit(job)
         rid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         fp = fingerprint()

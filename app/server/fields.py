@@ -279,15 +279,45 @@ def logit_bias(body: dict, vocab_size: int | None) -> dict[int, float]:
     return out
 
 
+def response_format(body: dict, *, reasoning: bool) -> str | None:
+    """The grammar a chat reply must follow for `response_format` (json_object: any JSON object;
+    json_schema: a value that fits the schema), or None for plain text. A G1 model's reply begins
+    by closing the prompt's empty thought (">"); any reply may begin with a space."""
+    raw = body.get("response_format")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ApiError(400, f"Invalid type for 'response_format': expected an object, but got {type_name(raw)} "
+                            "instead.", param="response_format", code="invalid_type")
+    kind = raw.get("type")
+    if kind in (None, "text"):
+        return None
+    if kind not in ("json_object", "json_schema"):
+        raise ApiError(400, f"Invalid value for 'response_format.type': {kind!r}. Supported values are: 'text', "
+                            "'json_object' and 'json_schema'.", param="response_format.type", code="invalid_value")
+    schema = None
+    if kind == "json_schema":
+        spec = raw.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+            raise ApiError(400, "'response_format.json_schema' must be an object with the schema in 'schema'.",
+                           param="response_format.json_schema", code="invalid_value")
+        schema = spec.get("schema") or {}
+    from roost.engine import grammar
+
+    if not grammar.available():
+        raise ApiError(400, "Structured output needs the llguidance package (pip install llguidance).",
+                       param="response_format", code="unsupported_parameter")
+    try:
+        return grammar.json_schema_grammar(schema, lead=">" + " " if reasoning else " ")
+    except ValueError as e:
+        raise ApiError(400, f"Invalid 'response_format': {e}.", param="response_format.json_schema",
+                       code="invalid_value") from None
+
+
 def unsupported(body: dict, *, chat: bool) -> None:
     """Refuse, with a clear 400, what this server cannot do rather than quietly ignoring it."""
     checks: list[tuple[str, Callable[[object], bool], str]] = []
-    if chat:
-        checks += [
-            ("response_format", lambda v: isinstance(v, dict) and v.get("type") not in (None, "text"),
-             "Only the 'text' response format is supported."),
-        ]
-    else:
+    if not chat:
         checks += [
             ("best_of", lambda v: v not in (None, 1), "'best_of' must be 1 on this server."),
             ("suffix", lambda v: bool(v), "'suffix' (insertion) is not supported."),

@@ -6,8 +6,9 @@ comes back as a User turn "Function output:\\n...". (RWKV-LM, RWKV-v7/RWKV7-G1x-
 
 `tool_choice`: "none" (tools are not shown, no call is read), "auto" (the model may answer or
 call; a reply in the call form is read as a call), "required" and a named tool (the reply is begun
-in the call form, for a named tool with its name). The arguments are not constrained to the
-tool's schema: a reply that does not parse as a call is returned as text.
+in the call form, for a named tool with its name, and constrained by a grammar to a call of one of
+the tools with arguments that fit its parameters' schema: :meth:`Tools.grammar`). With "auto" the
+model writes freely: a reply that does not parse as a call is returned as text.
 """
 
 from __future__ import annotations
@@ -52,6 +53,32 @@ class Tools:
         if self.choice == "required":
             return FENCE
         return FENCE + '{"name":' + json.dumps(self.choice, ensure_ascii=False) + ',"arguments":'
+
+
+    def grammar(self) -> str | None:
+        """The grammar of the rest of a required call, after :meth:`reply_lead` (None for "auto"
+        and "none"): one call object ({"name": one of the tools, "arguments": fitting its
+        parameters}) for "required", the named tool's arguments for a named one; then the fence's
+        end. ApiError (400) when a tool's parameters are not a schema the grammar engine takes."""
+        if not self.active or self.choice == "auto":
+            return None
+        from roost.engine import grammar
+
+        if not grammar.available():
+            return None  # the call is begun in the call form and read as before, unconstrained
+        if self.choice == "required":
+            calls = [{"type": "object", "properties": {"name": {"const": t["name"]},
+                                                       "arguments": t["parameters"] or {"type": "object"}},
+                      "required": ["name", "arguments"], "additionalProperties": False} for t in self.specs]
+            schema, after = (calls[0] if len(calls) == 1 else {"anyOf": calls}), "\n```"
+        else:
+            spec = next(t for t in self.specs if t["name"] == self.choice)
+            schema, after = spec["parameters"] or {"type": "object"}, "}\n```"
+        try:
+            return grammar.json_schema_grammar(schema, after=after)
+        except ValueError as e:
+            raise ApiError(400, f"A tool's parameters cannot be used: {e}.", param="tools",
+                           code="invalid_value") from None
 
 
 def parse(body: dict) -> Tools | None:

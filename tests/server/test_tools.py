@@ -103,6 +103,35 @@ def test_required_and_named_begin_the_reply_in_the_call_form(client, scripted):
     assert scripted["prompt"].endswith('Assistant: ```json\n{"name":"get_weather","arguments":')
 
 
+BOOKING = {"type": "function", "function": {
+    "name": "book_table", "description": "Book a table",
+    "parameters": {"type": "object", "properties": {
+        "people": {"type": "integer", "minimum": 1, "maximum": 12},
+        "time": {"enum": ["18:00", "19:00", "20:00"]},
+        "note": {"type": "string", "maxLength": 10}},
+        "required": ["people", "time"], "additionalProperties": False}}}
+
+
+def test_a_required_call_is_constrained_to_the_tools_schemas(client):
+    """The real (random-weight) model, not a script: a required or named call always parses, names
+    one of the tools and has arguments that validate against that tool's parameters."""
+    import jsonschema
+
+    schemas = {t["function"]["name"]: t["function"]["parameters"] or {"type": "object"}
+               for t in (WEATHER, BOOKING, CLOCK)}
+    for choice in ("required", {"type": "function", "function": {"name": "book_table"}}):
+        for seed in range(3):
+            r = client.chat.completions.create(model="any", tools=[WEATHER, BOOKING, CLOCK], tool_choice=choice,
+                                               messages=[{"role": "user", "content": "Dinner for 4 at 7"}],
+                                               seed=seed, max_tokens=120, temperature=1.3)
+            out = r.choices[0]
+            assert out.finish_reason == "tool_calls", out
+            call = out.message.tool_calls[0].function
+            if isinstance(choice, dict):
+                assert call.name == "book_table"
+            jsonschema.validate(json.loads(call.arguments), schemas[call.name])
+
+
 def test_a_streamed_call_arrives_as_tool_call_deltas(client, scripted):
     scripted["text"] = ' ```json\n{"name":"get_weather","arguments":{"city":"Rome"}}\n```'
     stream = client.chat.completions.create(model="any", tools=[WEATHER], stream=True,
