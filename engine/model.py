@@ -171,7 +171,8 @@ class RWKV:
         if head.dtype != torch.float32 and not getattr(head, "precise_output", False):
             # bf16 and most int8 kernels round their output to bf16 (3 significant digits), enough
             # to swap the two most likely tokens. Recompute the top candidates' logits in float32.
-            top = logits.topk(REFINE_TOP, dim=-1).indices  # (T, K)
+            k = min(REFINE_TOP, logits.shape[-1])  # a character-level vocabulary may be smaller
+            top = logits.topk(k, dim=-1).indices  # (T, K)
             rows = head[top].float() if isinstance(head, torch.Tensor) else head.rows(top)  # (T, K, C)
             exact = (rows @ x.float().unsqueeze(-1)).squeeze(-1)
             logits = logits.scatter(-1, top, exact)

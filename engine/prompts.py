@@ -100,5 +100,7 @@ def split_reasoning(text: str, thinking: bool = True) -> tuple[str, str]:
 
 
 def default_format(vocab_size: int) -> PromptFormat:
-    """Raven chat for the 20B-tokenizer models, World chat for the rest."""
+    """Raven chat for the 20B-tokenizer models, World chat for the rest: plain text that every
+    tokenizer encodes (bytes and any tokenizer.json too), so a model of another vocabulary that was
+    not trained to chat still runs and simply continues the transcript."""
     return RAVEN_CHAT if vocab_size in (50277, 50304) else WORLD_CHAT

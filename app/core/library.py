@@ -125,7 +125,8 @@ def delete(path: str | os.PathLike, models_dir: str | os.PathLike, catalog: list
     folder = Path(models_dir)
     path = folder / Path(path).name
     removed = []
-    for p in (path, path.with_name(path.name + ".part"), path.with_name(path.name + ".part.json")):
+    for p in (path, path.with_name(path.name + ".part"), path.with_name(path.name + ".part.json"),
+              own_tokenizer_file(path)):
         if p.exists():
             p.unlink()
             removed.append(p)
@@ -152,8 +153,9 @@ def import_file(src: str | os.PathLike, models_dir: str | os.PathLike, catalog: 
     folder.mkdir(parents=True, exist_ok=True)
     if not src.is_file():
         raise DownloadError(f"{src} does not exist or is not a file.\n{src} 不存在或不是文件。")
-    tensors, _cfg = open_checkpoint(src)  # raises a CheckpointError that says what is wrong
+    tensors, cfg = open_checkpoint(src)  # raises a CheckpointError that says what is wrong
     tensors.close()
+    tokenizer = brought_tokenizer(src, cfg.vocab_size)
     model = next((m for m in catalog if m.file == src.name), None)
     dest = folder / src.name
     size = src.stat().st_size
@@ -179,11 +181,28 @@ def import_file(src: str | os.PathLike, models_dir: str | os.PathLike, catalog: 
                 f"{src.name} has the name of an official model but not its content (sha256 differs): "
                 "the copy is damaged or incomplete. Download it again instead.\n"
                 f"{src.name} 与官方模型同名但内容不同（sha256 不符），文件可能已损坏或不完整，请重新下载。")
+        if tokenizer is not None:  # the model's own tokenizer, under its name: the folder is shared
+            shutil.copyfile(tokenizer, own_tokenizer_file(dest))
         os.replace(part, dest)
     finally:
         part.unlink(missing_ok=True)
     meter.report(size, "done", force=True)
     return Installed(dest, size, model)
+
+
+def own_tokenizer_file(model: Path) -> Path:
+    """``NAME.tokenizer.json`` beside ``NAME.pth``: the tokenizer of a model whose vocabulary Roost
+    does not carry (neither World nor GPT-NeoX; see roost.engine.tokenizer.tokenizer_files)."""
+    return model.with_name(model.stem + ".tokenizer.json")
+
+
+def brought_tokenizer(src: Path, vocab_size: int) -> Path | None:
+    """The tokenizer.json beside a model file being imported, where its vocabulary needs one."""
+    from roost.engine.tokenizer import NEOX_VOCABS, WORLD_VOCABS, tokenizer_files
+
+    if vocab_size in WORLD_VOCABS or vocab_size in NEOX_VOCABS:
+        return None
+    return next((p for p in tokenizer_files(src) if p.is_file()), None)
 
 
 def describe_pending(p: Pending) -> str:

@@ -180,6 +180,32 @@ def test_import_checks_the_file(tmp_path, raven, make_checkpoint):
     assert not (folder / raven.file).exists() and not list(folder.glob("*.import"))
 
 
+def test_import_brings_the_tokenizer_of_another_vocabulary_and_delete_removes_it(tmp_path):
+    from tokenizers import Tokenizer, models
+
+    from roost.engine.synthetic import save_checkpoint
+    from roost.engine.tokenizer import HFTokenizer, tokenizer_for_vocab
+
+    src, folder = tmp_path / "src", tmp_path / "models"
+    src.mkdir()
+    words = {f"w{i}": i for i in range(290)}
+    Tokenizer(models.WordLevel(words, unk_token="w0")).save(str(src / "tokenizer.json"))
+    ckpt = save_checkpoint(src / "odd.pth", "v7.0", n_layer=1, n_embd=64, vocab=300)
+    inst = import_file(ckpt, folder, [])
+    own = folder / "odd.tokenizer.json"
+    assert own.read_bytes() == (src / "tokenizer.json").read_bytes() and not (folder / "tokenizer.json").exists()
+    tok = tokenizer_for_vocab(300, inst.path)
+    assert isinstance(tok, HFTokenizer) and tok.path == own and tok.encode("w289") == [289]
+    # a byte-level model needs no file, and none is copied for it
+    save_checkpoint(src / "bytes.pth", "v7.0", n_layer=1, n_embd=64, vocab=256)
+    (src / "tokenizer.json").unlink()
+    import_file(src / "bytes.pth", folder, [])
+    assert not (folder / "bytes.tokenizer.json").exists()
+    assert [i.path.name for i in installed(folder, [])] == ["bytes.pth", "odd.pth"]
+    removed = delete(inst.path, folder, [])
+    assert own in removed and not own.exists() and not inst.path.exists()
+
+
 def test_refresh_marks_files_removed_upstream_and_survives_offline(hub, home):
     models = load_catalog(refreshed=False)
     ravens = [m for m in models if m.repo == RAVEN.repo]
