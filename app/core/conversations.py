@@ -87,7 +87,25 @@ def _to_2(db: sqlite3.Connection) -> None:
     """)
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_to_2]  # MIGRATIONS[i] takes schema i+1 to i+2
+def _to_3(db: sqlite3.Connection) -> None:
+    """Saved model states, one per reply (roost.core.saved_states): the file in states/ beside
+    this database, the model it belongs to, its token count, size and when it was last used."""
+    _script(db, """
+        CREATE TABLE saved_states (
+            message INTEGER PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
+            conversation INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+            file TEXT NOT NULL,
+            model TEXT NOT NULL,
+            tokens INTEGER NOT NULL,
+            bytes INTEGER NOT NULL,
+            used REAL NOT NULL
+        );
+        CREATE INDEX saved_states_used ON saved_states(used);
+        CREATE INDEX saved_states_conversation ON saved_states(conversation);
+    """)
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_to_2, _to_3]  # MIGRATIONS[i] takes schema i+1 to i+2
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
 FTS_SCHEMA = """

@@ -9,6 +9,7 @@ stored prefix.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -16,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+log = logging.getLogger(__name__)
 KEEP_CHATS = 32  # conversations whose exact transcript is remembered (least recently used dropped first)
 
 
@@ -60,6 +62,9 @@ class Runtime:
         self._chats_lock = threading.Lock()  # short: the UI thread forgets a chat while a reply runs
         self._replying: object = None  # the conversation whose reply is running
         self._forgotten = False  # ... and it was deleted meanwhile: do not remember it afterwards
+        # states saved on disk per reply (roost.core.saved_states.SavedStates), set by the app
+        self.states = None
+        self._identity = ""  # the loaded model's, for saved states (roost.engine.state_io.identity)
 
     # --- model ---------------------------------------------------------------------------------
     def load(self, path: str | Path, strategy: str, progress: Callable[[float], None] | None = None) -> LoadedInfo:
@@ -70,6 +75,9 @@ class Runtime:
             path = Path(path)
             name = path.name.lower()
             self.model = model
+            from roost.engine.state_io import identity
+
+            self._identity = identity(model)
             self.info = LoadedInfo(path, path.name, model.config.label, strategy, model.version,
                                    model.vocab_size, model.version == 7 and "g1" in name,
                                    getattr(model, "load_seconds", 0.0))
@@ -91,10 +99,16 @@ class Runtime:
     # --- chat ----------------------------------------------------------------------------------
     def chat(self, key, history: list[tuple[str, str]], text: str, *, params, system: str = "",
              think: bool | str | None = None, on_piece: Callable[[str], None] | None = None, stop_flag=None,
-             reasoning: bool | None = None) -> Reply:
+             reasoning: bool | None = None, path: list[int] | None = None, message: int | None = None) -> Reply:
         """One turn of conversation `key`. `history` is [(role, shown text), ...] before this turn.
         `reasoning`: use the G1 thinking format (default: when the loaded model is a G1 one); `think`:
-        False, True or a level "low" / "medium" / "high" (roost.engine.prompts)."""
+        False, True or a level "low" / "medium" / "high" (roost.engine.prompts).
+
+        With saved states (:attr:`states`): `path` is the stored message ids of `history` and
+        `message` the id of the reply to come. When this process does not remember the
+        conversation as far as a saved reply state reaches (after a restart, or on another
+        branch), the turn resumes from the nearest such state on `path`; after the reply its state
+        is saved under `message`."""
         from roost.engine.prompts import (G1_CHAT, Message, build_prompt, default_format, split_reasoning,
                                           think_hint)
         from roost.engine.resume import generate_resumed, resumable_ids
@@ -109,9 +123,15 @@ class Runtime:
                 self._replying, self._forgotten = key, False
             seen = remembered[2] if remembered and remembered[:2] == (system, think) else []
             turns, same = [], True  # (role, shown, Message): as the model saw them up to the first change
+            matched = 0
             for i, (role, content) in enumerate(history):
                 same = same and i < len(seen) and seen[i][:2] == (role, content)
+                matched += same
                 turns.append(seen[i] if same else (role, content, Message(role, content)))
+            if self.states is not None and path is not None and len(path) == len(history) and matched < len(history):
+                saved = self._from_saved(key, path, history, system, matched)
+                if saved:
+                    turns = saved + turns[len(saved):]
             # the model sees the thinking hint after the question; the conversation shows the question
             turns.append(("user", text, Message("user", text + think_hint(think))))
             messages = ([Message("system", system)] if system else []) + [m for _r, _c, m in turns]
@@ -135,8 +155,45 @@ class Runtime:
                     self._chats.popitem(last=False)
                 self._replying = None
             context = len(ids) + r.n_fed if r.state is not None else 0
+            if self.states is not None and message is not None and r.state is not None and r.n_fed:
+                fed = r.tokens[:r.n_fed]
+                self._keep(key, message, r.state, system, turns, ids + fed, prompt + model.tokenizer.decode(fed))
             return Reply(answer, thought, r.finish_reason, len(r.tokens), done.fed_tokens, context,
                          r.tokens_per_second)
+
+    def _from_saved(self, key, path, history, system, matched) -> list | None:
+        """The turns of `history` that a saved reply state covers, with that state put in the
+        prefix cache (its tokens and text): None when no saved state goes further than `matched`."""
+        from roost.engine.prompts import Message
+
+        try:
+            found = self.states.nearest(key, path, self.model, self._identity)
+        except Exception:  # noqa: BLE001 -- saved states are an optimisation: re-read the text instead
+            log.exception("reading saved states failed")
+            return None
+        if found is None:
+            return None
+        index, state, meta = found
+        try:
+            turns = [(r, shown, Message(role, content, bool(verbatim)))
+                     for r, shown, role, content, verbatim in meta["turns"]]
+            ids, text = [int(t) for t in meta["tokens"]], meta["text"]
+        except (KeyError, TypeError, ValueError):
+            return None
+        if index + 1 <= matched or meta.get("system") != system or len(turns) != index + 1 \
+                or [t[:2] for t in turns] != [tuple(h) for h in history[:index + 1]] or state.n_tokens != len(ids):
+            return None
+        self.cache.store(self.model, ids, state)
+        self.cache.remember_text(self.model, text, ids)
+        return turns
+
+    def _keep(self, key, message, state, system, turns, ids, text) -> None:
+        meta = {"system": system, "tokens": ids, "text": text,
+                "turns": [[r, shown, m.role, m.content, m.verbatim] for r, shown, m in turns]}
+        try:
+            self.states.keep(key, message, state, meta, model=self._identity, tokens=len(ids))
+        except Exception:  # noqa: BLE001 -- the chat goes on; it re-reads its text after a restart
+            log.exception("saving the state failed")
 
     def forget(self, key) -> None:
         """Drop what is remembered of a conversation (it was deleted); its states age out of the cache."""

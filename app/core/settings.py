@@ -58,6 +58,7 @@ class Settings:
     api_port: int = 8000
     api_key: str = ""
     api_allow_origins: tuple[str, ...] = ()  # web origins that may call the API besides local pages and apps
+    state_budget_mb: int = 2048  # disk space for chats' saved states (roost.core.saved_states); 0: none kept
     last_model: str = ""  # the app reloads it on start
     geometry: str = ""  # the window's, as Qt saves it
     extra: Mapping[str, object] = field(default_factory=lambda: _frozen({}), compare=False)  # unknown keys
@@ -128,7 +129,8 @@ class Settings:
 _FIELDS = {f.name for f in fields(Settings)}
 # what `roost settings set` may change (the rest is the app's own bookkeeping)
 EDITABLE = ("models_dir", "source", "hf_token", "proxy", "language", "theme", "send_key", "default_strategy",
-            "api_host", "api_port", "api_key", "api_allow_origins", *(f"sampling.{k}" for k in SAMPLING_KEYS))
+            "api_host", "api_port", "api_key", "api_allow_origins", "state_budget_mb",
+            *(f"sampling.{k}" for k in SAMPLING_KEYS))
 SECRET = ("hf_token", "api_key")
 
 
@@ -197,6 +199,16 @@ def _validate(key: str, value, *, checking_folder: bool = True):
             raise SettingsError(f"api_port cannot be '{value}'. Allowed: a number from 1 to 65535.\n"
                                 f"api_port 必须是 1 到 65535 之间的数字。")
         return port
+    if key == "state_budget_mb":
+        try:
+            mb = int(value)
+        except (TypeError, ValueError):
+            mb = -1
+        if isinstance(value, bool) or not 0 <= mb <= 1 << 20:
+            raise SettingsError(f"state_budget_mb cannot be '{value}'. Allowed: a number of megabytes from 0 "
+                                "(keep no saved states) to 1048576.\n"
+                                "state_budget_mb 必须是 0（不保存状态）到 1048576 之间的兆字节数。")
+        return mb
     if key == "api_allow_origins":
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):

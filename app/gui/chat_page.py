@@ -349,7 +349,8 @@ class ChatPage(QWidget):
         if self.edit_pos is not None:  # the edited question becomes a new version of the old one
             store.rewind(cid, self.edit_pos)
             self.edit_pos = None
-        history = [(m.role, m.content) for m in store.messages(cid)]
+        before = store.messages(cid)
+        history = [(m.role, m.content) for m in before]
         if not history and store.get(cid).title == tr("New chat"):
             store.rename(cid, text.splitlines()[0][:40])
             self.reload_list()
@@ -357,9 +358,11 @@ class ChatPage(QWidget):
         reply = store.append(cid, "assistant", "")
         self.reply_id = reply.id
         self.input.clear()
-        self._start(history, text, append=[question, reply] if appended else None)
+        self._start(history, text, append=[question, reply] if appended else None, path=[m.id for m in before])
 
-    def _start(self, history, text, append=None) -> None:
+    def _start(self, history, text, append=None, path=None) -> None:
+        """Ask for the reply (self.reply_id) to `text` after `history`; `path`: the stored ids of
+        `history`'s messages (the chat resumes from the nearest saved state on it)."""
         from roost.engine.generate import StopFlag
 
         self.stop_flag = StopFlag()
@@ -368,7 +371,8 @@ class ChatPage(QWidget):
         think = self.think.currentData() if self.ctl.info.reasoning else None
         self.reply_thinks = think is not None and think is not False  # how this reply is to be split
         req = {"key": self.conv_id, "history": history, "text": text, "params": self.sampling.params(),
-               "system": conv.system, "think": think, "stop": self.stop_flag}
+               "system": conv.system, "think": think, "stop": self.stop_flag, "path": path,
+               "message": self.reply_id}
         self.rid = self.ctl.request("chat", req)
         self.update_controls()
         self.follow = True  # the user just sent: show the reply coming
@@ -398,14 +402,16 @@ class ChatPage(QWidget):
         question = users[-1]
         last = question.position + 1 == len(msgs) - 1  # the answer replaced is the last message shown
         store.rewind(self.conv_id, question.position + 1)
-        history = [(m.role, m.content) for m in msgs if m.position < question.position]
+        before = [m for m in msgs if m.position < question.position]
+        history = [(m.role, m.content) for m in before]
         reply = store.append(self.conv_id, "assistant", "")
         self.reply_id = reply.id
+        path = [m.id for m in before]
         if last and self.view.tail_start is not None:  # draw the new answer in the old one's place
             self._tail_msg = reply
-            self._start(history, question.content, append=[])
+            self._start(history, question.content, append=[], path=path)
         else:
-            self._start(history, question.content)
+            self._start(history, question.content, path=path)
 
     # --- from the worker -----------------------------------------------------------------------
     def on_piece(self, rid: int, text: str) -> None:

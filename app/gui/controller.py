@@ -15,6 +15,7 @@ Qt-free services in `roost.core` and `roost.engine`, and slow work runs through 
 from __future__ import annotations
 
 import itertools
+import sqlite3
 import logging
 import time
 from pathlib import Path
@@ -52,6 +53,7 @@ class Controller(QObject):
         self.settings = settings or SettingsStore()  # the typed settings; .current is a Settings
         self.store, notice = (store, "") if store is not None else open_store(paths.data_dir() / "conversations.sqlite")
         self.tasks = Tasks(self)  # background work whose results come back on the UI thread
+        self.states = self._open_states()  # chats' saved model states (None: not kept)
         self.engine = None  # EngineThread, attached after the window is shown
         self.queue = None  # DownloadQueue
         self.catalog: list = []
@@ -80,6 +82,22 @@ class Controller(QObject):
         if app is not None:  # however the app ends, a running server stops with it
             app.aboutToQuit.connect(self.stop_api)
 
+    def _open_states(self):
+        """Saved states beside the conversations file (none for an in-memory store)."""
+        from roost.core.saved_states import SavedStates
+
+        path = getattr(self.store, "path", None)
+        if path is None or str(path) == ":memory:":
+            return None
+        try:
+            states = SavedStates(path, budget_bytes=self.settings.current.state_budget_mb * 2 ** 20)
+            states.prune()  # files of chats deleted since, and what a crash left half-written
+            states.evict()
+            return states
+        except (OSError, sqlite3.Error) as e:  # the chats still work: they re-read their text
+            log.warning("saved states unavailable: %s", e)
+            return None
+
     # --- settings ------------------------------------------------------------------------------
     def models_folder(self) -> Path:
         return self.settings.current.models_folder()
@@ -91,6 +109,8 @@ class Controller(QObject):
             self.queue.configure(models_dir=new.models_folder(), source=new.download_source(), token=new.token())
         if new.proxy != old.proxy:
             apply_proxy(new.proxy)
+        if new.state_budget_mb != old.state_budget_mb and self.states is not None:
+            self.states.set_budget(new.state_budget_mb * 2 ** 20)
         if new.models_folder() != old.models_folder() or new.strategy_overrides != old.strategy_overrides \
                 or new.default_strategy != old.default_strategy:
             self.libraryChanged.emit()
@@ -210,6 +230,7 @@ class Controller(QObject):
     # --- the engine ----------------------------------------------------------------------------
     def attach_engine(self, engine) -> None:
         self.engine = engine
+        engine.worker.runtime.states = self.states
         w = engine.worker
         w.loadProgress.connect(self._on_load_progress)
         w.loaded.connect(self._on_loaded)
@@ -433,4 +454,6 @@ class Controller(QObject):
         if self.engine is not None:
             self.engine.stop()
         self.store.close()
+        if self.states is not None:
+            self.states.close()
 

@@ -117,6 +117,15 @@ TEXT = {
     "optional, for gated or private models": "可选，用于受限或私有模型",
     # local API server
     "Local API server": "本地 API 服务器",
+    "Saved chat states": "已保存的对话状态",
+    "After each reply Roost keeps the model's state on disk, so a long chat continues at once after a restart "
+    "instead of reading its whole history again.":
+        "每次回复后，Roost 会把模型状态保存到磁盘，重启后长对话可以立即继续，无需重新读取全部历史。",
+    "0 keeps none; the least recently used states go first.": "0 表示不保存；空间不足时先删除最久未用的状态。",
+    "Disk space for saved states:": "已保存状态的磁盘空间：",
+    "Clear saved states": "清除已保存的状态",
+    "Not available (the chats are not saved to disk).": "不可用（对话未保存到磁盘）。",
+    "In use: {size} MB in {n} files": "已用：{size} MB，共 {n} 个文件",
     "Local API server (OpenAI-compatible)": "本地 API 服务器（兼容 OpenAI）",
     "Host:": "监听地址：", "Port:": "端口：", "API key:": "API 密钥：",
     "required when the host is not 127.0.0.1": "监听地址不是 127.0.0.1 时必填",

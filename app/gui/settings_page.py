@@ -85,6 +85,7 @@ class SettingsPage(QWidget):
         QVBoxLayout(box).addWidget(self.sampling)
         v.addWidget(box)
         v.addWidget(self._api_box(s))
+        v.addWidget(self._states_box(s))
         buttons = QHBoxLayout()
         # what Save did, on a row of its own: a refusal can be long and must wrap, not widen the page
         self.saved = QLabel(objectName="hint", wordWrap=True, textInteractionFlags=Qt.TextSelectableByMouse)
@@ -133,6 +134,51 @@ class SettingsPage(QWidget):
         self.ctl.apiChanged.connect(self._api_changed)
         return box
 
+    # --- saved chat states ----------------------------------------------------------------------
+    def _states_box(self, s) -> QGroupBox:
+        """The disk space for the model states saved after each reply (chats go on after a restart
+        without reading their whole history again), what they use now, and a button to clear them."""
+        box = QGroupBox(tr("Saved chat states"))
+        form = QFormLayout(box)
+        explain = QLabel(tr("After each reply Roost keeps the model's state on disk, so a long chat continues "
+                            "at once after a restart instead of reading its whole history again."),
+                         objectName="hint", wordWrap=True)
+        form.addRow(explain)
+        self.state_budget = QSpinBox(minimum=0, maximum=1 << 20, singleStep=256, value=s.state_budget_mb,
+                                     suffix=" MB")
+        self.state_budget.setMaximumWidth(160)
+        self.state_budget.setToolTip(tr("0 keeps none; the least recently used states go first."))
+        form.addRow(tr("Disk space for saved states:"), self.state_budget)
+        row = QHBoxLayout()
+        self.state_usage = QLabel(objectName="hint")
+        clear = QPushButton(tr("Clear saved states"), clicked=self.clear_states)
+        icons.give(clear, "delete")
+        row.addWidget(self.state_usage, 1)
+        row.addWidget(clear)
+        form.addRow(row)
+        box.setEnabled(self.ctl.states is not None)
+        self.show_state_usage()
+        return box
+
+    def show_state_usage(self) -> None:
+        states = self.ctl.states
+        if states is None:
+            self.state_usage.setText(tr("Not available (the chats are not saved to disk)."))
+            return
+        u = states.usage()
+        self.state_usage.setText(tr("In use: {size} MB in {n} files").format(size=f"{u.bytes / 2 ** 20:.0f}",
+                                                                            n=u.files))
+
+    def clear_states(self) -> None:
+        if self.ctl.states is not None:
+            self.ctl.states.clear()
+        self.show_state_usage()
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt)
+        super().showEvent(event)
+        if hasattr(self, "state_usage"):
+            self.show_state_usage()
+
     def _api_toggled(self, on: bool) -> None:
         if on:
             self.ctl.start_api(self.api_host.text().strip(), self.api_port.value(), self.api_key.text().strip(),
@@ -170,7 +216,7 @@ class SettingsPage(QWidget):
                        hf_token=self.token.text().strip(), proxy=self.proxy.text().strip(),
                        language=old.language if lang == (old.language or language()) else lang,
                        theme=self.theme.currentData(), send_key=self.send_key.currentData(),
-                       sampling=self.sampling.values())
+                       sampling=self.sampling.values(), state_budget_mb=self.state_budget.value())
         folder = self.folder.text().strip()
         if folder != str(old.models_folder()):
             changes["models_dir"] = folder  # "" goes back to the default folder
@@ -187,6 +233,7 @@ class SettingsPage(QWidget):
             messages.append(tr("The language changes the next time Roost starts."))
         apply_theme(QGuiApplication.instance(), new.theme)  # (the controller applies the proxy and the folder)
         self.folder.setText(str(new.models_folder()))
+        self.show_state_usage()
         self.saved.setText(" ".join(messages) or tr("Saved."))
 
     def open_log(self) -> None:

@@ -62,7 +62,8 @@ class EngineWorker(QObject):
     def chat(self, rid: int, req: dict) -> None:
         self._run(rid, lambda on_piece: self.runtime.chat(
             req["key"], req["history"], req["text"], params=req["params"], system=req.get("system", ""),
-            think=req.get("think"), on_piece=on_piece, stop_flag=req["stop"]))
+            think=req.get("think"), on_piece=on_piece, stop_flag=req["stop"], path=req.get("path"),
+            message=req.get("message")))
 
     @Slot(int, object)
     def complete(self, rid: int, req: dict) -> None:

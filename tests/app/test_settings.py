@@ -49,6 +49,8 @@ def test_defaults_changes_and_what_is_written(home):
     ("sampling", {"top_p": 3}, "top_p must be between 0 and 1"),
     ("api_allow_origins", "https://chat.example.org/page", "scheme and host, no path"),
     ("send_key", "space", "Allowed: enter, ctrl"),
+    ("state_budget_mb", -5, "from 0 (keep no saved states)"),
+    ("state_budget_mb", "lots", "from 0 (keep no saved states)"),
     ("nonsense", 1, "Settings:"),
 ])
 def test_a_bad_value_is_refused_with_the_allowed_ones_and_changes_nothing(home, key, value, allowed):

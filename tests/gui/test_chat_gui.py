@@ -75,6 +75,24 @@ def test_conversation_survives_a_restart(qtbot, window, make_checkpoint):
     text = again.chat.view.toPlainText()
     assert "Remember the number 42." in text and reply[:15] in text
 
+    # the chat goes on from the state saved after its last reply: only the new turn is read
+    load(qtbot, again, make_checkpoint("v5.2"))
+    again.chat.sampling.set_values({"max_tokens": 10})
+    replies = []
+    again.ctl.engine.worker.done.connect(lambda rid, r: replies.append(r))
+    send(qtbot, again, "Which number?")
+    qtbot.waitUntil(lambda: again.chat.rid is None, timeout=60000)
+    assert again.ctl.states.resumed == 1 and replies[-1].fed_tokens < 20
+    assert again.ctl.states.usage().files == 2  # one per reply
+    page = again.settings_page  # Settings shows what they use, keeps a budget and clears them
+    page.show_state_usage()
+    assert "in 2 files" in page.state_usage.text()
+    page.state_budget.setValue(512)
+    page.save()
+    assert again.ctl.settings.current.state_budget_mb == 512 and again.ctl.states.budget == 512 * 2 ** 20
+    page.clear_states()
+    assert again.ctl.states.usage().files == 0 and "in 0 files" in page.state_usage.text()
+
 
 def test_closing_mid_generation_keeps_the_partial_reply(qtbot, window, make_checkpoint):
     win = window()
