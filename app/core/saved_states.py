@@ -59,6 +59,8 @@ class SavedStates:
         it), then keep the files within the budget. None when the reply is gone or the disk said no."""
         from roost.engine.state_io import save_state
 
+        if self.budget <= 0:  # the user keeps none
+            return None
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"{conversation}-{message}{SUFFIX}"
         try:

@@ -137,3 +137,6 @@ def test_the_budget_keeps_the_most_recently_used_and_deleted_chats_leave_no_file
     assert rt.states.prune() == 1 and len(list((db.parent / "states").iterdir())) == 1
     rt.states.clear()
     assert rt.states.usage().files == 0 and not list((db.parent / "states").iterdir())
+    rt.states.set_budget(0)  # none kept: nothing written
+    Chat(store, rt).say(QUESTIONS[0])
+    assert rt.states.usage().files == 0 and not list((db.parent / "states").iterdir())
