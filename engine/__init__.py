@@ -3,6 +3,8 @@
     from roost import engine
     model = engine.load_model("RWKV-x070-World-1.5B.pth", strategy="cpu fp32")
     logits, state = model.forward(model.tokenizer.encode("Hello"), None)
+    persona = engine.load_tuned_state("rwkv7-g1-...-state.pth")  # a state-tuning file
+    logits, state = model.forward(model.tokenizer.encode("Hello"), model.start_state(persona))
 
 Names are imported lazily so that ``import engine`` is fast and does not load torch.
 """
@@ -28,6 +30,16 @@ _EXPORTS = {
     "UnsupportedModelError": ".errors",
     "StrategyError": ".errors",
     "TokenizerError": ".errors",
+    "TunedState": ".tuned_state",
+    "load_tuned_state": ".tuned_state",
+    "describe_tuned_state": ".tuned_state",
+    "is_tuned_state_file": ".tuned_state",
+    "initial_state": ".tuned_state",
+    "IsATunedStateError": ".errors",
+    "TunedStateError": ".errors",
+    "NotATunedStateError": ".errors",
+    "CorruptTunedStateError": ".errors",
+    "TunedStateMismatchError": ".errors",
 }
 
 __all__ = list(_EXPORTS)

@@ -62,7 +62,9 @@ class ModelConfig:
         return f"{ARCHS[self.arch][1]} {self.n_layer}x{self.n_embd}"
 
 
-_ST_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+_ST_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool}
 
 
 class TensorFile(Mapping):
@@ -212,8 +214,12 @@ _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
 
 def detect_config(t: TensorFile) -> ModelConfig:
     """Find the RWKV version and shape from the tensor names and shapes."""
+    from roost.engine.tuned_state import as_model_error
+
     keys = set(t)
     name = t.path.name
+    if (error := as_model_error(t)) is not None:  # a persona's starting states, not a model
+        raise error
     if "emb.weight" not in keys or not any(k.startswith("blocks.") for k in keys):
         hf = any(k.startswith(("rwkv.", "model.")) for k in keys)
         raise NotACheckpointError(

@@ -35,6 +35,30 @@ class UnsupportedModelError(CheckpointError):
     """An RWKV variant this version of Roost does not run."""
 
 
+class IsATunedStateError(NotACheckpointError):
+    """A state-tuning file (a persona: only the starting state of each layer) given as a model."""
+
+    def __init__(self, message: str, *, path: str | None = None, n_layer: int = 0, n_embd: int = 0):
+        self.n_layer, self.n_embd = n_layer, n_embd  # of the model it was made for; 0 where unknown
+        super().__init__(message, path=path)
+
+
+class TunedStateError(CheckpointError):
+    """A state-tuning file (persona) that cannot be used."""
+
+
+class NotATunedStateError(TunedStateError, NotACheckpointError):
+    """The file holds something else than starting states: a model, other tensors, no tensors."""
+
+
+class CorruptTunedStateError(TunedStateError, CorruptCheckpointError):
+    """A state-tuning file that is damaged: unreadable, layers missing, odd shapes or values."""
+
+
+class TunedStateMismatchError(TunedStateError):
+    """A state-tuning file made for a model of another shape (or version) than the loaded one."""
+
+
 class StrategyError(RoostError, ValueError):
     """A strategy string that cannot be parsed, or that this machine or model cannot run."""
 

@@ -114,8 +114,26 @@ class RWKV:
         return f"<RWKV {self.config.label} on '{self.strategy}' from {self.path.name}>"
 
     def zero_state(self) -> State:
+        """The state before any token: zeros, or a state-tuned checkpoint's own starting state."""
+        return self.start_state()
+
+    def start_state(self, persona=None) -> State:
+        """The state before any token; with ``persona`` (a state-tuning file's
+        :class:`~roost.engine.tuned_state.TunedState`, or its path) each layer's time-mixing state
+        starts from the file's instead, converted as the architecture converts a checkpoint's own
+        (``arch.time_state``), on each layer's device. Raises
+        :class:`~roost.engine.errors.TunedStateMismatchError` where the file was made for another
+        model, with a sentence that says what it has and what this model needs."""
+        starts = None
+        if persona is not None:
+            from roost.engine.tuned_state import TunedState, load_tuned_state
+
+            tuned = persona if isinstance(persona, TunedState) else load_tuned_state(persona)
+            starts = tuned.runtime_states(self.config)
         layers = []
-        for lw, place in zip(self._layers, self._places):
+        for i, (lw, place) in enumerate(zip(self._layers, self._places)):
+            if starts is not None:  # the layer as if its checkpoint carried this time_state
+                lw = {**lw, "att.time_state": starts[i]}
             st = self._arch.init_state(self.config, lw, act_dtype(place.stage))
             layers.append(tuple(t.to(place.stage.torch_device) for t in st))
         return State(tuple(layers))

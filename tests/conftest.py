@@ -71,9 +71,10 @@ def make_checkpoint(tmp_path_factory, neox_tokenizer_file):
 
 
 def run_reference(path: Path, out: Path, tokens: list[int], split: int, *, v7: bool,
-                  time_state: bool = False) -> dict:
+                  time_state: bool = False, state_file: Path | None = None) -> dict:
     """Logits from the rwkv pip package (see reference_runner.py); `time_state`: a v7 checkpoint's
-    starting state passed in by hand (the package does not apply it to v7)."""
+    starting state passed in by hand (the package does not apply it to v7); `state_file`: a v5/v6
+    state-tuning file every run starts from."""
     import torch
 
     env = dict(os.environ, RWKV_JIT_ON="1", RWKV_CUDA_ON="0")
@@ -81,6 +82,8 @@ def run_reference(path: Path, out: Path, tokens: list[int], split: int, *, v7: b
         env["RWKV_V7_ON"] = "1"
     if time_state:
         env["ROOST_REF_TIME_STATE"] = "1"
+    if state_file is not None:
+        env["ROOST_REF_STATE_FILE"] = str(state_file)
     r = subprocess.run([sys.executable, str(RUNNER), str(path), str(out), json.dumps(tokens), str(split)],
                        env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, f"reference run failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"

@@ -86,11 +86,12 @@ class Installed:
 
 
 def installed(models_dir: str | os.PathLike, catalog: list[CatalogModel]) -> list[Installed]:
+    """The model files in the folder (state-tuning files, which are not models, left out)."""
     folder = Path(models_dir)
     by_file = {m.file: m for m in catalog}
     out = []
     for p in sorted(folder.iterdir()) if folder.is_dir() else ():
-        if p.suffix not in MODEL_SUFFIXES or not p.is_file():
+        if p.suffix not in MODEL_SUFFIXES or not p.is_file() or is_state_file(p):
             continue
         m = by_file.get(p.name)
         missing = ()
@@ -253,7 +254,8 @@ def model_rows(models_dir: str | os.PathLike, catalog: list[CatalogModel], machi
         models = [m for m in catalog if m.id in newest or m.file in here]
     rows = [ModelRow(m, folder / m.file) for m in models]
     known = {m.file for m in catalog}
-    rows += [ModelRow(None, p) for p in files if p.suffix in (".pth", ".safetensors") and p.name not in known]
+    rows += [ModelRow(None, p) for p in files
+             if p.suffix in MODEL_SUFFIXES and p.name not in known and not is_state_file(p)]
     if machine is not None:
         cache = advice_cache if advice_cache is not None else {}
         for r in rows:
@@ -262,3 +264,93 @@ def model_rows(models_dir: str | os.PathLike, catalog: list[CatalogModel], machi
                     cache[r.model.id] = choose_strategy(r.model.shape, machine)
                 r.advice = cache[r.model.id]
     return rows, partial
+
+
+# --- state-tuning files (personas) --------------------------------------------------------------------
+# A state file (only the starting state of each layer, blocks.N.att.time_state) has a model's suffix
+# but is no model: it is told apart by its keys and listed as a persona of the models it fits.
+_facts: dict[tuple, tuple] = {}  # (what, path, size, mtime) -> ("ok", value) | ("error", exception)
+
+
+def _cached(what: str, path: Path, compute: Callable[[Path], object]):
+    """``compute(path)``, remembered while the file keeps its size and modification time: the
+    folder is listed again at each refresh, and models are only opened once."""
+    try:
+        st = path.stat()
+    except OSError:
+        return compute(path)
+    key = (what, str(path), st.st_size, st.st_mtime_ns)
+    if key not in _facts:
+        if len(_facts) > 1024:
+            _facts.clear()
+        try:
+            _facts[key] = ("ok", compute(path))
+        except Exception as e:  # noqa: BLE001 (remembered and raised again as it is)
+            _facts[key] = ("error", e)
+    kind, value = _facts[key]
+    if kind == "error":
+        raise value.with_traceback(None)
+    return value
+
+
+def is_state_file(path: str | os.PathLike) -> bool:
+    """Whether a file in the models folder is a state-tuning file rather than a model, by its keys
+    (read without its data; files larger than any state file are not opened)."""
+    from roost.engine.tuned_state import is_tuned_state_file
+
+    return bool(_cached("is_state", Path(path), is_tuned_state_file))
+
+
+def _model_config(path: Path):
+    """The shape of a local model file (its keys and shapes, no data), or None where it does not open."""
+    from roost.engine.checkpoint import open_checkpoint
+    from roost.engine.errors import RoostError
+
+    def read(p: Path):
+        tensors, cfg = open_checkpoint(p)
+        tensors.close()
+        return cfg
+
+    try:
+        return _cached("config", path, read)
+    except (RoostError, OSError):
+        return None
+
+
+@dataclass(frozen=True)
+class Persona:
+    """A state-tuning file in the models folder and the local models it can start."""
+
+    path: Path
+    name: str  # the file's name without its suffix
+    n_layer: int  # of the model it was made for (0 where the file is damaged)
+    n_embd: int
+    head_size: int
+    version: int | None  # the RWKV version its name says; None: 5, 6 or 7 (the tensors cannot tell)
+    fits: tuple[str, ...] = ()  # file names of the models in the folder it fits
+    problem: str | None = None  # why it cannot be used (a damaged file), in a sentence
+
+
+def personas(models_dir: str | os.PathLike, catalog: list[CatalogModel] | None = None) -> list[Persona]:
+    """The state-tuning files in the models folder, each with the local models it fits (same
+    layers, heads and head size, an RWKV-5/6/7 model, of the version its name says if it does)."""
+    from roost.engine.errors import RoostError
+    from roost.engine.tuned_state import describe_tuned_state, version_from_name
+
+    folder = Path(models_dir)
+    files = sorted(folder.iterdir()) if folder.is_dir() else []
+    states = [p for p in files if p.suffix in MODEL_SUFFIXES and p.is_file() and is_state_file(p)]
+    if not states:
+        return []
+    models = [(i.path.name, cfg) for i in installed(folder, catalog or [])
+              if (cfg := _model_config(i.path)) is not None]
+    out = []
+    for p in states:
+        try:
+            info = _cached("describe", p, describe_tuned_state)
+        except RoostError as e:
+            out.append(Persona(p, p.stem, 0, 0, 0, version_from_name(p.name), problem=str(e)))
+            continue
+        fits = tuple(name for name, cfg in models if info.mismatch(cfg) is None)
+        out.append(Persona(p, info.name, info.n_layer, info.n_embd, info.head_size, info.version, fits))
+    return out

@@ -4,7 +4,10 @@
   None); ``lora_shapes(cfg) -> {name: shape}``: those low-rank matrices in an official model of
   that width. Use them through ``checkpoint.model_shapes``;
 - ``prepare_layer(tensors, i, cfg, dtype) -> dict``: layer ``i``'s weights in run-time form;
-- ``init_state(cfg, w, dtype) -> tuple``: a layer's fresh recurrent state;
+- ``init_state(cfg, w, dtype) -> tuple``: a layer's fresh recurrent state: zeros, or the starting
+  state ``w["att.time_state"]`` where the layer has one;
+- ``time_state(stored, cfg) -> tensor`` (RWKV-5/6/7 only): a state-tuned starting state as files
+  store it (``blocks.N.att.time_state``) in the form ``init_state`` reads from ``w``;
 - ``layer(x, w, state, cfg, carry) -> (x, state, carry)``: one block over ``x`` of shape (T, C).
   ``carry`` passes values between layers within a forward pass (RWKV-7's first-layer values).
 """

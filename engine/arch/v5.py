@@ -67,13 +67,23 @@ def prepare_layer(t, i: int, cfg, dtype, big) -> dict:
     w.update({f"att.{m}.weight": big(t, f"{p}att.{m}.weight") for m in mats})
     w["att.ln_x.weight"] = vec(t[p + "att.ln_x.weight"], f32)
     w["att.ln_x.bias"] = vec(t[p + "att.ln_x.bias"], f32)
-    if cfg.has_time_state:  # stored as (H, V, K)
-        w["att.time_state"] = t[p + "att.time_state"].to(f32).reshape(h, n, n).transpose(1, 2).contiguous()
+    if cfg.has_time_state:
+        w["att.time_state"] = time_state(t[p + "att.time_state"], cfg)
     w.update(prepare_ffn(t, p, dtype, big, ("time_mix_k", "time_mix_r")))
     return w
 
 
+def time_state(stored: torch.Tensor, cfg) -> torch.Tensor:
+    """A state-tuned starting state as files store it, (H, V, K) per head (RWKV-PEFT trains it so),
+    in this runtime's layout: float32 (H, K, V), as the reference takes it (the rwkv package
+    transposes a checkpoint's time_state, ChatRWKV's API_DEMO_CHAT.py a state file's). The one
+    conversion for RWKV-5 and -6, for checkpoints that carry it and for separate state files."""
+    h, n = cfg.n_head, cfg.head_size
+    return stored.to(torch.float32).reshape(h, n, n).transpose(1, 2).contiguous()
+
+
 def init_state(cfg, w: dict, dtype) -> tuple:
+    """A fresh state: zeros, or the starting state in ``w["att.time_state"]`` (see time_state)."""
     c, h, n = cfg.n_embd, cfg.n_head, cfg.head_size
     s = w["att.time_state"].clone() if "att.time_state" in w else torch.zeros(h, n, n)
     return (torch.zeros(c, dtype=dtype), s, torch.zeros(c, dtype=dtype))

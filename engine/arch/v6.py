@@ -15,7 +15,7 @@ from roost.engine.arch.common import (
     vec,
     wkv_chunked,
 )
-from roost.engine.arch.v5 import init_state, wkv_output  # noqa: F401 (RWKV-6 keeps RWKV-5's state)
+from roost.engine.arch.v5 import init_state, time_state, wkv_output  # noqa: F401 (RWKV-6 keeps RWKV-5's state)
 from roost.engine.linear import linear
 
 _MAA = ("time_maa_x", "time_maa_w", "time_maa_k", "time_maa_v", "time_maa_r", "time_maa_g")
@@ -62,8 +62,8 @@ def prepare_layer(t, i: int, cfg, dtype, big) -> dict:
         w[f"att.{m}.weight"] = big(t, f"{p}att.{m}.weight")
     w["att.ln_x.weight"] = vec(t[p + "att.ln_x.weight"], f32)
     w["att.ln_x.bias"] = vec(t[p + "att.ln_x.bias"], f32)
-    if cfg.has_time_state:  # stored as (H, V, K)
-        w["att.time_state"] = t[p + "att.time_state"].to(f32).reshape(h, n, n).transpose(1, 2).contiguous()
+    if cfg.has_time_state:
+        w["att.time_state"] = time_state(t[p + "att.time_state"], cfg)
     w.update(prepare_ffn(t, p, dtype, big, ("time_maa_k", "time_maa_r")))
     return w
 

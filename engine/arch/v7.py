@@ -70,13 +70,22 @@ def prepare_layer(t, i: int, cfg, dtype, big) -> dict:
     w["ffn.x_k"] = vec(t[p + "ffn.x_k"], dtype)
     w["ffn.key.weight"] = big(t, p + "ffn.key.weight")
     w["ffn.value.weight"] = big(t, p + "ffn.value.weight")
-    if cfg.has_time_state:  # a state-tuned model's starting state, stored (H, V, K) as the kernel keeps it
-        w["att.time_state"] = t[p + "att.time_state"].to(f32).reshape(cfg.n_head, cfg.head_size, cfg.head_size).contiguous()
+    if cfg.has_time_state:  # a state-tuned model's starting state
+        w["att.time_state"] = time_state(t[p + "att.time_state"], cfg)
     return w
 
 
+def time_state(stored: torch.Tensor, cfg) -> torch.Tensor:
+    """A state-tuned starting state as files store it, (H, V, K) per head, in this runtime's layout:
+    float32 and kept as stored, since RWKV-7's state is (H, V, K) here as in the reference
+    (RWKV_x070 reads out with state @ r). The one conversion for checkpoints that carry it and for
+    separate state files."""
+    h, n = cfg.n_head, cfg.head_size
+    return stored.to(torch.float32).reshape(h, n, n).contiguous()
+
+
 def init_state(cfg, w: dict, dtype) -> tuple:
-    """A fresh state: zeros, or the state-tuned starting state the checkpoint carries."""
+    """A fresh state: zeros, or the starting state in ``w["att.time_state"]`` (see time_state)."""
     c, h, n = cfg.n_embd, cfg.n_head, cfg.head_size
     s = w["att.time_state"].clone() if "att.time_state" in w else torch.zeros(h, n, n)
     return (torch.zeros(c, dtype=dtype), s, torch.zeros(c, dtype=dtype))

@@ -292,3 +292,54 @@ def test_model_rows_are_one_qt_free_function_for_the_page_and_the_command(tmp_pa
     assert len(cache) == len([r for r in rows if r.model is not None])
     everything, _ = model_rows(folder, catalog, every_release=True)
     assert len(everything) == len(catalog) + 1 and all(r.advice is None for r in everything)
+
+
+def test_state_files_are_personas_of_the_models_they_fit_never_models(tmp_path):
+    """A state-tuning file (blocks.N.att.time_state only) has a model's suffix: the folder tells it
+    by its keys, never lists it as a model, and lists it as a persona of the local models it fits."""
+    import torch
+    from safetensors.torch import save_file
+
+    from roost.core.catalog import newest_releases
+    from roost.core.library import is_state_file, model_rows, personas
+    from roost.engine.synthetic import save_checkpoint
+
+    def state(n_layer, n_head, head_size=64):
+        return {f"blocks.{i}.att.time_state": torch.randn(n_head, head_size, head_size) for i in range(n_layer)}
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    save_checkpoint(folder / "g1-small.pth", "v7.0", n_layer=2, n_embd=128, vocab=256)
+    save_checkpoint(folder / "finch-small.safetensors", "v6.0", n_layer=2, n_embd=128, vocab=256)
+    save_checkpoint(folder / "finch-narrow.pth", "v6.0", n_layer=2, n_embd=64, vocab=256)
+    save_checkpoint(folder / "raven.pth", "v4", n_layer=2, n_embd=128, vocab=256)
+    torch.save(state(2, 2), folder / "cat-girl.pth")  # fits the three 2x128 (v4 aside)
+    save_file(state(2, 2), str(folder / "rwkv-x060-qa.safetensors"))  # its name says RWKV-6
+    torch.save(state(2, 1), folder / "narrow-persona.pth")  # 64 wide
+    torch.save(state(3, 2), folder / "deep-persona.pth")  # fits no model here
+    torch.save({"blocks.0.att.time_state": torch.zeros(2, 64, 64), "blocks.2.att.time_state": torch.zeros(2, 64, 64)},
+               folder / "broken-persona.pth")
+    (folder / "mine.safetensors").write_bytes(b"x")  # not readable: still the user's own file, listed
+
+    models = ["finch-narrow.pth", "finch-small.safetensors", "g1-small.pth", "mine.safetensors", "raven.pth"]
+    assert [i.path.name for i in installed(folder, [])] == models
+    catalog = load_catalog(refreshed=False)
+    rows, _ = model_rows(folder, catalog)
+    assert [r.file for r in rows if r.model is None] == models
+    assert len(rows) == len(newest_releases(catalog)) + len(models)
+    assert is_state_file(folder / "cat-girl.pth") and not is_state_file(folder / "g1-small.pth")
+
+    found = {p.path.name: p for p in personas(folder, catalog)}
+    assert set(found) == {"cat-girl.pth", "rwkv-x060-qa.safetensors", "narrow-persona.pth", "deep-persona.pth",
+                          "broken-persona.pth"}
+    cat = found["cat-girl.pth"]
+    assert (cat.name, cat.n_layer, cat.n_embd, cat.head_size) == ("cat-girl", 2, 128, 64)
+    assert cat.version is None and cat.problem is None
+    assert cat.fits == ("finch-small.safetensors", "g1-small.pth")
+    assert found["rwkv-x060-qa.safetensors"].fits == ("finch-small.safetensors",)
+    assert found["rwkv-x060-qa.safetensors"].version == 6
+    assert found["narrow-persona.pth"].fits == ("finch-narrow.pth",)
+    assert found["deep-persona.pth"].fits == ()
+    broken = found["broken-persona.pth"]
+    assert broken.fits == () and "layers [1] are missing" in broken.problem
+    assert personas(tmp_path / "nowhere") == []

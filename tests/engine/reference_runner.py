@@ -8,6 +8,8 @@ The package reads its settings from the environment at import (RWKV_V7_ON for RW
 why it runs in a subprocess. Its forward() modifies the state list in place: copies are taken.
 For RWKV-7 the package ignores a checkpoint's `time_state`: with ROOST_REF_TIME_STATE=1 the runner
 passes it in by hand as the starting state (as state-tuned v7 models are run).
+With ROOST_REF_STATE_FILE=PATH (RWKV-5/6) every run starts from that state-tuning file's states, passed
+in as ChatRWKV's API_DEMO_CHAT.py does with the package (each layer's time_state transposed).
 """
 
 import copy
@@ -30,6 +32,8 @@ def main() -> None:
     model = RWKV(name, "cpu fp32") if os.environ.get("RWKV_V7_ON") == "1" else RWKV(name, "cpu fp32", verbose=False)
     v7 = os.environ.get("RWKV_V7_ON") == "1"
     start = v7_time_state(model_path) if v7 and os.environ.get("ROOST_REF_TIME_STATE") == "1" else None
+    if os.environ.get("ROOST_REF_STATE_FILE") and not v7:
+        start = state_file_state(model, os.environ["ROOST_REF_STATE_FILE"])
 
     def fresh():
         return copy.deepcopy(start)
@@ -38,7 +42,7 @@ def main() -> None:
         # the v7 class's forward_seq returns only the last token's logits
         seq = torch.stack([model.forward(tokens[: t + 1], fresh())[0].float() for t in range(len(tokens))])
     else:
-        seq, _ = model.forward(tokens, None, full_output=True)
+        seq, _ = model.forward(tokens, fresh(), full_output=True)
     one, state = [], fresh()
     for t in tokens:
         logits, state = model.forward([t], copy.deepcopy(state))
@@ -46,6 +50,18 @@ def main() -> None:
     _, mid = model.forward(tokens[:split], fresh())
     resume, _ = model.forward(tokens[split:], copy.deepcopy(mid))
     torch.save({"seq": seq.float(), "one": torch.stack(one), "resume": resume.float()}, out_path)
+
+
+def state_file_state(model, path):
+    """The package's v5/v6 state list starting from a state-tuning file, as API_DEMO_CHAT.py builds it."""
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    args, state = model.args, []
+    for i in range(args.n_layer):
+        atype = model.strategy[i].atype
+        state += [torch.zeros(args.n_embd, dtype=atype),
+                  raw[f"blocks.{i}.att.time_state"].transpose(1, 2).to(dtype=torch.float).contiguous(),
+                  torch.zeros(args.n_embd, dtype=atype)]
+    return state
 
 
 def v7_time_state(path):
