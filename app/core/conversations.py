@@ -89,8 +89,10 @@ def _to_2(db: sqlite3.Connection) -> None:
 
 def _to_3(db: sqlite3.Connection) -> None:
     """Saved model states, one per reply (roost.core.saved_states): the file in states/ beside
-    this database, the model it belongs to, its token count, size and when it was last used."""
+    this database, the model it belongs to, its token count, size and when it was last used. And
+    the state-tuned persona a conversation starts from (a state file's name in the models folder)."""
     _script(db, """
+        ALTER TABLE conversations ADD COLUMN persona TEXT NOT NULL DEFAULT '';
         CREATE TABLE saved_states (
             message INTEGER PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
             conversation INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
@@ -145,6 +147,7 @@ class Conversation:
     updated: float
     pinned: bool = False
     created: float = 0.0
+    persona: str = ""  # a state-tuning file's name in the models folder ("": the model's own start)
 
 
 @dataclass
@@ -158,11 +161,11 @@ class StoredMessage:
     versions: int = 1  # how many there are (regenerated answers, edited questions)
 
 
-_CONV_COLS = "id, title, system, updated, pinned, created"
+_CONV_COLS = "id, title, system, updated, pinned, created, persona"
 
 
 def _conv(row) -> Conversation:
-    return Conversation(row[0], row[1], row[2], row[3], bool(row[4]), row[5])
+    return Conversation(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6])
 
 
 class ConversationStore:
@@ -282,6 +285,10 @@ class ConversationStore:
 
     def set_system(self, conv_id: int, system: str) -> None:
         self.db.execute("UPDATE conversations SET system=? WHERE id=?", (system, conv_id))
+
+    def set_persona(self, conv_id: int, persona: str) -> None:
+        """The state-tuning file (its name in the models folder) the conversation starts from."""
+        self.db.execute("UPDATE conversations SET persona=? WHERE id=?", (persona, conv_id))
 
     def pin(self, conv_id: int, pinned: bool = True) -> None:
         self.db.execute("UPDATE conversations SET pinned=? WHERE id=?", (int(pinned), conv_id))
@@ -455,11 +462,11 @@ class ConversationStore:
         """Conversations as a JSON-ready dict: every version of every message, lossless."""
         out = []
         for conv_id in conv_ids:
-            row = self.db.execute("SELECT title, system, created, updated, pinned, leaf FROM conversations "
+            row = self.db.execute("SELECT title, system, created, updated, pinned, leaf, persona FROM conversations "
                                   "WHERE id=?", (conv_id,)).fetchone()
             if row is None:
                 continue
-            title, system, created, updated, pinned, leaf = row
+            title, system, created, updated, pinned, leaf, persona = row
             local: dict[int, int] = {}
             msgs = []
             for mid, parent, role, content, reasoning, mcreated, selected in self.db.execute(
@@ -471,7 +478,7 @@ class ConversationStore:
                              "selected": selected})
             out.append({"title": title, "system": system, "created": created, "updated": updated,
                         "pinned": bool(pinned), "current": local.get(leaf) if leaf is not None else None,
-                        "messages": msgs})
+                        "messages": msgs, **({"persona": persona} if persona else {})})
         return {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "conversations": out}
 
     def export_json(self, conv_ids: list[int]) -> str:
@@ -489,9 +496,9 @@ class ConversationStore:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             for c in convs:
-                cur = self.db.execute("INSERT INTO conversations (title, system, created, updated, pinned) "
-                                      "VALUES (?,?,?,?,?)", (c["title"], c["system"], c["created"], c["updated"],
-                                                             int(c["pinned"])))
+                cur = self.db.execute("INSERT INTO conversations (title, system, created, updated, pinned, persona) "
+                                      "VALUES (?,?,?,?,?,?)", (c["title"], c["system"], c["created"], c["updated"],
+                                                               int(c["pinned"]), c.get("persona", "")))
                 conv_id = cur.lastrowid
                 new: dict[int, int] = {}
                 for m in c["messages"]:
@@ -584,10 +591,13 @@ def _validate(data) -> list[dict]:
         current = c.get("current")
         if current is not None and current not in seen:
             raise _bad(f"{where} shows a message it does not have")
+        persona = c.get("persona", "")
+        if not isinstance(persona, str) or "/" in persona or "\\" in persona:
+            raise _bad(f"{where} has a persona that is not a file name")
         now = time.time()
         out.append({"title": title.strip() or "Chat", "system": system, "pinned": bool(c.get("pinned", False)),
                     "created": _number(c.get("created", now), where), "updated": _number(c.get("updated", now), where),
-                    "messages": clean, "current": current})
+                    "messages": clean, "current": current, "persona": persona})
     return out
 
 

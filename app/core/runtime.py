@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -65,6 +66,7 @@ class Runtime:
         # states saved on disk per reply (roost.core.saved_states.SavedStates), set by the app
         self.states = None
         self._identity = ""  # the loaded model's, for saved states (roost.engine.state_io.identity)
+        self._personas: dict = {}  # the persona in use: {marker: (its starting State, its token)}
 
     # --- model ---------------------------------------------------------------------------------
     def load(self, path: str | Path, strategy: str, progress: Callable[[float], None] | None = None) -> LoadedInfo:
@@ -92,6 +94,7 @@ class Runtime:
         # runs the cyclic collector: where that may run is the caller's business (the app keeps it
         # on its UI thread, see roost.gui.app.keep_gc_on_ui_thread)
         self.model, self.info = None, None
+        self._personas = {}
         with self._chats_lock:
             self._chats.clear()
         self.cache.clear()
@@ -99,7 +102,8 @@ class Runtime:
     # --- chat ----------------------------------------------------------------------------------
     def chat(self, key, history: list[tuple[str, str]], text: str, *, params, system: str = "",
              think: bool | str | None = None, on_piece: Callable[[str], None] | None = None, stop_flag=None,
-             reasoning: bool | None = None, path: list[int] | None = None, message: int | None = None) -> Reply:
+             reasoning: bool | None = None, path: list[int] | None = None, message: int | None = None,
+             persona: str | Path | None = None) -> Reply:
         """One turn of conversation `key`. `history` is [(role, shown text), ...] before this turn.
         `reasoning`: use the G1 thinking format (default: when the loaded model is a G1 one); `think`:
         False, True or a level "low" / "medium" / "high" (roost.engine.prompts).
@@ -108,7 +112,11 @@ class Runtime:
         `message` the id of the reply to come. When this process does not remember the
         conversation as far as a saved reply state reaches (after a restart, or on another
         branch), the turn resumes from the nearest such state on `path`; after the reply its state
-        is saved under `message`."""
+        is saved under `message`.
+
+        `persona`: a state-tuning file (roost.engine.tuned_state) the conversation starts from
+        instead of the model's own starting state; its states are kept apart from other chats'
+        (TunedStateMismatchError, a RoostError, when it does not fit the model)."""
         from roost.engine.prompts import (G1_CHAT, Message, build_prompt, default_format, split_reasoning,
                                           think_hint)
         from roost.engine.resume import generate_resumed, resumable_ids
@@ -118,10 +126,11 @@ class Runtime:
             reasoning = self.info.reasoning if reasoning is None else reasoning
             fmt = G1_CHAT if reasoning else default_format(model.vocab_size)
             think = think if reasoning else None
+            start = self._persona_start(model, persona)  # ([] and "", or the persona's token and text)
             with self._chats_lock:
                 remembered = self._chats.pop(key, None)
                 self._replying, self._forgotten = key, False
-            seen = remembered[2] if remembered and remembered[:2] == (system, think) else []
+            seen = remembered[3] if remembered and remembered[:3] == (system, think, start[1]) else []
             turns, same = [], True  # (role, shown, Message): as the model saw them up to the first change
             matched = 0
             for i, (role, content) in enumerate(history):
@@ -129,13 +138,13 @@ class Runtime:
                 matched += same
                 turns.append(seen[i] if same else (role, content, Message(role, content)))
             if self.states is not None and path is not None and len(path) == len(history) and matched < len(history):
-                saved = self._from_saved(key, path, history, system, matched)
+                saved = self._from_saved(key, path, history, system, matched, start[1])
                 if saved:
                     turns = saved + turns[len(saved):]
             # the model sees the thinking hint after the question; the conversation shows the question
             turns.append(("user", text, Message("user", text + think_hint(think))))
             messages = ([Message("system", system)] if system else []) + [m for _r, _c, m in turns]
-            prompt = build_prompt(fmt, messages, think=think, hint=False)
+            prompt = start[1] + build_prompt(fmt, messages, think=think, hint=False)
             ids = resumable_ids(self.cache, model, prompt)
             done = generate_resumed(model, self.cache, ids, params.with_stops(fmt.stop_strings), text=prompt,
                                     stop_flag=stop_flag, on_piece=on_piece)
@@ -150,24 +159,51 @@ class Runtime:
             turns.append(("assistant", answer, Message("assistant", opening + raw, verbatim=True)))
             with self._chats_lock:
                 if not self._forgotten:
-                    self._chats[key] = (system, think, turns)
+                    self._chats[key] = (system, think, start[1], turns)
                 while len(self._chats) > KEEP_CHATS:
                     self._chats.popitem(last=False)
                 self._replying = None
-            context = len(ids) + r.n_fed if r.state is not None else 0
+            context = len(ids) - len(start[0]) + r.n_fed if r.state is not None else 0
             if self.states is not None and message is not None and r.state is not None and r.n_fed:
                 fed = r.tokens[:r.n_fed]
-                self._keep(key, message, r.state, system, turns, ids + fed, prompt + model.tokenizer.decode(fed))
+                self._keep(key, message, r.state, system, turns, ids + fed, prompt + model.tokenizer.decode(fed),
+                           start[1])
             return Reply(answer, thought, r.finish_reason, len(r.tokens), done.fed_tokens, context,
                          r.tokens_per_second)
 
-    def _from_saved(self, key, path, history, system, matched) -> list | None:
+    def _persona_start(self, model, persona) -> tuple[list[int], str]:
+        """A persona's starting state, put in the prefix cache under a token of its own (an id no
+        text has, negative) and a text of its own: every prompt of its chats begins with them, so
+        their states are never mixed with other chats' and each resumes from the persona's start.
+        ([], "") without a persona."""
+        if persona is None:
+            return [], ""
+        from roost.engine.tuned_state import load_tuned_state
+
+        p = Path(persona)
+        try:
+            st = p.stat()
+            marker = f"{p.name}:{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            marker = p.name
+        found = self._personas.get(marker)
+        if found is None:
+            tuned = load_tuned_state(p)  # a clear RoostError when damaged or missing
+            found = (model.start_state(tuned), [-1 - (zlib.crc32(marker.encode()) & 0x3FFFFFFF)])
+            self._personas = {marker: found}  # one at a time: a few MB each
+        state, token = found
+        text = f"\x00persona {marker}\x00"
+        self.cache.store(model, token, state)  # again each time: the cache may have let it go
+        self.cache.remember_text(model, text, token)
+        return token, text
+
+    def _from_saved(self, key, path, history, system, matched, persona="") -> list | None:
         """The turns of `history` that a saved reply state covers, with that state put in the
         prefix cache (its tokens and text): None when no saved state goes further than `matched`."""
         from roost.engine.prompts import Message
 
         try:
-            found = self.states.nearest(key, path, self.model, self._identity)
+            found = self.states.nearest(key, path, self.model, self._identity + persona)
         except Exception:  # noqa: BLE001 -- saved states are an optimisation: re-read the text instead
             log.exception("reading saved states failed")
             return None
@@ -181,17 +217,19 @@ class Runtime:
         except (KeyError, TypeError, ValueError):
             return None
         if index + 1 <= matched or meta.get("system") != system or len(turns) != index + 1 \
-                or [t[:2] for t in turns] != [tuple(h) for h in history[:index + 1]] or state.n_tokens != len(ids):
+                or not text.startswith(persona) \
+                or [t[:2] for t in turns] != [tuple(h) for h in history[:index + 1]] \
+                or state.n_tokens != len(ids) - (1 if persona else 0):  # a persona's token is never fed
             return None
         self.cache.store(self.model, ids, state)
         self.cache.remember_text(self.model, text, ids)
         return turns
 
-    def _keep(self, key, message, state, system, turns, ids, text) -> None:
+    def _keep(self, key, message, state, system, turns, ids, text, persona="") -> None:
         meta = {"system": system, "tokens": ids, "text": text,
                 "turns": [[r, shown, m.role, m.content, m.verbatim] for r, shown, m in turns]}
         try:
-            self.states.keep(key, message, state, meta, model=self._identity, tokens=len(ids))
+            self.states.keep(key, message, state, meta, model=self._identity + persona, tokens=len(ids))
         except Exception:  # noqa: BLE001 -- the chat goes on; it re-reads its text after a restart
             log.exception("saving the state failed")
 

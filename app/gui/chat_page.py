@@ -54,6 +54,7 @@ class ChatPage(QWidget):
         self._build()
         self.reload_list()
         ctl.modelChanged.connect(self._model_changed)
+        ctl.libraryChanged.connect(self._fill_personas)
         ctl.piece.connect(self.on_piece)
         ctl.done.connect(self.on_done)
         ctl.failed.connect(self.on_failed)
@@ -96,9 +97,11 @@ class ChatPage(QWidget):
         right = QWidget()
         rv = QVBoxLayout(right)
         top = QHBoxLayout()
-        self.persona = QComboBox()
-        for name, prompt in PERSONAS.items():
-            self.persona.addItem(tr(name), prompt)
+        self.persona = QComboBox()  # system prompts, and state-tuned personas that fit the loaded model
+        self.persona.setAccessibleName(tr("Persona"))
+        self.persona.setToolTip(tr("A system prompt, or a state-tuned persona (★): a starting state trained "
+                                   "for a style or a role, for the loaded model."))
+        self._fill_personas()
         self.persona.currentIndexChanged.connect(self._on_persona)
         # G1 models: how much to think before answering (the official templates' levels)
         self.think = QComboBox()
@@ -193,7 +196,40 @@ class ChatPage(QWidget):
     def _model_changed(self) -> None:
         if self.ctl.info is not None:  # any model loaded (import, the Models page, a download): chat now
             self.show_welcome(False)
+        self._fill_personas()
         self.update_controls()
+
+    def _fill_personas(self) -> None:
+        """The system-prompt personas, then the state files of the models folder that fit the
+        loaded model; the open chat's choice selected."""
+        from roost.core.library import personas
+
+        fitting = []
+        if self.ctl.info is not None:
+            try:
+                fitting = [p for p in personas(self.ctl.models_folder(), self.ctl.catalog)
+                           if self.ctl.info.name in p.fits]
+            except OSError:
+                fitting = []
+        self.persona.blockSignals(True)
+        self.persona.clear()
+        for name, prompt in PERSONAS.items():
+            self.persona.addItem(tr(name), "system:" + prompt)  # strings: Qt compares them in findData
+        for p in fitting:
+            self.persona.addItem(f"★ {p.name}", "state:" + p.path.name)
+        self.persona.blockSignals(False)
+        self._show_persona()
+
+    def _show_persona(self) -> None:
+        conv = self.ctl.store.get(self.conv_id) if self.conv_id is not None else None
+        want = f"state:{conv.persona}" if conv and conv.persona else "system:" + (conv.system if conv else "")
+        idx = self.persona.findData(want)
+        if idx < 0 and conv and conv.persona:  # its state file is gone or does not fit this model
+            self.persona.addItem(tr("★ {name} (not available)", name=conv.persona), want)
+            idx = self.persona.count() - 1
+        self.persona.blockSignals(True)
+        self.persona.setCurrentIndex(max(idx, 0))
+        self.persona.blockSignals(False)
 
     # --- conversations -------------------------------------------------------------------------
     def reload_list(self) -> None:
@@ -244,17 +280,16 @@ class ChatPage(QWidget):
             return
         self.conv_id = item.data(Qt.UserRole)
         self.edit_pos, self.expanded, self.shown = None, set(), PAGE
-        conv = self.ctl.store.get(self.conv_id)
-        idx = max(self.persona.findData(conv.system), 0) if conv else 0
-        self.persona.blockSignals(True)
-        self.persona.setCurrentIndex(idx)
-        self.persona.blockSignals(False)
+        self._show_persona()
         self.render()
 
     def new_chat(self) -> None:
         if self.rid is not None:
             return
-        conv = self.ctl.store.new(tr("New chat"), self.persona.currentData() or "")
+        kind, _, value = (self.persona.currentData() or "system:").partition(":")
+        conv = self.ctl.store.new(tr("New chat"), value if kind == "system" else "")
+        if kind == "state":
+            self.ctl.store.set_persona(conv.id, value)
         self.conv_id = conv.id
         self.reload_list()
         self.render()
@@ -287,8 +322,15 @@ class ChatPage(QWidget):
         self.render()
 
     def _on_persona(self) -> None:
-        if self.conv_id is not None:
-            self.ctl.store.set_system(self.conv_id, self.persona.currentData() or "")
+        if self.conv_id is None:
+            return
+        kind, _, value = (self.persona.currentData() or "system:").partition(":")
+        if kind == "state":
+            self.ctl.store.set_persona(self.conv_id, value)
+            self.ctl.store.set_system(self.conv_id, "")
+        else:
+            self.ctl.store.set_persona(self.conv_id, "")
+            self.ctl.store.set_system(self.conv_id, value or "")
 
     def export(self) -> None:
         """The open chat as Markdown (readable) or JSON (every version, to import again)."""
@@ -372,7 +414,8 @@ class ChatPage(QWidget):
         self.reply_thinks = think is not None and think is not False  # how this reply is to be split
         req = {"key": self.conv_id, "history": history, "text": text, "params": self.sampling.params(),
                "system": conv.system, "think": think, "stop": self.stop_flag, "path": path,
-               "message": self.reply_id}
+               "message": self.reply_id,
+               "persona": str(self.ctl.models_folder() / conv.persona) if conv.persona else None}
         self.rid = self.ctl.request("chat", req)
         self.update_controls()
         self.follow = True  # the user just sent: show the reply coming

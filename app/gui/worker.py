@@ -63,7 +63,7 @@ class EngineWorker(QObject):
         self._run(rid, lambda on_piece: self.runtime.chat(
             req["key"], req["history"], req["text"], params=req["params"], system=req.get("system", ""),
             think=req.get("think"), on_piece=on_piece, stop_flag=req["stop"], path=req.get("path"),
-            message=req.get("message")))
+            message=req.get("message"), persona=req.get("persona")))
 
     @Slot(int, object)
     def complete(self, rid: int, req: dict) -> None:

@@ -151,11 +151,13 @@ def test_export_import_round_trip_keeps_every_version(tmp_path):
     s.rewind(c.id, 1)
     s.append(c.id, "assistant", "雨打芭蕉")
     s.pin(c.id)
+    s.set_persona(c.id, "rwkv7-poet.pth")
     exported = s.export_json([c.id])
     other = ConversationStore(tmp_path / "b.sqlite")
     [new_id] = other.import_json(exported)
     assert json.loads(other.export_json([new_id])) == json.loads(exported)
     assert texts(other, new_id) == ["A poem about rain", "雨打芭蕉"] and other.get(new_id).pinned
+    assert other.get(new_id).persona == "rwkv7-poet.pth"
     other.switch(new_id, 1, -1)
     assert other.messages(new_id)[1].reasoning == "short"
 
@@ -170,6 +172,8 @@ def test_export_import_round_trip_keeps_every_version(tmp_path):
      "does not come before it"),
     (json.dumps({"format": "roost.conversations", "version": 1, "conversations": [
         {"title": "bad", "messages": [{"id": 0, "parent": None, "role": "system", "content": "x"}]}]}), "role"),
+    (json.dumps({"format": "roost.conversations", "version": 1, "conversations": [
+        {"title": "bad", "persona": "../../etc/x.pth", "messages": []}]}), "persona"),
 ])
 def test_a_bad_import_file_is_refused_whole(tmp_path, content, why):
     s = ConversationStore(tmp_path / "c.sqlite")

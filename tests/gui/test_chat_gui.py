@@ -349,3 +349,41 @@ def test_a_reply_in_a_long_chat_redraws_only_itself(qtbot, window, make_checkpoi
     qtbot.mouseClick(chat.regen_btn, Qt.LeftButton)  # a new answer in the last one's place
     qtbot.waitUntil(lambda: chat.rid is None, timeout=60000)
     assert full == [] and "2/2" in chat.view.toPlainText()[-120:]
+
+
+def test_a_state_tuned_persona_is_offered_for_the_model_it_fits_and_used(qtbot, window, tmp_path):
+    import shutil
+
+    import torch
+
+    from roost.engine.synthetic import make_weights
+
+    win = window()
+    folder = win.ctl.models_folder()
+    folder.mkdir(parents=True, exist_ok=True)
+    tuned = make_weights("v7.0", n_layer=2, n_embd=128, time_state=True, seed=3)
+    state = {k: v * 4 for k, v in tuned.items() if k.endswith(".att.time_state")}
+    torch.save({k: v for k, v in tuned.items() if not k.endswith(".att.time_state")}, tmp_path / "rwkv7-base.pth")
+    shutil.copy(tmp_path / "rwkv7-base.pth", folder / "rwkv7-base.pth")
+    torch.save(state, folder / "rwkv7-poet.pth")
+    win.ctl.libraryChanged.emit()
+    assert "★ rwkv7-poet" not in [win.chat.persona.itemText(i) for i in range(win.chat.persona.count())]
+    load(qtbot, win, folder / "rwkv7-base.pth")
+    names = [win.chat.persona.itemText(i) for i in range(win.chat.persona.count())]
+    assert "★ rwkv7-poet" in names and "rwkv7-poet.pth" not in [r.path.name for r in win.ctl.model_rows()[0]]
+    win.chat.new_chat()
+    win.chat.persona.setCurrentIndex(names.index("★ rwkv7-poet"))
+    conv = win.ctl.store.get(win.chat.conv_id)
+    assert conv.persona == "rwkv7-poet.pth" and conv.system == ""
+    win.chat.sampling.set_values({"max_tokens": 6, "temperature": 0})
+    requests = []
+    win.ctl.engine.requestChat.connect(lambda rid, req: requests.append(req))
+    send(qtbot, win, "Who are you?")
+    qtbot.waitUntil(lambda: win.chat.rid is None, timeout=60000)
+    assert requests[-1]["persona"] == str(folder / "rwkv7-poet.pth")
+    assert win.ctl.store.messages(win.chat.conv_id)[1].content  # answered from the persona's state
+    other = win.chat.conv_id
+    win.chat.new_chat()  # a new chat keeps the choice; switching back shows each chat's own
+    win.chat.persona.setCurrentIndex(0)
+    win.chat.list.setCurrentItem(win.chat._item_for(other))
+    assert win.chat.persona.currentText() == "★ rwkv7-poet"
