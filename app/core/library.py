@@ -83,6 +83,7 @@ class Installed:
     size: int
     model: CatalogModel | None  # None for a file that is not in the catalog
     missing_companions: tuple[str, ...] = ()
+    persona: bool = False  # a state-tuning file (a persona of the models it fits), not a model
 
 
 def installed(models_dir: str | os.PathLike, catalog: list[CatalogModel]) -> list[Installed]:
@@ -154,6 +155,22 @@ def import_file(src: str | os.PathLike, models_dir: str | os.PathLike, catalog: 
     folder.mkdir(parents=True, exist_ok=True)
     if not src.is_file():
         raise DownloadError(f"{src} does not exist or is not a file.\n{src} 不存在或不是文件。")
+    from roost.engine.tuned_state import is_tuned_state_file, load_tuned_state
+
+    if is_tuned_state_file(src):  # a persona: checked whole (a clear error when damaged), then copied
+        load_tuned_state(src)
+        dest = folder / src.name
+        if dest.exists() and dest.resolve() != src.resolve():
+            raise DownloadError(f"{dest} already exists; delete it first or rename the file you import.\n"
+                                f"{dest} 已存在；请先删除或重命名要导入的文件。")
+        if not dest.exists():
+            part = dest.with_name(dest.name + ".import")
+            try:
+                shutil.copyfile(src, part)
+                os.replace(part, dest)
+            finally:
+                part.unlink(missing_ok=True)
+        return Installed(dest, dest.stat().st_size, None, persona=True)
     tensors, cfg = open_checkpoint(src)  # raises a CheckpointError that says what is wrong
     tensors.close()
     tokenizer = brought_tokenizer(src, cfg.vocab_size)

@@ -38,6 +38,7 @@ class Controller(QObject):
     libraryChanged = Signal()  # the models folder, the catalog or the machine changed: list again
     catalogChanged = Signal(object)  # list of CatalogModel
     imported = Signal(object)  # Path of a model file just imported into the models folder
+    personaImported = Signal(object)  # Path of a state-tuning file (a persona) just imported
     firstRun = Signal(object, object, object)  # machine, recommended model, its Advice: nothing installed
     navigate = Signal(str)  # a page asks for another page: "chat", "completion", "models", "settings"
     busyChanged = Signal()  # a generation started or ended (controls that need the engine free)
@@ -193,6 +194,9 @@ class Controller(QObject):
             self.show_error(str(e))
             return None
         self.libraryChanged.emit()
+        if inst.persona:  # not a model to load: it is offered in the chat's Persona menu
+            self.personaImported.emit(inst.path)
+            return None
         self.imported.emit(inst.path)
         return inst.path
 

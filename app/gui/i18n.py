@@ -121,6 +121,8 @@ TEXT = {
     "A system prompt, or a state-tuned persona (★): a starting state trained for a style or a role, for the "
     "loaded model.": "系统提示词，或状态微调角色（★）：为某种风格或角色训练的初始状态，适用于当前加载的模型。",
     "★ {name} (not available)": "★ {name}（不可用）",
+    "Persona {name} added: choose it in the chat's Persona menu (with a model it fits).":
+        "已添加角色 {name}：请在对话的“角色”菜单中选择（需加载与之匹配的模型）。",
     "After each reply Roost keeps the model's state on disk, so a long chat continues at once after a restart "
     "instead of reading its whole history again.":
         "每次回复后，Roost 会把模型状态保存到磁盘，重启后长对话可以立即继续，无需重新读取全部历史。",

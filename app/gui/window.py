@@ -39,6 +39,7 @@ class MainWindow(QMainWindow):
         self.setAcceptDrops(True)  # a model file dropped anywhere on the window is imported
         self.ctl.statusChanged.connect(self.update_status)
         self.ctl.navigate.connect(self.show_page)
+        self.ctl.personaImported.connect(self._persona_imported)
         self.mem_timer = QTimer(self, interval=2000, timeout=self._update_memory)
         self.mem_timer.start()
         self._update_memory()
@@ -135,6 +136,12 @@ class MainWindow(QMainWindow):
         imported = [p for p in (self.ctl.import_model(f) for f in files) if p is not None]
         if imported:
             self.show_page("models")
+
+    def _persona_imported(self, path) -> None:
+        """A state file was dropped or chosen: it is a persona, offered in the chat's Persona menu."""
+        self.show_page("chat")
+        self.status_label.setText(tr("Persona {name} added: choose it in the chat's Persona menu (with a model it "
+                                     "fits).", name=path.stem))
 
     def show_page(self, name: str) -> None:
         index = {"chat": 0, "completion": 1, "models": 2, "settings": 3}[name]

@@ -365,8 +365,12 @@ def test_a_state_tuned_persona_is_offered_for_the_model_it_fits_and_used(qtbot, 
     state = {k: v * 4 for k, v in tuned.items() if k.endswith(".att.time_state")}
     torch.save({k: v for k, v in tuned.items() if not k.endswith(".att.time_state")}, tmp_path / "rwkv7-base.pth")
     shutil.copy(tmp_path / "rwkv7-base.pth", folder / "rwkv7-base.pth")
-    torch.save(state, folder / "rwkv7-poet.pth")
-    win.ctl.libraryChanged.emit()
+    torch.save(state, tmp_path / "rwkv7-poet.pth")
+    seen = []
+    win.ctl.personaImported.connect(seen.append)
+    assert win.ctl.import_model(tmp_path / "rwkv7-poet.pth") is None  # not a model: a persona, copied in
+    assert seen == [folder / "rwkv7-poet.pth"] and (folder / "rwkv7-poet.pth").is_file()
+    assert "Persona rwkv7-poet added" in win.status_label.text() and win.ctl.error is None
     assert "★ rwkv7-poet" not in [win.chat.persona.itemText(i) for i in range(win.chat.persona.count())]
     load(qtbot, win, folder / "rwkv7-base.pth")
     names = [win.chat.persona.itemText(i) for i in range(win.chat.persona.count())]
