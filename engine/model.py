@@ -54,6 +54,47 @@ class State:
         return sum(t.numel() * t.element_size() for layer in self.layers for t in layer)
 
 
+@dataclass(frozen=True)
+class BatchState:
+    """The states of B streams decoded together (:meth:`RWKV.forward_batch`): each tensor of a
+    :class:`State` with a leading batch dimension. Immutable; streams join with :meth:`stack` and
+    :meth:`join`, leave with :meth:`select`, and come out as a State with :meth:`state`."""
+
+    layers: tuple[tuple[torch.Tensor, ...], ...]
+    n_tokens: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.n_tokens)
+
+    @classmethod
+    def stack(cls, states: Sequence[State]) -> "BatchState":
+        if not states:
+            raise ValueError("a batch needs at least one state")
+        layers = tuple(tuple(torch.stack([s.layers[i][j] for s in states]) for j in range(len(layer)))
+                       for i, layer in enumerate(states[0].layers))
+        return cls(layers, tuple(s.n_tokens for s in states))
+
+    def state(self, b: int) -> State:
+        """Stream `b`'s state, as a State of its own (copied out of the batch)."""
+        return State(tuple(tuple(t[b].clone() for t in layer) for layer in self.layers), self.n_tokens[b])
+
+    def select(self, keep: Sequence[int]) -> "BatchState":
+        """The batch of the streams at positions `keep`, in that order."""
+        idx = torch.tensor(list(keep), dtype=torch.long)
+        layers = tuple(tuple(t.index_select(0, idx.to(t.device)) for t in layer) for layer in self.layers)
+        return BatchState(layers, tuple(self.n_tokens[i] for i in keep))
+
+    def join(self, states: Sequence[State]) -> "BatchState":
+        """This batch with `states` added at its end."""
+        if not states:
+            return self
+        more = BatchState.stack(states)
+        layers = tuple(tuple(torch.cat((a, b.to(a.device))) for a, b in zip(la, lb))
+                       for la, lb in zip(self.layers, more.layers))
+        return BatchState(layers, self.n_tokens + more.n_tokens)
+
+
 class RWKV:
     """An RWKV model ready to run. Build it with :func:`load_model`."""
 
@@ -147,6 +188,37 @@ class RWKV:
     def forward_all(self, tokens: Sequence[int], state: State | None = None) -> tuple[torch.Tensor, State]:
         """Like :meth:`forward` but return the logits of every token, ``[T, vocab]``."""
         return self._run(tokens, state, all_logits=True)
+
+    @torch.inference_mode()
+    def forward_batch(self, tokens: Sequence[int], batch: BatchState) -> tuple[torch.Tensor, BatchState]:
+        """One token for each of B streams at once: ``tokens[b]`` continues the state ``batch``
+        holds for stream b. Returns float32 logits ``[B, vocab]`` and the batch's new state. The
+        weights are read once for all the streams, so on a CPU a step of 8 costs little more than
+        a step of one; each stream gets what :meth:`forward` of its token alone gives (up to the
+        rounding of batched matrix products)."""
+        tokens = [int(t) for t in tokens]
+        if len(tokens) != batch.size:
+            raise ValueError(f"{len(tokens)} tokens for a batch of {batch.size} streams")
+        bad = [t for t in tokens if not 0 <= t < self.config.vocab_size]
+        if bad:
+            raise ValueError(f"token ids out of range for vocabulary {self.config.vocab_size}: {bad[:5]}")
+        x = self._w["emb"][torch.tensor(tokens)]  # (B, C)
+        layers_state = list(batch.layers)
+        carry = None
+        for i, lw in enumerate(self._layers):
+            stage = self._places[i].stage
+            dev, dt = stage.torch_device, act_dtype(stage)
+            x = x.to(device=dev, dtype=dt)
+            if carry is not None:
+                carry = carry.to(device=dev, dtype=dt)
+            if self._places[i].stream:
+                lw = _to_device(lw, dev)
+            st = tuple(t.to(dev) for t in layers_state[i])
+            x, layers_state[i], carry = self._arch.layer(x, lw, st, self.config, carry)  # rows: streams
+            if self._rescale and (i + 1) % RESCALE_EVERY == 0:
+                x = x / 2
+        logits = self._head(x)
+        return logits.float().cpu(), BatchState(tuple(layers_state), tuple(n + 1 for n in batch.n_tokens))
 
     def _run(self, tokens, state, *, all_logits: bool):
         tokens = [int(t) for t in tokens]

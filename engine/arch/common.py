@@ -11,10 +11,20 @@ GROUP_NORM_EPS = 64e-5  # RWKV-5/6/7: eps 1e-5 scaled by head_size_divisor 8 squ
 
 
 def token_shift(x: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
-    """The previous token's vector for each position: (T, C) from x (T, C) and prev (C)."""
+    """The previous token's vector for each position: (T, C) from x (T, C) and prev (C).
+
+    Batched decoding (see roost.engine.model.RWKV.forward_batch): x (B, C) holds one token of each
+    of B streams and prev (B, C) each stream's previous token: the rows are not a sequence."""
+    if prev.dim() == x.dim():
+        return prev
     if x.shape[0] == 1:
         return prev.unsqueeze(0)
     return torch.cat((prev.unsqueeze(0), x[:-1]), dim=0)
+
+
+def last(x: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+    """What the next token shifts in: the last row of a sequence, or every row of a batch."""
+    return x.clone() if prev.dim() == x.dim() else x[-1].clone()
 
 
 def vec(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -50,7 +60,7 @@ def channel_mix(x: torch.Tensor, prev: torch.Tensor, w: dict, *, maa: bool):
         rx = x * w["ffn.time_mix_r"] + sx * (1 - w["ffn.time_mix_r"])
     r = torch.sigmoid(linear(rx, w["ffn.receptance.weight"]))
     k = torch.relu(linear(kx, w["ffn.key.weight"])).square()
-    return r * linear(k, w["ffn.value.weight"]), x[-1].clone()
+    return r * linear(k, w["ffn.value.weight"]), last(x, prev)
 
 
 def prepare_ffn(t, p: str, dtype, big, mix: tuple[str, ...]) -> dict:
@@ -79,6 +89,9 @@ def wkv_chunked(r, k, v, logw, u, s, chunk: int = 16):
     positive, on an (H, L, L, N) tensor: 4x dearer per token.
     """
     T = r.shape[0]
+    if s.dim() == 4:  # batched decoding: row b is one token of stream b, s (B, H, N, N)
+        out = (r.unsqueeze(-2) @ s).squeeze(-2) + (r * u * k).sum(-1, keepdim=True) * v
+        return out, logw.exp().unsqueeze(-1) * s + k.unsqueeze(-1) @ v.unsqueeze(-2)
     if T == 1:  # one token: the recurrence itself, reading and writing the state once each
         r0, k0, v0 = r[0], k[0], v[0]  # (H, N); r (diag(u) k v^T + S) = r S + (r.u.k) v
         out = (r0.unsqueeze(1) @ s).squeeze(1) + (r0 * u * k0).sum(-1, keepdim=True) * v0

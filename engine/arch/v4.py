@@ -7,6 +7,7 @@ import torch
 from roost.engine.arch.common import (
     channel_mix,
     ffn_shapes,
+    last,
     layer_norm,
     prepare_ffn,
     token_shift,
@@ -62,18 +63,22 @@ def time_mix(x, prev, aa, bb, pp, w):
     v = linear(x * mv + sx * (1 - mv), w["att.value.weight"]).float()
     decay, first = w["att.time_decay"], w["att.time_first"]
     out = torch.empty_like(k)
-    for t in range(x.shape[0]):
-        kt, vt = k[t], v[t]
+    batched = aa.dim() == 2  # batched decoding: row b is one token of stream b, aa/bb/pp (B, A)
+    for t in range(1 if batched else x.shape[0]):
+        kt, vt = (k, v) if batched else (k[t], v[t])
         ww = first + kt
         p = torch.maximum(pp, ww)
         e1, e2 = torch.exp(pp - p), torch.exp(ww - p)
-        out[t] = (e1 * aa + e2 * vt) / (e1 * bb + e2)
+        if batched:
+            out = (e1 * aa + e2 * vt) / (e1 * bb + e2)
+        else:
+            out[t] = (e1 * aa + e2 * vt) / (e1 * bb + e2)
         ww = decay + pp
         p = torch.maximum(ww, kt)
         e1, e2 = torch.exp(ww - p), torch.exp(kt - p)
         aa, bb, pp = e1 * aa + e2 * vt, e1 * bb + e2, p
     out = linear(r * out.to(x.dtype), w["att.output.weight"])
-    return out, aa, bb, pp, x[-1].clone()
+    return out, aa, bb, pp, last(x, prev)
 
 
 def layer(x, w, st, cfg, carry):

@@ -12,6 +12,7 @@ from roost.engine.arch.common import (
     GROUP_NORM_EPS,
     channel_mix,
     ffn_shapes,
+    last,
     layer_norm,
     prepare_ffn,
     token_shift,
@@ -111,7 +112,7 @@ def time_mix(x, prev, s, w, cfg):
     v = linear(mixed("time_mix_v"), w["att.value.weight"]).float().view(T, h, n)
     g = F.silu(linear(mixed("time_mix_g"), w["att.gate.weight"])) if _gated(cfg) else None
     y, s = wkv_chunked(r, k, v, w["att.logw"].expand(T, h, n), w["att.u"], s)
-    return wkv_output(x, y.reshape(T, h * n), g, w, h), s, x[-1].clone()
+    return wkv_output(x, y.reshape(T, h * n), g, w, h), s, last(x, prev)
 
 
 def layer(x, w, st, cfg, carry):

@@ -6,8 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from roost.engine.arch.common import (
+    last,
     channel_mix,
     ffn_shapes,
+    last,
     layer_norm,
     mat,
     prepare_ffn,
@@ -83,7 +85,7 @@ def time_mix(x, prev, s, w, cfg):
     dec = torch.tanh(wx @ w["att.time_decay_w1"]) @ w["att.time_decay_w2"]  # (T, C)
     logw = -torch.exp(w["att.time_decay"] + dec.float().view(T, h, n))  # log of exp(-exp(.))
     y, s = wkv_chunked(r, k, v, logw, w["att.u"], s)
-    return wkv_output(x, y.reshape(T, h * n), g, w, h), s, x[-1].clone()
+    return wkv_output(x, y.reshape(T, h * n), g, w, h), s, last(x, prev)
 
 
 def layer(x, w, st, cfg, carry):

@@ -11,7 +11,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from roost.engine.arch.common import GROUP_NORM_EPS, layer_norm, mat, token_shift, vec
+from roost.engine.arch.common import GROUP_NORM_EPS, last, layer_norm, mat, token_shift, vec
 from roost.engine.linear import linear
 
 _MIX = ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g")
@@ -96,7 +96,9 @@ CHUNK = 32  # decays are >= exp(-0.6065) per token, so exp(+-cumsum) over a chun
 
 def wkv(r, logw, k, v, kk, a, s):
     """The delta-rule recurrence over T tokens. All (T, H, N) float32 (logw: log of the decay w);
-    s (H, N, N) as [v, k]."""
+    s (H, N, N) as [v, k]. Batched decoding: s (B, H, N, N) and row b one token of stream b."""
+    if s.dim() == 4:
+        return wkv_step(r, logw.exp(), k, v, kk, a, s)
     if r.shape[0] == 1:
         out, s = wkv_step(r[0], logw[0].exp(), k[0], v[0], kk[0], a[0], s)
         return out.unsqueeze(0), s
@@ -109,11 +111,22 @@ def wkv(r, logw, k, v, kk, a, s):
 
 
 def wkv_step(r, w, k, v, kk, a, s):
-    """One token: s <- s (diag(w) - kk^T (a*kk)) + v k^T; out = s r. Vectors (H, N).
-    The two outer products are one rank-2 update: [-s kk, v] @ [a*kk; k]."""
-    left = torch.stack(((s @ kk.unsqueeze(2)).squeeze(2).neg(), v), dim=2)  # (H, N, 2)
-    s = (s * w.unsqueeze(1)).baddbmm_(left, torch.stack((kk * a, k), dim=1))  # in place on the new tensor
-    return (s @ r.unsqueeze(2)).squeeze(2), s
+    """One token: s <- s (diag(w) - kk^T (a*kk)) + v k^T; out = s r. Vectors (H, N), s (H, N, N);
+    batched decoding: (B, H, N) and (B, H, N, N), run as B*H heads.
+
+    The state is read twice and written once: one product gives both s kk and s (w*r) (since
+    s diag(w) r = s (w*r)); the two outer products are one rank-2 update [-s kk, v] @ [a*kk; k];
+    the output is s (w*r) + [-s kk, v] ([a*kk; k] r), without reading the new state again."""
+    if s.dim() == 4:
+        b, h, n = r.shape
+        out, s = wkv_step(*(z.reshape(b * h, n) for z in (r, w, k, v, kk, a)), s.reshape(b * h, n, n))
+        return out.view(b, h, n), s.view(b, h, n, n)
+    sk = s @ torch.stack((kk, w * r), dim=2)  # (H, N, 2): s kk, s (w*r)
+    left = torch.stack((sk[..., 0].neg(), v), dim=2)  # (H, N, 2)
+    right = torch.stack((kk * a, k), dim=1)  # (H, 2, N)
+    out = torch.baddbmm(sk[..., 1:], left, right @ r.unsqueeze(2)).squeeze(2)
+    s = (s * w.unsqueeze(1)).baddbmm_(left, right)  # in place on the new tensor
+    return out, s
 
 
 @functools.lru_cache(maxsize=8)
@@ -178,13 +191,13 @@ def time_mix(x, prev, s, v_first, w, cfg, first_layer: bool):
                      eps=GROUP_NORM_EPS).to(x.dtype)
     bonus = (r * k * w["att.r_k"]).view(T, h, n).sum(-1, keepdim=True) * v.view(T, h, n)
     y = y + bonus.view(T, h * n)
-    return linear(y * g, w["att.output.weight"]), s, x[-1].clone(), v_first
+    return linear(y * g, w["att.output.weight"]), s, last(x, prev), v_first
 
 
 def channel_mix(x, prev, w):
     k = x + (token_shift(x, prev) - x) * w["ffn.x_k"]
     k = torch.relu(linear(k, w["ffn.key.weight"])).square()
-    return linear(k, w["ffn.value.weight"]), x[-1].clone()
+    return linear(k, w["ffn.value.weight"]), last(x, prev)
 
 
 def layer(x, w, st, cfg, carry):
