@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 
 from roost.engine.arch.common import (
-    last,
     channel_mix,
     ffn_shapes,
     last,
