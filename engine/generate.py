@@ -130,7 +130,6 @@ class Generation:
 
     def _run(self) -> Iterator[str]:
         res, params, model = self.result, self.params, self.model
-        tok = model.tokenizer
         t0 = time.perf_counter()
         state, logits = self.state, None
         total = len(self.prompt_tokens)
@@ -145,60 +144,104 @@ class Generation:
         res.prefill_seconds = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        seed = params.seed if params.seed is not None else random.randrange(2 ** 63)
-        gen = torch.Generator().manual_seed(seed)
-        penalties = PenaltyTracker(logits.numel(), params)
-        stops = set(params.stop_tokens) | ({tok.eos_token} if tok.eos_token is not None else set())
-        decoder = StreamDecoder(tok)
-        pending = ""
-        res.finish_reason = "length"
+        dec = Decoder(model, params, logprobs=self.logprobs, constraint=self.constraint, result=res)
         try:
-            for i in range(params.max_tokens):
+            while True:
                 if self.stop_flag.is_set():
-                    res.finish_reason = "cancelled"
-                    break
-                scores = adjust(penalties.apply(logits), params)
-                if self.constraint is not None:
-                    scores = self.constraint.mask(scores)
-                token = pick(scores, params, gen)
-                if token in stops:
-                    res.finish_reason = "stop"
-                    break
-                res.tokens.append(token)
-                if self.logprobs is not None:
-                    res.logprobs.append(_logprob(scores, token, self.logprobs))
-                penalties.update(token)
-                pending += decoder.feed(token)
-                if self.constraint is not None:
-                    self.constraint.advance(token)
-                    if self.constraint.finished():  # the value is complete: nothing may follow
-                        res.finish_reason = "stop"
-                        break
-                hit = _find_stop(pending, params.stop)
-                if hit is not None:
-                    cut, res.stop_string = hit
-                    res.finish_reason = "stop"
-                    pending = pending[:cut]
-                    break
-                safe = len(pending) - _held_back(pending, params.stop)
-                if safe > 0:
-                    res.text += pending[:safe]
-                    yield pending[:safe]
-                    pending = pending[safe:]
-                if i + 1 == params.max_tokens:
+                    text, token = dec.cancel(), None
+                else:
+                    text, token = dec.step(logits)
+                if text:
+                    yield text
+                if token is None:
                     break
                 logits, state = model.forward([token], state)
                 res.state, res.n_fed = state, len(res.tokens)
-            if res.stop_string is None:
-                pending += decoder.flush()
-                hit = _find_stop(pending, params.stop)
-                if hit is not None:
-                    pending, res.stop_string, res.finish_reason = pending[:hit[0]], hit[1], "stop"
-            if pending:
-                res.text += pending
-                yield pending
         finally:
             res.decode_seconds = time.perf_counter() - t0
+
+
+class Decoder:
+    """The token-by-token half of a generation, apart from the model: given the logits after the
+    last token, :meth:`step` samples the next token (penalties, logit bias, constraint, sampling
+    parameters), records it and its logprob, and returns the text that can be shown now (whole
+    UTF-8 characters, never the start of a stop string) and the token to feed, or None when the
+    generation has ended (``result.finish_reason``: "stop" | "length"; :meth:`cancel`:
+    "cancelled"). :class:`Generation` drives one with ``model.forward``; a batch of streams
+    (the API server) drives one per stream with ``model.forward_batch``."""
+
+    def __init__(self, model, params: SamplingParams, *, logprobs: int | None = None,
+                 constraint: Constraint | None = None, result: GenerationResult | None = None):
+        tok = model.tokenizer
+        self.params, self.logprobs, self.constraint = params, logprobs, constraint
+        self.result = result if result is not None else GenerationResult()
+        seed = params.seed if params.seed is not None else random.randrange(2 ** 63)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.penalties = PenaltyTracker(model.vocab_size, params)
+        self.stops = set(params.stop_tokens) | ({tok.eos_token} if tok.eos_token is not None else set())
+        self.decoder = StreamDecoder(tok)
+        self.pending = ""
+        self.done = False
+        self.result.finish_reason = "length"
+
+    def step(self, logits: torch.Tensor) -> tuple[str, int | None]:
+        res, params = self.result, self.params
+        if self.done:
+            return "", None
+        if len(res.tokens) >= params.max_tokens:
+            return self._end(), None
+        scores = adjust(self.penalties.apply(logits), params)
+        if self.constraint is not None:
+            scores = self.constraint.mask(scores)
+        token = pick(scores, params, self.generator)
+        if token in self.stops:
+            res.finish_reason = "stop"
+            return self._end(), None
+        res.tokens.append(token)
+        if self.logprobs is not None:
+            res.logprobs.append(_logprob(scores, token, self.logprobs))
+        self.penalties.update(token)
+        self.pending += self.decoder.feed(token)
+        if self.constraint is not None:
+            self.constraint.advance(token)
+            if self.constraint.finished():  # the value is complete: nothing may follow
+                res.finish_reason = "stop"
+                return self._end(), None
+        hit = _find_stop(self.pending, params.stop)
+        if hit is not None:
+            cut, res.stop_string = hit
+            res.finish_reason = "stop"
+            self.pending = self.pending[:cut]
+            return self._end(), None
+        out = ""
+        safe = len(self.pending) - _held_back(self.pending, params.stop)
+        if safe > 0:
+            out, self.pending = self.pending[:safe], self.pending[safe:]
+            res.text += out
+        if len(res.tokens) >= params.max_tokens:  # the last token is not fed
+            return out + self._end(), None
+        return out, token
+
+    def cancel(self) -> str:
+        """End now ("cancelled"); returns what was still held back."""
+        if self.done:
+            return ""
+        self.result.finish_reason = "cancelled"
+        return self._end()
+
+    def _end(self) -> str:
+        """The text still held back, released at the end (a stop string in it cut off)."""
+        res, params = self.result, self.params
+        self.done = True
+        pending = self.pending
+        if res.stop_string is None:
+            pending += self.decoder.flush()
+            hit = _find_stop(pending, params.stop)
+            if hit is not None:
+                pending, res.stop_string, res.finish_reason = pending[:hit[0]], hit[1], "stop"
+        self.pending = ""
+        res.text += pending
+        return pending
 
 
 def _logprob(scores: torch.Tensor, token: int, top: int) -> TokenLogprob:

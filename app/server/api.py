@@ -10,7 +10,8 @@ The OpenAI paths answer without the ``/v1`` prefix too, and with a trailing slas
 some clients do not follow one for a POST). The key goes in ``Authorization: Bearer`` or
 ``X-Api-Key``.
 
-Requests wait in order for the single model; at most ``max_queue`` may wait, more get 503.
+Requests are decoded together, up to ``max_batch`` replies in one pass over the weights
+(continuous batching, roost.server.jobs); more wait in order, at most ``max_queue``; more get 503.
 Generation runs on a worker thread (see :mod:`roost.server.jobs`), never on the event loop. A
 client that disconnects stops its generation within one token. Every error is an OpenAI-style
 JSON object ``{"error": {"message", "type", "param", "code"}}`` with a 4xx/5xx status, never a
@@ -77,6 +78,7 @@ CLIENT_ORIGINS = "|".join([
 
 
 def create_app(runtime, *, model_id: str | None = None, api_key: str | None = None, max_queue: int = 64,
+               max_batch: int = 8,
                allow_origins: tuple[str, ...] = (),
                max_body_bytes: int = MAX_BODY_BYTES, max_tokens_limit: int = MAX_TOKENS_LIMIT,
                chat_max_tokens: int = CHAT_MAX_TOKENS, cache: PrefixCache | None = None,
@@ -93,7 +95,7 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
         cache = PrefixCache(32 if cache_entries is None else cache_entries,
                             512 * 2 ** 20 if cache_bytes is None else cache_bytes)
     worker = Worker(runtime, cache,  # None: the Runtime's, shared with the app's chats
-                    max_queue=max_queue)
+                    max_queue=max_queue, max_batch=max_batch)
     chat_defaults = {**CHAT_DEFAULTS, **(chat_defaults or {})}
     completion_defaults = {**COMPLETION_DEFAULTS, **(completion_defaults or {})}
     created = int(time.time())

@@ -192,7 +192,8 @@ def serve_cli(args) -> int:
 
     origins = tuple(args.allow_origin or ()) + tuple(load_settings().api_allow_origins)
     server = ApiServer(runtime, host=args.host, port=args.port, api_key=api_key, log_level=args.log_level,
-                       model_id=args.model_id, max_queue=args.max_queue, max_tokens_limit=args.max_tokens_limit,
+                       model_id=args.model_id, max_queue=args.max_queue, max_batch=args.max_batch,
+                       max_tokens_limit=args.max_tokens_limit,
                        allow_origins=origins)
     model_id = args.model_id or path.stem
 

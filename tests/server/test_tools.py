@@ -6,7 +6,6 @@ The model's reply is scripted (its generation replaced) so that each test knows 
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import openai
 import pytest
@@ -28,24 +27,39 @@ ARCH = "v7.0"  # the module's model (tests/server/conftest.py)
 @pytest.fixture
 def scripted(monkeypatch):
     """The model 'writes' `reply["text"]` (in pieces); `reply["prompt"]` is the prompt it was given."""
-    from roost.engine import resume
     from roost.engine.generate import GenerationResult
+    from roost.server import jobs
 
     reply = {"text": "", "prompt": ""}
 
-    def fake(model, cache, ids, params, *, stop_flag=None, on_piece=None, on_choice=None, **_kw):
-        reply["prompt"] = model.tokenizer.decode(list(ids))
-        text = reply["text"]
-        result = GenerationResult(text=text, tokens=[1] * max(1, len(text) // 4), finish_reason="stop",
-                                  prompt_tokens=len(ids))
-        if on_choice is not None:
-            on_choice(0, SimpleNamespace(result=result))
-        for i in range(0, len(text), 7):
-            if on_piece is not None:
-                on_piece(text[i:i + 7])
-        return resume.Resumed(result, len(ids), 0, len(ids), [result])
+    class Scripted:  # stands in for roost.engine.generate.Decoder: the text comes from the test
+        def __init__(self, *_args):
+            self.result = GenerationResult()
+            text = reply["text"]
+            self.pieces = [text[i:i + 7] for i in range(0, len(text), 7)]
 
-    monkeypatch.setattr(resume, "generate_resumed", fake)
+        def step(self, _logits):
+            if not self.pieces:
+                self.result.finish_reason = "stop"
+                return "", None
+            piece = self.pieces.pop(0)
+            self.result.text += piece
+            self.result.tokens.append(1)
+            return piece, 1
+
+        def cancel(self):
+            self.result.finish_reason = "cancelled"
+            return ""
+
+    real_admit = jobs.Worker._admit
+
+    def admit(self, model):
+        for job in self._reading_new:
+            reply["prompt"] = model.tokenizer.decode(list(job.prompt(model, self.runtime.info)))
+        return real_admit(self, model)
+
+    monkeypatch.setattr(jobs, "_decoder", Scripted)
+    monkeypatch.setattr(jobs.Worker, "_admit", admit)
     return reply
 
 
