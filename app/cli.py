@@ -136,8 +136,8 @@ def _parser() -> argparse.ArgumentParser:
                          "also Settings: api_allow_origins)")
     sv.add_argument("--model-id", default=None, help="the model name clients use (default: the file name)")
     sv.add_argument("--max-queue", type=int, default=64, help="requests that may wait; more get 503 (default 64)")
-    sv.add_argument("--max-batch", type=int, default=8,
-                    help="replies decoded together in one pass over the weights (default 8; 1: one at a time)")
+    sv.add_argument("--max-batch", type=int, default=16,
+                    help="replies decoded together in one pass over the weights (default 16; 1: one at a time)")
     sv.add_argument("--max-tokens-limit", type=int, default=4096, help="the most max_tokens a request may ask")
     sv.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     sv.set_defaults(func=_serve)

@@ -155,7 +155,9 @@ def measure(base_url: str, model: str, args, label: str) -> dict:
           f"time to first token {s['ttft'] * 1000:.0f} ms" + (f", error {s['error']}" if s["error"] else ""))
     streams, streams_wall = run(args.streams, 16)
     agg = decode_rate(streams)
-    print(f"{args.streams} streams at once: decoding at {agg:.1f} tok/s together ({agg / one:.2f}x one client); "
+    together = f"decoding at {agg:.1f} tok/s together ({agg / one:.2f}x one client)" if agg == agg else \
+        "never decoding together"
+    print(f"{args.streams} streams at once: {together}; "
           f"{sum(r['tokens'] for r in streams) / streams_wall:.1f} tok/s with the prompts' reading")
 
     before = server_stats(base_url)
@@ -194,7 +196,7 @@ def main() -> int:
     p.add_argument("--prompt-tokens", type=int, default=64)
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--max-queue", type=int, default=64)
-    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--baseline-batch", type=int, default=1, help="the server compared with (1: one at a time)")
     p.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "roost-bench"))
     p.add_argument("--timeout", type=float, default=1800.0, help="each phase is cancelled after this")
@@ -223,8 +225,7 @@ def main() -> int:
                 server.kill()
     base, new = figures[args.baseline_batch], figures[args.max_batch]
     print("\n== against the targets ==")
-    print(f"{args.streams} streams with batching: {new['agg'] / new['one']:.2f}x one stream (target >= 4x); "
-          f"one at a time: {base['agg'] / base['one']:.2f}x")
+    print(f"{args.streams} streams with batching: {new['agg'] / new['one']:.2f}x one stream (target >= 4x)")
     print(f"{args.clients} clients, median time to first token: {new['ttft']:.2f} s against {base['ttft']:.2f} s one "
           f"at a time: {new['ttft'] / base['ttft']:.2f} (target <= 0.33)")
     return 0 if ok else 1

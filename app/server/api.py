@@ -78,7 +78,7 @@ CLIENT_ORIGINS = "|".join([
 
 
 def create_app(runtime, *, model_id: str | None = None, api_key: str | None = None, max_queue: int = 64,
-               max_batch: int = 8,
+               max_batch: int = 16,
                allow_origins: tuple[str, ...] = (),
                max_body_bytes: int = MAX_BODY_BYTES, max_tokens_limit: int = MAX_TOKENS_LIMIT,
                chat_max_tokens: int = CHAT_MAX_TOKENS, cache: PrefixCache | None = None,

@@ -188,7 +188,7 @@ class Worker:
     READ_CHUNK = 128  # prompt tokens of one request read in one pass
     READ_BUDGET = 256  # prompt tokens read between two decode steps (a long prompt waits its turn in pieces)
 
-    def __init__(self, runtime, cache: PrefixCache | None = None, *, max_queue: int = 64, max_batch: int = 8):
+    def __init__(self, runtime, cache: PrefixCache | None = None, *, max_queue: int = 64, max_batch: int = 16):
         self.runtime = runtime
         # the Runtime's own cache by default: the app's chats and the API resume from the same states
         if cache is None:
