@@ -196,14 +196,29 @@ class RWKV:
         weights are read once for all the streams, so on a CPU a step of 8 costs little more than
         a step of one; each stream gets what :meth:`forward` of its token alone gives (up to the
         rounding of batched matrix products)."""
-        tokens = [int(t) for t in tokens]
+        tokens = self._checked(tokens)
         if len(tokens) != batch.size:
             raise ValueError(f"{len(tokens)} tokens for a batch of {batch.size} streams")
+        layers_state = list(batch.layers)
+        x = self._through_layers(self._w["emb"][torch.tensor(tokens)], layers_state, self._arch_layer)  # rows: streams
+        logits = self._head(x)
+        return logits.float().cpu(), BatchState(tuple(layers_state), tuple(n + 1 for n in batch.n_tokens))
+
+    def _checked(self, tokens) -> list[int]:
+        tokens = [int(t) for t in tokens]
+        if not tokens:
+            raise ValueError("forward() needs at least one token")
         bad = [t for t in tokens if not 0 <= t < self.config.vocab_size]
         if bad:
             raise ValueError(f"token ids out of range for vocabulary {self.config.vocab_size}: {bad[:5]}")
-        x = self._w["emb"][torch.tensor(tokens)]  # (B, C)
-        layers_state = list(batch.layers)
+        return tokens
+
+    def _arch_layer(self, x, lw, st, carry):
+        return self._arch.layer(x, lw, st, self.config, carry)
+
+    def _through_layers(self, x, layers_state: list, step):
+        """`x` (embeddings) through every layer with `step` (x, weights, state, carry), each on its
+        stage's device and type; `layers_state` is updated in place. Returns the last layer's x."""
         carry = None
         for i, lw in enumerate(self._layers):
             stage = self._places[i].stage
@@ -214,39 +229,20 @@ class RWKV:
             if self._places[i].stream:
                 lw = _to_device(lw, dev)
             st = tuple(t.to(dev) for t in layers_state[i])
-            x, layers_state[i], carry = self._arch.layer(x, lw, st, self.config, carry)  # rows: streams
+            x, layers_state[i], carry = step(x, lw, st, carry)
             if self._rescale and (i + 1) % RESCALE_EVERY == 0:
                 x = x / 2
-        logits = self._head(x)
-        return logits.float().cpu(), BatchState(tuple(layers_state), tuple(n + 1 for n in batch.n_tokens))
+        return x
 
     def _run(self, tokens, state, *, all_logits: bool):
-        tokens = [int(t) for t in tokens]
-        if not tokens:
-            raise ValueError("forward() needs at least one token")
-        bad = [t for t in tokens if not 0 <= t < self.config.vocab_size]
-        if bad:
-            raise ValueError(f"token ids out of range for vocabulary {self.config.vocab_size}: {bad[:5]}")
+        tokens = self._checked(tokens)
         if state is None:
             state = self.zero_state()
         layers_state = list(state.layers)
         outs = []
         for c0 in range(0, len(tokens), self.chunk_len):
             chunk = tokens[c0:c0 + self.chunk_len]
-            x = self._w["emb"][torch.tensor(chunk)]  # (T, C)
-            carry = None
-            for i, lw in enumerate(self._layers):
-                stage = self._places[i].stage
-                dev, dt = stage.torch_device, act_dtype(stage)
-                x = x.to(device=dev, dtype=dt)
-                if carry is not None:
-                    carry = carry.to(device=dev, dtype=dt)
-                if self._places[i].stream:
-                    lw = _to_device(lw, dev)
-                st = tuple(t.to(dev) for t in layers_state[i])
-                x, layers_state[i], carry = self._layer(x, lw, st, carry)
-                if self._rescale and (i + 1) % RESCALE_EVERY == 0:
-                    x = x / 2
+            x = self._through_layers(self._w["emb"][torch.tensor(chunk)], layers_state, self._layer)  # (T, C)
             if all_logits or c0 + self.chunk_len >= len(tokens):
                 outs.append(self._head(x if all_logits else x[-1:]))
         logits = torch.cat(outs) if all_logits else outs[-1][0]
