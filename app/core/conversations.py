@@ -88,21 +88,26 @@ def _to_2(db: sqlite3.Connection) -> None:
 
 
 def _to_3(db: sqlite3.Connection) -> None:
-    """Saved model states, one per reply (roost.core.saved_states): the file in states/ beside
-    this database, the model it belongs to, its token count, size and when it was last used. And
+    """Saved model states (roost.core.saved_states), one per chat reply (message, conversation)
+    and for long API prompts (no message: found by their tokens' hash, `prefix`): the file in
+    states/ beside this database, the model it belongs to, its token count, size and when it was
+    last used. And
     the state-tuned persona a conversation starts from (a state file's name in the models folder)."""
     _script(db, """
         ALTER TABLE conversations ADD COLUMN persona TEXT NOT NULL DEFAULT '';
         CREATE TABLE saved_states (
-            message INTEGER PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
-            conversation INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            message INTEGER UNIQUE REFERENCES messages(id) ON DELETE CASCADE,
+            conversation INTEGER REFERENCES conversations(id) ON DELETE CASCADE,
             file TEXT NOT NULL,
             model TEXT NOT NULL,
             tokens INTEGER NOT NULL,
+            prefix TEXT NOT NULL DEFAULT '',
             bytes INTEGER NOT NULL,
             used REAL NOT NULL
         );
         CREATE INDEX saved_states_used ON saved_states(used);
+        CREATE INDEX saved_states_prefix ON saved_states(model, tokens, prefix);
         CREATE INDEX saved_states_conversation ON saved_states(conversation);
     """)
 

@@ -85,6 +85,11 @@ class Runtime:
                                    getattr(model, "load_seconds", 0.0))
             return self.info
 
+    @property
+    def identity(self) -> str:
+        """The loaded model's identity for saved states (roost.engine.state_io.identity); "" when none."""
+        return self._identity if self.model is not None else ""
+
     def unload(self) -> None:
         with self._lock:
             self._unload()

@@ -12,12 +12,16 @@ file is dropped and the text is re-read instead: nothing is lost, nothing is mis
 
 Each entry's metadata also keeps the conversation as the model saw it (replies verbatim, G1
 thoughts included) and the exact tokens, so the next prompt is built and tokenised exactly as
-before the restart and resumes after those tokens. Qt-free; used from the engine's thread (its
-own SQLite connection) and, for usage and clearing, from Settings.
+before the restart and resumes after those tokens. Every entry is also found by its tokens (a hash
+of them, `prefix`): the API server, whose clients send whole conversations, resumes a long prompt
+from the longest saved state its tokens begin with, and saves the state after a long request's
+reply (:meth:`keep_tokens`). Qt-free; used from the engine's and the API's threads (its own SQLite
+connection) and, for usage and clearing, from Settings.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sqlite3
 import threading
@@ -29,6 +33,19 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BUDGET_MB = 2048
 SUFFIX = ".state"
+API_MIN_TOKENS = 512  # the API saves states of requests at least this long (shorter ones are cheap to re-read)
+
+
+def token_hashes(ids, lengths) -> dict[int, str]:
+    """{n: hash of ids[:n]} for each n in `lengths` (one pass over the tokens)."""
+    h, out, done = hashlib.sha256(), {}, 0
+    for n in sorted(set(lengths)):
+        if n > len(ids):
+            break
+        h.update(b"".join(int(t).to_bytes(4, "little", signed=True) for t in ids[done:n]))
+        done = n
+        out[n] = h.copy().hexdigest()
+    return out
 
 
 @dataclass(frozen=True)
@@ -69,12 +86,14 @@ class SavedStates:
             log.warning("could not save the state of message %s: %s", message, e)
             path.with_name(path.name + ".tmp").unlink(missing_ok=True)
             return None
+        ids = meta.get("tokens") or []
+        prefix = token_hashes(ids, [len(ids)]).get(len(ids), "") if ids else ""
         with self._lock:
             try:
                 with self._db:
                     self._db.execute("INSERT OR REPLACE INTO saved_states (message, conversation, file, model, tokens,"
-                                     " bytes, used) VALUES (?,?,?,?,?,?,?)",
-                                     (message, conversation, path.name, model, tokens, size, time.time()))
+                                     " prefix, bytes, used) VALUES (?,?,?,?,?,?,?,?)",
+                                     (message, conversation, path.name, model, tokens, prefix, size, time.time()))
             except sqlite3.IntegrityError:  # the message was deleted meanwhile
                 path.unlink(missing_ok=True)
                 return None
@@ -82,18 +101,77 @@ class SavedStates:
         self.evict()
         return path
 
+    def keep_tokens(self, ids, state, *, model: str) -> Path | None:
+        """Save the state after `ids` (an API request's prompt and reply), found later by those
+        tokens; requests shorter than API_MIN_TOKENS are not worth a file."""
+        from roost.engine.state_io import save_state
+
+        ids = [int(t) for t in ids]
+        if self.budget <= 0 or len(ids) < API_MIN_TOKENS:
+            return None
+        prefix = token_hashes(ids, [len(ids)])[len(ids)]
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"api-{prefix[:24]}{SUFFIX}"
+        try:
+            size = save_state(path, state, {"tokens": ids, "model": model})
+        except OSError as e:
+            log.warning("could not save the state of an API request: %s", e)
+            path.with_name(path.name + ".tmp").unlink(missing_ok=True)
+            return None
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM saved_states WHERE message IS NULL AND file=?", (path.name,))
+            self._db.execute("INSERT INTO saved_states (message, conversation, file, model, tokens, prefix, bytes, used)"
+                             " VALUES (NULL,NULL,?,?,?,?,?,?)", (path.name, model, len(ids), prefix, size, time.time()))
+        self.saved += 1
+        self.evict()
+        return path
+
+    def longest_prefix(self, ids, model, identity: str, *, longer_than: int = 0):
+        """(n, State) of the longest saved state (of any chat or request) after exactly ids[:n],
+        n < len(ids) and n > `longer_than`; None when there is none."""
+        from roost.engine.state_io import StateFileError, load_state
+
+        ids = [int(t) for t in ids]
+        with self._lock:
+            lengths = [n for (n,) in self._db.execute(
+                "SELECT DISTINCT tokens FROM saved_states WHERE model=? AND tokens>? AND tokens<?",
+                (identity, longer_than, len(ids)))]
+        if not lengths:
+            return None
+        hashes = token_hashes(ids, lengths)
+        for n in sorted(hashes, reverse=True):
+            with self._lock:
+                row = self._db.execute("SELECT id, file FROM saved_states WHERE model=? AND tokens=? AND prefix=? "
+                                       "ORDER BY used DESC LIMIT 1", (identity, n, hashes[n])).fetchone()
+            if row is None:
+                continue
+            rid, file = row
+            try:
+                state, meta = load_state(self.folder / file, model)
+                if meta.get("model") != identity or [int(t) for t in meta.get("tokens") or []] != ids[:n]:
+                    raise StateFileError(f"{file} is not the state of these tokens")
+            except (StateFileError, OSError) as e:
+                log.warning("saved state %s dropped: %s", file, e)
+                self._drop(rid, file)
+                continue
+            with self._lock, self._db:
+                self._db.execute("UPDATE saved_states SET used=? WHERE id=?", (time.time(), rid))
+            self.resumed += 1
+            return n, state
+        return None
+
     def evict(self) -> None:
         """Delete the least recently used states until the files fit the budget."""
         with self._lock:
-            rows = self._db.execute("SELECT message, file, bytes FROM saved_states ORDER BY used DESC").fetchall()
+            rows = self._db.execute("SELECT id, file, bytes FROM saved_states ORDER BY used DESC").fetchall()
             total, gone = 0, []
-            for message, file, size in rows:
+            for rid, file, size in rows:
                 total += size
                 if total > self.budget:
-                    gone.append((message, file))
+                    gone.append((rid, file))
             if gone:
                 with self._db:
-                    self._db.executemany("DELETE FROM saved_states WHERE message=?", [(m,) for m, _f in gone])
+                    self._db.executemany("DELETE FROM saved_states WHERE id=?", [(r,) for r, _f in gone])
         for _m, file in gone:
             (self.folder / file).unlink(missing_ok=True)
 
@@ -113,31 +191,31 @@ class SavedStates:
             return None
         with self._lock:
             marks = ",".join("?" * len(path))
-            rows = dict(self._db.execute(
-                f"SELECT message, file FROM saved_states WHERE conversation=? AND model=? AND message IN ({marks})",
-                (conversation, identity, *path)).fetchall())
+            rows = {m: (rid, f) for m, rid, f in self._db.execute(
+                f"SELECT message, id, file FROM saved_states WHERE conversation=? AND model=? AND message IN ({marks})",
+                (conversation, identity, *path)).fetchall()}
         for index in range(len(path) - 1, -1, -1):
-            file = rows.get(path[index])
-            if file is None:
+            if path[index] not in rows:
                 continue
+            rid, file = rows[path[index]]
             try:
                 state, meta = load_state(self.folder / file, model)
                 if meta.get("model") != identity:
                     raise StateFileError(f"{file} was made by another model")
             except (StateFileError, OSError) as e:
                 log.warning("saved state %s dropped: %s", file, e)
-                self._drop(path[index], file)
+                self._drop(rid, file)
                 continue
             with self._lock, self._db:
-                self._db.execute("UPDATE saved_states SET used=? WHERE message=?", (time.time(), path[index]))
+                self._db.execute("UPDATE saved_states SET used=? WHERE id=?", (time.time(), rid))
             self.resumed += 1
             return index, state, meta
         return None
 
-    def _drop(self, message: int, file: str) -> None:
+    def _drop(self, rid: int, file: str) -> None:
         self.dropped += 1
         with self._lock, self._db:
-            self._db.execute("DELETE FROM saved_states WHERE message=?", (message,))
+            self._db.execute("DELETE FROM saved_states WHERE id=?", (rid,))
         (self.folder / file).unlink(missing_ok=True)
 
     # --- housekeeping ---------------------------------------------------------------------------

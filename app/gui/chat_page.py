@@ -202,10 +202,10 @@ class ChatPage(QWidget):
     def _fill_personas(self) -> None:
         """The system-prompt personas, then the state files of the models folder that fit the
         loaded model; the open chat's choice selected."""
-        from roost.core.library import personas
-
         fitting = []
-        if self.ctl.info is not None:
+        if self.ctl.info is not None:  # (never before: the library imports torch, and the window comes first)
+            from roost.core.library import personas
+
             try:
                 fitting = [p for p in personas(self.ctl.models_folder(), self.ctl.catalog)
                            if self.ctl.info.name in p.fits]

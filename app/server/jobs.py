@@ -341,6 +341,16 @@ class Worker:
                 self._end_job(job, e)
                 continue
             cached, state = self.cache.lookup(model, ids)
+            states = getattr(self.runtime, "states", None)
+            if states is not None and len(ids) - cached > self.READ_CHUNK:  # worth a look on disk
+                try:
+                    found = states.longest_prefix(ids, model, self.runtime.identity, longer_than=cached)
+                except Exception:  # noqa: BLE001 -- saved states are an optimisation: read the prompt
+                    log.exception("reading saved states failed")
+                    found = None
+                if found is not None:
+                    cached, state = found
+                    self.cache.store(model, ids[:cached], state)
             job.emit("started")
             self._outcomes[id(job)] = {"choices": {}, "prompt": len(ids), "cached": cached,
                                        "started": time.monotonic()}
@@ -432,7 +442,14 @@ class Worker:
                 job.emit("piece", (reply.index, "", rest))
         if res.n_fed and res.finish_reason != "cancelled":
             state = state_after() if callable(state_after) else state_after
-            self.cache.store(self._model, reply.ids + res.tokens[:res.n_fed], state)
+            key = reply.ids + res.tokens[:res.n_fed]
+            self.cache.store(self._model, key, state)
+            states = getattr(self.runtime, "states", None)
+            if states is not None:  # a long conversation goes on from here after a restart too
+                try:
+                    states.keep_tokens(key, state, model=self.runtime.identity)
+                except Exception:  # noqa: BLE001
+                    log.exception("saving a state failed")
         from roost.engine.generate import LogprobRelease
 
         kept = LogprobRelease(self._model.tokenizer).take(res, final=True) if job.logprobs is not None else []

@@ -172,6 +172,31 @@ def start_server(runtime, **kwargs) -> ApiServer:
 
 
 # --- roost serve ---------------------------------------------------------------------------------
+def _saved_states(budget_mb: int):
+    """The saved states beside the app's conversations (long requests resume from them after a
+    restart, and so do the app's chats), once the app has made that file (schema 3 or later: this
+    server never migrates or changes the chats); None otherwise."""
+    import sqlite3
+
+    from roost.core import paths
+    from roost.core.conversations import SCHEMA_VERSION
+    from roost.core.saved_states import SavedStates
+
+    db = paths.data_dir() / "conversations.sqlite"
+    try:
+        if not db.is_file():
+            return None
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            version = con.execute("PRAGMA user_version").fetchone()[0]
+        finally:
+            con.close()
+        return SavedStates(db, budget_bytes=budget_mb * 2 ** 20) if 3 <= version <= SCHEMA_VERSION else None
+    except (OSError, sqlite3.Error) as e:  # the server works without them
+        log.warning("saved states unavailable: %s", e)
+        return None
+
+
 def serve_cli(args) -> int:
     """``roost serve``: load the model, then serve it until Ctrl+C."""
     import sys
@@ -190,7 +215,9 @@ def serve_cli(args) -> int:
     print(f"{info.label}, loaded in {info.seconds:.1f} s", file=sys.stderr, flush=True)
     from roost.core.settings import load_settings
 
-    origins = tuple(args.allow_origin or ()) + tuple(load_settings().api_allow_origins)
+    settings = load_settings()
+    origins = tuple(args.allow_origin or ()) + tuple(settings.api_allow_origins)
+    runtime.states = _saved_states(settings.state_budget_mb)
     server = ApiServer(runtime, host=args.host, port=args.port, api_key=api_key, log_level=args.log_level,
                        model_id=args.model_id, max_queue=args.max_queue, max_batch=args.max_batch,
                        max_tokens_limit=args.max_tokens_limit,

@@ -177,7 +177,7 @@ def test_a_client_that_disconnects_stops_its_generation(client, model, server):
 
 
 def test_a_full_queue_answers_503(runtime, model):
-    srv = ApiServer(runtime, port=0, max_queue=1).start()
+    srv = ApiServer(runtime, port=0, max_queue=1, max_batch=1).start()  # one running, one waiting: full
     try:
         c = openai.OpenAI(base_url=srv.base_url, api_key="x", max_retries=0, timeout=60)
         busy = c.completions.create(model=model, prompt="One", max_tokens=LONG, seed=1, stream=True)
