@@ -373,6 +373,14 @@ def _models(args) -> int:
                 else " [removed upstream]" if not m.available else "")
         print(f"{m.display:<22} {gib(m.size_bytes):>8} {a.strategy:<30} {a.speed:<7} "
               f"{a.label + ' / ' + a.label_zh:<34} {m.file}{mark}")
+    from roost.core.library import personas
+
+    found = personas(folder)
+    if found:
+        print("\nState-tuned personas (choose one in the chat's Persona menu):")
+        for p in found:
+            fits = ", ".join(p.fits) if p.fits else "no model in the folder"
+            print(f"  {p.name:<30} {p.problem or 'for ' + fits}")
     print(f"\nModels folder: {folder}    Download one: roost download FILE")
     return 0
 

@@ -517,7 +517,20 @@ class ChatPage(QWidget):
             w.setEnabled(not busy)
         self.think.setVisible(bool(ready and self.ctl.info.reasoning))
         self.input.setPlaceholderText(self.input.placeholder(ready))
+        self.view.set_hint(self._empty_text())
         self.tokens_label.setText(tr("{n} tokens in context", n=self.context_tokens) if self.context_tokens else "")
+
+    def _empty_text(self) -> str:
+        """What an empty chat says (Qt shows it while the conversation has no message)."""
+        info = self.ctl.info
+        if info is None:
+            return tr("No model is loaded yet. Choose one on the Models page (Ctrl+3), or drop a model file "
+                      "on this window.")
+        lines = [tr("Chat with {model}. It runs on this computer: nothing you write leaves it.", model=info.path.stem)]
+        if info.reasoning:
+            lines.append(tr("It can think before it answers: choose how much above."))
+        lines.append(tr("Ctrl+N starts a new chat; Persona (above) gives the model a role."))
+        return "\n\n".join(lines)
 
     def _split(self, raw: str) -> tuple[str, str]:
         info = self.ctl.info

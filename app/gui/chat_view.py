@@ -9,6 +9,7 @@ piece of a reply. What the messages say is the page's business; the HTML is roos
 from __future__ import annotations
 
 import contextlib
+import html
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPalette, QTextCursor
@@ -112,6 +113,8 @@ class ChatView(QTextBrowser):
         super().__init__(**kwargs)
         self.images: dict[str, QImage] = {}
         self.tail_start: int | None = None  # where the last message begins in the document
+        self.hint = ""  # what an empty conversation shows (plain text; paragraphs split by blank lines)
+        self.hint_shown = False
         self.setAccessibleName(tr("Conversation"))
         for key, letter, colour in (("user", tr("You")[:1], "#4c7bd9"), ("assistant", "R", "#2e9b6f")):
             self.images[f"roost:avatar/{key}"] = self._avatar(letter, colour)
@@ -183,8 +186,22 @@ class ChatView(QTextBrowser):
         yield
         bar.setValue(bar.maximum() if at_end or follow else where)
 
+    def set_hint(self, text: str) -> None:
+        """What an empty conversation says; shown at once if the conversation is empty."""
+        if text != self.hint:
+            self.hint = text
+            if self.empty:
+                self.draw([], None)
+
     def draw(self, head: list[str], tail: str | None) -> None:
-        """The whole conversation: `head` (HTML pieces), then the last message `tail` on its own."""
+        """The whole conversation: `head` (HTML pieces), then the last message `tail` on its own;
+        nothing at all: the hint."""
+        self.hint_shown = not head and tail is None and bool(self.hint)
+        if self.hint_shown:
+            paragraphs = "".join(f"<p>{html.escape(p)}</p>" for p in self.hint.split("\n\n"))
+            self.setHtml(f'<div align="center" style="color: #8a8f98; font-size: 15px;"><br><br>{paragraphs}</div>')
+            self.tail_start = None
+            return
         self.setHtml("".join(head))
         self.tail_start = None
         if tail is not None:
@@ -199,6 +216,9 @@ class ChatView(QTextBrowser):
 
     def add_tail(self, html: str) -> None:
         """A message after the last one, which it becomes."""
+        if self.hint_shown:  # the first message of an empty conversation takes the hint's place
+            self.clear()
+            self.hint_shown = False
         cursor = QTextCursor(self.document())
         cursor.movePosition(QTextCursor.End)
         self.tail_start = cursor.position()
@@ -206,4 +226,4 @@ class ChatView(QTextBrowser):
 
     @property
     def empty(self) -> bool:
-        return self.document().characterCount() <= 1
+        return self.hint_shown or self.document().characterCount() <= 1

@@ -121,6 +121,12 @@ TEXT = {
     "A system prompt, or a state-tuned persona (★): a starting state trained for a style or a role, for the "
     "loaded model.": "系统提示词，或状态微调角色（★）：为某种风格或角色训练的初始状态，适用于当前加载的模型。",
     "★ {name} (not available)": "★ {name}（不可用）",
+    "No model is loaded yet. Choose one on the Models page (Ctrl+3), or drop a model file on this window.":
+        "尚未加载模型。请在“模型”页面（Ctrl+3）选择一个，或把模型文件拖到此窗口。",
+    "Chat with {model}. It runs on this computer: nothing you write leaves it.":
+        "与 {model} 对话。它在这台电脑上运行：你写的内容不会离开这台电脑。",
+    "It can think before it answers: choose how much above.": "它可以先思考再回答：在上方选择思考的多少。",
+    "Ctrl+N starts a new chat; Persona (above) gives the model a role.": "Ctrl+N 新建对话；上方的“角色”可为模型设定身份。",
     "Persona {name} added: choose it in the chat's Persona menu (with a model it fits).":
         "已添加角色 {name}：请在对话的“角色”菜单中选择（需加载与之匹配的模型）。",
     "After each reply Roost keeps the model's state on disk, so a long chat continues at once after a restart "

@@ -186,7 +186,7 @@ class Worker:
 
     SLICE_SECONDS = 0.25  # the Runtime is let go this often, so that the app's chat can have it
     READ_CHUNK = 128  # prompt tokens of one request read in one pass
-    READ_BUDGET = 256  # prompt tokens read between two decode steps (a long prompt waits its turn in pieces)
+    READ_BUDGET = 1024  # prompt tokens read between two decode steps (a long prompt waits its turn in pieces)
 
     def __init__(self, runtime, cache: PrefixCache | None = None, *, max_queue: int = 64, max_batch: int = 16):
         self.runtime = runtime

@@ -66,6 +66,27 @@ def test_doctor_and_models_describe_this_machine():
     assert r.returncode == 0 and "RWKV-7 G1" in r.stdout and "runs well" in r.stdout
 
 
+def test_models_lists_state_tuned_personas_with_the_models_they_fit(make_checkpoint, tmp_path):
+    import shutil
+
+    import torch
+
+    from roost.engine.synthetic import make_weights
+
+    home = tmp_path / "home"
+    folder = home / "models"
+    folder.mkdir(parents=True)
+    tuned = make_weights("v7.0", n_layer=2, n_embd=128, time_state=True, seed=3)
+    torch.save({k: v for k, v in tuned.items() if k.endswith(".att.time_state")}, folder / "rwkv7-poet.pth")
+    torch.save({k: v for k, v in tuned.items() if not k.endswith(".att.time_state")}, tmp_path / "rwkv7-base.pth")
+    shutil.copy(tmp_path / "rwkv7-base.pth", folder / "rwkv7-base.pth")
+    r = roost("models", home=home)
+    assert r.returncode == 0, r.stderr
+    listed = r.stdout.split("State-tuned personas")
+    assert len(listed) == 2 and "rwkv7-poet.pth" not in listed[0]  # not a model
+    assert "rwkv7-poet" in listed[1] and "for rwkv7-base.pth" in listed[1]
+
+
 # --- one strategy rule for every entry point ------------------------------------------------------
 def _save_settings(home, **settings):
     home.mkdir(parents=True, exist_ok=True)

@@ -391,3 +391,17 @@ def test_a_state_tuned_persona_is_offered_for_the_model_it_fits_and_used(qtbot, 
     win.chat.persona.setCurrentIndex(0)
     win.chat.list.setCurrentItem(win.chat._item_for(other))
     assert win.chat.persona.currentText() == "★ rwkv7-poet"
+
+
+def test_an_empty_chat_says_what_to_do(qtbot, window, make_checkpoint):
+    win = window()
+    assert "No model is loaded yet" in win.chat.view.toPlainText()
+    load(qtbot, win, make_checkpoint("v7.0"))
+    win.chat.new_chat()
+    text = win.chat.view.toPlainText()
+    assert "Chat with model-v7.0" in text and "nothing you write leaves it" in text and win.chat.view.empty
+    win.chat.sampling.set_values({"max_tokens": 3})
+    send(qtbot, win, "Hello")
+    qtbot.waitUntil(lambda: win.chat.rid is None, timeout=60000)
+    shown = win.chat.view.toPlainText()
+    assert "Hello" in shown and "Chat with" not in shown and not win.chat.view.empty  # the hint gave way
