@@ -65,9 +65,11 @@ class ChatPage(QWidget):
     def _build(self) -> None:
         left = QWidget()
         lv = QVBoxLayout(left)
-        self.search = QLineEdit(placeholderText=tr("Search chats…"), clearButtonEnabled=True)
+        self.search = QLineEdit(placeholderText=tr("Search chats…"), clearButtonEnabled=True,
+                                accessibleName=tr("Search chats…"))
         self.search.textChanged.connect(self.reload_list)
         self.list = ChatList()
+        self.list.setAccessibleName(tr("Chats"))
         self.list.currentItemChanged.connect(self._on_select)
         self.list.setContextMenuPolicy(Qt.CustomContextMenu)
         self.list.customContextMenuRequested.connect(self._list_menu)

@@ -16,7 +16,7 @@ TEXT = {
     "RAM {used} used of {total}": "内存 已用 {used} / 共 {total}",
     "VRAM {used} used of {total}": "显存 已用 {used} / 共 {total}",
     # chat
-    "New chat": "新对话", "Rename": "重命名", "Delete": "删除", "Search chats…": "搜索对话…",
+    "New chat": "新对话", "Rename": "重命名", "Delete": "删除", "Search chats…": "搜索对话…", "Chats": "对话列表",
     "Send": "发送", "Stop": "停止", "Regenerate": "重新生成", "Export…": "导出…",
     "Type a message (Ctrl+Enter to send)": "输入消息（Ctrl+Enter 发送）",
     "Think before answering": "先思考再回答",

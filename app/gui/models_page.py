@@ -194,8 +194,9 @@ class ModelsPage(QWidget):
     def _build(self) -> None:
         v = QVBoxLayout(self)
         top = QHBoxLayout()
-        self.search = QLineEdit(placeholderText=tr("Search models…"), clearButtonEnabled=True)
-        self.family = QComboBox()
+        self.search = QLineEdit(placeholderText=tr("Search models…"), clearButtonEnabled=True,
+                                accessibleName=tr("Search models…"))
+        self.family = QComboBox(accessibleName=tr("Family"))
         self.family.addItem(tr("All families"), "")
         self.older = QCheckBox(tr("All releases"))
         self.refresh_btn = QPushButton(tr("Refresh list"), clicked=self.refresh_catalog)
@@ -211,7 +212,7 @@ class ModelsPage(QWidget):
         self.family.currentIndexChanged.connect(self._filter)
         self.older.toggled.connect(self._toggle_all)
 
-        self.view = QTableView(sortingEnabled=True, alternatingRowColors=True)
+        self.view = QTableView(sortingEnabled=True, alternatingRowColors=True, accessibleName=tr("Models"))
         self.view.setModel(self.proxy)
         self.proxy.setSortRole(Qt.UserRole)
         self.view.setSelectionBehavior(QAbstractItemView.SelectRows)
@@ -238,7 +239,7 @@ class ModelsPage(QWidget):
         tv.setContentsMargins(0, 0, 0, 0)
         self.terms = QLabel(wordWrap=True, objectName="hint")
         strat = QHBoxLayout()
-        self.strategy = QComboBox(editable=True)
+        self.strategy = QComboBox(editable=True, accessibleName=tr("Strategy"))
         self.strategy.addItem(tr("Automatic"), "auto")
         for s in PRESETS:
             self.strategy.addItem(s, s)

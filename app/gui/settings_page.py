@@ -37,7 +37,7 @@ class SettingsPage(QWidget):
         v = QVBoxLayout(inner)
         form = QFormLayout()
         folder_row = QHBoxLayout()
-        self.folder = QLineEdit(str(s.models_folder()))
+        self.folder = QLineEdit(str(s.models_folder()), accessibleName=tr("Models folder:").rstrip(":："))
         browse = QPushButton(tr("Browse…"), clicked=self.browse)
         icons.give(browse, "browse")
         folder_row.addWidget(self.folder, 1)

@@ -146,3 +146,25 @@ def test_a_machine_without_a_chinese_font_gets_the_bundled_one(qtbot, monkeypatc
     assert QFontMetrics(QFont(family)).inFont("中")
     monkeypatch.setattr("roost.core.paths.asset", lambda name: (_ for _ in ()).throw(OSError("no such file")))
     assert add_cjk_font() is None  # a wheel install has no bundled font: nothing happens
+
+
+def test_every_control_has_a_name_a_screen_reader_can_say(qtbot, window):
+    """Buttons by their text, form fields by their label, the rest by an accessible name (Qt's own
+    parts of a widget, such as a combo box's popup list or a line edit's clear button, aside)."""
+    from PySide6.QtWidgets import (QAbstractButton, QAbstractItemView, QAbstractSpinBox, QComboBox, QFrame,
+                                   QHeaderView, QLabel, QLineEdit, QPlainTextEdit, QTextEdit, QWidget)
+
+    win = window()
+    kinds = (QAbstractButton, QComboBox, QLineEdit, QAbstractSpinBox, QPlainTextEdit, QTextEdit, QAbstractItemView)
+    labelled = {lab.buddy() for lab in win.findChildren(QLabel) if lab.buddy() is not None}
+    nameless = []
+    for w in win.findChildren(QWidget):
+        if not isinstance(w, kinds) or isinstance(w, QHeaderView) or w.objectName().startswith("qt_"):
+            continue
+        parent = w.parent()
+        if isinstance(parent, (QComboBox, QAbstractSpinBox, QLineEdit)) or type(parent) is QFrame:
+            continue  # the inner parts of a composite widget
+        text = w.text() if isinstance(w, QAbstractButton) else ""
+        if not (w.accessibleName() or text.strip() or w in labelled):
+            nameless.append(f"{type(w).__name__} in {type(parent).__name__}")
+    assert not nameless, nameless
