@@ -28,7 +28,7 @@ import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 
 def state_nbytes(state) -> int:
@@ -198,7 +198,6 @@ class Resumed:
     prompt_tokens: int
     cached_tokens: int  # prompt tokens resumed from a stored state, not processed
     fed_tokens: int  # prompt tokens processed
-    results: list = field(default_factory=list)  # every reply's GenerationResult (n of them)
 
 
 def resumable_ids(cache: PrefixCache, model, text: str) -> list[int]:
@@ -208,20 +207,14 @@ def resumable_ids(cache: PrefixCache, model, text: str) -> list[int]:
 
 
 def generate_resumed(model, cache: PrefixCache, ids: Sequence[int], params, *, text: str | None = None,
-                     state=None, stop_flag=None, on_piece=None, prefill_chunk: int = PREFILL_CHUNK,
-                     n: int = 1, on_choice=None, constraint=None, **generation) -> Resumed:
+                     state=None, stop_flag=None, on_piece=None, prefill_chunk: int = PREFILL_CHUNK) -> Resumed:
     """Generate after prompt `ids`, resuming from the longest stored proper prefix of them.
 
     Keeps the state before the prompt's last token (a later prompt that repeats or extends this one
     resumes there) and the state after the reply's fed tokens (the next turn). `text`: the prompt as
     text (see :func:`resumable_ids`), remembered with its reply for the next turn. `state`: start
-    from this state instead (no lookup; nothing is stored).
-
-    `n` replies branch from the one prompt state (it is read once), one after the other; a seed
-    gives reply i the seed + i. ``on_choice(i, generation)`` is called as reply i begins; the
-    pieces of every reply go to `on_piece`. `constraint`: a function () -> a new
-    :class:`~roost.engine.generate.Constraint` for each reply. `generation`: more arguments of
-    :class:`~roost.engine.generate.Generation` (logprobs)."""
+    from this state instead (no lookup; nothing is stored). (The API server does the same for
+    many replies at once, decoded together: roost.server.jobs.)"""
     from roost.engine.generate import Generation
 
     ids = list(ids)
@@ -242,23 +235,14 @@ def generate_resumed(model, cache: PrefixCache, ids: Sequence[int], params, *, t
     if text is not None and use_cache:
         cache.remember_text(model, text, ids)
     cache.record(len(ids), len(rest))
-    results = []
-    for i in range(n):
-        if i and stop_flag is not None and stop_flag.is_set():
-            break
-        p = params if i == 0 or params.seed is None else params.replace(seed=params.seed + i)
-        gen = Generation(model, rest[-1:], p, state=state, stop_flag=stop_flag,
-                         constraint=constraint() if constraint is not None else None, **generation)
-        if on_choice is not None:
-            on_choice(i, gen)
-        for piece in gen:
-            if on_piece is not None:
-                on_piece(piece)
-        r = gen.result
-        results.append(r)
-        if use_cache and r.state is not None and r.n_fed:
-            key = ids + r.tokens[:r.n_fed]
-            cache.store(model, key, r.state)
-            if text is not None:
-                cache.remember_text(model, text + model.tokenizer.decode(r.tokens[:r.n_fed]), key)
-    return Resumed(results[0], len(ids), cached, len(rest), results)
+    gen = Generation(model, rest[-1:], params, state=state, stop_flag=stop_flag)
+    for piece in gen:
+        if on_piece is not None:
+            on_piece(piece)
+    r = gen.result
+    if use_cache and r.state is not None and r.n_fed:
+        key = ids + r.tokens[:r.n_fed]
+        cache.store(model, key, r.state)
+        if text is not None:
+            cache.remember_text(model, text + model.tokenizer.decode(r.tokens[:r.n_fed]), key)
+    return Resumed(r, len(ids), cached, len(rest))

@@ -234,7 +234,7 @@ class Runtime:
         meta = {"system": system, "tokens": ids, "text": text,
                 "turns": [[r, shown, m.role, m.content, m.verbatim] for r, shown, m in turns]}
         try:
-            self.states.keep(key, message, state, meta, model=self._identity + persona, tokens=len(ids))
+            self.states.keep(key, message, state, meta, model=self._identity + persona)
         except Exception:  # noqa: BLE001 -- the chat goes on; it re-reads its text after a restart
             log.exception("saving the state failed")
 

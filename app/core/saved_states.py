@@ -71,29 +71,45 @@ class SavedStates:
             self._db.close()
 
     # --- writing --------------------------------------------------------------------------------
-    def keep(self, conversation: int, message: int, state, meta: dict, *, model: str, tokens: int) -> Path | None:
+    def keep(self, conversation: int, message: int, state, meta: dict, *, model: str) -> Path | None:
         """Save the state after reply `message` of `conversation` (replacing any earlier one for
-        it), then keep the files within the budget. None when the reply is gone or the disk said no."""
+        it); `meta` holds the tokens it saw ("tokens") and what the chat needs to go on. None when
+        the reply is gone or the disk said no."""
+        return self._save(f"{conversation}-{message}{SUFFIX}", state, meta, model, (message, conversation))
+
+    def keep_tokens(self, ids, state, *, model: str) -> Path | None:
+        """Save the state after `ids` (an API request's prompt and reply), found later by those
+        tokens; requests shorter than API_MIN_TOKENS are not worth a file."""
+        ids = [int(t) for t in ids]
+        if len(ids) < API_MIN_TOKENS:
+            return None
+        prefix = token_hashes(ids, [len(ids)])[len(ids)]
+        return self._save(f"api-{prefix[:24]}{SUFFIX}", state, {"tokens": ids}, model, (None, None))
+
+    def _save(self, name: str, state, meta: dict, model: str, owner: tuple) -> Path | None:
+        """Write the file, index it (one row per file; `owner`: (message, conversation), or
+        (None, None) for an API request), then keep the files within the budget."""
         from roost.engine.state_io import save_state
 
         if self.budget <= 0:  # the user keeps none
             return None
         self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"{conversation}-{message}{SUFFIX}"
+        path = self.folder / name
         try:
             size = save_state(path, state, {**meta, "model": model})
         except OSError as e:  # a full disk: the chat goes on, it re-reads its text after a restart
-            log.warning("could not save the state of message %s: %s", message, e)
+            log.warning("could not save the state %s: %s", name, e)
             path.with_name(path.name + ".tmp").unlink(missing_ok=True)
             return None
         ids = meta.get("tokens") or []
-        prefix = token_hashes(ids, [len(ids)]).get(len(ids), "") if ids else ""
+        prefix = token_hashes(ids, [len(ids)])[len(ids)] if ids else ""
         with self._lock:
             try:
                 with self._db:
+                    self._db.execute("DELETE FROM saved_states WHERE file=?", (name,))
                     self._db.execute("INSERT OR REPLACE INTO saved_states (message, conversation, file, model, tokens,"
                                      " prefix, bytes, used) VALUES (?,?,?,?,?,?,?,?)",
-                                     (message, conversation, path.name, model, tokens, prefix, size, time.time()))
+                                     (*owner, name, model, len(ids), prefix, size, time.time()))
             except sqlite3.IntegrityError:  # the message was deleted meanwhile
                 path.unlink(missing_ok=True)
                 return None
@@ -101,36 +117,9 @@ class SavedStates:
         self.evict()
         return path
 
-    def keep_tokens(self, ids, state, *, model: str) -> Path | None:
-        """Save the state after `ids` (an API request's prompt and reply), found later by those
-        tokens; requests shorter than API_MIN_TOKENS are not worth a file."""
-        from roost.engine.state_io import save_state
-
-        ids = [int(t) for t in ids]
-        if self.budget <= 0 or len(ids) < API_MIN_TOKENS:
-            return None
-        prefix = token_hashes(ids, [len(ids)])[len(ids)]
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"api-{prefix[:24]}{SUFFIX}"
-        try:
-            size = save_state(path, state, {"tokens": ids, "model": model})
-        except OSError as e:
-            log.warning("could not save the state of an API request: %s", e)
-            path.with_name(path.name + ".tmp").unlink(missing_ok=True)
-            return None
-        with self._lock, self._db:
-            self._db.execute("DELETE FROM saved_states WHERE message IS NULL AND file=?", (path.name,))
-            self._db.execute("INSERT INTO saved_states (message, conversation, file, model, tokens, prefix, bytes, used)"
-                             " VALUES (NULL,NULL,?,?,?,?,?,?)", (path.name, model, len(ids), prefix, size, time.time()))
-        self.saved += 1
-        self.evict()
-        return path
-
     def longest_prefix(self, ids, model, identity: str, *, longer_than: int = 0):
         """(n, State) of the longest saved state (of any chat or request) after exactly ids[:n],
         n < len(ids) and n > `longer_than`; None when there is none."""
-        from roost.engine.state_io import StateFileError, load_state
-
         ids = [int(t) for t in ids]
         with self._lock:
             lengths = [n for (n,) in self._db.execute(
@@ -143,21 +132,9 @@ class SavedStates:
             with self._lock:
                 row = self._db.execute("SELECT id, file FROM saved_states WHERE model=? AND tokens=? AND prefix=? "
                                        "ORDER BY used DESC LIMIT 1", (identity, n, hashes[n])).fetchone()
-            if row is None:
-                continue
-            rid, file = row
-            try:
-                state, meta = load_state(self.folder / file, model)
-                if meta.get("model") != identity or [int(t) for t in meta.get("tokens") or []] != ids[:n]:
-                    raise StateFileError(f"{file} is not the state of these tokens")
-            except (StateFileError, OSError) as e:
-                log.warning("saved state %s dropped: %s", file, e)
-                self._drop(rid, file)
-                continue
-            with self._lock, self._db:
-                self._db.execute("UPDATE saved_states SET used=? WHERE id=?", (time.time(), rid))
-            self.resumed += 1
-            return n, state
+            found = row and self._load(*row, model, identity, ids[:n])
+            if found:
+                return n, found[0]
         return None
 
     def evict(self) -> None:
@@ -185,8 +162,6 @@ class SavedStates:
         `model` (of `identity`, roost.engine.state_io.identity) made: (its index in `path`, the
         State, its metadata); None when there is none. A damaged or missing file is dropped and the
         one before it is tried."""
-        from roost.engine.state_io import StateFileError, load_state
-
         if not path:
             return None
         with self._lock:
@@ -195,22 +170,30 @@ class SavedStates:
                 f"SELECT message, id, file FROM saved_states WHERE conversation=? AND model=? AND message IN ({marks})",
                 (conversation, identity, *path)).fetchall()}
         for index in range(len(path) - 1, -1, -1):
-            if path[index] not in rows:
-                continue
-            rid, file = rows[path[index]]
-            try:
-                state, meta = load_state(self.folder / file, model)
-                if meta.get("model") != identity:
-                    raise StateFileError(f"{file} was made by another model")
-            except (StateFileError, OSError) as e:
-                log.warning("saved state %s dropped: %s", file, e)
-                self._drop(rid, file)
-                continue
-            with self._lock, self._db:
-                self._db.execute("UPDATE saved_states SET used=? WHERE id=?", (time.time(), rid))
-            self.resumed += 1
-            return index, state, meta
+            found = path[index] in rows and self._load(*rows[path[index]], model, identity)
+            if found:
+                return index, *found
         return None
+
+    def _load(self, rid: int, file: str, model, identity: str, tokens=None):
+        """(State, meta) of a row's file, marked as used; None, the row and file dropped, when the
+        file is damaged, missing, of another model or (`tokens`) not of exactly those tokens."""
+        from roost.engine.state_io import StateFileError, load_state
+
+        try:
+            state, meta = load_state(self.folder / file, model)
+            if meta.get("model") != identity:
+                raise StateFileError(f"{file} was made by another model")
+            if tokens is not None and [int(t) for t in meta.get("tokens") or []] != tokens:
+                raise StateFileError(f"{file} is not the state of these tokens")
+        except (StateFileError, OSError) as e:
+            log.warning("saved state %s dropped: %s", file, e)
+            self._drop(rid, file)
+            return None
+        with self._lock, self._db:
+            self._db.execute("UPDATE saved_states SET used=? WHERE id=?", (time.time(), rid))
+        self.resumed += 1
+        return state, meta
 
     def _drop(self, rid: int, file: str) -> None:
         self.dropped += 1

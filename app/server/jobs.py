@@ -77,11 +77,6 @@ def chat_format(model, info, think=None):
     return fmt, fmt.reply_prefix()
 
 
-def thinks(info, think) -> bool:
-    """Whether a reply begins inside a thought (its text is then split into reasoning and answer)."""
-    return info is not None and info.reasoning and think not in (None, False)
-
-
 def chat_tokens(model, info, messages: Sequence[tuple[str, str]], lead: str = "", think=None) -> list[int]:
     """Token ids of a chat transcript that ends where the assistant's reply begins.
 
@@ -172,7 +167,6 @@ class _Reading:
     def __init__(self, job, ids, state, cached):
         self.job, self.ids, self.state, self.cached = job, ids, state, cached
         self.pos = cached  # the next prompt token to feed
-        self.started = time.monotonic()
 
 
 def _decoder(model, params, logprobs, constraint):

@@ -140,29 +140,3 @@ def test_logit_bias_steers_and_bans_tokens(small_model):
     assert sampled.tokens == [77] * 5
     with pytest.raises(ValueError, match="logit_bias"):
         SamplingParams(logit_bias={5: 150})
-
-
-def test_replies_branch_from_one_prompt_state(small_model):
-    """n replies read the prompt once and each equals a reply generated alone (seed, seed + 1, ...)."""
-    from roost.engine.resume import PrefixCache, generate_resumed
-
-    params = SamplingParams(temperature=1.0, top_p=0.9, max_tokens=10, seed=11)
-    prompt = small_model.tokenizer.encode("Once upon a time there was")
-    calls = []
-    real = small_model.forward
-
-    def counting(tokens, state=None):
-        calls.append(len(tokens))
-        return real(tokens, state)
-
-    small_model.forward = counting
-    try:
-        done = generate_resumed(small_model, PrefixCache(), prompt, params, n=3)
-    finally:
-        del small_model.forward
-    assert len(done.results) == 3 and done.result is done.results[0]
-    assert calls.count(len(prompt) - 1) == 1  # the prompt read once
-    for i, r in enumerate(done.results):
-        alone = generate(small_model, prompt, params.replace(seed=11 + i))
-        assert r.tokens == alone.tokens and r.text == alone.text
-    assert len({tuple(r.tokens) for r in done.results}) > 1

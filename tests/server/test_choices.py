@@ -80,4 +80,13 @@ def test_n_choices_branch_from_the_prompt(client, model, server):
     assert texts == [c.message.content for c in r.choices] and all(finishes)
     legacy = client.completions.create(model=model, prompt="Once", max_tokens=4, n=2, seed=1, extra_body=params)
     assert [c.index for c in legacy.choices] == [0, 1]
+    # each choice is the reply generated alone with seed + its index, the prompt read once
+    reads = server.worker.cache.stats().processed_tokens
+    three = client.completions.create(model=model, prompt="Once upon a time there was", max_tokens=10, n=3,
+                                      seed=11, extra_body=params)
+    read = server.worker.cache.stats().processed_tokens - reads
+    alone = [client.completions.create(model=model, prompt="Once upon a time there was", max_tokens=10,
+                                       seed=11 + i, extra_body=params).choices[0].text for i in range(3)]
+    assert [c.text for c in three.choices] == alone and len(set(alone)) > 1
+    assert read == three.usage.prompt_tokens - three.usage.prompt_tokens_details.cached_tokens  # once, not 3 times
     assert server.worker.failed == 0
