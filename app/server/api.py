@@ -21,12 +21,10 @@ tells how many prompt tokens came from the state cache in ``prompt_tokens_detail
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import hmac
 import json
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -41,8 +39,9 @@ from roost.engine.sampling import CHAT_SAMPLING, COMPLETION_SAMPLING
 from roost.server import fields, tools
 from roost.engine.resume import PrefixCache
 from roost.server.fields import ApiError
+from roost.server.stream import ThoughtSplitter, job_error, job_events, sse, stream_events
+from roost.server.web import CLIENT_ORIGINS, ClientOriginsOnly, NoTrailingSlash
 from roost.server.jobs import (
-    Cancelled,
     Closed,
     Job,
     QueueFull,
@@ -55,28 +54,10 @@ MAX_BODY_BYTES = 4 * 2 ** 20
 MAX_TOKENS_LIMIT = 4096  # the most a request may ask for
 CHAT_MAX_TOKENS = 1024  # when a chat request does not say
 COMPLETION_MAX_TOKENS = 16  # when a completion request does not say (as OpenAI's)
-KEEPALIVE_SECONDS = 15.0  # an SSE comment while a streaming request waits its turn
 
 # the engine's one set of sampling defaults (the app's too); a request overrides any of them
 CHAT_DEFAULTS, COMPLETION_DEFAULTS = CHAT_SAMPLING, COMPLETION_SAMPLING
 FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
-# Where browser-based clients run: pages this computer serves (a local chat UI, on any port),
-# desktop apps built on web views (Obsidian app://, Tauri, VS Code webviews, file://) and browser
-# extensions. Without an API key, pages of any other website, and `Origin: null` (a sandboxed frame
-# of any site sends it), may not drive the model through the visitor's browser unless the user
-# allows them (`allow_origins`: roost serve --allow-origin, Settings).
-LOCAL_ORIGIN = r"[a-z][a-z0-9+.-]*://(localhost|127(\.[0-9]{1,3}){3}|\[::1\])(:[0-9]+)?"
-CLIENT_ORIGINS = "|".join([
-    LOCAL_ORIGIN,
-    r"app://[^/\s]+",
-    r"file://",
-    r"tauri://localhost",
-    r"https?://tauri\.localhost(:[0-9]+)?",
-    r"vscode-webview://[^/\s]+",
-    r"(chrome-extension|moz-extension|safari-web-extension)://[^/\s]+",
-])
-
-
 def create_app(runtime, *, model_id: str | None = None, api_key: str | None = None, max_queue: int = 64,
                max_batch: int = 16,
                allow_origins: tuple[str, ...] = (),
@@ -107,14 +88,14 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
 
     app = FastAPI(title="Roost", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None,
                   redirect_slashes=False)
-    app.add_middleware(_NoTrailingSlash)
+    app.add_middleware(NoTrailingSlash)
     app.state.roost = worker
     # Chrome's Private Network Access: a page asks before it may reach this computer; say yes to those allowed
     if api_key is None:
         extra = tuple(o.strip() for o in allow_origins if o.strip())
         app.add_middleware(CORSMiddleware, allow_origin_regex=f"(?i:{CLIENT_ORIGINS})", allow_origins=extra,
                            allow_methods=["*"], allow_headers=["*"], allow_private_network=True)
-        app.add_middleware(_ClientOriginsOnly, extra)
+        app.add_middleware(ClientOriginsOnly, extra)
     else:  # the key protects it: any page that has the key may call it
         app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"],
                            allow_private_network=True)
@@ -240,12 +221,12 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
     async def outcome_of(job: Job, request: Request):
         """Wait for a non-streaming job; None when the client left (its job is then stopped)."""
         try:
-            async with contextlib.aclosing(_events(job, request)) as events:
+            async with contextlib.aclosing(job_events(job, request)) as events:
                 async for kind, value in events:
                     if kind == "done":
                         return value
                     if kind == "error":
-                        raise _job_error(value)
+                        raise job_error(value)
             return None
         finally:
             job.cancel()  # a no-op once done; stops the generation when the client has gone
@@ -330,7 +311,7 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
         fp = fingerprint()
 
         def chunk(index: int, delta: dict, finish: str | None = None, logprobs=None) -> str:
-            return _sse({"id": rid, "object": "chat.completion.chunk", "created": now, "model": name,
+            return sse({"id": rid, "object": "chat.completion.chunk", "created": now, "model": name,
                          "system_fingerprint": fp,
                          "choices": [{"index": index, "delta": delta, "logprobs": chat_logprobs(logprobs, top),
                                       "finish_reason": finish}]})
@@ -420,7 +401,7 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
 
         async def events() -> AsyncIterator[str]:
             replies = [Reply(i) for i in range(n)]
-            async for kind, value in _stream_events(job, request):
+            async for kind, value in stream_events(job, request):
                 if kind == "started":
                     for reply in replies:
                         yield chunk(reply.index, {"role": "assistant", "content": ""})
@@ -433,7 +414,7 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
                         for out in reply.finish(choice):
                             yield out
                     if include_usage:
-                        yield _sse({"id": rid, "object": "chat.completion.chunk", "created": now, "model": name,
+                        yield sse({"id": rid, "object": "chat.completion.chunk", "created": now, "model": name,
                                     "system_fingerprint": fp, "choices": [], "usage": usage(value)})
                     yield "data: [DONE]\n\n"
                 else:  # a keep-alive comment or an error event
@@ -483,7 +464,7 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
             return out
 
         def chunk(index: int, text: str, finish: str | None = None, entries=()) -> str:
-            return _sse({"id": rid, "object": "text_completion", "created": now, "model": name,
+            return sse({"id": rid, "object": "text_completion", "created": now, "model": name,
                          "system_fingerprint": fp,
                          "choices": [{"text": text, "index": index, "logprobs": legacy_logprobs(index, entries),
                                       "finish_reason": finish}]})
@@ -498,7 +479,7 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
                     "usage": usage(outcome)}
 
         async def events() -> AsyncIterator[str]:
-            async for kind, value in _stream_events(job, request):
+            async for kind, value in stream_events(job, request):
                 if kind == "started":
                     if shown:
                         for i in range(n):
@@ -510,7 +491,7 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
                     for i, c in enumerate(value.choices):
                         yield chunk(i, "", FINISH[c.finish_reason])
                     if include_usage:
-                        yield _sse({"id": rid, "object": "text_completion", "created": now, "model": name,
+                        yield sse({"id": rid, "object": "text_completion", "created": now, "model": name,
                                     "system_fingerprint": fp, "choices": [], "usage": usage(value)})
                     yield "data: [DONE]\n\n"
                 else:
@@ -526,44 +507,6 @@ def _logprob_item(decode_bytes, token: int, logprob: float) -> dict:
     return {"token": data.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(data)}
 
 
-class ThoughtSplitter:
-    """A G1 reply streaming in, told apart as it comes: its thought (reasoning_content) and its
-    answer (content). The prompt leaves "<think" (thinking) or the fake think "</think" open; the
-    model's first ">" closes it."""
-
-    END = "</think>"
-
-    def __init__(self, thinking: bool):
-        self.in_thought = thinking
-        self.opened = False
-        self.buf = ""
-
-    def feed(self, piece: str) -> list[tuple[str, str]]:
-        self.buf += piece
-        if not self.opened:
-            if not self.buf:
-                return []
-            self.buf = self.buf.removeprefix(">")
-            self.opened = True
-        out = []
-        if self.in_thought:
-            end = self.buf.find(self.END)
-            if end < 0:  # keep back what may be the start of "</think>"
-                keep = next((k for k in range(len(self.END) - 1, 0, -1) if self.buf.endswith(self.END[:k])), 0)
-                out.append(("reasoning", self.buf[:len(self.buf) - keep]))
-                self.buf = self.buf[len(self.buf) - keep:]
-                return [p for p in out if p[1]]
-            out.append(("reasoning", self.buf[:end]))
-            self.buf, self.in_thought = self.buf[end + len(self.END):], False
-        out.append(("content", self.buf))
-        self.buf = ""
-        return [p for p in out if p[1]]
-
-    def flush(self) -> list[tuple[str, str]]:
-        rest, self.buf = self.buf, ""
-        return [("reasoning" if self.in_thought else "content", rest)] if rest else []
-
-
 def with_system(messages: list[tuple[str, str]], text: str) -> list[tuple[str, str]]:
     """`text` added to the conversation's system prompt (a System turn of its own if it has none)."""
     if not text:
@@ -573,104 +516,3 @@ def with_system(messages: list[tuple[str, str]], text: str) -> list[tuple[str, s
     return [("system", text), *messages]
 
 
-class _NoTrailingSlash:
-    """`/v1/chat/completions/` is `/v1/chat/completions`: answered, not redirected (a redirected
-    POST loses its body in some clients)."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and len(scope["path"]) > 1 and scope["path"].endswith("/"):
-            scope = {**scope, "path": scope["path"].rstrip("/") or "/"}
-            scope.pop("raw_path", None)
-        await self.app(scope, receive, send)
-
-
-class _ClientOriginsOnly:
-    """Refuse requests that a web page of another site makes through the visitor's browser (they
-    carry its Origin): otherwise any site could use the model of whoever visits it."""
-
-    def __init__(self, app, extra: tuple[str, ...] = ()):
-        self.app = app
-        self.allowed = re.compile(CLIENT_ORIGINS, re.IGNORECASE)
-        self.extra = set(extra)
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            origin = dict(scope.get("headers") or ()).get(b"origin", b"").decode("latin-1")
-            if origin and origin not in self.extra and not self.allowed.fullmatch(origin):
-                error = ApiError(403, f"Requests from web pages of {origin} are refused. Pages served from this "
-                                      "computer, desktop apps and browser extensions may call the API; allow "
-                                      f"{origin} (roost serve --allow-origin, or Settings), or set an API key.",
-                                 code="origin_not_allowed")
-                await error.response()(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-# --- events ------------------------------------------------------------------------------------
-async def _events(job: Job, request: Request, idle: float = 0.5):
-    """The job's events as they come; ("idle", None) every `idle` seconds without one. Ends after
-    "done" or "error", or (stopping the job) when the client has disconnected."""
-    getter, checked = None, time.monotonic()
-    try:
-        while True:
-            if getter is None:
-                getter = asyncio.ensure_future(job.events.get())
-            done, _ = await asyncio.wait({getter}, timeout=idle)
-            if not done or time.monotonic() - checked >= idle:  # also between a stream's pieces
-                checked = time.monotonic()
-                if await request.is_disconnected():
-                    job.cancel()
-                    return
-            if not done:
-                yield "idle", None
-                continue
-            item, getter = getter.result(), None
-            yield item
-            if item[0] in ("done", "error"):
-                return
-    finally:
-        if getter is not None:
-            getter.cancel()
-
-
-async def _stream_events(job: Job, request: Request):
-    """Events for a streaming response: errors and keep-alives already turned into SSE text
-    (("error"|"keepalive", text)). The job is stopped whenever the stream ends early: the client
-    disconnected, or the response task was cancelled."""
-    last = time.monotonic()
-    try:
-        async with contextlib.aclosing(_events(job, request)) as events:
-            async for kind, value in events:
-                if kind == "idle":
-                    if time.monotonic() - last >= KEEPALIVE_SECONDS:
-                        last = time.monotonic()
-                        yield "keepalive", ": keep-alive\n\n"
-                    continue
-                last = time.monotonic()
-                if kind == "error":
-                    yield "error", _sse(_job_error(value).body())
-                    return
-                yield kind, value
-    finally:
-        job.cancel()
-
-
-def _job_error(exc: BaseException) -> ApiError:
-    from roost.engine.errors import RoostError
-
-    if isinstance(exc, Cancelled):
-        return ApiError(503, "The request was cancelled (the server is stopping).", type="server_error",
-                        code="cancelled")
-    if isinstance(exc, RoostError):
-        message = str(exc).splitlines()[0]
-        return ApiError(503, message, type="server_error", code="model_not_loaded" if "No model" in message else None)
-    if isinstance(exc, ValueError):
-        return ApiError(400, str(exc))
-    return ApiError(500, f"The server had an error while generating ({type(exc).__name__}).", type="server_error")
-
-
-def _sse(data: dict) -> str:
-    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"

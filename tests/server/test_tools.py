@@ -248,7 +248,7 @@ def test_reasoning_effort_asks_g1_to_think_and_the_thought_comes_apart(g1_client
 
 
 def test_the_thought_splitter_holds_back_a_split_end_mark():
-    from roost.server.api import ThoughtSplitter
+    from roost.server.stream import ThoughtSplitter
 
     s = ThoughtSplitter(thinking=True)
     got = []
