@@ -21,18 +21,12 @@ from PySide6.QtWidgets import (
 from roost.gui import icons
 from roost.gui.chat_view import ChatList, ChatView, Composer
 from roost.gui.i18n import tr
+from roost.gui.persona_menu import PersonaMenu
 from roost.gui.sampling import SamplingPanel
 from roost.gui.welcome import WelcomePanel
 
 THINK_LEVELS = [("Don't think", False), ("Think a bit", "low"), ("Think", "medium"), ("Think a lot", "high")]
 PAGE = 100  # messages shown at first in a long chat, and added by each "show earlier"
-PERSONAS = {
-    "Assistant": "",
-    "Concise": "You are a helpful assistant. Answer briefly and precisely.",
-    "Translator": "You translate the user's text between Chinese and English, faithfully and fluently.",
-    "Writer": "You are a creative writer. Write vivid, original prose in the language of the request.",
-}
-
 
 class ChatPage(QWidget):
     def __init__(self, ctl):
@@ -54,7 +48,7 @@ class ChatPage(QWidget):
         self._build()
         self.reload_list()
         ctl.modelChanged.connect(self._model_changed)
-        ctl.libraryChanged.connect(self._fill_personas)
+        ctl.libraryChanged.connect(lambda: self.persona.fill())
         ctl.piece.connect(self.on_piece)
         ctl.done.connect(self.on_done)
         ctl.failed.connect(self.on_failed)
@@ -99,12 +93,7 @@ class ChatPage(QWidget):
         right = QWidget()
         rv = QVBoxLayout(right)
         top = QHBoxLayout()
-        self.persona = QComboBox()  # system prompts, and state-tuned personas that fit the loaded model
-        self.persona.setAccessibleName(tr("Persona"))
-        self.persona.setToolTip(tr("A system prompt, or a state-tuned persona (★): a starting state trained "
-                                   "for a style or a role, for the loaded model."))
-        self._fill_personas()
-        self.persona.currentIndexChanged.connect(self._on_persona)
+        self.persona = PersonaMenu(self.ctl, lambda: self.conv_id)
         # G1 models: how much to think before answering (the official templates' levels)
         self.think = QComboBox()
         for label, level in THINK_LEVELS:
@@ -198,40 +187,8 @@ class ChatPage(QWidget):
     def _model_changed(self) -> None:
         if self.ctl.info is not None:  # any model loaded (import, the Models page, a download): chat now
             self.show_welcome(False)
-        self._fill_personas()
+        self.persona.fill()
         self.update_controls()
-
-    def _fill_personas(self) -> None:
-        """The system-prompt personas, then the state files of the models folder that fit the
-        loaded model; the open chat's choice selected."""
-        fitting = []
-        if self.ctl.info is not None:  # (never before: the library imports torch, and the window comes first)
-            from roost.core.library import personas
-
-            try:
-                fitting = [p for p in personas(self.ctl.models_folder(), self.ctl.catalog)
-                           if self.ctl.info.name in p.fits]
-            except OSError:
-                fitting = []
-        self.persona.blockSignals(True)
-        self.persona.clear()
-        for name, prompt in PERSONAS.items():
-            self.persona.addItem(tr(name), "system:" + prompt)  # strings: Qt compares them in findData
-        for p in fitting:
-            self.persona.addItem(f"★ {p.name}", "state:" + p.path.name)
-        self.persona.blockSignals(False)
-        self._show_persona()
-
-    def _show_persona(self) -> None:
-        conv = self.ctl.store.get(self.conv_id) if self.conv_id is not None else None
-        want = f"state:{conv.persona}" if conv and conv.persona else "system:" + (conv.system if conv else "")
-        idx = self.persona.findData(want)
-        if idx < 0 and conv and conv.persona:  # its state file is gone or does not fit this model
-            self.persona.addItem(tr("★ {name} (not available)", name=conv.persona), want)
-            idx = self.persona.count() - 1
-        self.persona.blockSignals(True)
-        self.persona.setCurrentIndex(max(idx, 0))
-        self.persona.blockSignals(False)
 
     # --- conversations -------------------------------------------------------------------------
     def reload_list(self) -> None:
@@ -282,16 +239,14 @@ class ChatPage(QWidget):
             return
         self.conv_id = item.data(Qt.UserRole)
         self.edit_pos, self.expanded, self.shown = None, set(), PAGE
-        self._show_persona()
+        self.persona.show_for(self.conv_id)
         self.render()
 
     def new_chat(self) -> None:
         if self.rid is not None:
             return
-        kind, _, value = (self.persona.currentData() or "system:").partition(":")
-        conv = self.ctl.store.new(tr("New chat"), value if kind == "system" else "")
-        if kind == "state":
-            self.ctl.store.set_persona(conv.id, value)
+        conv = self.ctl.store.new(tr("New chat"))
+        self.persona.apply_to(conv.id)  # the menu's choice
         self.conv_id = conv.id
         self.reload_list()
         self.render()
@@ -322,17 +277,6 @@ class ChatPage(QWidget):
         self.undo_bar.hide()
         self.reload_list()
         self.render()
-
-    def _on_persona(self) -> None:
-        if self.conv_id is None:
-            return
-        kind, _, value = (self.persona.currentData() or "system:").partition(":")
-        if kind == "state":
-            self.ctl.store.set_persona(self.conv_id, value)
-            self.ctl.store.set_system(self.conv_id, "")
-        else:
-            self.ctl.store.set_persona(self.conv_id, "")
-            self.ctl.store.set_system(self.conv_id, value or "")
 
     def export(self) -> None:
         """The open chat as Markdown (readable) or JSON (every version, to import again)."""
