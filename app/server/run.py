@@ -179,7 +179,7 @@ def _saved_states(budget_mb: int):
     import sqlite3
 
     from roost.core import paths
-    from roost.core.conversations import SCHEMA_VERSION
+    from roost.core.conversation_schema import SCHEMA_VERSION
     from roost.core.saved_states import SavedStates
 
     db = paths.data_dir() / "conversations.sqlite"
