@@ -153,7 +153,7 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
             return None
         from roost import __version__
 
-        what = f"{__version__}|{info.name}|{info.path.stat().st_size if info.path.exists() else 0}|{info.strategy}"
+        what = f"{__version__}|{runtime.identity}|{info.strategy}"  # the file as saved states know it: no I/O here
         return "fp_" + hashlib.sha256(what.encode()).hexdigest()[:10]
 
     def decoder():

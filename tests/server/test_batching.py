@@ -46,9 +46,8 @@ def test_a_short_request_does_not_wait_for_a_long_one(client, server):
     short = client.completions.create(model="m", prompt="Hi", max_tokens=3, extra_body=GREEDY)
     short_at = time.monotonic()
     t.join(120)
-    assert short.choices[0].text and done["long"].usage.completion_tokens > 3
-    if done["long"].choices[0].finish_reason == "length":  # (a random model may end its text early)
-        assert short_at < done["long_at"]  # it joined the batch and left first
+    assert short.choices[0].text and done["long"].choices[0].finish_reason == "length"
+    assert short_at < done["long_at"]  # it joined the batch and left first
 
 
 def test_cancelling_one_stream_leaves_the_others(client, server):

@@ -84,3 +84,25 @@ def test_prefix_hashes_and_lookup_by_tokens(make_checkpoint, tmp_path, monkeypat
     assert states.longest_prefix([7, *ids], model, identity(model)) is None  # other tokens
     assert states.longest_prefix(ids, model, "another model") is None
     assert states.keep_tokens(ids[:3], st10, model=identity(model)) is None  # too short to keep
+
+
+def test_roost_serve_uses_the_apps_states_file_only_once_the_app_made_it(tmp_path, monkeypatch):
+    import sqlite3
+
+    from roost.core.conversation_schema import SCHEMA_VERSION
+    from roost.server.run import _saved_states
+
+    monkeypatch.setenv("ROOST_HOME", str(tmp_path))
+    from roost.core import paths
+
+    db = paths.data_dir() / "conversations.sqlite"
+    assert _saved_states(100) is None and not db.exists()  # never creates or migrates the chats
+    ConversationStore(db).close()
+    states = _saved_states(100)
+    assert states is not None and states.db_path == db and states.budget == 100 * 2 ** 20
+    states.close()
+    con = sqlite3.connect(db)
+    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")  # a newer Roost's file: left alone
+    con.commit()
+    con.close()
+    assert _saved_states(100) is None
