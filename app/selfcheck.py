@@ -48,7 +48,7 @@ def run(out=sys.stdout) -> int:
 
     frozen = "frozen bundle" if getattr(sys, "frozen", False) else "Python install"
     print(f"Roost {__version__} ({frozen}), Python {platform.python_version()}, {platform.platform()}", file=out)
-    steps = [("catalog", _catalog), ("tokenizer", _tokenizer), ("model", _model), ("int8", _int8),
+    steps = [("catalog", _catalog), ("tokenizer", _tokenizer), ("model", _model), ("int8 and int4", _quantized),
              ("structured output", _grammar), ("conversations database", _sqlite),
              ("Qt", _qt), ("main window", _window), ("API server", _api)]
     ok = True
@@ -98,19 +98,26 @@ def _model(scratch: Scratch) -> str:
     return f"{model.config.label}, {len(r.tokens)} tokens at {r.tokens_per_second:.0f} tokens/s"
 
 
-def _int8(scratch: Scratch) -> str:
-    """cpu int8 runs with this CPU's kernels (fbgemm on x86) and agrees with cpu fp32."""
+def _quantized(scratch: Scratch) -> str:
+    """cpu int8 and cpu int4 run with this CPU's kernels (fbgemm on x86, PyTorch's packed 4-bit
+    kernel) and agree with cpu fp32."""
     import torch
 
     from roost import engine
-    from roost.engine.linear import default_kernel
+    from roost.engine.linear import Int4Linear, default_kernel
 
     tokens = [101, 2025, 9, 33]
     want, _ = engine.load_model(scratch.model(), "cpu fp32").forward(tokens)
-    got, _ = engine.load_model(scratch.model(), "cpu int8").forward(tokens)
-    err = float((got - want).abs().max() / want.abs().max())
-    assert bool(torch.isfinite(got).all()) and err < 0.1, f"int8 logits differ from float32 by {err:.1%}"
-    return f"kernel {default_kernel(torch.device('cpu'))}, logits within {err:.2%} of float32"
+    errs = []
+    for strategy, limit in (("cpu int8", 0.1), ("cpu int4", 0.3)):
+        model = engine.load_model(scratch.model(), strategy)
+        got, _ = model.forward(tokens)
+        err = float((got - want).abs().max() / want.abs().max())
+        assert bool(torch.isfinite(got).all()) and err < limit, f"{strategy} logits differ from float32 by {err:.1%}"
+        errs.append(err)
+    assert isinstance(model._layers[-1]["att.key.weight"], Int4Linear), "the 4-bit kernel is missing"
+    return (f"int8 kernel {default_kernel(torch.device('cpu'))}, logits within {errs[0]:.2%} of float32; "
+            f"int4 within {errs[1]:.1%}")
 
 
 def _grammar(scratch: Scratch) -> str:

@@ -136,16 +136,17 @@ def run(impl: str, strategy: str, model: Path, args) -> dict | None:
 
 
 def read_bandwidth_gbs() -> float:
-    """The machine's memory read bandwidth, by summing a 1 GiB tensor (best of 5)."""
+    """The machine's memory read bandwidth: the median of 7 passes of ``torch.sum`` over 1 GiB of
+    float32 (with the benchmark's thread count), as the RWKV-7 speed issue defines it."""
     import torch
 
     x = torch.ones(256 * 1024 * 1024)
-    best = float("inf")
-    for _ in range(5):
+    times = []
+    for _ in range(7):
         t0 = time.perf_counter()
         x.sum()
-        best = min(best, time.perf_counter() - t0)
-    return x.numel() * 4 / best / 1e9
+        times.append(time.perf_counter() - t0)
+    return x.numel() * 4 / statistics.median(times) / 1e9
 
 
 def main() -> None:
@@ -178,6 +179,7 @@ def main() -> None:
     header = f"{'strategy':<14} {'impl':<10} {'gen tok/s':>9} {'prefill tok/s':>13} {'load s':>7} {'peak RSS GB':>11}"
     print(header)
     print("-" * len(header))
+    results: dict[str, dict] = {}
     for strategy in [s.strip() for s in args.strategies.split(",")]:
         ref_strategy = {"cpu int8": "cpu bf16", "cpu fp32i8": "cpu bf16"}.get(strategy, strategy)
         ours_runs, ref_runs = [], []
@@ -199,14 +201,23 @@ def main() -> None:
             print(f"{'':<14} {'ratio':<10} {ours['gen_tps'] / ref['gen_tps']:8.2f}x "
                   f"{ours['prefill_tps'] / ref['prefill_tps']:12.2f}x {ref['load_s'] / ours['load_s']:6.2f}x "
                   f"{ours['peak_rss'] / ref['peak_rss']:10.2f}x  (reference: '{ref_strategy}')")
-        if ours and "int8" in strategy:
-            # this machine's bandwidth moves with its neighbours: read it again after the runs
-            bws = sorted((bw, read_bandwidth_gbs()))
-            bytes_per_token = _weight_bytes_per_token(model, 1)
-            low, high = (b * 1e9 / bytes_per_token for b in bws)
-            print(f"{'':<14} int8 bandwidth bound {low:.2f}-{high:.2f} tok/s (read {bws[0]:.1f}-{bws[1]:.1f} "
-                  f"GB/s before and after); Roost reaches {100 * ours['gen_tps'] / high:.0f}-"
-                  f"{100 * ours['gen_tps'] / low:.0f}% of it")
+        if ours:
+            results[strategy] = ours
+        quant = "i4" if "int4" in strategy or "i4" in strategy else "i8" if "int8" in strategy or "i8" in strategy else ""
+        if ours and quant:
+            # the bound: every matrix but the embedding read once per token at the read bandwidth,
+            # the higher of the medians taken before the runs and after this one
+            bw_after = read_bandwidth_gbs()
+            high = max(bw, bw_after)
+            per_weight = 1.0 if quant == "i8" else _int4_bytes_per_weight(model)
+            bound = high * 1e9 / _weight_bytes_per_token(model, per_weight)
+            print(f"{'':<14} bandwidth bound {bound:.2f} tok/s ({per_weight:.3f} bytes per weight; read "
+                  f"{bw:.1f} / {bw_after:.1f} GB/s before / after): Roost reaches {ours['gen_tps'] / bound:.2f} of it")
+            base = next((r for k, r in results.items() if "int8" in k or k.endswith("i8")), None)
+            if quant == "i4" and base:
+                print(f"{'':<14} int4 / int8: generation {ours['gen_tps'] / base['gen_tps']:.2f}x, prefill "
+                      f"{ours['prefill_tps'] / base['prefill_tps']:.2f}x, load {ours['load_s'] / base['load_s']:.2f}x, "
+                      f"peak RSS {ours['peak_rss'] / base['peak_rss']:.2f}x")
 
 
 def _median_run(runs: list) -> dict | None:
@@ -215,6 +226,30 @@ def _median_run(runs: list) -> dict | None:
     if not runs:
         return None
     return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+
+
+def _int4_bytes_per_weight(model: Path) -> float:
+    """Average bytes per matrix weight of ``cpu int4``: 4-bit groups with a bf16 scale and zero
+    point, block 0 and the head in int8 (engine.model.int4_precision)."""
+    from roost.engine.checkpoint import open_checkpoint
+    from roost.engine.linear import INT4_GROUP
+    from roost.engine.memory import BIG_SUFFIXES
+    from roost.engine.model import int4_precision
+
+    t, cfg = open_checkpoint(model)
+    total = weighted = 0.0
+    for key in t:
+        if key == "emb.weight" or len(t.shape(key)) < 2:
+            continue
+        numel = 1
+        for d in t.shape(key):
+            numel *= d
+        block = int(key.split(".")[1]) if key.startswith("blocks.") else None
+        four = block is not None and key.endswith(BIG_SUFFIXES) and int4_precision(block) == "int4"
+        total += numel
+        weighted += numel * (0.5 + 4 / INT4_GROUP if four else 1.0)
+    t.close()
+    return weighted / total
 
 
 def _weight_bytes_per_token(model: Path, bytes_per_weight: float) -> float:

@@ -16,7 +16,7 @@ import torch
 
 from roost.engine.checkpoint import ModelConfig, TensorFile, model_shapes
 from roost.engine.errors import OutOfMemoryError
-from roost.engine.linear import packs_on_cpu
+from roost.engine.linear import INT4_GROUP, packs_on_cpu
 from roost.engine.strategy import Strategy, plan_layers
 
 _BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
@@ -81,6 +81,10 @@ def estimate(t: TensorFile | None, cfg: ModelConfig, strategy: Strategy, chunk_l
     for i, ((big, small), place) in enumerate(zip(numels, placements)):
         st = place.stage
         big_bytes = big * (1 + 4 / cfg.n_embd) if st.int8 else big * _BYTES[st.dtype]
+        if st.int4:  # 4 bits and a bf16 scale and zero point per group; block 0 in int8
+            from roost.engine.model import int4_precision
+
+            big_bytes = big * (0.5 + 4 / INT4_GROUP if int4_precision(i) == "int4" else 1 + 4 / cfg.n_embd)
         if st.int8 and st.torch_device == "cpu" and cfg.version == 7 and i == 0:
             big_bytes = big * 2  # RWKV-7's first block stays bf16 (engine.model.keeps_bf16)
         small_bytes = small * 4
@@ -93,7 +97,7 @@ def estimate(t: TensorFile | None, cfg: ModelConfig, strategy: Strategy, chunk_l
         add(st.torch_device, _state_bytes(cfg))
     head = placements[-1].stage
     head_n = cfg.vocab_size * cfg.n_embd
-    add(head.torch_device, head_n * (1 + 4 / cfg.n_embd) if head.int8 else head_n * _BYTES[head.dtype])
+    add(head.torch_device, head_n * (1 + 4 / cfg.n_embd) if head.int8 or head.int4 else head_n * _BYTES[head.dtype])
     if head.torch_device == "cpu" and head.dtype == "bf16" and not head.int8 and pack and packs_on_cpu(torch.bfloat16):
         add("cpu", head_n * 2)  # a packed bf16 head keeps its plain rows too (engine.linear.PackedLinear)
     # work space: a chunk of activations through the widest layer, plus the logits

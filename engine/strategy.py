@@ -6,6 +6,7 @@ grammar verbatim, plus readable aliases::
     cpu fp32                      every layer on the CPU in float32
     cpu bf16                      bfloat16 weights and activations
     cpu fp32i8 | cpu int8         int8 weights, float32 activations
+    cpu fp32i4 | cpu int4         4-bit weights in groups (half the bytes of int8, lower quality)
     cuda fp16 | cuda:1 fp16       one GPU, half precision
     cuda fp16i8 | cuda int8       one GPU, int8 weights
     cuda:0 fp16 *20 -> cpu fp32   the first 20 layers on the GPU, the rest on the CPU
@@ -31,6 +32,9 @@ _ALIASES = {
     ("cpu", "int8"): "fp32i8",
     ("cuda", "int8"): "fp16i8",
     ("mps", "int8"): "fp32i8",
+    ("cpu", "int4"): "fp32i4",
+    ("cuda", "int4"): "fp16i4",  # refused below with the reason
+    ("mps", "int4"): "fp32i4",
     ("cpu", "float32"): "fp32",
     ("cpu", "bfloat16"): "bf16",
     ("cuda", "float16"): "fp16",
@@ -51,13 +55,19 @@ class Stage:
     int8: bool  # weights quantised to int8 with per-channel scales
     layers: int | None  # "*N": how many layers this stage holds (None: share the rest)
     stream: bool  # "*N+": the layers beyond N are streamed to this device per forward
+    int4: bool = False  # weights quantised to 4 bits in groups (CPU only)
+
+    @property
+    def quant(self) -> str:
+        """The weights' suffix in ChatRWKV's grammar: "i8", "i4" or ""."""
+        return "i8" if self.int8 else "i4" if self.int4 else ""
 
     @property
     def torch_device(self) -> str:
         return f"{self.device}:{self.index}" if self.index is not None else self.device
 
     def __str__(self) -> str:
-        s = f"{self.torch_device} {self.dtype}{'i8' if self.int8 else ''}"
+        s = f"{self.torch_device} {self.dtype}{self.quant}"
         if self.layers is not None:
             s += f" *{self.layers}{'+' if self.stream else ''}"
         return s
@@ -122,12 +132,18 @@ def _parse_stage(part: str, whole: str) -> Stage:
     if m["index"] is not None and device != "cuda":
         raise StrategyError(f"'{part}': only cuda devices take an index (cuda:0, cuda:1).")
     prec = _ALIASES.get((device, prec), prec)
-    int8 = prec.endswith("i8")
-    dtype = prec[:-2] if int8 else prec
+    int8, int4 = prec.endswith("i8"), prec.endswith("i4")
+    dtype = prec[:-2] if int8 or int4 else prec
     if dtype not in PRECISIONS:
         raise StrategyError(
             f"Unknown precision '{m['prec']}' in strategy '{whole}'. Precisions: fp32, fp16, "
-            "bf16, and int8 weights as fp32i8 / fp16i8 / bf16i8 (or simply 'int8')."
+            "bf16, int8 weights as fp32i8 / fp16i8 / bf16i8 (or simply 'int8'), and on the CPU "
+            "4-bit weights as 'int4'."
+        )
+    if int4 and device != "cpu":
+        raise StrategyError(
+            f"'{part}': 4-bit weights (int4) run on the CPU only; on a GPU use 8-bit weights, "
+            f"'{device} fp16i8'."
         )
     if device == "cpu" and dtype == "fp16":
         raise StrategyError(
@@ -138,7 +154,7 @@ def _parse_stage(part: str, whole: str) -> Stage:
     stream = m["stream"] is not None
     if stream and device == "cpu":
         raise StrategyError(f"'{part}': streaming layers ('*N+') is for GPUs, not the CPU.")
-    return Stage(device, int(m["index"]) if m["index"] else None, dtype, int8, layers, stream)
+    return Stage(device, int(m["index"]) if m["index"] else None, dtype, int8, layers, stream, int4)
 
 
 def plan_layers(strategy: Strategy, n_layer: int) -> list[Placement]:

@@ -24,6 +24,7 @@ CPU_SHARE = 0.6
 FAST, COMFORTABLE, SLOW, TIGHT, WONT_FIT = "fast", "comfortable", "slow", "tight", "won't fit"
 FAST_TPS, COMFORTABLE_TPS = 15.0, 5.0
 RUNS_WELL, CLOSE_OTHERS, WILL_NOT_FIT = "runs well", "runs, close other programs first", "will not fit"
+INT4_BYTES = 0.65  # bytes per weight read with cpu int4 (4-bit groups; the head and block 0 in int8)
 LABELS_ZH = {RUNS_WELL: "运行流畅", CLOSE_OTHERS: "可运行，请先关闭其他程序", WILL_NOT_FIT: "内存不足，无法运行"}
 
 
@@ -119,17 +120,21 @@ def choose_strategy(shape: ModelShape, machine: Machine) -> Advice:
                               f"{gpu.name}：{what_zh}（需要 {gib(need['cuda:0'])}，空闲 {gib(room)}）。", need)
         k = _gpu_layers(shape, room)
         if k >= 1:
-            strategy = f"cuda fp16i8 *{k} -> cpu fp32i8"
-            need = need_for(shape, strategy)
-            label = _label(need, machine)
-            if label != WILL_NOT_FIT:
+            for cpu_part, bpw in (("fp32i8", 1), ("fp32i4", INT4_BYTES)):  # 4 bits only where 8 do not fit
+                strategy = f"cuda fp16i8 *{k} -> cpu {cpu_part}"
+                need = need_for(shape, strategy)
+                label = _label(need, machine)
+                if label == WILL_NOT_FIT:
+                    continue
                 frac = k / (shape.n_layer + 1)
-                tps = 1 / (frac * _bytes_per_token(shape, 1) / GPU_READ + (1 - frac) * _bytes_per_token(shape, 1) / cpu_read(machine))
+                tps = 1 / (frac * _bytes_per_token(shape, 1) / GPU_READ + (1 - frac) * _bytes_per_token(shape, bpw) / cpu_read(machine))
+                four, four_zh = ((" with 4-bit weights (noticeably less exact than 8 bits: 8-bit ones do not fit "
+                                  "in RAM)", "，以 4 位权重运行（8 位权重放不进内存；准确度明显降低）") if bpw != 1 else ("", ""))
                 return Advice(strategy, label, tps,
                               f"{gpu.name} has {gib(room)} free: {k} of {shape.n_layer + 1} layers run on it "
-                              "with 8-bit weights, the rest on the CPU.",
-                              f"{gpu.name} 空闲显存 {gib(room)}：{k}/{shape.n_layer + 1} 层在显卡上以 8 位权重运行，其余在 CPU 上。",
-                              need)
+                              f"with 8-bit weights, the rest on the CPU{four}.",
+                              f"{gpu.name} 空闲显存 {gib(room)}：{k}/{shape.n_layer + 1} 层在显卡上以 8 位权重运行，"
+                              f"其余在 CPU 上{four_zh}。", need)
     if machine.mps:
         need = need_for(shape, "mps fp32")
         if need.get("mps", 0) + need.get("cpu", 0) <= machine.ram_free:
@@ -140,6 +145,16 @@ def choose_strategy(shape: ModelShape, machine: Machine) -> Advice:
     label = _label(need, machine)
     why_no_gpu = ("no usable GPU" if gpu is None and not machine.mps else "the GPU is too small")
     why_no_gpu_zh = "没有可用的显卡" if gpu is None and not machine.mps else "显卡显存不足"
+    if label == WILL_NOT_FIT:  # 4-bit weights where 8-bit ones do not fit, said so: quality is lower
+        need4 = need_for(shape, "cpu int4")
+        label4 = _label(need4, machine)
+        if label4 != WILL_NOT_FIT:
+            return Advice("cpu int4", label4, cpu_read(machine) / _bytes_per_token(shape, INT4_BYTES),
+                          f"On the CPU with 4-bit weights: 8-bit weights would need {gib(need['cpu'])} of RAM "
+                          f"({gib(machine.ram_free)} free), 4-bit ones need {gib(need4['cpu'])}. Answers are "
+                          "noticeably less exact than with 8 bits.",
+                          f"在 CPU 上以 4 位权重运行：8 位权重需要内存 {gib(need['cpu'])}（空闲 {gib(machine.ram_free)}），"
+                          f"4 位权重需要 {gib(need4['cpu'])}。回答的准确度明显低于 8 位。", need4)
     return Advice("cpu int8", label, cpu_read(machine) / _bytes_per_token(shape, 1),
                   f"On the CPU with 8-bit weights ({why_no_gpu}): needs {gib(need['cpu'])} of RAM, "
                   f"{gib(machine.ram_free)} free.",

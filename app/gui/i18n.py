@@ -43,6 +43,8 @@ TEXT = {
     "cpu: runs on the processor and ordinary memory (works everywhere, slower).": "cpu：在处理器和普通内存上运行（到处可用，较慢）。",
     "int8 / i8: weights kept in 8 bits: half the memory of 16 bits and faster to read, a little less exact.":
         "int8 / i8：权重以 8 位保存：内存是 16 位的一半，读取更快，精度略低。",
+    "int4 / i4: weights kept in 4 bits: half the memory of int8 and faster on the processor, noticeably less exact.":
+        "int4 / i4：权重以 4 位保存：内存是 int8 的一半，在处理器上更快，但精度明显降低。",
     "fp16: weights in 16-bit floating point: half the memory of fp32, as exact as needed.":
         "fp16：16 位浮点权重：内存是 fp32 的一半，精度足够。",
     "bf16: another 16-bit format, with fp32's range: for processors that support it.":

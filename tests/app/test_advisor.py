@@ -22,10 +22,12 @@ def pc(ram, free=None, gpu=None, vram_free=None, torch_cuda=True, mps=False):
 @pytest.mark.parametrize("shape, machine, strategy, label", [
     # no GPU: int8 on the CPU, labelled by RAM
     (M_1_5B, pc(8), "cpu int8", RUNS_WELL),
-    (M_7B, pc(8), "cpu int8", WILL_NOT_FIT),
+    (M_7B, pc(8), "cpu int4", CLOSE_OTHERS),  # 4-bit weights where 8-bit ones cannot fit
+    (M_7B, pc(6), "cpu int8", WILL_NOT_FIT),  # neither fits
     (M_7B, pc(16, free=6), "cpu int8", CLOSE_OTHERS),
     (M_7B, pc(64), "cpu int8", RUNS_WELL),
-    (M_14B, pc(16), "cpu int8", WILL_NOT_FIT),
+    (M_14B, pc(16), "cpu int4", RUNS_WELL),
+    (M_14B, pc(8), "cpu int8", WILL_NOT_FIT),
     # cards from 2 to 80 GB
     (M_0_4B, pc(16, gpu=2), "cuda fp16", RUNS_WELL),
     (M_1_5B, pc(16, gpu=2), "cuda fp16i8", RUNS_WELL),
@@ -52,6 +54,17 @@ def test_automatic_strategy(shape, machine, strategy, label):
     assert advice.strategy.startswith(strategy)
     assert advice.label == label
     assert advice.reason and advice.reason_zh and advice.label_zh
+
+
+def test_four_bits_are_chosen_only_where_eight_do_not_fit_and_said_so():
+    assert choose_strategy(M_7B, pc(16, free=6)).strategy == "cpu int8"  # fits once others close: 8 bits
+    advice = choose_strategy(M_7B, pc(8))
+    assert advice.strategy == "cpu int4" and "4-bit" in advice.reason and "less exact" in advice.reason
+    assert "4 位" in advice.reason_zh and "准确度明显低于" in advice.reason_zh
+    assert advice.need["cpu"] < choose_strategy(M_7B, pc(64)).need["cpu"] * 0.8
+    split = choose_strategy(M_14B, pc(12, gpu=4))  # the card's share in 8 bits, the CPU's in 4
+    assert split.strategy.startswith("cuda fp16i8 *") and split.strategy.endswith("-> cpu fp32i4")
+    assert "4-bit" in split.reason and split.label != WILL_NOT_FIT
 
 
 def test_the_split_puts_as_many_layers_on_the_gpu_as_fit():
@@ -98,7 +111,7 @@ def test_the_fit_label_tells_models_apart_by_speed_and_memory():
             [("0.4B", M_0_4B), ("1.5B", M_1_5B), ("2.9B", M_2_9B), ("7B", M_7B)]}
     assert fits == {"0.4B": FAST, "1.5B": FAST, "2.9B": COMFORTABLE, "7B": SLOW}
     assert choose_strategy(M_7B, replace(pc(16, free=6), read_rate=40e9)).fit == TIGHT
-    assert choose_strategy(M_14B, replace(pc(16), read_rate=40e9)).fit == WONT_FIT
+    assert choose_strategy(M_14B, replace(pc(8), read_rate=40e9)).fit == WONT_FIT
     slow_ram = replace(machine, read_rate=8e9)  # an older laptop: the same model is slower
     assert choose_strategy(M_1_5B, slow_ram).tokens_per_second < choose_strategy(M_1_5B, machine).tokens_per_second / 4
     assert choose_strategy(M_1_5B, slow_ram).fit == SLOW

@@ -17,7 +17,7 @@ def test_selfcheck_passes_says_so_and_leaves_nothing_behind(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "selfcheck OK" in r.stdout and "FAIL" not in r.stdout
     assert "ok    model: RWKV-7" in r.stdout and "ok    main window" in r.stdout
-    assert "ok    int8: kernel " in r.stdout
+    assert "ok    int8 and int4: int8 kernel " in r.stdout and "int4 within" in r.stdout
     assert "ok    API server" in r.stdout and "ok    catalog: " in r.stdout
     # the self-test model was made once (not per step) and removed with everything else it wrote
     assert list(temp.iterdir()) == []
@@ -30,7 +30,7 @@ def test_a_failing_step_gives_exit_code_1(monkeypatch):
         raise RuntimeError("no kernel for this CPU")
 
     monkeypatch.setattr(selfcheck, "_model", broken)
-    monkeypatch.setattr(selfcheck, "_int8", lambda scratch: "skipped")
+    monkeypatch.setattr(selfcheck, "_quantized", lambda scratch: "skipped")
     monkeypatch.setattr(selfcheck, "_window", lambda scratch: "skipped")
     monkeypatch.setattr(selfcheck, "_api", lambda scratch: "skipped")
     out = io.StringIO()

@@ -13,7 +13,7 @@ STEPS = 4
 
 
 @pytest.mark.parametrize("arch", ["v4", "v5.2", "v6.0", "v7.0"])
-@pytest.mark.parametrize("strategy", ["cpu fp32", "cpu bf16", "cpu int8"])
+@pytest.mark.parametrize("strategy", ["cpu fp32", "cpu bf16", "cpu int8", "cpu int4"])
 def test_each_stream_gets_what_it_gets_alone(make_checkpoint, arch, strategy):
     model = load_model(make_checkpoint(arch), strategy)
     tok = model.tokenizer

@@ -16,6 +16,9 @@ from roost.engine.strategy import check_devices, parse_strategy, plan_layers
     ("cuda fp16", "cuda fp16"),
     ("cuda fp16i8", "cuda fp16i8"),
     ("cuda int8", "cuda fp16i8"),
+    ("cpu int4", "cpu fp32i4"),
+    ("cpu bf16i4", "cpu bf16i4"),
+    ("cuda fp16i8 *10 -> cpu int4", "cuda fp16i8 *10 -> cpu fp32i4"),
     ("cuda:0 fp16 *20 -> cpu fp32", "cuda:0 fp16 *20 -> cpu fp32"),
     ("cuda:0 fp16 *20->cpu fp32", "cuda:0 fp16 *20 -> cpu fp32"),
     ("cuda fp16 *10+", "cuda fp16 *10+"),
@@ -36,6 +39,8 @@ def test_chatrwkv_strings_and_aliases_parse(text, canonical):
     ("cpu fp32 *2+", "for GPUs"),
     ("cuda:0 fp16 *2+ -> cuda:1 fp16 *3+", "only one stage"),
     ("mps:1 fp32", "only cuda devices"),
+    ("cuda int4", "CPU only"),
+    ("cuda fp16i4", "CPU only"),
 ])
 def test_bad_strategies_say_what_is_wrong(text, words):
     with pytest.raises(StrategyError, match=words):
@@ -71,3 +76,9 @@ def test_devices_missing_on_this_machine_are_named():
     with pytest.raises(StrategyError, match="MPS"):
         check_devices(parse_strategy("mps fp32"), cuda_count=0, mps=False)
     check_devices(parse_strategy("cuda:0 fp16 *4 -> cpu fp32"), cuda_count=1, mps=False)
+
+
+def test_int4_stages_say_so():
+    stage = parse_strategy("cpu int4").single
+    assert stage.int4 and not stage.int8 and stage.dtype == "fp32" and stage.quant == "i4"
+    assert parse_strategy("cpu int8").single.quant == "i8" and parse_strategy("cpu fp32").single.quant == ""
