@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from roost.engine import compiled
 from roost.engine.arch import arch_module
 from roost.engine.checkpoint import ModelConfig, TensorFile, open_checkpoint
-from roost.engine.linear import Int4Linear, Int8Linear, cpu_has_vnni, linear, pack_for_cpu
+from roost.engine.linear import Int4Linear, Int8Linear, PackedLinear, cpu_has_vnni, linear, pack_for_cpu, packs_on_cpu
 from roost.engine.options import LoadOptions
 from roost.engine.strategy import Placement, Strategy, check_devices, machine_devices, parse_strategy, plan_layers
 
@@ -380,6 +380,15 @@ def _matrix_loader(place: Placement, layer_id: int, *, version: int = 0, block: 
         t.release(src, out)
         return out
 
+    def low_rank(w: torch.Tensor):
+        """A small low-rank matrix (in, out) of an int8 / int4 CPU stage as packed bf16 (out, in),
+        or None to keep it as it is (see RWKV-7's ``lora``)."""
+        if not (stage.int8 or stage.int4) or dev != "cpu" or place.stream or not pack \
+                or not packs_on_cpu(torch.bfloat16):
+            return None
+        return PackedLinear(w.t(), dtype=torch.bfloat16)
+
+    load.low_rank = low_rank
     return load
 
 

@@ -109,3 +109,28 @@ def test_int8_kernel_choice_follows_the_measured_errors(monkeypatch):
     assert em.quantizes_activations("blocks.3.ffn.value.weight", 4)
     assert not em.quantizes_activations("head.weight", 6)
     assert not em.quantizes_activations(k, 7) and not em.quantizes_activations("blocks.3.ffn.key.weight", 7)
+
+
+def test_rwkv7_low_rank_products_run_packed_in_bf16_with_quantized_weights(make_checkpoint):
+    """int8 / int4 strategies keep RWKV-7's 8 small low-rank matrices per layer packed in bf16 where
+    the CPU multiplies bf16 natively (half the bytes; the files store them in bf16): the logits stay
+    within bf16 rounding of the float32 products."""
+    from roost.engine.checkpoint import open_checkpoint
+    from roost.engine.linear import PackedLinear, packs_on_cpu
+
+    path = make_checkpoint("v7.0", n_layer=4, n_embd=256)
+    model = load_model(path, "cpu int8")
+    w1 = model._layers[1]["att.w1"]
+    if not packs_on_cpu(torch.bfloat16):
+        assert isinstance(w1, torch.Tensor) and w1.dtype == torch.float32
+        return
+    assert isinstance(w1, PackedLinear) and w1.dtype == torch.bfloat16 and w1.shape == (32, 256)  # (out, in)
+    assert isinstance(load_model(path, "cpu fp32")._layers[1]["att.w1"], torch.Tensor)  # fp32 keeps them exact
+    packed, _ = model.forward(TOKENS[:32])
+    t, _ = open_checkpoint(path)
+    for i, lw in enumerate(model._layers):
+        for k in [k for k, v in lw.items() if isinstance(v, PackedLinear) and k[-1] in "12"]:
+            lw[k] = t[f"blocks.{i}.{k}"].float().contiguous()
+    plain, _ = model.forward(TOKENS[:32])
+    t.close()
+    assert float((packed - plain).abs().max() / plain.abs().max()) < 0.02
