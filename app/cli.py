@@ -184,7 +184,9 @@ def _load(args):
     from roost import engine
 
     path, strategy = _decide(args)
-    model = engine.load_model(path, strategy, options=engine.LoadOptions.from_env())
+    from roost.core.settings import load_settings
+
+    model = engine.load_model(path, strategy, options=load_settings().load_options())
     print(f"{model.config.label}, loaded in {model.load_seconds:.1f} s", file=sys.stderr, flush=True)
     return model
 
@@ -230,11 +232,11 @@ def _chat(args) -> int:
 
     from roost.core.runtime import Runtime
     from roost.engine.generate import StopFlag
-    from roost.engine.options import LoadOptions
+    from roost.core.settings import load_settings
     from roost.engine.prompts import G1_CHAT, default_format
 
     path, strategy = _decide(args)
-    runtime = Runtime(LoadOptions.from_env())
+    runtime = Runtime(load_settings().load_options())
     info = runtime.load(path, strategy)
     print(f"{info.label}, loaded in {info.seconds:.1f} s", file=sys.stderr, flush=True)
     reasoning = info.reasoning or args.think is not None

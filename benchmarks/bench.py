@@ -59,7 +59,12 @@ def worker(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     if args.impl == "roost":
         from roost import engine
-        model = engine.load_model(args.model, args.strategy, options=engine.LoadOptions.from_env())
+        options = engine.LoadOptions.from_env(weight_cache=args.weight_cache or None)
+        model = engine.load_model(args.model, args.strategy, options=options)
+        if args.load_only:  # a load with the weight cache: its time and how many matrices it read
+            print(json.dumps({"load_s": time.perf_counter() - t0, "cached": model.cached_matrices,
+                              "peak_rss": _peak_rss()}))
+            return
 
         def forward(toks, state):
             return model.forward(toks, state)
@@ -121,13 +126,14 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
-def run(impl: str, strategy: str, model: Path, args) -> dict | None:
+def run(impl: str, strategy: str, model: Path, args, weight_cache: str = "") -> dict | None:
     env = dict(os.environ, RWKV_JIT_ON="1", RWKV_CUDA_ON="0", OMP_NUM_THREADS=str(args.threads))
     if impl == "reference" and SHAPES[args.shape][0] == "v7.0":
         env["RWKV_V7_ON"] = "1"
     cmd = [sys.executable, __file__, "--worker", "--impl", impl, "--strategy", strategy,
            "--model", str(model), "--gen", str(args.gen), "--prefill", str(args.prefill),
            "--threads", str(args.threads), "--chunk", str(args.chunk), "--shape", args.shape]
+    cmd += ["--weight-cache", weight_cache] + (["--load-only"] if weight_cache else [])
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if r.returncode != 0:
         print(f"{impl} '{strategy}' failed: {r.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
@@ -162,7 +168,12 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="runs per side, alternating; medians are printed")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "roost-bench"))
+    ap.add_argument("--second-load", action="store_true",
+                    help="also time loads with the converted-weights cache (int8/int4): the one that fills "
+                         "it and the second, against reading the model file once")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--load-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--weight-cache", default="", help=argparse.SUPPRESS)
     ap.add_argument("--impl", help=argparse.SUPPRESS)
     ap.add_argument("--strategy", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
@@ -203,6 +214,16 @@ def main() -> None:
                   f"{ours['peak_rss'] / ref['peak_rss']:10.2f}x  (reference: '{ref_strategy}')")
         if ours:
             results[strategy] = ours
+        if ours and args.second_load and ("int" in strategy or "i8" in strategy or "i4" in strategy):
+            with tempfile.TemporaryDirectory(dir=cache) as folder:
+                read_s = _read_seconds(model)
+                fill = run("roost", strategy, model, args, weight_cache=folder)
+                second = run("roost", strategy, model, args, weight_cache=folder)
+                if fill and second:
+                    print(f"{'':<14} loads: reading the file {read_s:.1f} s; first load {ours['load_s']:.1f} s, "
+                          f"filling the weight cache {fill['load_s']:.1f} s, second load {second['load_s']:.1f} s "
+                          f"({second['cached']} matrices from the cache) = {second['load_s'] / read_s:.2f}x "
+                          f"the file read; peak RSS {second['peak_rss'] / 1e9:.2f} GB")
         quant = "i4" if "int4" in strategy or "i4" in strategy else "i8" if "int8" in strategy or "i8" in strategy else ""
         if ours and quant:
             # the bound: every matrix but the embedding read once per token at the read bandwidth,
@@ -218,6 +239,17 @@ def main() -> None:
                 print(f"{'':<14} int4 / int8: generation {ours['gen_tps'] / base['gen_tps']:.2f}x, prefill "
                       f"{ours['prefill_tps'] / base['prefill_tps']:.2f}x, load {ours['load_s'] / base['load_s']:.2f}x, "
                       f"peak RSS {ours['peak_rss'] / base['peak_rss']:.2f}x")
+
+
+def _read_seconds(path: Path) -> float:
+    """Seconds to read the model file once, 16 MB at a time (from the disk or the page cache, as
+    the load after it will find it)."""
+    t0 = time.perf_counter()
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(16 << 20)
+        while f.readinto(buf):
+            pass
+    return time.perf_counter() - t0
 
 
 def _median_run(runs: list) -> dict | None:

@@ -50,6 +50,17 @@ class Int8Linear:
     def __init__(self, weight: torch.Tensor, *, device: str | torch.device = "cpu",
                  kernel: str | None = None, quantize_activations: bool = False, release=None):
         q, scale = quantize_rows(weight, device, release=release)
+        self._setup(q, scale, kernel, quantize_activations)
+
+    @classmethod
+    def from_quantized(cls, q: torch.Tensor, scale: torch.Tensor, *, kernel: str | None = None,
+                       quantize_activations: bool = False) -> "Int8Linear":
+        """From :func:`quantize_rows`' output (a converted-weights cache stores it)."""
+        self = object.__new__(cls)
+        self._setup(q, scale, kernel, quantize_activations)
+        return self
+
+    def _setup(self, q, scale, kernel, quantize_activations) -> None:
         self.shape, self.dtype = tuple(q.shape), torch.int8
         self.scale = scale  # float32 (out,)
         self.kernel = kernel or default_kernel(q.device, dynamic=quantize_activations)
@@ -151,6 +162,19 @@ class Int4Linear:
             self.scale_zero[:, r0:r0 + step, 1] = zero.t()
             if release is not None:
                 release(part)
+
+    @classmethod
+    def from_packed(cls, packed: torch.Tensor, scale_zero: torch.Tensor, group: int = INT4_GROUP) -> "Int4Linear":
+        """From the tensors an Int4Linear holds (a converted-weights cache stores them)."""
+        self = object.__new__(cls)
+        self.packed, self.scale_zero, self.group, self.dtype = packed, scale_zero, group, torch.uint8
+        self.shape = (packed.shape[0], packed.shape[1] * 2)
+        return self
+
+    @staticmethod
+    def stored_shapes(shape, group: int = INT4_GROUP) -> dict[str, tuple]:
+        rows, cols = shape
+        return {"packed": (rows, cols // 2), "scale_zero": (cols // group, rows, 2)}
 
     @staticmethod
     def fits(shape, group: int = INT4_GROUP) -> bool:

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from roost.engine import compiled
 from roost.engine.arch import arch_module
 from roost.engine.checkpoint import ModelConfig, TensorFile, open_checkpoint
-from roost.engine.linear import Int4Linear, Int8Linear, PackedLinear, cpu_has_vnni, linear, pack_for_cpu, packs_on_cpu
+from roost.engine.linear import (Int4Linear, Int8Linear, PackedLinear, cpu_has_vnni, linear, pack_for_cpu,
+                                 packs_on_cpu, quantize_rows)
 from roost.engine.options import LoadOptions
 from roost.engine.strategy import Placement, Strategy, check_devices, machine_devices, parse_strategy, plan_layers
 
@@ -299,6 +300,12 @@ def load_model(path: str | os.PathLike, strategy: str = "cpu fp32", *,
     check_devices(strat, **machine_devices())
     started = time.perf_counter()
     tensors, cfg = open_checkpoint(path)
+    cache = None
+    if opts.weight_cache and opts.weight_cache_bytes > 0 and any(
+            s.device == "cpu" and (s.int8 or s.int4) for s in strat.stages):
+        from roost.engine.weight_cache import WeightCache
+
+        cache = WeightCache(opts.weight_cache, opts.weight_cache_bytes).open(path, str(strat))
     # opted in: no heap holes left by the converted copies (process-wide glibc tuning)
     with memory.loading_allocator() if opts.tune_allocator else contextlib.nullcontext():
         try:
@@ -314,7 +321,7 @@ def load_model(path: str | os.PathLike, strategy: str = "cpu fp32", *,
             layers = []
             for i in range(cfg.n_layer):
                 big = _matrix_loader(places[i], i if rescale else 0, version=cfg.version, block=i, pack=pack,
-                                     kernel=opts.int8_kernel)
+                                     kernel=opts.int8_kernel, cache=cache)
                 lw = arch.prepare_layer(tensors, i, cfg, act_dtype(places[i].stage), big)
                 dev = places[i].stage.torch_device
                 layers.append(lw if places[i].stream or dev == "cpu" else _to_device(lw, dev))
@@ -327,25 +334,34 @@ def load_model(path: str | os.PathLike, strategy: str = "cpu fp32", *,
                 "ln_out.weight": tensors["ln_out.weight"].to(device=head.torch_device, dtype=hdt),
                 "ln_out.bias": tensors["ln_out.bias"].to(device=head.torch_device, dtype=hdt),
                 "head.weight": _matrix_loader(places[-1], 0, version=cfg.version, pack=pack,
-                                              kernel=opts.int8_kernel)(tensors, "head.weight"),
+                                              kernel=opts.int8_kernel, cache=cache)(tensors, "head.weight"),
             }
+        except BaseException:
+            if cache is not None:
+                cache.abort()
+            raise
         finally:
             tensors.close()
+    if cache is not None:
+        cache.finish()
     if progress:
         progress(1.0)
     model = RWKV(cfg, strat, places, weights, layers, tokenizer, Path(path), chunk_len=chunk_len)
     if opts.compile:
         model.enable_compile()
     model.load_seconds = time.perf_counter() - started
+    # how many converted matrices came from the weight cache (0: converted from the file)
+    model.cached_matrices = cache.hits if cache is not None else 0
     return model
 
 
 def _matrix_loader(place: Placement, layer_id: int, *, version: int = 0, block: int | None = None,
-                   pack: bool = True, kernel: str | None = None) -> Callable[[TensorFile, str], object]:
+                   pack: bool = True, kernel: str | None = None, cache=None) -> Callable[[TensorFile, str], object]:
     """How a layer's big matrices are stored: in the stage's dtype or int8, on its device
     (``block``: the layer's index, None for the head; ``pack``: float CPU weights reordered
     for oneDNN where that is faster, see engine.linear.pack_for_cpu; ``kernel``: the CPU int8
-    kernel to use instead of each matrix's default)."""
+    kernel to use instead of each matrix's default; ``cache``: an engine.weight_cache.Entry that
+    CPU int8 / int4 matrices are read from, or recorded into)."""
     maybe_pack = functools.partial(pack_for_cpu, enabled=pack)
     stage = place.stage
     dtype = _DTYPES[stage.dtype]
@@ -359,18 +375,18 @@ def _matrix_loader(place: Placement, layer_id: int, *, version: int = 0, block: 
             w = w.float() / 2 ** (layer_id // RESCALE_EVERY)  # fp16 rescaling, as ChatRWKV
         rows_done = (lambda rows: t.release(rows, None)) if w is src else None  # file pages, as we go
         if stage.int4:
-            if int4_precision(block) == "int4" and Int4Linear.fits(w.shape):
-                out = Int4Linear(w, release=rows_done)
-            else:  # the head, block 0 and any shape the 4-bit kernel cannot take
-                out = Int8Linear(w, device="cpu", kernel=kernel, release=rows_done)
+            four = int4_precision(block) == "int4" and Int4Linear.fits(w.shape)
+            # else int8: the head, block 0 and any shape the 4-bit kernel cannot take
+            out = _quantized(key, w, "int4" if four else "int8", cache, release=rows_done, kernel=kernel)
         elif stage.int8 and dev == "cpu" and keeps_bf16(version, block):
             out = maybe_pack(w, dtype=torch.bfloat16, release=rows_done)
         elif stage.int8 and place.stream:  # plain int8 in CPU memory, copied to the GPU per forward
             out = Int8Linear(w, device="cpu", kernel="dequant", release=rows_done)
+        elif stage.int8 and dev == "cpu":
+            out = _quantized(key, w, "int8", cache, release=rows_done, kernel=kernel,
+                             dynamic=quantizes_activations(key, version))
         elif stage.int8:
-            dynamic = dev == "cpu" and quantizes_activations(key, version)
-            out = Int8Linear(w, device=dev, kernel=kernel if dev == "cpu" else None,
-                             quantize_activations=dynamic, release=rows_done)
+            out = Int8Linear(w, device=dev, release=rows_done)
         elif dev == "cpu" and not place.stream:  # the head keeps its plain rows to re-read its top logits
             out = maybe_pack(w, dtype=dtype, keep_rows=block is None and dtype != torch.float32, release=rows_done)
         else:
@@ -390,6 +406,29 @@ def _matrix_loader(place: Placement, layer_id: int, *, version: int = 0, block: 
 
     load.low_rank = low_rank
     return load
+
+
+def _quantized(key: str, w: torch.Tensor, kind: str, cache, *, release=None, kernel: str | None = None,
+               dynamic: bool = False):
+    """A CPU matrix as int8 (:class:`Int8Linear`) or int4 (:class:`Int4Linear`): read from the
+    weight cache when it has it, else converted from ``w`` (and recorded in the cache)."""
+    shape = tuple(w.shape)
+    if kind == "int4":
+        got = cache.get(key, kind, Int4Linear.stored_shapes(shape)) if cache is not None else None
+        if got is not None:
+            return Int4Linear.from_packed(got["packed"], got["scale_zero"])
+        out = Int4Linear(w, release=release)
+        if cache is not None:
+            cache.put(key, kind, {"packed": out.packed, "scale_zero": out.scale_zero})
+        return out
+    got = cache.get(key, kind, {"q": shape, "scale": shape[:1]}) if cache is not None else None
+    if got is not None:
+        q, scale = got["q"], got["scale"]
+    else:
+        q, scale = quantize_rows(w, "cpu", release=release)
+        if cache is not None:
+            cache.put(key, kind, {"q": q, "scale": scale})
+    return Int8Linear.from_quantized(q, scale, kernel=kernel, quantize_activations=dynamic)
 
 
 def quantizes_activations(key: str, version: int = 0) -> bool:

@@ -27,6 +27,10 @@ class LoadOptions:
     # glibc malloc tuned while loading and kept for the work buffers afterwards (memory.loading_allocator):
     # process-wide, so off unless a program that owns its process asks for it
     tune_allocator: bool = False
+    # a folder where converted int8 / int4 CPU weights are kept between loads (engine.weight_cache;
+    # the program's cache folder, never the models folder), and the most bytes it may hold
+    weight_cache: str | None = None
+    weight_cache_bytes: int = 16 << 30
 
     def __post_init__(self):
         from roost.engine.linear import KERNELS

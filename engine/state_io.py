@@ -32,15 +32,21 @@ def identity(model) -> str:
     """What a state depends on: the model file (name, size, modification time) and how each layer's
     state is kept (device and precision, from the strategy). A state saved under another identity
     is never used."""
-    path = Path(model.path)
-    try:
-        st = path.stat()
-        file = f"{path.name}:{st.st_size}:{st.st_mtime_ns}"
-    except OSError:
-        file = f"{path.name}:?"
+    file = file_identity(Path(model.path))
     kinds = ",".join(sorted({f"{t.device.type}/{str(t.dtype).removeprefix('torch.')}"
                              for layer in model.zero_state().layers for t in layer}))
     return f"{file}|v{model.version}|{model.n_layer}x{model.n_embd}|{kinds}"
+
+
+def file_identity(path: Path) -> str:
+    """A model file as far as what is derived from it is concerned: its name, size and modification
+    time (a changed or replaced file gets a new identity; reading gigabytes to hash them is not
+    worth it)."""
+    try:
+        st = path.stat()
+        return f"{path.name}:{st.st_size}:{st.st_mtime_ns}"
+    except OSError:
+        return f"{path.name}:?"
 
 
 def state_tensors(state) -> dict[str, torch.Tensor]:

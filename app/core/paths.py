@@ -53,6 +53,24 @@ def data_dir() -> Path:
     return base / APP.lower()
 
 
+def cache_dir() -> Path:
+    """The per-user cache folder: what is in it can be made again (the system may clean it)."""
+    if os.environ.get("ROOST_HOME"):
+        return Path(os.environ["ROOST_HOME"]) / "cache"
+    home = Path.home()
+    if sys.platform == "win32":
+        return Path(os.environ.get("LOCALAPPDATA") or home / "AppData" / "Local") / APP / "Cache"
+    if sys.platform == "darwin":
+        return home / "Library" / "Caches" / APP
+    return Path(os.environ.get("XDG_CACHE_HOME") or home / ".cache") / APP.lower()
+
+
+def weights_cache_dir() -> Path:
+    """Converted int8/int4 weights (roost.engine.weight_cache): never in the models folder, where
+    they would look like models."""
+    return cache_dir() / "weights"
+
+
 def settings_file() -> Path:
     return data_dir() / "settings.json"
 

@@ -59,11 +59,21 @@ class Settings:
     api_key: str = ""
     api_allow_origins: tuple[str, ...] = ()  # web origins that may call the API besides local pages and apps
     state_budget_mb: int = 2048  # disk space for chats' saved states (roost.core.saved_states); 0: none kept
+    weight_cache_mb: int = 16384  # disk space for converted int8/int4 weights (roost.engine.weight_cache); 0: none
     last_model: str = ""  # the app reloads it on start
     geometry: str = ""  # the window's, as Qt saves it
     extra: Mapping[str, object] = field(default_factory=lambda: _frozen({}), compare=False)  # unknown keys
 
     # --- the questions every part of Roost asks -------------------------------------------------
+    def load_options(self):
+        """The engine's LoadOptions for a program that owns its process: the ``ROOST_*`` switches,
+        and converted int8/int4 weights kept in the user's cache folder within ``weight_cache_mb``."""
+        from roost.core.paths import weights_cache_dir
+        from roost.engine.options import LoadOptions
+
+        return LoadOptions.from_env(weight_cache=str(weights_cache_dir()) if self.weight_cache_mb > 0 else None,
+                                    weight_cache_bytes=self.weight_cache_mb << 20)
+
     def strategy_for(self, model_file: str | os.PathLike, asked: str | None = None) -> str:
         """The strategy to load `model_file` with: `asked` (a --strategy flag, a choice in the app),
         else the model's saved override, else the default, else "auto" (the advisor decides)."""
@@ -130,6 +140,7 @@ _FIELDS = {f.name for f in fields(Settings)}
 # what `roost settings set` may change (the rest is the app's own bookkeeping)
 EDITABLE = ("models_dir", "source", "hf_token", "proxy", "language", "theme", "send_key", "default_strategy",
             "api_host", "api_port", "api_key", "api_allow_origins", "state_budget_mb",
+            "weight_cache_mb",
             *(f"sampling.{k}" for k in SAMPLING_KEYS))
 SECRET = ("hf_token", "api_key")
 
@@ -199,15 +210,17 @@ def _validate(key: str, value, *, checking_folder: bool = True):
             raise SettingsError(f"api_port cannot be '{value}'. Allowed: a number from 1 to 65535.\n"
                                 f"api_port 必须是 1 到 65535 之间的数字。")
         return port
-    if key == "state_budget_mb":
+    if key in ("state_budget_mb", "weight_cache_mb"):
         try:
             mb = int(value)
         except (TypeError, ValueError):
             mb = -1
         if isinstance(value, bool) or not 0 <= mb <= 1 << 20:
-            raise SettingsError(f"state_budget_mb cannot be '{value}'. Allowed: a number of megabytes from 0 "
-                                "(keep no saved states) to 1048576.\n"
-                                "state_budget_mb 必须是 0（不保存状态）到 1048576 之间的兆字节数。")
+            what, what_zh = (("keep no saved states", "不保存状态") if key == "state_budget_mb" else
+                             ("keep no converted weights", "不保存转换后的权重"))
+            raise SettingsError(f"{key} cannot be '{value}'. Allowed: a number of megabytes from 0 "
+                                f"({what}) to 1048576.\n"
+                                f"{key} 必须是 0（{what_zh}）到 1048576 之间的兆字节数。")
         return mb
     if key == "api_allow_origins":
         items = value.split(",") if isinstance(value, str) else value

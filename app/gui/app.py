@@ -164,10 +164,9 @@ def start_background(ctl) -> None:
     """The engine thread, the download queue and the machine probe (which imports torch)."""
     from roost.core.queue import DownloadQueue
     from roost.core.runtime import Runtime
-    from roost.engine.options import LoadOptions
     from roost.gui.worker import EngineThread
 
-    ctl.attach_engine(EngineThread(ctl, runtime=Runtime(LoadOptions.from_env())))  # the app owns its process
+    ctl.attach_engine(EngineThread(ctl, runtime=Runtime(ctl.settings.current.load_options())))  # owns its process
     s = ctl.settings.current
     ctl.attach_queue(DownloadQueue(s.models_folder(), source=s.download_source(), token=s.token()))
     folder = s.models_folder()

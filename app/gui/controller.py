@@ -112,6 +112,8 @@ class Controller(QObject):
             apply_proxy(new.proxy)
         if new.state_budget_mb != old.state_budget_mb and self.states is not None:
             self.states.set_budget(new.state_budget_mb * 2 ** 20)
+        if new.weight_cache_mb != old.weight_cache_mb and self.runtime is not None:
+            self.runtime.options = new.load_options()  # for the next load
         if new.models_folder() != old.models_folder() or new.strategy_overrides != old.strategy_overrides \
                 or new.default_strategy != old.default_strategy:
             self.libraryChanged.emit()

@@ -43,6 +43,12 @@ TEXT = {
     "cpu: runs on the processor and ordinary memory (works everywhere, slower).": "cpu：在处理器和普通内存上运行（到处可用，较慢）。",
     "int8 / i8: weights kept in 8 bits: half the memory of 16 bits and faster to read, a little less exact.":
         "int8 / i8：权重以 8 位保存：内存是 16 位的一半，读取更快，精度略低。",
+    "Converted weights": "转换后的权重",
+    "Models run with 8-bit or 4-bit weights are converted when they load. Roost keeps the converted weights in its cache folder, so the next load is faster.":
+        "以 8 位或 4 位权重运行的模型在加载时需要转换。Roost 把转换后的权重保存在缓存文件夹中，下次加载更快。",
+    "0 keeps none; the least recently used models go first.": "0 表示不保存；最久未使用的模型先被删除。",
+    "Disk space for converted weights:": "转换后权重的磁盘空间：",
+    "Delete converted weights": "删除转换后的权重",
     "int4 / i4: weights kept in 4 bits: half the memory of int8 and faster on the processor, noticeably less exact.":
         "int4 / i4：权重以 4 位保存：内存是 int8 的一半，在处理器上更快，但精度明显降低。",
     "fp16: weights in 16-bit floating point: half the memory of fp32, as exact as needed.":

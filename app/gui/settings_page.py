@@ -86,6 +86,7 @@ class SettingsPage(QWidget):
         v.addWidget(box)
         v.addWidget(self._api_box(s))
         v.addWidget(self._states_box(s))
+        v.addWidget(self._weights_box(s))
         buttons = QHBoxLayout()
         # what Save did, on a row of its own: a refusal can be long and must wrap, not widen the page
         self.saved = QLabel(objectName="hint", wordWrap=True, textInteractionFlags=Qt.TextSelectableByMouse)
@@ -174,10 +175,51 @@ class SettingsPage(QWidget):
             self.ctl.states.clear()
         self.show_state_usage()
 
+    # --- converted weights ------------------------------------------------------------------------
+    def _weights_box(self, s) -> QGroupBox:
+        """The disk space for converted 8-bit and 4-bit weights (a second load of the model reads
+        them instead of converting again), what they use now, and a button to delete them."""
+        box = QGroupBox(tr("Converted weights"))
+        form = QFormLayout(box)
+        form.addRow(QLabel(tr("Models run with 8-bit or 4-bit weights are converted when they load. Roost keeps "
+                              "the converted weights in its cache folder, so the next load is faster."),
+                           objectName="hint", wordWrap=True))
+        self.weight_budget = QSpinBox(minimum=0, maximum=1 << 20, singleStep=1024, value=s.weight_cache_mb,
+                                      suffix=" MB")
+        self.weight_budget.setMaximumWidth(160)
+        self.weight_budget.setToolTip(tr("0 keeps none; the least recently used models go first."))
+        form.addRow(tr("Disk space for converted weights:"), self.weight_budget)
+        row = QHBoxLayout()
+        self.weight_usage = QLabel(objectName="hint")
+        clear = QPushButton(tr("Delete converted weights"), clicked=self.clear_weights)
+        icons.give(clear, "delete")
+        row.addWidget(self.weight_usage, 1)
+        row.addWidget(clear)
+        form.addRow(row)
+        self.show_weight_usage()
+        return box
+
+    def _weight_cache(self):
+        from roost.core.paths import weights_cache_dir
+        from roost.engine.weight_cache import WeightCache
+
+        return WeightCache(weights_cache_dir(), self.ctl.settings.current.weight_cache_mb << 20)
+
+    def show_weight_usage(self) -> None:
+        u = self._weight_cache().usage()
+        self.weight_usage.setText(tr("In use: {size} MB in {n} files").format(size=f"{u.bytes / 2 ** 20:.0f}",
+                                                                             n=u.files))
+
+    def clear_weights(self) -> None:
+        self._weight_cache().clear()
+        self.show_weight_usage()
+
     def showEvent(self, event) -> None:  # noqa: N802 (Qt)
         super().showEvent(event)
         if hasattr(self, "state_usage"):
             self.show_state_usage()
+        if hasattr(self, "weight_usage"):
+            self.show_weight_usage()
 
     def _api_toggled(self, on: bool) -> None:
         if on:
@@ -216,7 +258,8 @@ class SettingsPage(QWidget):
                        hf_token=self.token.text().strip(), proxy=self.proxy.text().strip(),
                        language=old.language if lang == (old.language or language()) else lang,
                        theme=self.theme.currentData(), send_key=self.send_key.currentData(),
-                       sampling=self.sampling.values(), state_budget_mb=self.state_budget.value())
+                       sampling=self.sampling.values(), state_budget_mb=self.state_budget.value(),
+                       weight_cache_mb=self.weight_budget.value())
         folder = self.folder.text().strip()
         if folder != str(old.models_folder()):
             changes["models_dir"] = folder  # "" goes back to the default folder
@@ -234,6 +277,7 @@ class SettingsPage(QWidget):
         apply_theme(QGuiApplication.instance(), new.theme)  # (the controller applies the proxy and the folder)
         self.folder.setText(str(new.models_folder()))
         self.show_state_usage()
+        self.show_weight_usage()
         self.saved.setText(" ".join(messages) or tr("Saved."))
 
     def open_log(self) -> None:

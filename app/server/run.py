@@ -203,19 +203,17 @@ def serve_cli(args) -> int:
 
     from roost.core.choice import model_and_strategy
     from roost.core.runtime import Runtime
-    from roost.engine.options import LoadOptions
+    from roost.core.settings import load_settings
 
     api_key = args.api_key or os.environ.get("ROOST_API_KEY") or None
     check_bind(args.host, args.port, api_key)  # before the time spent loading
     bind_socket(args.host, args.port).close()  # a busy port is said now, not after loading
     path, strategy = model_and_strategy(args.model, args.strategy,
                                         say=lambda text: print(text, file=sys.stderr, flush=True))
-    runtime = Runtime(LoadOptions.from_env())
+    settings = load_settings()
+    runtime = Runtime(settings.load_options())
     info = runtime.load(path, strategy)
     print(f"{info.label}, loaded in {info.seconds:.1f} s", file=sys.stderr, flush=True)
-    from roost.core.settings import load_settings
-
-    settings = load_settings()
     origins = tuple(args.allow_origin or ()) + tuple(settings.api_allow_origins)
     runtime.states = _saved_states(settings.state_budget_mb)
     server = ApiServer(runtime, host=args.host, port=args.port, api_key=api_key, log_level=args.log_level,

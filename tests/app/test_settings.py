@@ -51,6 +51,7 @@ def test_defaults_changes_and_what_is_written(home):
     ("send_key", "space", "Allowed: enter, ctrl"),
     ("state_budget_mb", -5, "from 0 (keep no saved states)"),
     ("state_budget_mb", "lots", "from 0 (keep no saved states)"),
+    ("weight_cache_mb", -1, "from 0 (keep no converted weights)"),
     ("nonsense", 1, "Settings:"),
 ])
 def test_a_bad_value_is_refused_with_the_allowed_ones_and_changes_nothing(home, key, value, allowed):
@@ -183,3 +184,11 @@ def test_a_one_off_read_leaves_a_damaged_file_for_the_store_that_says_so(home):
     assert (home / "settings.json").exists() and not list(home.glob("settings.json.unreadable-*"))
     store = SettingsStore()  # the app's or the command's own: moves it aside and says so
     assert store.notice and len(list(home.glob("settings.json.unreadable-*"))) == 1
+
+
+def test_programs_keep_converted_weights_in_the_cache_folder_within_the_budget(home):
+    store = SettingsStore()
+    options = store.current.load_options()
+    assert options.weight_cache == str(home / "cache" / "weights") and options.weight_cache_bytes == 16384 << 20
+    store.update(weight_cache_mb=0)
+    assert store.current.load_options().weight_cache is None

@@ -20,6 +20,7 @@ def home(tmp_path, monkeypatch):
 @pytest.fixture
 def window(qtbot, home):
     """The main window with its engine thread, as `roost` starts it (no machine probe)."""
+    from roost.core.runtime import Runtime
     from roost.gui.app import create_window
     from roost.gui.worker import EngineThread
 
@@ -28,7 +29,10 @@ def window(qtbot, home):
     def make():
         win = create_window(start_engine=False)
         qtbot.addWidget(win)
-        win.ctl.attach_engine(EngineThread(win.ctl))
+        # the app's load options (the converted-weights cache in the test home), without its
+        # process-wide allocator tuning
+        options = win.ctl.settings.current.load_options().replace(tune_allocator=False)
+        win.ctl.attach_engine(EngineThread(win.ctl, runtime=Runtime(options)))
         wins.append(win)
         return win
 

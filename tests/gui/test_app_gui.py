@@ -168,3 +168,21 @@ def test_every_control_has_a_name_a_screen_reader_can_say(qtbot, window):
         if not (w.accessibleName() or text.strip() or w in labelled):
             nameless.append(f"{type(w).__name__} in {type(parent).__name__}")
     assert not nameless, nameless
+
+
+def test_converted_weights_are_kept_in_the_cache_folder_and_settings_deletes_them(qtbot, window, home,
+                                                                                  make_checkpoint):
+    win = window()
+    load(qtbot, win, make_checkpoint("v6.0", n_layer=2, n_embd=128), "cpu int8")
+    folder = home / "cache" / "weights"
+    assert [p.suffix for p in folder.iterdir()] == [".rwc"]  # the user's cache folder, not the models folder
+    page = win.settings_page
+    page.show_weight_usage()
+    assert "in 1 files" in page.weight_usage.text()
+    page.clear_weights()
+    assert list(folder.iterdir()) == [] and "in 0 files" in page.weight_usage.text()
+    page.weight_budget.setValue(0)  # keep none: the next load writes nothing
+    page.save()
+    assert win.ctl.settings.current.weight_cache_mb == 0 and win.ctl.runtime.options.weight_cache is None
+    load(qtbot, win, make_checkpoint("v6.0", n_layer=2, n_embd=128), "cpu int8")
+    assert list(folder.iterdir()) == []

@@ -1,0 +1,154 @@
+"""Converted weights kept between loads: same logits, rebuilt when the model changes or the file is
+damaged, bounded, and never in the way of a load."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+import torch
+
+from roost.engine import load_model
+from roost.engine.linear import int4_works
+from roost.engine.weight_cache import SUFFIX, WeightCache
+
+TOKENS = [11, 400, 7, 1999, 42, 3]
+STRATEGIES = ["cpu int8"] + (["cpu int4"] if int4_works() else [])
+
+
+@pytest.fixture
+def model_file(make_checkpoint, tmp_path):
+    path = tmp_path / "models" / "m.pth"
+    path.parent.mkdir()
+    shutil.copy(make_checkpoint("v6.0", n_layer=3, n_embd=256), path)
+    return path
+
+
+def quantized(model) -> int:
+    from roost.engine.linear import Int4Linear, Int8Linear
+
+    mats = [w for lw in model._layers for w in lw.values()] + [model._w["head.weight"]]
+    return sum(isinstance(w, (Int4Linear, Int8Linear)) for w in mats)
+
+
+def entries(folder):
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_second_load_reads_the_converted_weights_and_computes_the_same(model_file, tmp_path, strategy):
+    cache = tmp_path / "cache"
+    fresh = load_model(model_file, strategy)
+    first = load_model(model_file, strategy, weight_cache=str(cache))
+    assert first.cached_matrices == 0 and len(entries(cache)) == 1 and entries(cache)[0].endswith(SUFFIX)
+    assert entries(model_file.parent) == ["m.pth"]  # nothing beside the model
+    second = load_model(model_file, strategy, weight_cache=str(cache))
+    assert second.cached_matrices == quantized(second) == 3 * 8 + 1  # every block's 8 matrices and the head
+    want = fresh.forward(TOKENS)[0]
+    assert torch.equal(first.forward(TOKENS)[0], want) and torch.equal(second.forward(TOKENS)[0], want)
+
+
+def test_float_strategies_and_a_zero_budget_keep_nothing(model_file, tmp_path):
+    cache = tmp_path / "cache"
+    load_model(model_file, "cpu fp32", weight_cache=str(cache))
+    load_model(model_file, "cpu int8", weight_cache=str(cache), weight_cache_bytes=0)
+    assert entries(cache) == []
+
+
+def test_a_changed_model_file_is_converted_again_and_its_old_entry_goes(model_file, tmp_path, make_checkpoint):
+    cache = tmp_path / "cache"
+    load_model(model_file, "cpu int8", weight_cache=str(cache))
+    old = entries(cache)
+    shutil.copy(make_checkpoint("v6.0", n_layer=3, n_embd=256, seed=5), model_file)  # same name, new weights
+    os.utime(model_file, ns=(1, 1))  # (and surely another modification time)
+    again = load_model(model_file, "cpu int8", weight_cache=str(cache))
+    assert again.cached_matrices == 0 and len(entries(cache)) == 1 and entries(cache) != old
+    assert torch.equal(again.forward(TOKENS)[0], load_model(model_file, "cpu int8").forward(TOKENS)[0])
+
+
+@pytest.mark.parametrize("damage", ["truncated", "trailer", "index", "zeros"])
+def test_a_damaged_entry_is_ignored_and_rebuilt(model_file, tmp_path, damage):
+    cache = tmp_path / "cache"
+    load_model(model_file, "cpu int8", weight_cache=str(cache))
+    (path,) = cache.iterdir()
+    data = bytearray(path.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    elif damage == "trailer":
+        data[-8:] = (len(data) * 4).to_bytes(8, "little")  # the index would lie beyond the end
+    elif damage == "index":
+        at = int.from_bytes(data[-8:], "little")
+        data[at:at + 20] = b"{not json at all...."
+    else:
+        data = bytearray(len(data))
+    path.write_bytes(bytes(data))
+    rebuilt = load_model(model_file, "cpu int8", weight_cache=str(cache))
+    assert rebuilt.cached_matrices == 0
+    assert torch.equal(rebuilt.forward(TOKENS)[0], load_model(model_file, "cpu int8").forward(TOKENS)[0])
+    assert load_model(model_file, "cpu int8", weight_cache=str(cache)).cached_matrices == 25  # whole again
+
+
+def test_a_tensor_of_another_shape_is_converted_and_the_entry_replaced(model_file, tmp_path, monkeypatch):
+    from roost.engine import weight_cache
+
+    cache = tmp_path / "cache"
+    load_model(model_file, "cpu int8", weight_cache=str(cache))
+    real_get = weight_cache.Entry.get
+
+    def lying_get(self, key, kind, shapes):  # as if the file had the key with other shapes
+        if key == "blocks.1.ffn.key.weight":
+            shapes = {k: tuple(d + 1 for d in v) for k, v in shapes.items()}
+        return real_get(self, key, kind, shapes)
+
+    monkeypatch.setattr(weight_cache.Entry, "get", lying_get)
+    model = load_model(model_file, "cpu int8", weight_cache=str(cache))
+    assert model.cached_matrices == 24 and entries(cache) == []  # one converted; the entry goes
+    monkeypatch.setattr(weight_cache.Entry, "get", real_get)
+    assert torch.equal(model.forward(TOKENS)[0], load_model(model_file, "cpu int8").forward(TOKENS)[0])
+
+
+def test_a_full_disk_or_a_failed_load_leaves_no_partial_file(model_file, tmp_path, monkeypatch):
+    from roost.engine import weight_cache
+
+    cache = tmp_path / "cache"
+    real_put = weight_cache.Entry.put
+    calls = []
+
+    def full_disk(self, key, kind, tensors):
+        calls.append(key)
+        if len(calls) == 3:
+            self._writer.write = lambda data: (_ for _ in ()).throw(OSError(28, "No space left on device"))
+        return real_put(self, key, kind, tensors)
+
+    monkeypatch.setattr(weight_cache.Entry, "put", full_disk)
+    model = load_model(model_file, "cpu int8", weight_cache=str(cache))
+    assert torch.isfinite(model.forward(TOKENS)[0]).all() and entries(cache) == []
+    monkeypatch.setattr(weight_cache.Entry, "put", real_put)
+
+    def stop(fraction):
+        if fraction > 0.5:
+            raise KeyboardInterrupt  # the user closed the program while loading
+    with pytest.raises(KeyboardInterrupt):
+        load_model(model_file, "cpu int8", weight_cache=str(cache), progress=stop)
+    assert entries(cache) == []
+
+
+def test_entries_beyond_the_budget_go_least_recently_used_first(model_file, tmp_path):
+    folder = tmp_path / "cache"
+    cache = WeightCache(folder, 1 << 40)
+
+    def load(strategy, budget=1 << 40):
+        load_model(model_file, strategy, weight_cache=str(folder), weight_cache_bytes=budget)
+        return {p.name: p.stat().st_size for p in cache.files()}
+
+    a = load("cpu int8")
+    b = {k: v for k, v in load("cpu fp32 *1 -> cpu int8").items() if k not in a}  # another strategy, smaller
+    assert len(a) == len(b) == 1 and cache.usage() == (2, sum(a.values()) + sum(b.values()))
+    (a_name, a_size), (b_name, b_size) = *a.items(), *b.items()
+    assert load("cpu int8", budget=a_size + b_size - 1) == {a_name: a_size}  # used again: b is older
+    assert load("cpu fp32 *1 -> cpu int8", budget=b_size) == {b_name: b_size}  # room for one
+    assert load("cpu int8", budget=a_size - 1) == {}  # an entry larger than the budget is not kept
+    assert cache.clear() == 0 and cache.usage() == (0, 0)
+    load("cpu int8")
+    assert cache.clear() == a_size and list(folder.iterdir()) == []
