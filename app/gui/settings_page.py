@@ -135,28 +135,36 @@ class SettingsPage(QWidget):
         self.ctl.apiChanged.connect(self._api_changed)
         return box
 
-    # --- saved chat states ----------------------------------------------------------------------
+    # --- disk space kept for faster starts -------------------------------------------------------
+    def _budget_box(self, title: str, explain: str, mb: int, step: int, tip: str, label: str,
+                    clear_text: str, clear) -> tuple[QGroupBox, QSpinBox, QLabel]:
+        """A box with what a disk cache is for, its budget in MB, what it uses now and a button
+        that empties it (texts already translated)."""
+        box = QGroupBox(title)
+        form = QFormLayout(box)
+        form.addRow(QLabel(explain, objectName="hint", wordWrap=True))
+        budget = QSpinBox(minimum=0, maximum=1 << 20, singleStep=step, value=mb, suffix=" MB")
+        budget.setMaximumWidth(160)
+        budget.setToolTip(tip)
+        form.addRow(label, budget)
+        row = QHBoxLayout()
+        usage = QLabel(objectName="hint")
+        button = QPushButton(clear_text, clicked=clear)
+        icons.give(button, "delete")
+        row.addWidget(usage, 1)
+        row.addWidget(button)
+        form.addRow(row)
+        return box, budget, usage
+
     def _states_box(self, s) -> QGroupBox:
         """The disk space for the model states saved after each reply (chats go on after a restart
         without reading their whole history again), what they use now, and a button to clear them."""
-        box = QGroupBox(tr("Saved chat states"))
-        form = QFormLayout(box)
-        explain = QLabel(tr("After each reply Roost keeps the model's state on disk, so a long chat continues "
-                            "at once after a restart instead of reading its whole history again."),
-                         objectName="hint", wordWrap=True)
-        form.addRow(explain)
-        self.state_budget = QSpinBox(minimum=0, maximum=1 << 20, singleStep=256, value=s.state_budget_mb,
-                                     suffix=" MB")
-        self.state_budget.setMaximumWidth(160)
-        self.state_budget.setToolTip(tr("0 keeps none; the least recently used states go first."))
-        form.addRow(tr("Disk space for saved states:"), self.state_budget)
-        row = QHBoxLayout()
-        self.state_usage = QLabel(objectName="hint")
-        clear = QPushButton(tr("Clear saved states"), clicked=self.clear_states)
-        icons.give(clear, "delete")
-        row.addWidget(self.state_usage, 1)
-        row.addWidget(clear)
-        form.addRow(row)
+        box, self.state_budget, self.state_usage = self._budget_box(
+            tr("Saved chat states"),
+            tr("After each reply Roost keeps the model's state on disk, so a long chat continues at once after a "
+               "restart instead of reading its whole history again."),
+            s.state_budget_mb, 256, tr("0 keeps none; the least recently used states go first."),
+            tr("Disk space for saved states:"), tr("Clear saved states"), self.clear_states)
         box.setEnabled(self.ctl.states is not None)
         self.show_state_usage()
         return box
@@ -179,23 +187,12 @@ class SettingsPage(QWidget):
     def _weights_box(self, s) -> QGroupBox:
         """The disk space for converted 8-bit and 4-bit weights (a second load of the model reads
         them instead of converting again), what they use now, and a button to delete them."""
-        box = QGroupBox(tr("Converted weights"))
-        form = QFormLayout(box)
-        form.addRow(QLabel(tr("Models run with 8-bit or 4-bit weights are converted when they load. Roost keeps "
-                              "the converted weights in its cache folder, so the next load is faster."),
-                           objectName="hint", wordWrap=True))
-        self.weight_budget = QSpinBox(minimum=0, maximum=1 << 20, singleStep=1024, value=s.weight_cache_mb,
-                                      suffix=" MB")
-        self.weight_budget.setMaximumWidth(160)
-        self.weight_budget.setToolTip(tr("0 keeps none; the least recently used models go first."))
-        form.addRow(tr("Disk space for converted weights:"), self.weight_budget)
-        row = QHBoxLayout()
-        self.weight_usage = QLabel(objectName="hint")
-        clear = QPushButton(tr("Delete converted weights"), clicked=self.clear_weights)
-        icons.give(clear, "delete")
-        row.addWidget(self.weight_usage, 1)
-        row.addWidget(clear)
-        form.addRow(row)
+        box, self.weight_budget, self.weight_usage = self._budget_box(
+            tr("Converted weights"),
+            tr("Models run with 8-bit or 4-bit weights are converted when they load. Roost keeps the converted "
+               "weights in its cache folder, so the next load is faster."),
+            s.weight_cache_mb, 1024, tr("0 keeps none; the least recently used models go first."),
+            tr("Disk space for converted weights:"), tr("Delete converted weights"), self.clear_weights)
         self.show_weight_usage()
         return box
 
