@@ -260,43 +260,38 @@ def _median_run(runs: list) -> dict | None:
     return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
 
 
+def _matrices(model: Path) -> list[tuple[str, int]]:
+    """(key, number of weights) of every matrix but the embedding: what a token reads."""
+    import math
+
+    from roost.engine.checkpoint import open_checkpoint
+
+    t, _ = open_checkpoint(model)
+    try:
+        return [(key, math.prod(t.shape(key))) for key in t if key != "emb.weight" and len(t.shape(key)) >= 2]
+    finally:
+        t.close()
+
+
 def _int4_bytes_per_weight(model: Path) -> float:
     """Average bytes per matrix weight of ``cpu int4``: 4-bit groups with a bf16 scale and zero
     point, block 0 and the head in int8 (engine.model.int4_precision)."""
-    from roost.engine.checkpoint import open_checkpoint
     from roost.engine.linear import INT4_GROUP
     from roost.engine.memory import BIG_SUFFIXES
     from roost.engine.model import int4_precision
 
-    t, cfg = open_checkpoint(model)
-    total = weighted = 0.0
-    for key in t:
-        if key == "emb.weight" or len(t.shape(key)) < 2:
-            continue
-        numel = 1
-        for d in t.shape(key):
-            numel *= d
-        block = int(key.split(".")[1]) if key.startswith("blocks.") else None
-        four = block is not None and key.endswith(BIG_SUFFIXES) and int4_precision(block) == "int4"
-        total += numel
-        weighted += numel * (0.5 + 4 / INT4_GROUP if four else 1.0)
-    t.close()
-    return weighted / total
+    def four(key: str) -> bool:
+        return key.startswith("blocks.") and key.endswith(BIG_SUFFIXES) \
+            and int4_precision(int(key.split(".")[1])) == "int4"
+
+    mats = _matrices(model)
+    weighted = sum(n * (0.5 + 4 / INT4_GROUP if four(key) else 1.0) for key, n in mats)
+    return weighted / sum(n for _, n in mats)
 
 
 def _weight_bytes_per_token(model: Path, bytes_per_weight: float) -> float:
     """Bytes of weights read per generated token: every matrix but the embedding."""
-    from roost.engine.checkpoint import open_checkpoint
-
-    t, cfg = open_checkpoint(model)
-    n = 0
-    for key in t:
-        if key != "emb.weight" and len(t.shape(key)) >= 2:
-            numel = 1
-            for d in t.shape(key):
-                numel *= d
-            n += numel
-    return n * bytes_per_weight
+    return sum(n for _, n in _matrices(model)) * bytes_per_weight
 
 
 if __name__ == "__main__":

@@ -468,7 +468,8 @@ def int4_precision(block: int | None) -> str:
     later layer) 87.1% / 86.3%, and so on 4x512 models of every version (+1.6 to +2.7 points).
     No matrix kind stands out: keeping any one kind of every block in int8 moves agreement within
     the noise (83-86%). The head (an eighth of a 1.5B model's weights) stays int8 as in llama.cpp's
-    4-bit files, and its top logits are re-read in float32 (see ``RWKV._head``)."""
+    4-bit files (with fbgemm its products come out at float32 precision; elsewhere its top logits
+    are re-read in float32, see ``RWKV._head``)."""
     return "int8" if block is None or block == 0 else "int4"
 
 

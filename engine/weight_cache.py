@@ -122,10 +122,6 @@ class Entry:
             if self._reader is None:
                 self._open_writer()
 
-    @property
-    def reading(self) -> bool:
-        return self._reader is not None
-
     def _open_reader(self) -> None:
         try:
             f = open(self.path, "rb")
