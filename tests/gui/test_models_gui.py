@@ -96,7 +96,9 @@ def test_models_page_lists_fit_downloads_pauses_resumes_deletes(qtbot, window, s
 
     page.select_file(model.file)
     qtbot.mouseClick(page.btn["load"], Qt.LeftButton)
-    qtbot.waitUntil(lambda: win.ctl.info is not None, timeout=60000)
+    assert win.ctl.loading  # the click asked the engine thread (a busy engine would refuse it)
+    qtbot.waitUntil(lambda: win.ctl.info is not None or win.ctl.error is not None, timeout=60000)
+    assert win.ctl.info is not None, win.ctl.error
     assert page.status_text(page.current()) == "loaded" and not page.btn["delete"].isEnabled()
     win.ctl.unload_model()
     qtbot.waitUntil(lambda: win.ctl.info is None, timeout=10000)
