@@ -36,6 +36,13 @@ SAMPLE = {
         ("user", "好的，想吃地道的杭帮菜。"),
     ], "杭帮菜口味清淡鲜美。推荐在湖边的老字号尝尝**西湖醋鱼**和**东坡肉**"),
 }
+OTHER_CHATS = {  # more chats in the list: title, days since last changed, pinned
+    "en": [("Translate my cover letter", 0.1, True), ("Ideas for a birthday dinner", 1.2, False),
+           ("Explain RWKV's time mixing", 3, False), ("Python: read a CSV file", 12, False),
+           ("A short poem about rain", 40, False)],
+    "zh": [("翻译我的求职信", 0.1, True), ("生日晚餐的点子", 1.2, False), ("解释 RWKV 的时间混合", 3, False),
+           ("Python：读取 CSV 文件", 12, False), ("写一首关于雨的小诗", 40, False)],
+}
 README_SHOTS = {("chat", "light", "en"), ("models", "light", "en"), ("chat", "dark", "zh"), ("welcome", "light", "en")}
 
 
@@ -69,8 +76,14 @@ def render(out: Path, theme: str, lang: str, wanted) -> list[Path]:
     machine = probe(paths.models_dir())
     win.ctl.machine = machine
     win.ctl.set_catalog(catalog)
+    for other, days, pinned in OTHER_CHATS[lang]:
+        c = win.ctl.store.new(other)
+        win.ctl.store.append(c.id, "user", other)
+        win.ctl.store.db.execute("UPDATE conversations SET updated = ?, pinned = ? WHERE id = ?",
+                                 (time.time() - days * 86400, int(pinned), c.id))
     win.chat.conv_id = None
     win.chat.reload_list()
+    win.chat.list.setCurrentItem(win.chat.list.item_for(conv.id))  # the sample chat open
     win.chat.partial = partial
     win.chat.input.setPlainText("")
     pump(app, 0.3)
@@ -90,6 +103,8 @@ def render(out: Path, theme: str, lang: str, wanted) -> list[Path]:
         if name == "completion":
             win.completion.apply_preset()
         pump(app, 0.3)
+        if name == "chat":  # the mouse over the answer: its actions
+            win.chat.view.show_actions(1)
         path = out / f"{name}-{theme}-{lang}.png"
         win.grab().save(str(path))
         shots.append(path)

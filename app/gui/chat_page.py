@@ -114,6 +114,7 @@ class ChatPage(QWidget):
 
         self.view = ChatView(openLinks=False)
         self.view.anchorClicked.connect(self._on_link)
+        self.view.actions.triggered.connect(self.message_action)
         self.sampling = SamplingPanel(self.ctl.settings.current)
         self.sampling.setVisible(False)
         self.sampling_btn.toggled.connect(self.sampling.setVisible)
@@ -229,7 +230,7 @@ class ChatPage(QWidget):
         conv_id = item.data(Qt.UserRole)
         if conv_id is None:
             return
-        title = item.text().removeprefix("📌 ").strip()
+        title = item.text().strip()
         if title:
             self.ctl.store.rename(conv_id, title)
         self.reload_list()
@@ -459,6 +460,10 @@ class ChatPage(QWidget):
         self.send_btn.setEnabled(ready and not busy)
         self.regen_btn.setEnabled(ready and not busy)
         self.stop_btn.setEnabled(busy)
+        self.view.busy = busy
+        self.view.writing = self.reply_id if busy else None
+        if self.view.hovered is not None:  # its actions say what can be done now
+            self.view.show_actions(self.view.hovered)
         for w in (self.new_btn, self.delete_btn, self.list):
             w.setEnabled(not busy)
         self.think.setVisible(bool(ready and self.ctl.info.reasoning))
@@ -493,7 +498,7 @@ class ChatPage(QWidget):
         if streaming:
             thought, content = self._split(self.partial)
             content += " ▍"
-        return self.view.message_html(m, content, thought, expanded=m.position in self.expanded, streaming=streaming)
+        return self.view.message_html(m, content, thought, expanded=m.position in self.expanded)
 
     def render(self) -> None:
         """Show the conversation (its last `shown` messages); the last message is drawn on its own,
@@ -510,12 +515,12 @@ class ChatPage(QWidget):
         head += [self._message_html(m) for m in msgs[earlier:-1]]
         self._tail_msg = msgs[-1] if msgs else None
         with self.view.keeping_place(follow=self.follow):
-            self.view.draw(head, self._message_html(msgs[-1], streaming) if msgs else None)
+            self.view.draw(head, self._message_html(msgs[-1], streaming) if msgs else None, msgs[earlier:])
         self.follow = False
         self.update_controls()
 
     def _redraw_tail(self, streaming: bool) -> None:
-        self.view.replace_tail(self._message_html(self._tail_msg, streaming=streaming))
+        self.view.replace_tail(self._message_html(self._tail_msg, streaming=streaming), self._tail_msg)
 
     def _append(self, msgs) -> None:
         """Messages added at the end (a question sent, its reply begun): the last of them becomes
@@ -525,7 +530,7 @@ class ChatPage(QWidget):
                 self._redraw_tail(streaming=False)  # the former last message, with its actions
             for m in msgs:
                 self._tail_msg = m
-                self.view.add_tail(self._message_html(m, streaming=self.rid is not None and m.id == self.reply_id))
+                self.view.add_tail(self._message_html(m, streaming=self.rid is not None and m.id == self.reply_id), m)
         self.follow = False
 
     def _render_streaming(self) -> None:
@@ -570,9 +575,13 @@ class ChatPage(QWidget):
             self.render()
             bar.setValue(bar.maximum() - from_end)  # the same message stays in view
             return
-        if not pos.isdigit() or self.conv_id is None:
+        if pos.isdigit():
+            self.message_action(action, int(pos))
+
+    def message_action(self, action: str, pos: int) -> None:
+        """What a message's links, actions (on hover) or context menu ask for the message at `pos`."""
+        if self.conv_id is None:
             return
-        pos = int(pos)
         msg = next((m for m in self.ctl.store.messages(self.conv_id) if m.position == pos), None)
         if msg is None:
             return

@@ -15,7 +15,7 @@ NAMES = {  # what the app calls an action -> the Phosphor icon
     "cancel": "ph.x", "load": "ph.play", "unload": "ph.eject", "refresh": "ph.arrow-clockwise",
     "file": "ph.file-plus", "sampling": "ph.sliders-horizontal", "undo": "ph.arrow-counter-clockwise",
     "browse": "ph.folder-open", "log": "ph.file-text", "diagnostics": "ph.clipboard-text", "save": "ph.floppy-disk",
-    "generate": "ph.magic-wand",
+    "generate": "ph.magic-wand", "copy": "ph.copy", "pin": "ph.push-pin",
 }
 
 

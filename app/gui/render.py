@@ -116,11 +116,14 @@ def markdown_html(text: str, palette: Palette = LIGHT, code_base: str = "") -> t
     return result, tuple(blocks)
 
 
-def message_html(*, who: str, role: str, body_html: str, actions: list[tuple[str, str]], avatar: str,
-                 palette: Palette, thought_html: str = "", anchor: str = "",
-                 versions: tuple[int, int, str, str] | None = None) -> str:
-    """One message: avatar and name, the bubble, then its actions (label, roost: url) after the
-    version switch ("‹ 2/3 ›": this version, how many, the urls of the previous and next; "" = none)."""
+BUBBLE_INSET = 11  # a bubble's cell padding and border (px): where its text starts inside it
+
+
+def message_html(*, who: str, role: str, body_html: str, avatar: str, palette: Palette, thought_html: str = "",
+                 anchor: str = "", versions: tuple[int, int, str, str] | None = None) -> str:
+    """One message: avatar and name, the bubble (as wide as its text needs, up to the row), then a
+    row with the version switch ("‹ 2/3 ›": this version, how many, the urls of the previous and
+    next; "" = none) where the view shows the message's actions while the mouse is over it."""
     bubble = palette.user_bubble if role == "user" else palette.bot_bubble
 
     def link(label: str, url: str) -> str:
@@ -128,25 +131,25 @@ def message_html(*, who: str, role: str, body_html: str, actions: list[tuple[str
         return (f'<a href="{html.escape(url)}" style="{style}">{html.escape(label)}</a>' if url
                 else f'<span style="color:{palette.border_muted};">{html.escape(label)}</span>')
 
-    parts = [link(label, url) for label, url in actions]
+    row = "&nbsp;"
     if versions is not None:
         v, n, prev_url, next_url = versions
-        parts.insert(0, f'{link("‹", prev_url)} <span style="color:{palette.muted};">{v}/{n}</span> '
-                        f'{link("›", next_url)}')
-    links = " &nbsp;·&nbsp; ".join(parts)
+        row = f'{link("‹", prev_url)} <span style="color:{palette.muted};">{v}/{n}</span> {link("›", next_url)}'
     name = f'<b>{html.escape(who)}</b>'
     avatar_cell = f'<td width="40" valign="top"><img src="{avatar}" width="30" height="30"></td>'
-    bubble_table = (f'<table width="100%" cellspacing="0" cellpadding="10" '
-                    f'style="margin-top:4px; background-color:{bubble}; border:1px solid {palette.code_border};">'
+    side = ' align="right"' if role == "user" else ""
+    pad = BUBBLE_INSET - 1
+    bubble_table = (f'<table{side} cellspacing="0" cellpadding="{pad}" style="margin-top:4px; '
+                    f'background-color:{bubble}; border:1px solid {palette.code_border};">'
                     f'<tr><td>{thought_html}{body_html}</td></tr></table>')
     if role == "user":  # the user's own words on the right, as in a messenger
         return (f'<a name="{anchor}"></a>'
                 f'<table width="100%" cellspacing="0" cellpadding="0" style="margin-top:10px;">'
                 f'<tr><td width="12%"></td><td valign="top" align="right">{name}{bubble_table}'
-                f'<div align="right" style="font-size:small; margin-top:3px;">{links}</div></td>'
+                f'<div align="right" style="margin-top:4px;">{row}</div></td>'
                 f'<td width="8"></td>{avatar_cell}</tr></table>')
     return (f'<a name="{anchor}"></a>'
             f'<table width="100%" cellspacing="0" cellpadding="0" style="margin-top:10px;">'
             f'<tr>{avatar_cell}<td valign="top">{name}{bubble_table}'
-            f'<div style="font-size:small; margin-top:3px;">{links}</div>'
+            f'<div style="margin-top:4px;">{row}</div>'
             f'</td><td width="4%"></td></tr></table>')

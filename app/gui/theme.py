@@ -48,6 +48,7 @@ QSpinBox::down-arrow, QDoubleSpinBox::down-arrow { image: url(%(down)s); width: 
 QTextBrowser { border: 1px solid palette(mid); border-radius: 8px; background: palette(base); padding: 4px; }
 QListWidget { border: 1px solid palette(mid); border-radius: 8px; background: palette(base); padding: 2px; }
 QListWidget#sidebar { background: transparent; }
+QListWidget#chatList { outline: 0; }
 """
 
 

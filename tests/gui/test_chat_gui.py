@@ -345,10 +345,21 @@ def test_a_reply_in_a_long_chat_redraws_only_itself(qtbot, window, make_checkpoi
     qtbot.waitUntil(lambda: chat.rid is None, timeout=60000)
     reply = store.messages(conv.id)[-1]
     assert full == [] and reply.content and reply.content[:10] in chat.view.toPlainText()
-    assert chat.view.toPlainText().count("One more") == 1 and "regenerate" in chat.view.toPlainText()[-80:]
+    assert chat.view.toPlainText().count("One more") == 1 and "▍" not in chat.view.toPlainText()
+    drawn_as_stored(chat)
     qtbot.mouseClick(chat.regen_btn, Qt.LeftButton)  # a new answer in the last one's place
     qtbot.waitUntil(lambda: chat.rid is None, timeout=60000)
     assert full == [] and "2/2" in chat.view.toPlainText()[-120:]
+    drawn_as_stored(chat)
+
+
+def drawn_as_stored(chat) -> None:
+    """The view knows which message each of its tables is: the messages stored, in order (how the
+    actions under the mouse find their message)."""
+    stored = chat.ctl.store.messages(chat.conv_id)
+    drawn = chat.view.messages
+    assert [(m.id, m.version) for m in drawn] == [(m.id, m.version) for m in stored[len(stored) - len(drawn):]]
+    assert len(chat.view.document().rootFrame().childFrames()) == len(drawn)
 
 
 def test_a_state_tuned_persona_is_offered_for_the_model_it_fits_and_used(qtbot, window, tmp_path):
@@ -405,3 +416,92 @@ def test_an_empty_chat_says_what_to_do(qtbot, window, make_checkpoint):
     qtbot.waitUntil(lambda: win.chat.rid is None, timeout=60000)
     shown = win.chat.view.toPlainText()
     assert "Hello" in shown and "Chat with" not in shown and not win.chat.view.empty  # the hint gave way
+
+
+def test_a_message_shows_its_actions_under_the_mouse(qtbot, window):
+    """Copy, edit/regenerate and delete appear under the bubble the mouse is over (not on every
+    message), act on that message, and are in its context menu for the keyboard."""
+    from PySide6.QtCore import QPoint
+    from PySide6.QtGui import QGuiApplication
+    from PySide6.QtTest import QTest
+
+    win = window()
+    win.show()
+    win.resize(1000, 700)
+    store, chat = win.ctl.store, win.chat
+    conv = store.new("Actions")
+    for role, text in [("user", "first question"), ("assistant", "first answer"), ("user", "second question"),
+                       ("assistant", "second answer")]:
+        store.append(conv.id, role, text)
+    chat.conv_id = conv.id
+    chat.render()
+    qtbot.wait(50)
+    view, bar = chat.view, chat.view.actions
+    drawn_as_stored(chat)
+    assert not bar.isVisible() and "copy" not in view.toPlainText()  # no links under every message
+
+    bubble = view.bubble_rect(1)  # the first answer
+    QTest.mouseMove(view.viewport(), bubble.center().toPoint())
+    qtbot.waitUntil(bar.isVisible, timeout=2000)
+    assert bar.position == 1 and bar.buttons["regen"].isVisibleTo(bar) and not bar.buttons["edit"].isVisibleTo(bar)
+    geometry = bar.geometry()
+    assert geometry.top() >= bubble.bottom() and geometry.bottom() < view.bubble_rect(2).top()  # under it
+    assert abs(geometry.left() - bubble.left()) < 8  # at the answer's side
+    qtbot.mouseClick(bar.buttons["copy"], Qt.LeftButton)
+    assert QGuiApplication.clipboard().text() == "first answer"
+
+    question = view.bubble_rect(2)
+    QTest.mouseMove(view.viewport(), question.center().toPoint())
+    qtbot.waitUntil(lambda: bar.position == 2, timeout=2000)
+    assert bar.buttons["edit"].isVisibleTo(bar) and not bar.buttons["regen"].isVisibleTo(bar)
+    assert abs(bar.geometry().right() - question.right()) < 8  # the question's side: the right
+    qtbot.mouseClick(bar.buttons["edit"], Qt.LeftButton)
+    assert chat.input.toPlainText() == "second question" and chat.edit_pos == 2
+    chat.edit_pos = None
+    chat.input.clear()
+
+    view.busy = True  # while a reply is written only copy can be used
+    view.show_actions(view.message_at(question.center().toPoint()))
+    assert bar.buttons["copy"].isEnabled() and not bar.buttons["delete"].isEnabled()
+    view.busy = False
+
+    # the keyboard's way: the context menu of the message
+    menu = view.menu_at(view.bubble_rect(1).center().toPoint())
+    labels = [a.text() for a in menu.actions()]
+    assert labels[-3:] == ["Copy", "Regenerate", "Delete"]
+    menu.actions()[-1].trigger()  # delete the first answer (and what followed)
+    assert [m.content for m in store.messages(conv.id)] == ["first question"]
+    drawn_as_stored(chat)
+
+    QTest.mouseMove(view.viewport(), QPoint(view.viewport().width() // 2, view.viewport().height() - 5))
+    qtbot.waitUntil(lambda: not bar.isVisible(), timeout=2000)  # below the last message: none
+
+
+def test_the_chat_list_says_when_each_chat_last_changed(qtbot, window):
+    import time
+
+    from roost.gui import i18n
+    from roost.gui.chat_view import PINNED, UPDATED, when
+
+    now = time.mktime((2026, 12, 2, 15, 0, 0, 0, 0, -1))
+    assert when(now - 3600, now) == "14:00"
+    assert when(now - 86400, now) == "Yesterday"
+    assert when(now - 20 * 86400, now) == "Nov 12"
+    assert when(now - 400 * 86400, now) == "Oct 28, 2025"
+    i18n.set_language("zh")
+    try:
+        assert when(now - 86400, now) == "昨天" and when(now - 20 * 86400, now) == "11月12日"
+    finally:
+        i18n.set_language("en")
+
+    win = window()
+    store, page = win.ctl.store, win.chat
+    c = store.new("Pinned one")
+    store.pin(c.id, True)
+    page.reload_list()
+    item = page.list.item_for(c.id)
+    assert item.text() == "Pinned one" and item.data(PINNED) and item.data(UPDATED) == store.get(c.id).updated
+    assert item.data(Qt.AccessibleTextRole).startswith("Pinned one, ") and item.data(Qt.AccessibleTextRole).endswith("Pinned")
+    # two lines (title, time) per chat, one per heading
+    heading, chat_row = page.list.visualItemRect(page.list.item(0)), page.list.visualItemRect(item)
+    assert chat_row.height() > 1.5 * heading.height() > 0
