@@ -138,6 +138,8 @@ def message_html(*, who: str, role: str, body_html: str, avatar: str, palette: P
     name = f'<b>{html.escape(who)}</b>'
     avatar_cell = f'<td width="40" valign="top"><img src="{avatar}" width="30" height="30"></td>'
     side = ' align="right"' if role == "user" else ""
+    if "<table" in body_html or "<hr" in thought_html:  # code, tables: the row's width (shrunk, code wraps)
+        side += ' width="100%"'
     pad = BUBBLE_INSET - 1
     bubble_table = (f'<table{side} cellspacing="0" cellpadding="{pad}" style="margin-top:4px; '
                     f'background-color:{bubble}; border:1px solid {palette.code_border};">'

@@ -505,3 +505,25 @@ def test_the_chat_list_says_when_each_chat_last_changed(qtbot, window):
     # two lines (title, time) per chat, one per heading
     heading, chat_row = page.list.visualItemRect(page.list.item(0)), page.list.visualItemRect(item)
     assert chat_row.height() > 1.5 * heading.height() > 0
+
+
+def test_a_bubble_is_as_wide_as_its_text_and_code_gets_the_row(qtbot, window):
+    """A short message's bubble fits its words (questions on the right); one with a code block or
+    a table takes the row, so its code is not wrapped into a narrow column."""
+    win = window()
+    win.show()
+    win.resize(1200, 700)
+    store, chat = win.ctl.store, win.chat
+    conv = store.new("Widths")
+    for role, text in [("user", "hi"), ("assistant", "hello"), ("user", "code please"),
+                       ("assistant", "```python\nfor row in csv.reader(open('data.csv')):\n    print(row)\n```")]:
+        store.append(conv.id, role, text)
+    chat.conv_id = conv.id
+    chat.render()
+    qtbot.wait(50)
+    view = chat.view
+    row = view.viewport().width()
+    short_q, short_a, code = view.bubble_rect(0), view.bubble_rect(1), view.bubble_rect(3)
+    assert short_q.width() < row / 4 and short_a.width() < row / 4
+    assert short_q.left() > row / 2 > short_a.right()  # the user's on the right, the reply's on the left
+    assert code.width() > row * 0.8
