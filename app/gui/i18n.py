@@ -99,7 +99,7 @@ TEXT = {
     "Delete {name} from the models folder?": "从模型文件夹删除 {name}？",
     "Choose an RWKV model file": "选择 RWKV 模型文件",
     "RWKV models (*.pth *.safetensors)": "RWKV 模型 (*.pth *.safetensors)",
-    "Local file": "本地文件",
+    "Local file": "本地文件", "Recommended for this computer": "推荐给这台电脑",
     # first run
     "Proxy and download source…": "代理与下载源…", "I already have a model file…": "我已有模型文件…",
     "Try again": "重试",

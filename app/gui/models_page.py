@@ -7,20 +7,18 @@ from typing import TYPE_CHECKING
 from PySide6.QtCore import QAbstractTableModel, QSortFilterProxyModel, Qt
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QCheckBox,
     QComboBox,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QLineEdit,
     QPushButton,
-    QTableView,
     QVBoxLayout,
     QWidget,
 )
 
 from roost.gui import dialogs, icons
+from roost.gui.model_cards import FIT_ROLE, GROUP, model_list
 from roost.gui.i18n import pick, split_bilingual, tr
 
 if TYPE_CHECKING:  # (importing the library at start-up would load torch before the window shows)
@@ -121,6 +119,14 @@ class CatalogTable(QAbstractTableModel):
             font = QFont()
             font.setBold(True)
             return font
+        if role == GROUP:  # the heading it is listed under
+            if self.page.is_recommended(row):
+                return tr("Recommended for this computer")
+            return row.model.family if row.model else tr("Local file")
+        if role == FIT_ROLE:
+            return row.advice.fit if row.advice else ""
+        if role == Qt.AccessibleTextRole and col == 0:  # what a screen reader says of the card
+            return " · ".join(t for t in (self.text(row, c) for c in range(len(self.HEADERS))) if t)
         if role == Qt.UserRole:  # sort key: the recommended model, then newest generation first, small to large
             if self.page.is_recommended(row):
                 return "0"
@@ -214,18 +220,8 @@ class ModelsPage(QWidget):
         self.family.currentIndexChanged.connect(self._filter)
         self.older.toggled.connect(self._toggle_all)
 
-        self.view = QTableView(sortingEnabled=True, alternatingRowColors=True, accessibleName=tr("Models"))
-        self.view.setModel(self.proxy)
+        self.view = model_list(self.proxy, FIT_COLORS)  # a card a model, under its group's heading
         self.proxy.setSortRole(Qt.UserRole)
-        self.view.setSelectionBehavior(QAbstractItemView.SelectRows)
-        self.view.setSelectionMode(QAbstractItemView.SingleSelection)
-        self.view.verticalHeader().hide()
-        self.view.setWordWrap(False)  # one line a model; a long text ends in …
-        # widths set from the texts by fit_columns, not ResizeToContents: that mode has Qt ask the
-        # table for every cell's text and size (hundreds of calls into Python, each waiting for the
-        # GIL while the engine loads) whenever any row changes, even on a hidden page: a 40-50 ms stall
-        self.view.horizontalHeader().setSectionResizeMode(QHeaderView.Interactive)
-        self.view.horizontalHeader().setSectionResizeMode(1, QHeaderView.Stretch)  # what it is good for
         self.view.selectionModel().currentRowChanged.connect(lambda *_: self.update_details())
 
         self.details = QLabel(wordWrap=True)
@@ -289,30 +285,12 @@ class ModelsPage(QWidget):
         rows, self.partial = self.ctl.model_rows(every_release=self.show_all)
         current = self.current()
         self.table.set_rows(rows)
-        self.fit_columns()
-        self.view.sortByColumn(0, Qt.AscendingOrder)
+        self.proxy.sort(0, Qt.AscendingOrder)
         if current is not None:
             self.select_file(current.file)
         elif self.proxy.rowCount():
             self.view.setCurrentIndex(self.proxy.index(0, 0))
         self.update_details()
-
-    def fit_columns(self) -> None:
-        """Each column as wide as its header and its widest text (the status column as wide as a
-        download's progress line), measured here in one pass."""
-        from roost.core.download import human_size
-
-        fm = self.view.fontMetrics()
-        header = self.view.horizontalHeader()
-        pad = 2 * self.view.style().pixelMetric(self.view.style().PixelMetric.PM_HeaderMargin) + 16
-        widest_status = tr("{pct}% · {speed}/s · {eta} left", pct=99, speed=human_size(99.9e6), eta="9m59s")
-        for col in range(self.table.columnCount()):
-            if col == 1:  # the stretching column
-                continue
-            texts = [tr(CatalogTable.HEADERS[col])] + [self.table.text(row, col) for row in self.table.rows]
-            if col == self.table.columnCount() - 1:
-                texts.append(widest_status)
-            header.resizeSection(col, max(fm.horizontalAdvance(t) for t in texts) + pad)
 
     def is_recommended(self, row) -> bool:
         rec = self.ctl.recommended()

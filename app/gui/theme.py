@@ -49,6 +49,7 @@ QTextBrowser { border: 1px solid palette(mid); border-radius: 8px; background: p
 QListWidget { border: 1px solid palette(mid); border-radius: 8px; background: palette(base); padding: 2px; }
 QListWidget#sidebar { background: transparent; }
 QListWidget#chatList { outline: 0; }
+QListView#modelList { outline: 0; }
 """
 
 

@@ -227,6 +227,24 @@ def test_the_models_list_reads_plainly(qtbot, window, home):
     fits = {page.table.text(r, 3) for r in page.table.rows if r.model}
     assert {"Fast", "Slow"} <= fits and len(fits) >= 3  # not the same word on every row
     assert not page.tech.isVisibleTo(page) and "int8" not in page.details.text()
+    # cards under a heading per group: the recommended one, then each family in one run
+    from roost.gui.model_cards import GROUP
+
+    groups = [page.proxy.index(r, 0).data(GROUP) for r in range(page.proxy.rowCount())]
+    runs = [g for i, g in enumerate(groups) if i == 0 or g != groups[i - 1]]
+    assert runs[0] == "Recommended for this computer" and len(runs) == len(set(runs)) >= 4
+    assert "Local file" in runs and "RWKV-7 G1" in runs
+    view = page.view
+    inside = next(i for i in range(1, len(groups)) if groups[i] == groups[i - 1])  # not a group's first
+    heights = [view.visualRect(page.proxy.index(i, 0)).height() for i in (0, inside)]
+    assert heights[0] > heights[1] > 0  # a heading above a group's first card
+    said = page.proxy.index(1, 0).data(Qt.AccessibleTextRole)
+    assert page.table.text(page.current(), 0) not in said and " · " in said  # a screen reader hears the card
+    view.setFocus()
+    qtbot.keyClick(view, Qt.Key_Down)  # the keyboard walks the cards
+    assert page.current() is not None and page.current().model != rec
+    qtbot.keyClick(view, Qt.Key_Up)
+    assert page.current().model == rec
     qtbot.mouseClick(page.tech_btn, Qt.LeftButton)
     assert page.tech.isVisibleTo(page) and "int8 / i8: weights kept in 8 bits" in page.terms.text()
 
