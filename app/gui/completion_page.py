@@ -71,6 +71,7 @@ class CompletionPage(QWidget):
         top.addWidget(self.about, 1)
         top.addWidget(self.advanced)
         self.text = QPlainTextEdit(placeholderText=tr("Start writing, then press Generate."))
+        self.text.setTabChangesFocus(True)  # (Tab moves to the next control: no keyboard trap)
         self.text.setAccessibleName(tr("Your text"))
         self.text.textChanged.connect(self.update_controls)
         from roost.engine.sampling import COMPLETION_SAMPLING

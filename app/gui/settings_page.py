@@ -102,7 +102,7 @@ class SettingsPage(QWidget):
         v.addLayout(buttons)
         v.addWidget(self.saved)
         v.addStretch(1)
-        scroll = QScrollArea(widgetResizable=True)
+        scroll = QScrollArea(widgetResizable=True, accessibleName=tr("Settings"))  # (a tab stop: arrows scroll)
         scroll.setWidget(inner)
         QVBoxLayout(self).addWidget(scroll)
 

@@ -170,6 +170,37 @@ def test_every_control_has_a_name_a_screen_reader_can_say(qtbot, window):
     assert not nameless, nameless
 
 
+def test_the_tab_key_reaches_every_control_of_every_page(qtbot, window):
+    """From the sidebar, Tab walks through every control of the page shown (enabled and visible)
+    and back to the sidebar, each once: no control out of reach, no field that keeps the focus."""
+    from PySide6.QtWidgets import QAbstractSpinBox, QApplication, QComboBox, QWidget
+
+    win = window()
+    win.show()
+    win.resize(1280, 800)
+    win.activateWindow()
+    qtbot.waitExposed(win)
+    for page in ("chat", "completion", "models", "settings"):
+        win.show_page(page)
+        qtbot.wait(20)
+        controls = {w for w in win.findChildren(QWidget)
+                    if w.isVisible() and w.isEnabled() and w.focusPolicy() & Qt.TabFocus == Qt.TabFocus
+                    and w.window() is win and not isinstance(w.parent(), (QAbstractSpinBox, QComboBox))
+                    and not w.objectName().startswith("qt_")}
+        win.sidebar.setFocus()
+        reached = []
+        for _ in range(len(controls) + 5):
+            qtbot.keyClick(QApplication.focusWidget(), Qt.Key_Tab)
+            w = QApplication.focusWidget()
+            while w is not None and w not in controls:  # (a spin box's or a combo box's own field)
+                w = w.parentWidget()
+            if w is win.sidebar:
+                break
+            reached.append(w)
+        assert set(reached) == controls - {win.sidebar}, (page, {type(w).__name__ for w in controls - set(reached)})
+        assert len(reached) == len(set(reached))  # each once
+
+
 def test_converted_weights_are_kept_in_the_cache_folder_and_settings_deletes_them(qtbot, window, home,
                                                                                   make_checkpoint):
     win = window()
