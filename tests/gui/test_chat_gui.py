@@ -418,6 +418,21 @@ def test_an_empty_chat_says_what_to_do(qtbot, window, make_checkpoint):
     assert "Hello" in shown and "Chat with" not in shown and not win.chat.view.empty  # the hint gave way
 
 
+def shown_chat(qtbot, window, width: int, texts: list[str]):
+    """A window shown `width` wide with a chat open whose messages are `texts` (question first)."""
+    win = window()
+    win.show()
+    win.resize(width, 700)
+    store = win.ctl.store
+    conv = store.new("Shown")
+    for i, text in enumerate(texts):
+        store.append(conv.id, "user" if i % 2 == 0 else "assistant", text)
+    win.chat.conv_id = conv.id
+    win.chat.render()
+    qtbot.wait(50)
+    return win, conv
+
+
 def test_a_message_shows_its_actions_under_the_mouse(qtbot, window):
     """Copy, edit/regenerate and delete appear under the bubble the mouse is over (not on every
     message), act on that message, and are in its context menu for the keyboard."""
@@ -425,17 +440,8 @@ def test_a_message_shows_its_actions_under_the_mouse(qtbot, window):
     from PySide6.QtGui import QGuiApplication
     from PySide6.QtTest import QTest
 
-    win = window()
-    win.show()
-    win.resize(1000, 700)
+    win, conv = shown_chat(qtbot, window, 1000, ["first question", "first answer", "second question", "second answer"])
     store, chat = win.ctl.store, win.chat
-    conv = store.new("Actions")
-    for role, text in [("user", "first question"), ("assistant", "first answer"), ("user", "second question"),
-                       ("assistant", "second answer")]:
-        store.append(conv.id, role, text)
-    chat.conv_id = conv.id
-    chat.render()
-    qtbot.wait(50)
     view, bar = chat.view, chat.view.actions
     drawn_as_stored(chat)
     assert not bar.isVisible() and "copy" not in view.toPlainText()  # no links under every message
@@ -510,20 +516,11 @@ def test_the_chat_list_says_when_each_chat_last_changed(qtbot, window):
 def test_a_bubble_is_as_wide_as_its_text_and_code_gets_the_row(qtbot, window):
     """A short message's bubble fits its words (questions on the right); one with a code block or
     a table takes the row, so its code is not wrapped into a narrow column."""
-    win = window()
-    win.show()
-    win.resize(1200, 700)
-    store, chat = win.ctl.store, win.chat
-    conv = store.new("Widths")
-    for role, text in [("user", "hi"), ("assistant", "hello"), ("user", "code please"),
-                       ("assistant", "```python\nfor row in csv.reader(open('data.csv')):\n    print(row)\n```")]:
-        store.append(conv.id, role, text)
-    chat.conv_id = conv.id
-    chat.render()
-    qtbot.wait(50)
-    view = chat.view
+    code = "```python\nfor row in csv.reader(open('data.csv')):\n    print(row)\n```"
+    win, _conv = shown_chat(qtbot, window, 1200, ["hi", "hello", "code please", code])
+    view = win.chat.view
     row = view.viewport().width()
-    short_q, short_a, code = view.bubble_rect(0), view.bubble_rect(1), view.bubble_rect(3)
+    short_q, short_a, code_bubble = view.bubble_rect(0), view.bubble_rect(1), view.bubble_rect(3)
     assert short_q.width() < row / 4 and short_a.width() < row / 4
     assert short_q.left() > row / 2 > short_a.right()  # the user's on the right, the reply's on the left
-    assert code.width() > row * 0.8
+    assert code_bubble.width() > row * 0.8
