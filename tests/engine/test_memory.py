@@ -67,6 +67,29 @@ def test_embedding_kept_in_the_precision_ln0_is_folded_in(make_checkpoint, arch,
     assert est32 - est == saved
 
 
+@pytest.mark.parametrize("strategy, stored", [("cpu fp32", torch.float32), ("cpu bf16", torch.bfloat16),
+                                              ("cpu int8", torch.bfloat16), ("cpu int4", torch.bfloat16),
+                                              ("cpu fp32 *1 -> cpu int8", torch.float32)])
+def test_rwkv7_keeps_its_embedding_as_small_as_its_first_weights(make_checkpoint, strategy, stored):
+    """RWKV-7 folds ln0 in float32; where the first layers' weights are smaller than float32 on the
+    CPU the table is stored in bf16 (half its memory), and the estimate counts that; the rows the
+    model reads are the float32 fold, rounded once."""
+    from roost.engine.model import _embedding
+
+    path = make_checkpoint("v7.0", n_layer=2, n_embd=128, dtype=torch.bfloat16)
+    model = load_model(path, strategy)
+    emb = model._w["emb"]
+    assert emb.dtype == stored
+    t, cfg = open_checkpoint(path)
+    exact = _embedding(t, cfg, torch.float32)
+    assert torch.equal(emb, exact.to(stored))
+    from roost.engine.memory import _embedding_bytes
+
+    assert _embedding_bytes(t, cfg, parse_strategy(strategy).stages[0]) == emb.element_size()  # as estimated
+    logits, _ = model.forward([1, 2, 3])
+    assert torch.isfinite(logits).all()
+
+
 def test_estimate_splits_between_devices(make_checkpoint):
     t, cfg = open_checkpoint(make_checkpoint("v6.0", n_layer=4, n_embd=256))
     est = estimate(t, cfg, parse_strategy("cuda fp16 *2 -> cpu fp32"))
