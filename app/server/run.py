@@ -212,7 +212,11 @@ def serve_cli(args) -> int:
                                         say=lambda text: print(text, file=sys.stderr, flush=True))
     settings = load_settings()
     runtime = Runtime(settings.load_options())
-    info = runtime.load(path, strategy)
+    from roost.engine.threads import elsewhere
+
+    # loaded on a thread that then ends: the main thread keeps no OpenMP pool that would slow the
+    # replies computed on the server's worker thread (roost.engine.threads: 1.5x per token)
+    info = elsewhere(runtime.load, path, strategy)
     print(f"{info.label}, loaded in {info.seconds:.1f} s", file=sys.stderr, flush=True)
     origins = tuple(args.allow_origin or ()) + tuple(settings.api_allow_origins)
     runtime.states = _saved_states(settings.state_budget_mb)
