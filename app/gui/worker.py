@@ -3,6 +3,12 @@ pieces of text, progress and results back the same way; it never waits on the mo
 
 Stopping does not go through the (busy) worker's event loop: the UI sets the request's StopFlag,
 which the generation checks before every token.
+
+Each load and reply runs on a thread of its own that ends with it (roost.engine.threads): the
+engine thread lives as long as the window and would otherwise keep an OpenMP worker pool that
+slows the local API server's replies (and theirs this one's) 1.5x. The worker's signals are
+emitted from that thread: a receiver living in the engine thread would hear them only once the
+work ended (the window's controller lives in the UI thread).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import traceback
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from roost.core.runtime import Runtime
+from roost.engine.threads import elsewhere
 
 log = logging.getLogger("roost.worker")
 
@@ -40,7 +47,7 @@ class EngineWorker(QObject):
 
             choice = decide_strategy(path, strategy or "auto")
             why = pick(choice.reason, choice.reason_zh) if choice.reason else ""
-            info = self.runtime.load(path, choice.strategy, progress=self.loadProgress.emit)
+            info = elsewhere(self.runtime.load, path, choice.strategy, progress=self.loadProgress.emit)
             self.loaded.emit(info, why)
         except RoostError as e:
             self.loadFailed.emit(str(e))
@@ -74,7 +81,7 @@ class EngineWorker(QObject):
         from roost.engine.errors import RoostError
 
         try:
-            reply = call(lambda p: self.piece.emit(rid, p))
+            reply = elsewhere(call, lambda p: self.piece.emit(rid, p))
             self.done.emit(rid, reply)
         except RoostError as e:
             self.failed.emit(rid, str(e))

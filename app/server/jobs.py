@@ -254,8 +254,15 @@ class Worker:
     # --- the thread ----------------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
-            if not self._running and not self._accept(self._queue.get()):  # idle: wait for a job
-                return
+            if not self._running:
+                with self._lock:
+                    if not self._waiting and self._queue.empty():
+                        # nothing to do: the thread ends, and its OpenMP worker pool with it, which
+                        # would slow the app's own replies (roost.engine.threads); submit starts another
+                        self._thread = None
+                        return
+                if not self._accept(self._queue.get()):  # a job is on its way (or the end)
+                    return
             if self._take_new() is None:
                 return
             if not self._running:

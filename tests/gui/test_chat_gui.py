@@ -25,7 +25,7 @@ def test_reply_streams_in_and_is_saved(qtbot, window, make_checkpoint):
     assert win.status_label.text().startswith("Ready: model-v6.0.pth")
     win.chat.sampling.set_values({"max_tokens": 40})
     pieces = []
-    win.ctl.engine.worker.piece.connect(lambda rid, p: pieces.append(p))
+    win.ctl.piece.connect(lambda rid, p: pieces.append(p))
     send(qtbot, win, "Hello, who are you?")
     assert win.chat.rid is not None and not win.chat.send_btn.isEnabled() and win.chat.stop_btn.isEnabled()
     qtbot.waitUntil(lambda: win.chat.rid is None, timeout=60000)
@@ -39,7 +39,7 @@ def test_reply_streams_in_and_is_saved(qtbot, window, make_checkpoint):
 
     # the next turn reuses the conversation's state: only the new text is processed
     replies = []
-    win.ctl.engine.worker.done.connect(lambda rid, r: replies.append(r))
+    win.ctl.done.connect(lambda rid, r: replies.append(r))
     send(qtbot, win, "Tell me more.")
     qtbot.waitUntil(lambda: win.chat.rid is None, timeout=60000)
     assert replies and replies[-1].fed_tokens < 20
@@ -50,9 +50,9 @@ def test_stop_takes_effect_within_a_token(qtbot, window, make_checkpoint):
     load(qtbot, win, make_checkpoint("v7.0"))
     win.chat.sampling.set_values({"max_tokens": 4000})
     replies = []
-    win.ctl.engine.worker.done.connect(lambda rid, r: replies.append(r))
+    win.ctl.done.connect(lambda rid, r: replies.append(r))  # (as the UI hears them)
     count = []
-    win.ctl.engine.worker.piece.connect(lambda rid, p: count.append(p))
+    win.ctl.piece.connect(lambda rid, p: count.append(p))
     send(qtbot, win, "Write a very long story.")
     qtbot.waitUntil(lambda: len(count) >= 3, timeout=30000)
     qtbot.mouseClick(win.chat.stop_btn, Qt.LeftButton)
@@ -79,7 +79,7 @@ def test_conversation_survives_a_restart(qtbot, window, make_checkpoint):
     load(qtbot, again, make_checkpoint("v5.2"))
     again.chat.sampling.set_values({"max_tokens": 10})
     replies = []
-    again.ctl.engine.worker.done.connect(lambda rid, r: replies.append(r))
+    again.ctl.done.connect(lambda rid, r: replies.append(r))
     send(qtbot, again, "Which number?")
     qtbot.waitUntil(lambda: again.chat.rid is None, timeout=60000)
     assert again.ctl.states.resumed == 1 and replies[-1].fed_tokens < 20
@@ -524,3 +524,27 @@ def test_a_bubble_is_as_wide_as_its_text_and_code_gets_the_row(qtbot, window):
     assert short_q.width() < row / 4 and short_a.width() < row / 4
     assert short_q.left() > row / 2 > short_a.right()  # the user's on the right, the reply's on the left
     assert code_bubble.width() > row * 0.8
+
+
+def test_loads_and_replies_run_on_threads_that_end_with_them(qtbot, window, make_checkpoint, monkeypatch):
+    """The engine thread lives as long as the window; the work it is given runs on a thread of its
+    own, so that no OpenMP worker pool stays behind to slow the local API server (roost.engine.threads)."""
+    import threading
+
+    from roost.core.runtime import Runtime
+
+    where = []
+    for name in ("load", "chat"):
+        real = getattr(Runtime, name)
+
+        def spy(self, *args, _real=real, **kwargs):
+            where.append(threading.current_thread().name)
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(Runtime, name, spy)
+    win = window()
+    load(qtbot, win, make_checkpoint("v6.0"))
+    win.chat.sampling.set_values({"max_tokens": 4})
+    send(qtbot, win, "Hello")
+    qtbot.waitUntil(lambda: win.chat.rid is None, timeout=60000)
+    assert where == ["roost-parallel-work", "roost-parallel-work"]

@@ -73,3 +73,17 @@ def test_cancelling_one_stream_leaves_the_others(client, server):
         time.sleep(0.05)
     assert len(results) == 3 and all(results.values())
     assert worker.cancelled == cancelled + 1 and worker.failed == 0
+
+
+def test_the_worker_thread_ends_when_idle_and_comes_back(client, server):
+    """No thread of the server stays alive between requests: a thread that has computed keeps an
+    OpenMP worker pool, which would slow the app's own replies (roost.engine.threads)."""
+    worker = server.worker
+    first = client.completions.create(model="m", prompt="Hi", max_tokens=4, extra_body=GREEDY).choices[0].text
+    deadline = time.monotonic() + 10
+    alive = lambda: any(t.name == "roost-api-worker" for t in threading.enumerate())  # noqa: E731
+    while (worker._thread is not None or alive()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert worker._thread is None and not alive()
+    again = client.completions.create(model="m", prompt="Hi", max_tokens=4, extra_body=GREEDY).choices[0].text
+    assert again == first and worker.failed == 0
