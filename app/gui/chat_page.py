@@ -145,6 +145,9 @@ class ChatPage(ChatFiles, QWidget):
         QShortcut(QKeySequence("Ctrl+N"), self, activated=self.new_chat)
         QShortcut(QKeySequence("Ctrl+F"), self, activated=self.focus_search)
         QShortcut(QKeySequence("Ctrl+L"), self, activated=self.input.setFocus)
+        # the keyboard's way to the actions shown under a message on hover (the last ones)
+        QShortcut(QKeySequence("Ctrl+Shift+C"), self, activated=lambda: self._act_on_last("assistant", "copy"))
+        self.input.edit_last.connect(lambda: self._act_on_last("user", "edit"))
 
         rv.addLayout(top)
         rv.addLayout(middle, 1)
@@ -530,6 +533,14 @@ class ChatPage(ChatFiles, QWidget):
             return
         if pos.isdigit():
             self.message_action(action, int(pos))
+
+    def _act_on_last(self, role: str, action: str) -> None:
+        """`action` on the open chat's last message of `role` (Ctrl+Shift+C copies the last reply; Up
+        in the empty message box edits the last question)."""
+        msgs = self.ctl.store.messages(self.conv_id) if self.conv_id is not None else []
+        last = next((m for m in reversed(msgs) if m.role == role), None)
+        if last is not None:
+            self.message_action(action, last.position)
 
     def message_action(self, action: str, pos: int) -> None:
         """What a message's links, actions (on hover) or context menu ask for the message at `pos`."""

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import html
+import time
 
-from PySide6.QtCore import QEvent, QPoint, QRect, QRectF, QSize, Qt, Signal
+from PySide6.QtCore import QDate, QEvent, QLocale, QPoint, QRect, QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QCursor, QFont, QImage, QPainter, QPalette, QTextCursor, QTextTable
 from PySide6.QtWidgets import (
     QFrame,
@@ -26,7 +27,7 @@ from PySide6.QtWidgets import (
 )
 
 from roost.gui import render
-from roost.gui.i18n import tr
+from roost.gui.i18n import language, tr
 
 
 GROUPS = {"pinned": "Pinned", "today": "Today", "yesterday": "Yesterday", "week": "Previous 7 days",
@@ -38,12 +39,7 @@ UPDATED, PINNED = Qt.UserRole + 1, Qt.UserRole + 2  # a chat item's time of last
 
 def when(updated: float, now: float | None = None) -> str:
     """A chat's last change as its list shows it: the time today, "Yesterday", else the date."""
-    import time
-
-    from PySide6.QtCore import QDate, QLocale
-
     from roost.core.conversations import date_group
-    from roost.gui.i18n import language
 
     group = date_group(updated, now)
     t = time.localtime(updated)
@@ -171,10 +167,12 @@ class ChatList(QListWidget):
 
 class Composer(QPlainTextEdit):
     """Where a message is written: grows with the text (up to 8 lines), sends on Enter (Shift+Enter:
-    a new line) or on Ctrl+Enter, as the setting `send_key` says; Esc stops a reply being written."""
+    a new line) or on Ctrl+Enter, as the setting `send_key` says; Esc stops a reply being written;
+    Up while it is empty asks to edit the last question (as messengers do)."""
 
     send = Signal()
     stop = Signal()
+    edit_last = Signal()
 
     def __init__(self, send_key: str = "enter"):
         super().__init__()
@@ -195,6 +193,9 @@ class Composer(QPlainTextEdit):
         if key == Qt.Key_Escape:
             self.stop.emit()
             return
+        if key == Qt.Key_Up and not mods and self.document().isEmpty():
+            self.edit_last.emit()
+            return
         if key in (Qt.Key_Return, Qt.Key_Enter):
             ctrl = bool(mods & Qt.ControlModifier)
             shift = bool(mods & Qt.ShiftModifier)
@@ -214,7 +215,7 @@ class Composer(QPlainTextEdit):
 class MessageActions(QFrame):
     """The actions of one message, shown under its bubble while the mouse is over it: copy, edit
     (a question) or regenerate (an answer), delete. The same are in the message's context menu,
-    which the keyboard reaches too (the Menu key)."""
+    and the keyboard has shortcuts for the last ones (ChatPage: Ctrl+Shift+C, Up)."""
 
     triggered = Signal(str, int)  # the action ("copy", "edit", "regen", "delete"), the message's position
 
@@ -233,7 +234,7 @@ class MessageActions(QFrame):
         for action, icon_name, label in self.ACTIONS:
             b = QToolButton(self, autoRaise=True, toolTip=tr(label), accessibleName=tr(label))
             b.setIconSize(QSize(15, 15))
-            b.setFocusPolicy(Qt.NoFocus)  # (the keyboard has the context menu: no tab stop per message)
+            b.setFocusPolicy(Qt.NoFocus)  # (no tab stop per message: ChatPage's keys)
             icons.give(b, icon_name)
             b.clicked.connect(lambda _checked=False, a=action: self._trigger(a))
             row.addWidget(b)
@@ -468,8 +469,7 @@ class ChatView(QTextBrowser):
         menu.deleteLater()
 
     def menu_at(self, point: QPoint):
-        """The text's menu, and the actions of the message there (the keyboard's way to them: the
-        Menu key opens it at the text cursor)."""
+        """The text's menu, and the actions of the message at `point`."""
         menu = self.createStandardContextMenu(point)
         index = self.message_at(point)
         if index is not None and self.messages[index].id != self.writing:

@@ -435,7 +435,7 @@ def shown_chat(qtbot, window, width: int, texts: list[str]):
 
 def test_a_message_shows_its_actions_under_the_mouse(qtbot, window):
     """Copy, edit/regenerate and delete appear under the bubble the mouse is over (not on every
-    message), act on that message, and are in its context menu for the keyboard."""
+    message), act on that message, and are in its context menu."""
     from PySide6.QtCore import QPoint
     from PySide6.QtGui import QGuiApplication
     from PySide6.QtTest import QTest
@@ -471,7 +471,7 @@ def test_a_message_shows_its_actions_under_the_mouse(qtbot, window):
     assert bar.buttons["copy"].isEnabled() and not bar.buttons["delete"].isEnabled()
     view.busy = False
 
-    # the keyboard's way: the context menu of the message
+    # the context menu of the message (a right click)
     menu = view.menu_at(view.bubble_rect(1).center().toPoint())
     labels = [a.text() for a in menu.actions()]
     assert labels[-3:] == ["Copy", "Regenerate", "Delete"]
@@ -481,6 +481,25 @@ def test_a_message_shows_its_actions_under_the_mouse(qtbot, window):
 
     QTest.mouseMove(view.viewport(), QPoint(view.viewport().width() // 2, view.viewport().height() - 5))
     qtbot.waitUntil(lambda: not bar.isVisible(), timeout=2000)  # below the last message: none
+
+
+def test_the_keyboard_copies_the_last_reply_and_edits_the_last_question(qtbot, window):
+    """Without the mouse: Ctrl+Shift+C copies the last reply; Up in the empty message box takes the
+    last question back to edit (Regenerate is a button)."""
+    from PySide6.QtGui import QGuiApplication
+
+    win, _conv = shown_chat(qtbot, window, 1000, ["first question", "first answer", "second question", "second answer"])
+    chat = win.chat
+    QGuiApplication.clipboard().setText("")
+    chat.input.setFocus()
+    qtbot.keyClick(chat.input, Qt.Key_C, Qt.ControlModifier | Qt.ShiftModifier)
+    assert QGuiApplication.clipboard().text() == "second answer"
+    chat.input.setPlainText("draft")
+    qtbot.keyClick(chat.input, Qt.Key_Up)  # not while something is written
+    assert chat.edit_pos is None and chat.input.toPlainText() == "draft"
+    chat.input.clear()
+    qtbot.keyClick(chat.input, Qt.Key_Up)
+    assert chat.edit_pos == 2 and chat.input.toPlainText() == "second question"
 
 
 def test_the_chat_list_says_when_each_chat_last_changed(qtbot, window):
