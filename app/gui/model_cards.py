@@ -6,7 +6,7 @@ its sort/filter proxy; this draws them."""
 from __future__ import annotations
 
 from PySide6.QtCore import QRect, QRectF, QSize, Qt
-from PySide6.QtGui import QColor, QFont, QPainter, QPalette
+from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter, QPalette
 from PySide6.QtWidgets import QAbstractItemView, QFrame, QListView, QStyle, QStyledItemDelegate
 
 from roost.gui.i18n import tr
@@ -85,7 +85,7 @@ class ModelCard(QStyledItemDelegate):
         if fit_text:
             bold = QFont(option.font)
             bold.setBold(True)
-            width = _Metrics.width(bold, fit_text) + 16
+            width = QFontMetrics(bold).horizontalAdvance(fit_text) + 16
             pill = QRectF(inner.right() - width, inner.top() - 1, width, line + 2)
             colour = QColor(self.colours.get(fit, "#888888"))
             tint = QColor(colour)
@@ -110,7 +110,7 @@ class ModelCard(QStyledItemDelegate):
         painter.setFont(name_font)
         painter.setPen(text)
         name_width = inner.width() - right - 12
-        name = _Metrics.elide(name_font, col("name"), name_width)
+        name = QFontMetrics(name_font).elidedText(col("name"), Qt.ElideRight, name_width)
         painter.drawText(QRect(inner.left(), inner.top(), name_width, line), Qt.AlignLeft | Qt.AlignVCenter, name)
         painter.setFont(option.font)
         painter.setPen(muted)
@@ -119,30 +119,6 @@ class ModelCard(QStyledItemDelegate):
         painter.drawText(QRect(inner.left(), inner.top() + line + 4, about_width, line),
                          Qt.AlignLeft | Qt.AlignVCenter, about)
         painter.restore()
-
-
-class _Metrics:
-    """Font metrics of a font, made once per font (a paint asks for every visible card)."""
-
-    _cache: dict = {}
-
-    @classmethod
-    def _metrics(cls, font):
-        from PySide6.QtGui import QFontMetrics
-
-        key = font.key()
-        fm = cls._cache.get(key)
-        if fm is None:
-            fm = cls._cache[key] = QFontMetrics(font)
-        return fm
-
-    @classmethod
-    def width(cls, font, text: str) -> int:
-        return cls._metrics(font).horizontalAdvance(text)
-
-    @classmethod
-    def elide(cls, font, text: str, width: int) -> str:
-        return cls._metrics(font).elidedText(text, Qt.ElideRight, width)
 
 
 def model_list(model, colours: dict[str, str]) -> QListView:
