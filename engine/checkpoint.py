@@ -2,16 +2,23 @@
 
 Official BlinkDL checkpoints are ``torch.save`` zip archives of a plain dict of bf16 tensors;
 ``.safetensors`` files with the same keys are accepted too. Nothing here unpickles code:
-``torch.load(weights_only=True)`` refuses any object that is not a tensor or a plain container,
-and the file is memory-mapped so that opening it costs no RAM.
+PyTorch's weights-only unpickler (as ``torch.load(weights_only=True)``) refuses any object that is
+not a tensor or a plain container, and the file is memory-mapped read-only so that opening it
+costs no RAM (see :func:`_map_zip`).
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import mmap
 import os
 import pickle
 import re
+import struct
+import sys
+import warnings
+import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,9 +152,9 @@ def read_tensors(path: str | os.PathLike) -> TensorFile:
             path=str(path),
         )
     if head.startswith(b"PK\x03\x04"):
-        return TensorFile(path, _torch_load(path, mmap=True), mapped=True)
+        return TensorFile(path, _checked_weights(path, _map_zip), mapped=True)
     if head[:1] == b"\x80":  # a pickle: the legacy (pre-zip) torch format, which cannot be mmap'd
-        return TensorFile(path, _torch_load(path, mmap=False))
+        return TensorFile(path, _checked_weights(path, _torch_load))
     if len(head) >= 9 and head[8:9] == b"{":
         return _open_safetensors(path)
     kind = "a GGUF file (llama.cpp format)" if head.startswith(b"GGUF") else "not a PyTorch file"
@@ -157,11 +164,67 @@ def read_tensors(path: str | os.PathLike) -> TensorFile:
     )
 
 
-def _torch_load(path: Path, *, mmap: bool) -> Mapping[str, torch.Tensor]:
+def _torch_load(path: Path) -> object:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _map_zip(path: Path) -> object:
+    """``torch.load(path, weights_only=True, mmap=True)`` but with the file mapped read-only.
+
+    torch.load maps the file privately with write access, which the OS counts against the RAM it
+    may promise (Linux refuses such a mapping larger than RAM and swap: a 14B file on a 24 GB
+    machine would not open, though a 4-bit strategy needs 10 GB of it; Windows reserves the whole
+    file in its page file). A read-only mapping costs nothing until pages are read, and the model
+    file cannot be changed through it. The pickled index is read by PyTorch's weights-only
+    unpickler; each tensor's bytes are a stored (uncompressed) record of the zip archive."""
+    with open(path, "rb") as f:
+        archive = zipfile.ZipFile(f)
+        records = {info.filename: info for info in archive.infolist()}
+        index = next((n for n in records if n.endswith("/data.pkl") and n.count("/") == 1), None)
+        if index is None:
+            raise ValueError("no data.pkl record")
+        prefix = index[: -len("data.pkl")]
+        order = records.get(prefix + "byteorder")
+        if order is not None and archive.read(order).decode() != sys.byteorder:
+            raise ValueError("written on a machine of the other byte order")
+        mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if os.fstat(f.fileno()).st_size else None
+        storages: dict[str, torch.TypedStorage] = {}
+
+        def storage(pid):
+            _, storage_type, key, _location, numel = pid
+            key = key.decode() if isinstance(key, bytes) else str(key)
+            if key not in storages:
+                dtype = torch.uint8 if storage_type is torch.UntypedStorage else storage_type.dtype
+                info, nbytes = records[f"{prefix}data/{key}"], numel * torch._utils._element_size(dtype)
+                if info.compress_type != zipfile.ZIP_STORED or info.file_size != nbytes:
+                    raise ValueError(f"record {key} is not {nbytes} stored bytes")
+                f.seek(info.header_offset)
+                local = f.read(30)  # the record's local header, then its name and extra field
+                if len(local) != 30 or local[:4] != b"PK\x03\x04":
+                    raise ValueError(f"record {key} has no header")
+                start = info.header_offset + 30 + sum(struct.unpack("<HH", local[26:30]))
+                if start + nbytes > len(mapping):
+                    raise ValueError(f"record {key} runs past the end of the file")
+                with warnings.catch_warnings():  # "not writable": nothing writes into a checkpoint
+                    warnings.simplefilter("ignore")
+                    data = torch.frombuffer(mapping, dtype=torch.uint8, count=nbytes, offset=start) \
+                        if nbytes else torch.empty(0, dtype=torch.uint8)
+                storages[key] = torch.TypedStorage(wrap_storage=data.untyped_storage(), dtype=dtype, _internal=True)
+            return storages[key]
+
+        from torch import _weights_only_unpickler
+
+        unpickler = _weights_only_unpickler.Unpickler(io.BytesIO(archive.read(index)), encoding="utf-8")
+        unpickler.persistent_load = storage
+        return unpickler.load()
+
+
+def _checked_weights(path: Path, read) -> Mapping[str, torch.Tensor]:
+    """The dict of tensors ``read(path)`` returns, or a plain error for what it cannot be."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        obj = read(path)
     except pickle.UnpicklingError as e:
-        if "weights only" in str(e).lower():
+        if read is _map_zip or "weights only" in str(e).lower():
             raise UnsafeCheckpointError(
                 f"{path.name} contains program code, not just model weights. Roost refused to "
                 "run it: an official RWKV checkpoint never does this. Delete the file and "
@@ -169,7 +232,8 @@ def _torch_load(path: Path, *, mmap: bool) -> Mapping[str, torch.Tensor]:
                 path=str(path),
             ) from None
         raise _damaged(path, e) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError,
+            zipfile.BadZipFile, struct.error) as e:
         raise _damaged(path, e) from None
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import pickle
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -37,6 +40,26 @@ def test_safetensors_and_pth_of_the_same_weights_agree(make_checkpoint):
 def test_tensor_types_are_read_without_the_data(make_checkpoint, suffix, dtype):
     t, _ = open_checkpoint(make_checkpoint("v6.0", suffix=suffix, n_layer=1, n_embd=64, dtype=dtype))
     assert t.dtype("emb.weight") == t["emb.weight"].dtype == dtype
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_the_model_file_is_mapped_read_only_and_left_unchanged(make_checkpoint):
+    """A private mapping with write access counts against the memory the OS may promise: Linux
+    refused to map a 28 GB 14B file on a 24 GB machine without swap (so the model could not load
+    even as 4-bit, 10 GB), Windows reserves the whole file. A read-only mapping costs nothing."""
+    from roost.engine import load_model
+
+    path = make_checkpoint("v6.0", n_layer=2, n_embd=128, seed=4)
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    t, _ = open_checkpoint(path)
+    maps = [line.split() for line in Path("/proc/self/maps").read_text().splitlines() if line.endswith(str(path))]
+    assert maps and all(fields[1].startswith("r-") for fields in maps), maps  # "r--p": no write access
+    assert torch.equal(t["blocks.1.att.key.weight"], torch.load(path, weights_only=True)["blocks.1.att.key.weight"])
+    t.close()
+    model = load_model(path, "cpu fp32")  # float32 weights of a bf16 file are copies; bf16 ones are not
+    model.forward([1, 2, 3])
+    load_model(path, "cpu bf16", pack=False).forward([4, 5])
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
 
 
 def test_the_legacy_torch_format_still_loads(tmp_path):
