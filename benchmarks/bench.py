@@ -4,6 +4,8 @@
     python benchmarks/bench.py --shape v7-1.5b --strategies "cpu fp32,cpu bf16"
     python benchmarks/bench.py --shape v6-7b --strategies "cpu int8" --no-reference --gen 8
     python benchmarks/bench.py --strategies "cpu bf16,cpu int8" --repeat 3   # medians of 3 alternating runs
+    python benchmarks/bench.py --shape v6-14b --strategies "cpu int4" --no-reference --gen 3 --prefill 16
+                                                        # peak RSS of a 14B load (a sparse file of zeros)
 
 Each (implementation, strategy) runs in a fresh process so that load time and peak RSS (the
 high-water mark, mapped file pages included) are its own. Prints generation tok/s (median of the
@@ -33,6 +35,10 @@ SHAPES = {  # name: (arch, n_layer, n_embd)
     "v4-1.5b": ("v4", 24, 2048),
     "v6-7b": ("v6.0", 32, 4096),
     "v7-7b": ("v7.0", 32, 4096),
+    # the 14B shapes are written with zero matrices as holes in a sparse file (memory and load
+    # figures only: 28 GB that take no disk; generation speed on zeros means nothing)
+    "v6-14b": ("v6.0", 61, 4096),
+    "v7-14b": ("v7.0", 61, 4096),
 }
 
 
@@ -44,9 +50,62 @@ def checkpoint(shape: str, cache: Path) -> Path:
 
         print(f"building {path} ...", file=sys.stderr, flush=True)
         tmp = path.with_suffix(".tmp.pth")
-        save_checkpoint(tmp, arch, n_layer=n_layer, n_embd=n_embd, seed=1)
+        if shape.endswith("14b"):
+            sparse_checkpoint(tmp, arch, n_layer, n_embd)
+        else:
+            save_checkpoint(tmp, arch, n_layer=n_layer, n_embd=n_embd, seed=1)
         tmp.rename(path)
     return path
+
+
+def sparse_checkpoint(path: Path, arch: str, n_layer: int, n_embd: int) -> None:
+    """An official-layout checkpoint whose embedding, head and big matrices are all zeros, written
+    as holes in a sparse file (small vectors random): a 14B model's file on a small disk, for
+    memory and load-time figures. Each matrix is its own storage, as in official files."""
+    import numpy as np
+    import torch
+
+    from roost.engine.checkpoint import model_shapes, official_config
+    from roost.engine.memory import BIG_SUFFIXES
+    from roost.engine.synthetic import WORLD_VOCAB
+
+    cfg = official_config(arch, n_layer, n_embd, WORLD_VOCAB, 64)
+    scratch = path.with_suffix(".zeros")
+    biggest = max(cfg.vocab_size, cfg.n_ffn) * n_embd
+    with open(scratch, "wb") as f:
+        f.truncate(biggest * 2)  # a hole every zero matrix maps
+    g = torch.Generator().manual_seed(1)
+    weights = {}
+    for key, shape in model_shapes(cfg, official_lora=True).items():
+        if shape is None:
+            continue
+        n = int(np.prod(shape))
+        if key in ("emb.weight", "head.weight") or key.endswith(BIG_SUFFIXES):
+            weights[key] = torch.from_file(str(scratch), shared=True, size=n, dtype=torch.bfloat16).view(shape)
+        else:
+            weights[key] = (torch.rand(shape, generator=g) * 0.5).to(torch.bfloat16)
+
+    class HoleWriter:  # torch.save's file: runs of zeros become holes
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, b) -> int:
+            view = memoryview(b)
+            if view.nbytes >= 1 << 20 and not np.frombuffer(view, np.uint8).any():
+                self.f.seek(view.nbytes, 1)
+            else:
+                self.f.write(view)
+            return view.nbytes
+
+        def flush(self) -> None:
+            self.f.flush()
+
+    try:
+        with open(path, "wb") as f:
+            torch.save(weights, HoleWriter(f))
+            f.truncate()  # a file that ends in a hole
+    finally:
+        scratch.unlink()
 
 
 def worker(args: argparse.Namespace) -> None:

@@ -78,11 +78,20 @@ class TensorFile(Mapping):
     """Read-only ``name -> tensor`` view of a checkpoint; tensors are memory-mapped views."""
 
     def __init__(self, path: Path, tensors: Mapping[str, torch.Tensor] | None, st_file=None,
-                 *, mapped: bool = False):
+                 *, mapping: mmap.mmap | None = None):
         self.path = path
         self._tensors = tensors
         self._st = st_file  # safetensors handle: tensors are read on demand (as copies)
-        self.mapped = mapped  # tensors are views of a private file mapping (torch zip format)
+        self._mapping = mapping
+        self.mapped = mapping is not None  # tensors are views of a read-only file mapping (torch zip format)
+
+    def drop_pages(self) -> None:
+        """Drop every page of the file mapping from this process's resident memory (Linux; the
+        pages are read again from the file if touched). A loader calls it after each layer: the
+        small tensors it copied (a 14B model's low-rank matrices and vectors, 0.45 GB) would
+        otherwise stay resident as file pages until the mapping goes."""
+        if self._mapping is not None and sys.platform.startswith("linux") and len(self._mapping):
+            self._mapping.madvise(mmap.MADV_DONTNEED)
 
     def release(self, source: torch.Tensor, converted) -> None:
         """Drop ``source``'s file pages once ``converted`` (a new copy) replaces it."""
@@ -127,8 +136,10 @@ class TensorFile(Mapping):
         return self._tensors[key].dtype
 
     def close(self) -> None:
+        self.drop_pages()
         self._tensors = {}
         self._st = None
+        self._mapping = None
 
 
 def open_checkpoint(path: str | os.PathLike) -> tuple[TensorFile, ModelConfig]:
@@ -152,7 +163,9 @@ def read_tensors(path: str | os.PathLike) -> TensorFile:
             path=str(path),
         )
     if head.startswith(b"PK\x03\x04"):
-        return TensorFile(path, _checked_weights(path, _map_zip), mapped=True)
+        mapped = []
+        tensors = _checked_weights(path, lambda p: _map_zip(p, mapped), code_only_errors=True)
+        return TensorFile(path, tensors, mapping=mapped[0])
     if head[:1] == b"\x80":  # a pickle: the legacy (pre-zip) torch format, which cannot be mmap'd
         return TensorFile(path, _checked_weights(path, _torch_load))
     if len(head) >= 9 and head[8:9] == b"{":
@@ -168,7 +181,7 @@ def _torch_load(path: Path) -> object:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _map_zip(path: Path) -> object:
+def _map_zip(path: Path, mapped: list) -> object:
     """``torch.load(path, weights_only=True, mmap=True)`` but with the file mapped read-only.
 
     torch.load maps the file privately with write access, which the OS counts against the RAM it
@@ -176,7 +189,8 @@ def _map_zip(path: Path) -> object:
     machine would not open, though a 4-bit strategy needs 10 GB of it; Windows reserves the whole
     file in its page file). A read-only mapping costs nothing until pages are read, and the model
     file cannot be changed through it. The pickled index is read by PyTorch's weights-only
-    unpickler; each tensor's bytes are a stored (uncompressed) record of the zip archive."""
+    unpickler; each tensor's bytes are a stored (uncompressed) record of the zip archive. The
+    mapping is appended to ``mapped``."""
     with open(path, "rb") as f:
         archive = zipfile.ZipFile(f)
         records = {info.filename: info for info in archive.infolist()}
@@ -187,7 +201,8 @@ def _map_zip(path: Path) -> object:
         order = records.get(prefix + "byteorder")
         if order is not None and archive.read(order).decode() != sys.byteorder:
             raise ValueError("written on a machine of the other byte order")
-        mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if os.fstat(f.fileno()).st_size else None
+        mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # (a zip is never empty)
+        mapped.append(mapping)
         storages: dict[str, torch.TypedStorage] = {}
 
         def storage(pid):
@@ -219,12 +234,13 @@ def _map_zip(path: Path) -> object:
         return unpickler.load()
 
 
-def _checked_weights(path: Path, read) -> Mapping[str, torch.Tensor]:
-    """The dict of tensors ``read(path)`` returns, or a plain error for what it cannot be."""
+def _checked_weights(path: Path, read, *, code_only_errors: bool = False) -> Mapping[str, torch.Tensor]:
+    """The dict of tensors ``read(path)`` returns, or a plain error for what it cannot be
+    (``code_only_errors``: ``read`` raises UnpicklingError only for what is not plain data)."""
     try:
         obj = read(path)
     except pickle.UnpicklingError as e:
-        if read is _map_zip or "weights only" in str(e).lower():
+        if code_only_errors or "weights only" in str(e).lower():
             raise UnsafeCheckpointError(
                 f"{path.name} contains program code, not just model weights. Roost refused to "
                 "run it: an official RWKV checkpoint never does this. Delete the file and "

@@ -47,36 +47,69 @@ class Int8Linear:
     - "dequant": int8 weights converted to the activation type per call (GPUs, and long chunks).
     """
 
+    BLOCK = 1 << 25  # weights per fbgemm-packed block of rows (see from_row_blocks)
+
     def __init__(self, weight: torch.Tensor, *, device: str | torch.device = "cpu",
                  kernel: str | None = None, quantize_activations: bool = False, release=None):
         q, scale = quantize_rows(weight, device, release=release)
-        self._setup(q, scale, kernel, quantize_activations)
+        self._setup([(q, scale)], tuple(q.shape), kernel, quantize_activations)
 
     @classmethod
     def from_quantized(cls, q: torch.Tensor, scale: torch.Tensor, *, kernel: str | None = None,
                        quantize_activations: bool = False) -> "Int8Linear":
         """From :func:`quantize_rows`' output (a converted-weights cache stores it)."""
+        return cls.from_row_blocks([(q, scale)], tuple(q.shape), kernel=kernel,
+                                   quantize_activations=quantize_activations)
+
+    @classmethod
+    def from_row_blocks(cls, blocks, shape: tuple[int, int], *, kernel: str | None = None,
+                        quantize_activations: bool = False) -> "Int8Linear":
+        """From :func:`quantize_rows`' output for consecutive blocks of rows (``blocks``: an
+        iterable of (q, scale), ``shape``: the whole weight's). With fbgemm each block is packed
+        on its own as it comes, so a generator that quantises the next block only when asked
+        never holds the whole matrix twice: the head of a 14B model is 268M weights, and packing
+        it whole held its int8 rows, a quantised copy and the packed form at once (0.8 GB over
+        what stays, at the peak of a load). Products take one call per block (the head of a
+        1.5B model is 4 blocks)."""
         self = object.__new__(cls)
-        self._setup(q, scale, kernel, quantize_activations)
+        self._setup(blocks, shape, kernel, quantize_activations)
         return self
 
-    def _setup(self, q, scale, kernel, quantize_activations) -> None:
-        self.shape, self.dtype = tuple(q.shape), torch.int8
-        self.scale = scale  # float32 (out,)
+    def _setup(self, blocks, shape, kernel, quantize_activations) -> None:
+        blocks = iter(blocks)
+        q, scale = next(blocks)
+        self.shape, self.dtype = tuple(shape), torch.int8
         self.kernel = kernel or default_kernel(q.device, dynamic=quantize_activations)
         self.q = self.packed = None
         if self.kernel.startswith("fbgemm") and not _fbgemm_works():
             self.kernel = default_kernel(q.device, fbgemm=False)
+        scales = []
         if self.kernel.startswith("fbgemm"):
             self.levels = activation_levels()
-            zeros = torch.zeros(q.shape[0], dtype=torch.long)
-            with warnings.catch_warnings():  # quantized tensors are "deprecated" but the ops remain
-                warnings.simplefilter("ignore")
-                qw = torch._make_per_channel_quantized_tensor(q, scale.double(), zeros, 0)
-                self.packed = torch.ops.quantized.linear_prepack(qw, None)
+            self.packed = []
+            while q is not None:
+                zeros = torch.zeros(q.shape[0], dtype=torch.long)
+                with warnings.catch_warnings():  # quantized tensors are "deprecated" but the ops remain
+                    warnings.simplefilter("ignore")
+                    qw = torch._make_per_channel_quantized_tensor(q, scale.double(), zeros, 0)
+                    self.packed.append(torch.ops.quantized.linear_prepack(qw, None))
+                scales.append(scale)
+                del qw
+                q, scale = next(blocks, (None, None))
+            if len(self.packed) == 1:
+                self.packed = self.packed[0]
         else:
-            self.q = q
-            self.scale_bf16 = scale.to(torch.bfloat16)
+            self.q = q if q.shape[0] == shape[0] else torch.empty(shape, dtype=torch.int8, device=q.device)
+            r0 = 0
+            while q is not None:
+                if self.q is not q:
+                    self.q[r0:r0 + q.shape[0]] = q
+                r0 += q.shape[0]
+                scales.append(scale)
+                q, scale = next(blocks, (None, None))
+        self.scale = scales[0] if len(scales) == 1 else torch.cat(scales)  # float32 (out,)
+        if self.q is not None:
+            self.scale_bf16 = self.scale.to(torch.bfloat16)
 
     @property
     def precise_output(self) -> bool:
@@ -116,7 +149,8 @@ class Int8Linear:
         if self.packed is not None:  # unpacks the whole matrix: for tests and rare use
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                q = torch.ops.quantized.linear_unpack(self.packed)[0].int_repr()
+                blocks = self.packed if isinstance(self.packed, list) else [self.packed]
+                q = torch.cat([torch.ops.quantized.linear_unpack(p)[0].int_repr() for p in blocks])
         else:
             q = self.q
         return q[idx].float() * self.scale[idx].unsqueeze(-1)
@@ -241,7 +275,8 @@ def int4_works() -> bool:
 
 
 def split_linear(x: torch.Tensor, packed, levels: int = 127) -> torch.Tensor:
-    """``x @ W.T`` for float32 ``x`` (M, K) and fbgemm-packed int8 ``W``, at weight-only precision.
+    """``x @ W.T`` for float32 ``x`` (M, K) and fbgemm-packed int8 ``W`` (or a list of its blocks
+    of rows), at weight-only precision.
 
     fbgemm multiplies 8-bit activations (u8, with a zero point) by the int8 weights and reads each
     weight byte once however many rows come. So each row is scaled to [-L, L] (L = ``levels``) and
@@ -258,7 +293,8 @@ def split_linear(x: torch.Tensor, packed, levels: int = 127) -> torch.Tensor:
         m = x.abs().amax(-1, keepdim=True).clamp_(min=1e-30)
     u = x * (levels / m)
     lo = (u - u.round()).mul_(two_l)  # fbgemm rounds both rows to integers itself (scale 1)
-    y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(torch.cat([u, lo]), 1.0, levels + 1, packed)
+    y = _per_block(torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32, packed,
+                   torch.cat([u, lo]), 1.0, levels + 1)
     return torch.add(y[:rows], y[rows:], alpha=1.0 / two_l).mul_(m / levels)
 
 
@@ -267,9 +303,17 @@ def _dynamic_linear(x: torch.Tensor, packed, levels: int) -> torch.Tensor:
     scale for the whole input, so a chunk's rows are first scaled to the same range)."""
     reduce_range = levels != 127
     if x.shape[0] == 1:
-        return torch.ops.quantized.linear_dynamic(x.contiguous(), packed, reduce_range)
+        return _per_block(torch.ops.quantized.linear_dynamic, packed, x.contiguous(), reduce_range, last=True)
     m = x.abs().amax(-1, keepdim=True).clamp_(min=1e-30)
-    return torch.ops.quantized.linear_dynamic(x / m, packed, reduce_range).mul_(m)
+    return _per_block(torch.ops.quantized.linear_dynamic, packed, x / m, reduce_range, last=True).mul_(m)
+
+
+def _per_block(op, packed, x, *args, last: bool = False) -> torch.Tensor:
+    """``op(x, *args, block)`` (``last``: ``op(x, block, *args)``) for each packed block of rows,
+    the outputs side by side."""
+    if not isinstance(packed, list):  # one block (a plain call: torch.compile traces it without a break)
+        return op(x, packed, *args) if last else op(x, *args, packed)
+    return torch.cat([op(x, p, *args) if last else op(x, *args, p) for p in packed], dim=-1)
 
 
 def activation_levels() -> int:
@@ -391,6 +435,15 @@ def pack_for_cpu(weight: torch.Tensor, *, dtype: torch.dtype | None = None, keep
     if not enabled or weight.device.type != "cpu" or weight.dim() != 2 or not packs_on_cpu(dtype):
         return weight.to(dtype).contiguous()
     return PackedLinear(weight, dtype=dtype, keep_rows=keep_rows, release=release)
+
+
+def packs_low_rank(place, pack: bool = True) -> bool:
+    """Whether a layer placed by ``place`` (a strategy.Placement) keeps its low-rank matrices
+    packed in bf16 (the arch modules' PACKED_LOW_RANK): int8 and int4 stages on the CPU, not
+    streamed, where bf16 packs (``pack``: LoadOptions.pack)."""
+    st = place.stage
+    return (st.int8 or st.int4) and st.torch_device == "cpu" and not place.stream and pack \
+        and packs_on_cpu(torch.bfloat16)
 
 
 def packs_on_cpu(dtype: torch.dtype) -> bool:

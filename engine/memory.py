@@ -16,7 +16,7 @@ import torch
 
 from roost.engine.checkpoint import ModelConfig, TensorFile, model_shapes
 from roost.engine.errors import OutOfMemoryError
-from roost.engine.linear import INT4_GROUP, packs_on_cpu
+from roost.engine.linear import INT4_GROUP, Int8Linear, packs_low_rank, packs_on_cpu
 from roost.engine.strategy import Strategy, plan_layers
 
 _BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
@@ -41,26 +41,31 @@ def gib(n: float) -> str:
     return f"{n / GIB:.1f} GB"
 
 
-def layer_numels(t: TensorFile, cfg: ModelConfig) -> list[tuple[int, int]]:
-    """(big-matrix elements, other elements) for each block of a checkpoint, from its shapes alone."""
-    return _per_layer(((key, t.shape(key)) for key in t), cfg.n_layer)
+def layer_numels(t: TensorFile, cfg: ModelConfig) -> list[tuple[int, int, int]]:
+    """(big-matrix elements, other elements, low-rank elements an int8/int4 CPU stage packs in
+    bf16) for each block of a checkpoint, from its shapes alone."""
+    return _per_layer(((key, t.shape(key)) for key in t), cfg)
 
 
-def shape_numels(cfg: ModelConfig) -> list[tuple[int, int]]:
+def shape_numels(cfg: ModelConfig) -> list[tuple[int, int, int]]:
     """The same for an official model known only by its configuration (a catalog entry not
     downloaded yet): from the one description of the layout (checkpoint.model_shapes)."""
-    return _per_layer(model_shapes(cfg, official_lora=True).items(), cfg.n_layer)
+    return _per_layer(model_shapes(cfg, official_lora=True).items(), cfg)
 
 
-def _per_layer(shapes, n_layer: int) -> list[tuple[int, int]]:
-    out = [[0, 0] for _ in range(n_layer)]
+def _per_layer(shapes, cfg: ModelConfig) -> list[tuple[int, int, int]]:
+    from roost.engine.arch import arch_module
+
+    low_rank = getattr(arch_module(cfg.arch), "PACKED_LOW_RANK", ())
+    out = [[0, 0, 0] for _ in range(cfg.n_layer)]
     for key, shape in shapes:
         if not key.startswith("blocks."):
             continue
         n = 1
         for d in shape:
             n *= d
-        out[int(key.split(".")[1])][0 if key.endswith(BIG_SUFFIXES) else 1] += n
+        _, block, name = key.split(".", 2)
+        out[int(block)][0 if key.endswith(BIG_SUFFIXES) else 2 if name in low_rank else 1] += n
     return [tuple(x) for x in out]
 
 
@@ -77,8 +82,8 @@ def estimate(t: TensorFile | None, cfg: ModelConfig, strategy: Strategy, chunk_l
     def add(dev: str, n: int) -> None:
         need[dev] = need.get(dev, 0) + int(n)
 
-    add("cpu", cfg.vocab_size * cfg.n_embd * _embedding_bytes(t, cfg, placements[0].stage))  # on the CPU
-    for i, ((big, small), place) in enumerate(zip(numels, placements)):
+    add("cpu", _embedding_bytes(t, cfg, placements[0].stage))  # on the CPU
+    for i, ((big, small, low_rank), place) in enumerate(zip(numels, placements)):
         st = place.stage
         big_bytes = big * (1 + 4 / cfg.n_embd) if st.int8 else big * _BYTES[st.dtype]
         if st.int4:  # 4 bits and a bf16 scale and zero point per group; block 0 in int8
@@ -87,7 +92,7 @@ def estimate(t: TensorFile | None, cfg: ModelConfig, strategy: Strategy, chunk_l
             big_bytes = big * (0.5 + 4 / INT4_GROUP if int4_precision(i) == "int4" else 1 + 4 / cfg.n_embd)
         if st.int8 and st.torch_device == "cpu" and cfg.version == 7 and i == 0:
             big_bytes = big * 2  # RWKV-7's first block stays bf16 (engine.model.keeps_bf16)
-        small_bytes = small * 4
+        small_bytes = small * 4 + low_rank * (2 if packs_low_rank(place, pack) else 4)
         if place.stream:  # kept in (pinned) CPU memory, copied to the GPU per forward
             add("cpu", big_bytes)
             add(st.torch_device, big_bytes / cfg.n_layer)  # one layer's copy at a time
@@ -105,17 +110,28 @@ def estimate(t: TensorFile | None, cfg: ModelConfig, strategy: Strategy, chunk_l
         add(dev, chunk_len * (cfg.n_ffn + 8 * cfg.n_embd) * 4 + cfg.vocab_size * 8)
         if dev != "cpu":
             add(dev, 300 * 1024 ** 2)  # CUDA context and allocator slack
-    add("cpu", 200 * 1024 ** 2)  # the interpreter, torch and the tokenizer
-    # loading peaks above what stays, while the head is converted (its file pages, its int8 rows and
-    # their packed copy): measured 0.37 GB over the steady state for a 1.5B model in int8 and int4
-    add("cpu", cfg.vocab_size * cfg.n_embd * 3)
+    add("cpu", 300 * 1024 ** 2)  # the interpreter and torch (0.23 GB measured), the tokenizer
+    # loading peaks above what stays while the head is converted, one block of rows at a time (the
+    # block's file pages, int8 rows and their quantised copy): measured 0.06 GB over the steady state
+    # for the 14B shape's head (65536 x 4096) in int4
+    add("cpu", 4 * Int8Linear.BLOCK)
     return MemoryEstimate(need)
 
 
+TOUCHED_ROWS = 8192  # embedding rows a long session reads from a mapped file (distinct tokens)
+
+
 def _embedding_bytes(t: TensorFile | None, cfg: ModelConfig, first) -> int:
-    """Bytes per embedding entry: RWKV-4/5/6 keep a bf16 file's table in bf16, RWKV-7 where the
-    first stage ``first`` keeps its weights smaller on the CPU (engine.model._embedding); without
-    the file, official checkpoints are bf16."""
+    """Bytes of the embedding: the rows a session touches where they are read from the mapped
+    file (a .pth: engine.model.MappedEmbedding; official files are .pth), else the whole table,
+    whose entries RWKV-4/5/6 keep in a bf16 file's bf16, RWKV-7 in bf16 where the first stage
+    ``first`` keeps its weights smaller on the CPU (engine.model._embedding)."""
+    rows = cfg.vocab_size if t is not None and not t.mapped else min(cfg.vocab_size, TOUCHED_ROWS)
+    return rows * cfg.n_embd * embedding_entry_bytes(t, cfg, first)
+
+
+def embedding_entry_bytes(t: TensorFile | None, cfg: ModelConfig, first) -> int:
+    """Bytes per embedding entry as the model reads it (see _embedding_bytes)."""
     from roost.engine.model import compact_embedding, embedding_is_native
 
     if cfg.version >= 7 and compact_embedding(first):

@@ -29,7 +29,7 @@ from roost.engine import compiled
 from roost.engine.arch import arch_module
 from roost.engine.checkpoint import ModelConfig, TensorFile, open_checkpoint
 from roost.engine.linear import (Int4Linear, Int8Linear, PackedLinear, cpu_has_vnni, linear, pack_for_cpu,
-                                 packs_on_cpu, quantize_rows)
+                                 packs_low_rank, quantize_rows)
 from roost.engine.options import LoadOptions
 from roost.engine.strategy import Placement, Strategy, check_devices, machine_devices, parse_strategy, plan_layers
 
@@ -325,6 +325,7 @@ def load_model(path: str | os.PathLike, strategy: str = "cpu fp32", *,
                 lw = arch.prepare_layer(tensors, i, cfg, act_dtype(places[i].stage), big)
                 dev = places[i].stage.torch_device
                 layers.append(lw if places[i].stream or dev == "cpu" else _to_device(lw, dev))
+                tensors.drop_pages()  # the file pages of what was copied from it
                 if progress:
                     progress((i + 1) / (cfg.n_layer + 1))
             head = places[-1].stage
@@ -399,8 +400,7 @@ def _matrix_loader(place: Placement, layer_id: int, *, version: int = 0, block: 
     def low_rank(w: torch.Tensor):
         """A small low-rank matrix (in, out) of an int8 / int4 CPU stage as packed bf16 (out, in),
         or None to keep it as it is (see RWKV-7's ``lora``)."""
-        if not (stage.int8 or stage.int4) or dev != "cpu" or place.stream or not pack \
-                or not packs_on_cpu(torch.bfloat16):
+        if not packs_low_rank(place, pack):
             return None
         return PackedLinear(w.t(), dtype=torch.bfloat16)
 
@@ -421,14 +421,22 @@ def _quantized(key: str, w: torch.Tensor, kind: str, cache, *, release=None, ker
         if cache is not None:
             cache.put(key, kind, {"packed": out.packed, "scale_zero": out.scale_zero})
         return out
-    got = cache.get(key, kind, {"q": shape, "scale": shape[:1]}) if cache is not None else None
-    if got is not None:
-        q, scale = got["q"], got["scale"]
-    else:
-        q, scale = quantize_rows(w, "cpu", release=release)
-        if cache is not None:
-            cache.put(key, kind, {"q": q, "scale": scale})
-    return Int8Linear.from_quantized(q, scale, kernel=kernel, quantize_activations=dynamic)
+    rows, cols = shape
+    step = rows if rows * cols <= Int8Linear.BLOCK else max(1, Int8Linear.BLOCK // cols)
+
+    def blocks():  # converted (or read) one block of rows at a time, as Int8Linear packs them
+        for r0 in range(0, rows, step):
+            name, n = (key if step == rows else f"{key}@{r0}"), min(step, rows - r0)
+            got = cache.get(name, kind, {"q": (n, cols), "scale": (n,)}) if cache is not None else None
+            if got is not None:
+                yield got["q"], got["scale"]
+                continue
+            q, scale = quantize_rows(w[r0:r0 + step], "cpu", release=release)
+            if cache is not None:
+                cache.put(name, kind, {"q": q, "scale": scale})
+            yield q, scale
+
+    return Int8Linear.from_row_blocks(blocks(), shape, kernel=kernel, quantize_activations=dynamic)
 
 
 def quantizes_activations(key: str, version: int = 0) -> bool:
@@ -486,7 +494,7 @@ def compact_embedding(stage) -> bool:
     return stage.device == "cpu" and (stage.int8 or stage.int4 or stage.dtype == "bf16")
 
 
-def _embedding(tensors, cfg: ModelConfig, dtype: torch.dtype, *, compact: bool = False) -> torch.Tensor:
+def _embedding(tensors, cfg: ModelConfig, dtype: torch.dtype, *, compact: bool = False):
     """The embedding with block 0's ``ln0`` folded in (it only ever applies to embeddings).
 
     For RWKV-4/5/6 the reference runtime (ChatRWKV, the rwkv package) folds it in the file's own
@@ -494,7 +502,8 @@ def _embedding(tensors, cfg: ModelConfig, dtype: torch.dtype, *, compact: bool =
     and its logits agree with the reference; the folded table then holds bf16 values and is kept
     in bf16 (half the RAM: 268 MB less for a 1.6B model). RWKV-7's reference folds it in float32.
     The embedding stays on the CPU: one row per token is all a forward pass reads, cast to the
-    first layer's dtype on use; ``compact``: kept in bf16 (see compact_embedding).
+    first layer's dtype on use; ``compact``: kept in bf16 (see compact_embedding). From a
+    memory-mapped file the table is not built at all (:class:`MappedEmbedding`).
     """
     if dtype == torch.float16:
         dtype = torch.float32  # rows are cast to the first layer's dtype on use
@@ -506,10 +515,32 @@ def _embedding(tensors, cfg: ModelConfig, dtype: torch.dtype, *, compact: bool =
         dtype = torch.bfloat16  # (folded in float32, rounded once as it is stored)
     if not native:
         w, b = w.float(), b.float()
+    if getattr(tensors, "mapped", False):
+        return MappedEmbedding(emb, w.clone(), b.clone(), dtype)
     out = torch.empty(emb.shape, dtype=dtype)
     step = max(1, (1 << 22) // cfg.n_embd)  # rows at a time: no whole-table temporaries while loading
     for r0 in range(0, emb.shape[0], step):
-        rows = emb[r0:r0 + step]
-        out[r0:r0 + step] = F.layer_norm(rows if native else rows.float(), (cfg.n_embd,), weight=w, bias=b)
-        tensors.release(rows, out)
+        out[r0:r0 + step] = _fold(emb[r0:r0 + step], w, b)
+        tensors.release(emb[r0:r0 + step], out)
     return out
+
+
+def _fold(rows: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Embedding rows through ln0, in the precision of ``w`` (see _embedding)."""
+    return F.layer_norm(rows.to(w.dtype), (rows.shape[-1],), weight=w, bias=b)
+
+
+class MappedEmbedding:
+    """The embedding of a memory-mapped checkpoint, read from the file's pages row by row as
+    tokens come, ln0 folded into each row on use: the same rows as the table _embedding builds
+    (ln0 works row by row; the tests compare every row), without the table. A 7B or 14B model's
+    table is 537 MB; what a conversation touches is a few thousand rows (a few MB, file pages the
+    OS can drop and read again), and folding a row costs microseconds. The mapping is read-only
+    (engine.checkpoint) and stays open while the model lives."""
+
+    def __init__(self, emb: torch.Tensor, w: torch.Tensor, b: torch.Tensor, dtype: torch.dtype):
+        self.table, self.w, self.b, self.dtype = emb, w, b, dtype
+        self.shape = tuple(emb.shape)
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        return _fold(self.table[idx], self.w, self.b).to(self.dtype)

@@ -28,7 +28,7 @@ import struct
 from pathlib import Path
 from typing import NamedTuple
 
-FORMAT, VERSION = "roost.weights", 1
+FORMAT, VERSION = "roost.weights", 2  # 2: tall int8 matrices in blocks of rows
 MAGIC = b"RWCACHE1"
 SUFFIX = ".rwc"
 ALIGN = 64

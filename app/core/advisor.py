@@ -82,7 +82,7 @@ def cpu_read(machine: Machine) -> float:
 
 def _bytes_per_token(shape: ModelShape, bytes_per_weight: float) -> float:
     cfg = shape.config()
-    big = sum(b for b, _ in shape_numels(cfg))
+    big = sum(b for b, *_ in shape_numels(cfg))
     return (big + cfg.vocab_size * cfg.n_embd) * bytes_per_weight
 
 

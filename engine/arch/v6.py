@@ -10,6 +10,7 @@ from roost.engine.arch.common import (
     ffn_shapes,
     last,
     layer_norm,
+    lora,
     mat,
     prepare_ffn,
     token_shift,
@@ -21,6 +22,8 @@ from roost.engine.linear import linear
 
 _MAA = ("time_maa_x", "time_maa_w", "time_maa_k", "time_maa_v", "time_maa_r", "time_maa_g")
 _LORA = ("time_maa_w1", "time_maa_w2", "time_decay_w1", "time_decay_w2")
+# what an int8 / int4 CPU stage packs in bf16 (see prepare_layer; engine.memory counts them so)
+PACKED_LOW_RANK = ("att.time_maa_w1", "att.time_decay_w1", "att.time_decay_w2")
 
 
 def lora_shapes(cfg) -> dict:
@@ -53,10 +56,13 @@ def prepare_layer(t, i: int, cfg, dtype, big) -> dict:
     w["att.time_maa_x"] = vec(t[p + "att.time_maa_x"], dtype)
     # the five mixes' base vectors stacked in the LoRA's output order: one op mixes all five
     w["att.maa"] = torch.stack([vec(t[p + "att." + m], dtype) for m in _MAA[1:]]).unsqueeze(1)  # (5, 1, C)
-    w["att.time_maa_w1"] = mat(t[p + "att.time_maa_w1"], dtype)  # (C, 5*D)
+    # an int8 / int4 CPU strategy packs the low-rank matrices in bf16 (half the bytes: 0.45 GB of a
+    # 14B model); time_maa_w2's five (D, C) products stay one float32 bmm (five packed calls cost more)
+    packed = getattr(big, "low_rank", lambda _: None)
+    w["att.time_maa_w1"] = packed(t[p + "att.time_maa_w1"]) or mat(t[p + "att.time_maa_w1"], dtype)  # (C, 5*D)
     w["att.time_maa_w2"] = mat(t[p + "att.time_maa_w2"], dtype)  # (5, D, C)
-    w["att.time_decay_w1"] = mat(t[p + "att.time_decay_w1"], dtype)  # (C, D2)
-    w["att.time_decay_w2"] = mat(t[p + "att.time_decay_w2"], dtype)  # (D2, C)
+    for m in ("att.time_decay_w1", "att.time_decay_w2"):  # (C, D2), (D2, C)
+        w[m] = packed(t[p + m]) or mat(t[p + m], dtype)
     w["att.time_decay"] = t[p + "att.time_decay"].to(f32).reshape(h, n).contiguous()
     w["att.u"] = t[p + "att.time_faaaa"].to(f32).reshape(h, n).contiguous()
     for m in ("key", "value", "receptance", "gate", "output"):
@@ -72,16 +78,16 @@ def prepare_layer(t, i: int, cfg, dtype, big) -> dict:
 def time_mix(x, prev, s, w, cfg):
     T, h, n = x.shape[0], cfg.n_head, cfg.head_size
     d = token_shift(x, prev) - x  # (T, C)
-    lora = torch.tanh((x + d * w["att.time_maa_x"]) @ w["att.time_maa_w1"])  # (T, 5*D)
-    lora = torch.bmm(lora.view(T, 5, -1).transpose(0, 1), w["att.time_maa_w2"])  # (5, T, C)
-    # x + d * (maa + lora) for the five of them at once: w, k, v, r, g
-    wx, kx, vx, rx, gx = torch.addcmul(x, d, lora.add_(w["att.maa"])).unbind(0)
+    mix = torch.tanh(lora(x + d * w["att.time_maa_x"], w["att.time_maa_w1"]))  # (T, 5*D)
+    mix = torch.bmm(mix.view(T, 5, -1).transpose(0, 1), w["att.time_maa_w2"])  # (5, T, C)
+    # x + d * (maa + mix) for the five of them at once: w, k, v, r, g
+    wx, kx, vx, rx, gx = torch.addcmul(x, d, mix.add_(w["att.maa"])).unbind(0)
 
     r = linear(rx, w["att.receptance.weight"]).float().view(T, h, n)
     k = linear(kx, w["att.key.weight"]).float().view(T, h, n)
     v = linear(vx, w["att.value.weight"]).float().view(T, h, n)
     g = F.silu(linear(gx, w["att.gate.weight"]))
-    dec = torch.tanh(wx @ w["att.time_decay_w1"]) @ w["att.time_decay_w2"]  # (T, C)
+    dec = lora(torch.tanh(lora(wx, w["att.time_decay_w1"])), w["att.time_decay_w2"])  # (T, C)
     logw = -torch.exp(w["att.time_decay"] + dec.float().view(T, h, n))  # log of exp(-exp(.))
     y, s = wkv_chunked(r, k, v, logw, w["att.u"], s)
     return wkv_output(x, y.reshape(T, h * n), g, w, h), s, last(x, prev)

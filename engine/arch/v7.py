@@ -11,12 +11,13 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from roost.engine.arch.common import GROUP_NORM_EPS, last, layer_norm, mat, token_shift, vec
+from roost.engine.arch.common import GROUP_NORM_EPS, last, layer_norm, lora, mat, token_shift, vec
 from roost.engine.linear import linear
 
 _MIX = ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g")
 _LORA = ("w1", "w2", "a1", "a2", "g1", "g2")
 _LORA_V = ("v1", "v2")
+PACKED_LOW_RANK = tuple("att." + m for m in _LORA + _LORA_V)  # bf16 in int8 / int4 CPU stages
 
 
 def lora_shapes(cfg) -> dict:
@@ -164,13 +165,6 @@ def wkv_chunk(r, logw, k, v, kk, a, s):
     g_last = g[:, -1:, :]  # (H, 1, N)
     s = (s * g_last).baddbmm_(uv.transpose(1, 2), bk * g_last)
     return out.transpose(0, 1), s
-
-
-def lora(x: torch.Tensor, w) -> torch.Tensor:
-    """``x @ w`` for a low-rank matrix stored (in, out), or packed for oneDNN in bf16 by an int8 or
-    int4 CPU strategy (engine.model: half the bytes; these 8 small products per layer take ~10 ms
-    a token in float32 on the 1.5B shape, 6 ms packed in bf16; the file stores them in bf16)."""
-    return x @ w if isinstance(w, torch.Tensor) else w(x)
 
 
 def time_mix(x, prev, s, v_first, w, cfg, first_layer: bool):

@@ -22,11 +22,13 @@ def pc(ram, free=None, gpu=None, vram_free=None, torch_cuda=True, mps=False):
 @pytest.mark.parametrize("shape, machine, strategy, label", [
     # no GPU: int8 on the CPU, labelled by RAM
     (M_1_5B, pc(8), "cpu int8", RUNS_WELL),
-    (M_7B, pc(8), "cpu int4", CLOSE_OTHERS),  # 4-bit weights where 8-bit ones cannot fit
-    (M_7B, pc(6), "cpu int8", WILL_NOT_FIT),  # neither fits
+    (M_7B, pc(8), "cpu int4", RUNS_WELL),  # 4-bit weights where 8-bit ones cannot fit (5.0 of 6 GB free)
+    (M_7B, pc(8, free=4.5), "cpu int4", CLOSE_OTHERS),
+    (M_7B, pc(5), "cpu int8", WILL_NOT_FIT),  # neither fits
     (M_7B, pc(16, free=6), "cpu int8", CLOSE_OTHERS),
     (M_7B, pc(64), "cpu int8", RUNS_WELL),
-    (M_14B, pc(16), "cpu int4", RUNS_WELL),
+    (M_14B, pc(16), "cpu int8", CLOSE_OTHERS),  # 13.5 of 13.6 GB usable
+    (M_14B, pc(14), "cpu int4", RUNS_WELL),
     (M_14B, pc(8), "cpu int8", WILL_NOT_FIT),
     # cards from 2 to 80 GB
     (M_0_4B, pc(16, gpu=2), "cuda fp16", RUNS_WELL),

@@ -86,12 +86,12 @@ def test_compiled_logits_match_eager(ckpt, no_env, strategy):
     model = engine.load_model(ckpt, strategy, compile=True)
     assert model.compiled is True, model.compile_note
     assert model.compile_note is None
-    eager = engine.load_model(ckpt, strategy)
+    eager = engine.load_model(ckpt, strategy, pack=False)  # the plain weights a compiled model runs
     torch.testing.assert_close(_steps(model), _steps(eager), atol=1e-3 if "int8" in strategy else 1e-4, rtol=0)
     # no piece recompiled for each new token (a Python number in the graph would do that, up to
     # dynamo's limit of 8 and a warning)
     _steps(model, prompt=(9, 8))
     resumes = dict(torch._dynamo.utils.counters["resumes"])
     torch._dynamo.reset()  # drop the compiled frames (they hold the model's weights) before later tests
-    assert max(resumes.values(), default=0) <= 2, resumes
+    assert max(resumes.values(), default=0) <= 2, sorted(resumes.items())
     assert model.compiled is True, model.compile_note  # no fallback happened while running
