@@ -111,9 +111,10 @@ def estimate(t: TensorFile | None, cfg: ModelConfig, strategy: Strategy, chunk_l
         if dev != "cpu":
             add(dev, 300 * 1024 ** 2)  # CUDA context and allocator slack
     add("cpu", 300 * 1024 ** 2)  # the interpreter and torch (0.23 GB measured), the tokenizer
-    # loading peaks above what stays while the head is converted, one block of rows at a time (the
-    # block's file pages, int8 rows and their quantised copy): measured 0.06 GB over the steady state
-    # for the 14B shape's head (65536 x 4096) in int4
+    # loading peaks above what stays while int8 matrices wait to be packed (engine.linear.Packer: up
+    # to 4 blocks of rows) or the head is converted a block at a time (the block's file pages, int8
+    # rows and their quantised copy): measured 0.06 GB over the steady state for the 14B shape's
+    # head (65536 x 4096) in int4
     add("cpu", 4 * Int8Linear.BLOCK)
     return MemoryEstimate(need)
 

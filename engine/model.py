@@ -29,7 +29,7 @@ from roost.engine import compiled
 from roost.engine.arch import arch_module
 from roost.engine.checkpoint import ModelConfig, TensorFile, open_checkpoint
 from roost.engine.linear import (Int4Linear, Int8Linear, PackedLinear, cpu_has_vnni, linear, pack_for_cpu,
-                                 packs_low_rank, quantize_rows)
+                                 Packer, packs_low_rank, quantize_rows)
 from roost.engine.options import LoadOptions
 from roost.engine.strategy import Placement, Strategy, check_devices, machine_devices, parse_strategy, plan_layers
 
@@ -300,7 +300,7 @@ def load_model(path: str | os.PathLike, strategy: str = "cpu fp32", *,
     check_devices(strat, **machine_devices())
     started = time.perf_counter()
     tensors, cfg = open_checkpoint(path)
-    cache = None
+    cache = packer = None
     if opts.weight_cache and opts.weight_cache_bytes > 0 and any(
             s.device == "cpu" and (s.int8 or s.int4) for s in strat.stages):
         from roost.engine.weight_cache import WeightCache
@@ -319,9 +319,16 @@ def load_model(path: str | os.PathLike, strategy: str = "cpu fp32", *,
             # torch.compile cannot trace oneDNN's packed weights: plain ones where it will compile
             pack = opts.pack and not (opts.compile and compiled.unavailable_reason(strat.devices) is None)
             layers = []
+            if packer is None and any(s.device == "cpu" and (s.int8 or s.int4) for s in strat.stages):
+                packer = Packer()
+            # the head first: its int8 packing (the largest) overlaps the layers' loading, and the
+            # largest conversion happens while the least memory is in use
+            head_weight = _matrix_loader(places[-1], 0, version=cfg.version, pack=pack, kernel=opts.int8_kernel,
+                                         cache=cache, packer=packer)(tensors, "head.weight")
+            tensors.drop_pages()
             for i in range(cfg.n_layer):
                 big = _matrix_loader(places[i], i if rescale else 0, version=cfg.version, block=i, pack=pack,
-                                     kernel=opts.int8_kernel, cache=cache)
+                                     kernel=opts.int8_kernel, cache=cache, packer=packer)
                 lw = arch.prepare_layer(tensors, i, cfg, act_dtype(places[i].stage), big)
                 dev = places[i].stage.torch_device
                 layers.append(lw if places[i].stream or dev == "cpu" else _to_device(lw, dev))
@@ -334,10 +341,13 @@ def load_model(path: str | os.PathLike, strategy: str = "cpu fp32", *,
                 "emb": _embedding(tensors, cfg, act_dtype(places[0].stage), compact=compact_embedding(places[0].stage)),
                 "ln_out.weight": tensors["ln_out.weight"].to(device=head.torch_device, dtype=hdt),
                 "ln_out.bias": tensors["ln_out.bias"].to(device=head.torch_device, dtype=hdt),
-                "head.weight": _matrix_loader(places[-1], 0, version=cfg.version, pack=pack,
-                                              kernel=opts.int8_kernel, cache=cache)(tensors, "head.weight"),
+                "head.weight": head_weight,
             }
+            if packer is not None:
+                packer.finish()
         except BaseException:
+            if packer is not None:
+                packer.close()
             if cache is not None:
                 cache.abort()
             raise
@@ -357,12 +367,14 @@ def load_model(path: str | os.PathLike, strategy: str = "cpu fp32", *,
 
 
 def _matrix_loader(place: Placement, layer_id: int, *, version: int = 0, block: int | None = None,
-                   pack: bool = True, kernel: str | None = None, cache=None) -> Callable[[TensorFile, str], object]:
+                   pack: bool = True, kernel: str | None = None, cache=None,
+                   packer=None) -> Callable[[TensorFile, str], object]:
     """How a layer's big matrices are stored: in the stage's dtype or int8, on its device
     (``block``: the layer's index, None for the head; ``pack``: float CPU weights reordered
     for oneDNN where that is faster, see engine.linear.pack_for_cpu; ``kernel``: the CPU int8
     kernel to use instead of each matrix's default; ``cache``: an engine.weight_cache.Entry that
-    CPU int8 / int4 matrices are read from, or recorded into)."""
+    CPU int8 / int4 matrices are read from, or recorded into; ``packer``: an engine.linear.Packer
+    for the fbgemm packing of CPU int8 matrices)."""
     maybe_pack = functools.partial(pack_for_cpu, enabled=pack)
     stage = place.stage
     dtype = _DTYPES[stage.dtype]
@@ -378,14 +390,15 @@ def _matrix_loader(place: Placement, layer_id: int, *, version: int = 0, block: 
         if stage.int4:
             four = int4_precision(block) == "int4" and Int4Linear.fits(w.shape)
             # else int8: the head, block 0 and any shape the 4-bit kernel cannot take
-            out = _quantized(key, w, "int4" if four else "int8", cache, release=rows_done, kernel=kernel)
+            out = _quantized(key, w, "int4" if four else "int8", cache, release=rows_done, kernel=kernel,
+                             packer=packer)
         elif stage.int8 and dev == "cpu" and keeps_bf16(version, block):
             out = maybe_pack(w, dtype=torch.bfloat16, release=rows_done)
         elif stage.int8 and place.stream:  # plain int8 in CPU memory, copied to the GPU per forward
             out = Int8Linear(w, device="cpu", kernel="dequant", release=rows_done)
         elif stage.int8 and dev == "cpu":
             out = _quantized(key, w, "int8", cache, release=rows_done, kernel=kernel,
-                             dynamic=quantizes_activations(key, version))
+                             dynamic=quantizes_activations(key, version), packer=packer)
         elif stage.int8:
             out = Int8Linear(w, device=dev, release=rows_done)
         elif dev == "cpu" and not place.stream:  # the head keeps its plain rows to re-read its top logits
@@ -409,7 +422,7 @@ def _matrix_loader(place: Placement, layer_id: int, *, version: int = 0, block: 
 
 
 def _quantized(key: str, w: torch.Tensor, kind: str, cache, *, release=None, kernel: str | None = None,
-               dynamic: bool = False):
+               dynamic: bool = False, packer=None):
     """A CPU matrix as int8 (:class:`Int8Linear`) or int4 (:class:`Int4Linear`): read from the
     weight cache when it has it, else converted from ``w`` (and recorded in the cache)."""
     shape = tuple(w.shape)
@@ -436,7 +449,7 @@ def _quantized(key: str, w: torch.Tensor, kind: str, cache, *, release=None, ker
                 cache.put(name, kind, {"q": q, "scale": scale})
             yield q, scale
 
-    return Int8Linear.from_row_blocks(blocks(), shape, kernel=kernel, quantize_activations=dynamic)
+    return Int8Linear.from_row_blocks(blocks(), shape, kernel=kernel, quantize_activations=dynamic, packer=packer)
 
 
 def quantizes_activations(key: str, version: int = 0) -> bool:

@@ -12,12 +12,16 @@ import pytest
 from roost.engine.threads import elsewhere
 
 POOL = """
-import os, torch
+import os, time, torch
 from roost.engine.threads import elsewhere
 torch.set_num_threads(2)
 count = lambda: len(os.listdir("/proc/self/task"))
 before = count()
 elsewhere(lambda: torch.ones(1 << 22).sum())  # parallel work on a thread that then ends
+for _ in range(100):  # its workers exit once they see it gone: give them up to 2 s
+    if count() <= before:
+        break
+    time.sleep(0.02)
 after_elsewhere = count()
 torch.ones(1 << 22).sum()  # the same here: this thread keeps a pool of OpenMP workers
 print(before, after_elsewhere, count())
