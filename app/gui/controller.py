@@ -205,7 +205,12 @@ class Controller(QObject):
     def delete_model(self, path: str | Path) -> None:
         from roost.core.library import delete
 
-        delete(path, self.models_folder(), self.catalog)
+        try:
+            delete(path, self.models_folder(), self.catalog)
+        except OSError as e:  # in use by another program (Windows), no permission, a read-only disk
+            log.warning("cannot delete %s: %s", path, e)
+            self.show_error(tr("{name} could not be deleted: it may be in use by another program, or "
+                               "the folder is read-only. Close that program and try again.", name=Path(path).name))
         self.libraryChanged.emit()
 
     def refresh_catalog(self, on_finished=None) -> None:

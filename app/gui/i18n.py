@@ -105,6 +105,8 @@ TEXT = {
     "Try again": "重试",
     "The server could not start; the details are in the log.": "服务器未能启动，详情见日志。",
     "The model list could not be refreshed; the details are in the log.": "无法刷新模型列表，详情见日志。",
+    "{name} could not be deleted: it may be in use by another program, or the folder is read-only. Close that "
+    "program and try again.": "无法删除 {name}：它可能正被其他程序使用，或文件夹是只读的。请关闭该程序后重试。",
     "Welcome to Roost": "欢迎使用 Roost", "{n} CPU cores": "{n} 核 CPU", "{size} RAM": "内存 {size}",
     "Recommended for this computer:": "推荐给这台电脑：",
     "Download and start chatting": "下载并开始对话",

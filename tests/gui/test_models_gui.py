@@ -273,3 +273,29 @@ def test_a_model_file_dropped_on_the_window_is_imported(qtbot, window, make_chec
     win.dropEvent(QDropEvent(QPointF(win.rect().center()), Qt.CopyAction, models, Qt.LeftButton, Qt.NoModifier))
     assert (home / "models" / ckpt.name).exists()
     assert win.pages.currentWidget() is win.models and win.models.current().file == ckpt.name
+
+
+def test_a_model_that_cannot_be_deleted_says_so_and_stays_listed(qtbot, window, make_checkpoint, home, monkeypatch):
+    """A file another program holds open cannot be deleted on Windows (nor one on a read-only
+    disk anywhere): the app says so in a sentence and keeps the model, instead of an error
+    escaping the button's handler."""
+    from pathlib import Path
+
+    win = window()
+    win.ctl.set_catalog(load_catalog(refreshed=False))
+    page = win.models
+    page.import_path(str(make_checkpoint("v6.0")))
+    name = page.current().file
+    real_unlink = Path.unlink
+
+    def held_open(self, *args, **kwargs):
+        if self.name == name:
+            raise PermissionError(13, "The process cannot access the file because it is being used by another process")
+        return real_unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", held_open)
+    monkeypatch.setattr("roost.gui.dialogs.confirm", lambda *a: True)
+    page.select_file(name)
+    qtbot.mouseClick(page.btn["delete"], Qt.LeftButton)
+    assert (home / "models" / name).exists() and name in [r.file for r in page.table.rows]
+    assert win.ctl.error is not None and f"{name} could not be deleted" in str(win.ctl.error)
