@@ -95,6 +95,8 @@ def test_models_page_lists_fit_downloads_pauses_resumes_deletes(qtbot, window, s
     assert hub.range_starts("cdn")[-1] > 0  # resumed, not restarted
 
     page.select_file(model.file)
+    # the file lands, then the page learns of it: on a busy machine the row's path comes a moment later
+    qtbot.waitUntil(lambda: page.btn["load"].isEnabled() and page.current().path is not None, timeout=20000)
     qtbot.mouseClick(page.btn["load"], Qt.LeftButton)
     assert win.ctl.loading  # the click asked the engine thread (a busy engine would refuse it)
     qtbot.waitUntil(lambda: win.ctl.info is not None or win.ctl.error is not None, timeout=60000)
