@@ -68,8 +68,8 @@ class Int8Linear:
         iterable of (q, scale), ``shape``: the whole weight's). With fbgemm each block is packed
         on its own as it comes, so a generator that quantises the next block only when asked
         never holds the whole matrix twice: the head of a 14B model is 268M weights, and packing
-        it whole held its int8 rows, a quantised copy and the packed form at once (0.8 GB over
-        what stays, at the peak of a load). Products take one call per block (the head of a
+        it whole held its int8 rows, a quantised copy and the packed form at once (2.0x the
+        head's int8 size over what stays, at the peak of a load; 0.53x in blocks). Products take one call per block (the head of a
         1.5B model is 4 blocks). With a :class:`Packer` the packing runs on its thread and the
         weight is complete once the packer has finished."""
         self = object.__new__(cls)

@@ -56,8 +56,8 @@ def prepare_layer(t, i: int, cfg, dtype, big) -> dict:
     w["att.time_maa_x"] = vec(t[p + "att.time_maa_x"], dtype)
     # the five mixes' base vectors stacked in the LoRA's output order: one op mixes all five
     w["att.maa"] = torch.stack([vec(t[p + "att." + m], dtype) for m in _MAA[1:]]).unsqueeze(1)  # (5, 1, C)
-    # an int8 / int4 CPU strategy packs the low-rank matrices in bf16 (half the bytes: 0.45 GB of a
-    # 14B model); time_maa_w2's five (D, C) products stay one float32 bmm (five packed calls cost more)
+    # an int8 / int4 CPU strategy packs three of the low-rank matrices in bf16 (half their bytes: 0.29 GB
+    # of a 14B model); time_maa_w2's five (D, C) products stay one float32 bmm (five packed calls cost more)
     packed = getattr(big, "low_rank", lambda _: None)
     w["att.time_maa_w1"] = packed(t[p + "att.time_maa_w1"]) or mat(t[p + "att.time_maa_w1"], dtype)  # (C, 5*D)
     w["att.time_maa_w2"] = mat(t[p + "att.time_maa_w2"], dtype)  # (5, D, C)
