@@ -77,8 +77,10 @@ class Int8Linear:
         return self
 
     def _setup(self, blocks, shape, kernel, quantize_activations, packer=None) -> None:
-        blocks = iter(blocks)
-        q, scale = next(blocks)
+        # a block may come with a third element: called once its rows have been packed or copied
+        # (a converted-weights cache gives the pages of the rows it mapped back)
+        blocks = ((*b, None)[:3] for b in blocks)
+        q, scale, done = next(blocks)
         self.shape, self.dtype = tuple(shape), torch.int8
         self.kernel = kernel or default_kernel(q.device, dynamic=quantize_activations)
         self.q = self.packed = None
@@ -89,22 +91,24 @@ class Int8Linear:
             self.levels = activation_levels()
             packed = []
             while q is not None:
-                packed.append(packer.submit(q, scale) if packer is not None else _prepack(q, scale))
+                packed.append(packer.submit(q, scale, done) if packer is not None else _prepack(q, scale, done))
                 scales.append(scale)
-                q, scale = next(blocks, (None, None))
-            if packer is not None:
-                packer.pending.append((self, packed))  # self.packed is set when the packer finishes
+                q, scale, done = next(blocks, (None, None, None))
+            if packer is not None:  # complete once the packer finishes
+                packer.pending.append(lambda: setattr(self, "packed", _one_or_list([f.result() for f in packed])))
             else:
-                self.packed = packed[0] if len(packed) == 1 else packed
+                self.packed = _one_or_list(packed)
         else:
             self.q = q if q.shape[0] == shape[0] else torch.empty(shape, dtype=torch.int8, device=q.device)
             r0 = 0
             while q is not None:
                 if self.q is not q:
                     self.q[r0:r0 + q.shape[0]] = q
+                    if done is not None:
+                        done()
                 r0 += q.shape[0]
                 scales.append(scale)
-                q, scale = next(blocks, (None, None))
+                q, scale, done = next(blocks, (None, None, None))
         self.scale = scales[0] if len(scales) == 1 else torch.cat(scales)  # float32 (out,)
         if self.q is not None:
             self.scale_bf16 = self.scale.to(torch.bfloat16)
@@ -157,17 +161,25 @@ class Int8Linear:
         return self.shape[0] * self.shape[1] + self.scale.numel() * 4
 
 
-def _prepack(q: torch.Tensor, scale: torch.Tensor):
-    """fbgemm's packed form of int8 rows ``q`` with float32 scales per row."""
+def _one_or_list(items: list):
+    return items[0] if len(items) == 1 else items
+
+
+def _prepack(q: torch.Tensor, scale: torch.Tensor, done=None):
+    """fbgemm's packed form of int8 rows ``q`` with float32 scales per row (``done`` is called once
+    ``q`` is no longer needed)."""
     zeros = torch.zeros(q.shape[0], dtype=torch.long)
     with warnings.catch_warnings():  # quantized tensors are "deprecated" but the ops remain
         warnings.simplefilter("ignore")
-        qw = torch._make_per_channel_quantized_tensor(q, scale.double(), zeros, 0)
+        qw = torch._make_per_channel_quantized_tensor(q, scale.double(), zeros, 0)  # (a copy)
+        if done is not None:
+            done()
         return torch.ops.quantized.linear_prepack(qw, None)
 
 
 class Packer:
-    """Packs int8 weights for fbgemm on a second thread while loading goes on.
+    """Packs int8 weights for fbgemm (and small weights for oneDNN) on other threads while loading
+    goes on.
 
     fbgemm's packing runs on one core (~5 ms per million weights) and cannot be cached (its packed
     form is opaque): half of a load from the converted-weights cache. On its own thread (torch
@@ -176,7 +188,9 @@ class Packer:
     packing on the loading thread, 4.4 s with two packing threads (2 cores); first loads gain ~5%.
     Blocks waiting to be packed hold their int8 rows: at most ``budget`` bytes of them (by default
     what the memory estimate allows for the load's peak). Every Int8Linear made with the packer is
-    complete after :meth:`finish`; :meth:`close` (after a failed load) drops what is waiting."""
+    complete after :meth:`finish`; :meth:`close` (after a failed load) drops what is waiting.
+    :meth:`run` runs any other conversion there (a PackedLinear made with the packer: RWKV-7's
+    low-rank matrices, 1.0 s of a 2.9 s second load of a 7B `cpu int4` model on the loading thread)."""
 
     def __init__(self, budget: int | None = None):
         import threading
@@ -185,16 +199,20 @@ class Packer:
         self._pool = ThreadPoolExecutor(min(4, torch.get_num_threads()), thread_name_prefix="roost-pack")
         self._room = threading.Condition()
         self._waiting, self._budget = 0, budget if budget is not None else 4 * Int8Linear.BLOCK
-        self.pending: list = []  # (Int8Linear, its blocks' futures)
+        self.pending: list = []  # what completes a weight once its futures are done, in order
 
-    def submit(self, q: torch.Tensor, scale: torch.Tensor):
+    def submit(self, q: torch.Tensor, scale: torch.Tensor, done=None):
         n = q.numel()
         with self._room:
             self._room.wait_for(lambda: self._waiting == 0 or self._waiting + n <= self._budget)
             self._waiting += n
-        future = self._pool.submit(_prepack, q, scale)
+        future = self._pool.submit(_prepack, q, scale, done)
         future.add_done_callback(lambda _: self._done(n))
         return future
+
+    def run(self, fn, *args):
+        """``fn(*args)`` on a packing thread: a future (outside the budget: for small weights)."""
+        return self._pool.submit(fn, *args)
 
     def _done(self, n: int) -> None:
         with self._room:
@@ -203,9 +221,8 @@ class Packer:
 
     def finish(self) -> None:
         try:
-            for linear, futures in self.pending:
-                packed = [f.result() for f in futures]
-                linear.packed = packed[0] if len(packed) == 1 else packed
+            for complete in self.pending:
+                complete()
         finally:
             self.close()
 
@@ -451,17 +468,18 @@ class PackedLinear:
     BLOCK = 1 << 24  # elements per packed block: 64 MB of float32
 
     def __init__(self, weight: torch.Tensor, *, dtype: torch.dtype | None = None,
-                 keep_rows: bool = False, release=None):
+                 keep_rows: bool = False, release=None, packer: Packer | None = None):
         self.dtype = dtype or weight.dtype
         rows, cols = self.shape = tuple(weight.shape)
         self.blocks = []
         step = max(1, self.BLOCK // cols)
+        if packer is not None:  # (not with keep_rows) complete once the packer finishes
+            futures = [packer.run(_reorder, weight[r0:r0 + step], self.dtype, release) for r0 in range(0, rows, step)]
+            packer.pending.append(lambda: setattr(self, "blocks", [f.result() for f in futures]))
+            self.plain = None
+            return
         for r0 in range(0, rows, step):
-            part = weight[r0:r0 + step].to(self.dtype).contiguous()
-            self.blocks.append(torch.ops.mkldnn._reorder_linear_weight(part, 1))
-            del part
-            if release is not None and not keep_rows:
-                release(weight[r0:r0 + step])
+            self.blocks.append(_reorder(weight[r0:r0 + step], self.dtype, None if keep_rows else release))
         self.plain = weight.to(self.dtype).contiguous() if keep_rows else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -480,6 +498,14 @@ class PackedLinear:
     def nbytes(self) -> int:
         n = self.shape[0] * self.shape[1] * self.blocks[0].element_size()
         return n * 2 if self.plain is not None else n
+
+
+def _reorder(part: torch.Tensor, dtype: torch.dtype, release=None) -> torch.Tensor:
+    """Rows of a weight in oneDNN's blocked layout for ``dtype`` (``release(part)`` after)."""
+    out = torch.ops.mkldnn._reorder_linear_weight(part.to(dtype).contiguous(), 1)
+    if release is not None:
+        release(part)
+    return out
 
 
 def pack_for_cpu(weight: torch.Tensor, *, dtype: torch.dtype | None = None, keep_rows: bool = False,

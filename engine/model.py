@@ -328,7 +328,7 @@ def load_model(path: str | os.PathLike, strategy: str = "cpu fp32", *,
             tensors.drop_pages()
             for i in range(cfg.n_layer):
                 big = _matrix_loader(places[i], i if rescale else 0, version=cfg.version, block=i, pack=pack,
-                                     kernel=opts.int8_kernel, cache=cache, packer=packer)
+                                     kernel=opts.int8_kernel, cache=cache, packer=packer, source=tensors)
                 lw = arch.prepare_layer(tensors, i, cfg, act_dtype(places[i].stage), big)
                 dev = places[i].stage.torch_device
                 layers.append(lw if places[i].stream or dev == "cpu" else _to_device(lw, dev))
@@ -368,13 +368,14 @@ def load_model(path: str | os.PathLike, strategy: str = "cpu fp32", *,
 
 def _matrix_loader(place: Placement, layer_id: int, *, version: int = 0, block: int | None = None,
                    pack: bool = True, kernel: str | None = None, cache=None,
-                   packer=None) -> Callable[[TensorFile, str], object]:
+                   packer=None, source: TensorFile | None = None) -> Callable[[TensorFile, str], object]:
     """How a layer's big matrices are stored: in the stage's dtype or int8, on its device
     (``block``: the layer's index, None for the head; ``pack``: float CPU weights reordered
     for oneDNN where that is faster, see engine.linear.pack_for_cpu; ``kernel``: the CPU int8
     kernel to use instead of each matrix's default; ``cache``: an engine.weight_cache.Entry that
     CPU int8 / int4 matrices are read from, or recorded into; ``packer``: an engine.linear.Packer
-    for the fbgemm packing of CPU int8 matrices)."""
+    for the fbgemm packing of CPU int8 matrices and of the small low-rank ones; ``source``: the
+    file whose pages those low-rank matrices give back once packed)."""
     maybe_pack = functools.partial(pack_for_cpu, enabled=pack)
     stage = place.stage
     dtype = _DTYPES[stage.dtype]
@@ -415,7 +416,8 @@ def _matrix_loader(place: Placement, layer_id: int, *, version: int = 0, block: 
         or None to keep it as it is (see RWKV-7's ``lora``)."""
         if not packs_low_rank(place, pack):
             return None
-        return PackedLinear(w.t(), dtype=torch.bfloat16)
+        release = (lambda rows: source.release(rows, None)) if source is not None else None  # noqa: E731
+        return PackedLinear(w.t(), dtype=torch.bfloat16, packer=packer, release=release)
 
     load.low_rank = low_rank
     return load
@@ -441,8 +443,8 @@ def _quantized(key: str, w: torch.Tensor, kind: str, cache, *, release=None, ker
         for r0 in range(0, rows, step):
             name, n = (key if step == rows else f"{key}@{r0}"), min(step, rows - r0)
             got = cache.get(name, kind, {"q": (n, cols), "scale": (n,)}) if cache is not None else None
-            if got is not None:
-                yield got["q"], got["scale"]
+            if got is not None:  # (the rows' pages are given back once fbgemm has packed them)
+                yield got["q"], got["scale"].clone(), functools.partial(cache.done, got["q"])
                 continue
             q, scale = quantize_rows(w[r0:r0 + step], "cpu", release=release)
             if cache is not None:

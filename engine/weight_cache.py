@@ -13,18 +13,29 @@ written under a temporary name and renamed once complete. An entry belongs to on
 model file's name, size and modification time (as saved states, engine.state_io.file_identity),
 the strategy, this format's version, torch's version and the 4-bit parameters. A file that cannot
 be read, or whose index, sizes or identity do not match, is ignored and replaced; when a model
-file changes, its old entry goes. Entries beyond the budget go least recently used first. Tensors
-are read into memory the model owns (plain reads, no mapping left open), so the cache can be cleared
-while a model runs. Only the tensors' structure is checked: a file whose bytes were altered on disk
-in place (same length, index intact) is not detected; that would need a checksum of gigabytes per load.
+file changes, its old entry goes. Entries beyond the budget go least recently used first.
+
+A complete entry is mapped read-only and its tensors are views of the mapping: a second load copies
+nothing (its pages come from the page cache, mapped ahead with MADV_POPULATE_READ where Linux has it)
+and the weights of a 4-bit model are the file's pages, which the system can drop and read back
+under memory pressure rather than fail. Tensors that are only read once (int8 rows that fbgemm
+packs into its own form) give their pages back once used (:meth:`Entry.done`). Entries are only ever
+written under another name and renamed, never changed in place, so a mapped one stays whole; on
+Linux and macOS the cache can be cleared while a model runs (the mapping keeps its pages until the
+model goes), on Windows the running model's entry stays until it is unloaded. Only the tensors'
+structure is checked: a file whose bytes were altered on disk in place (same length, index intact)
+is not detected; that would need a checksum of gigabytes per load.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import struct
+import sys
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -35,6 +46,9 @@ ALIGN = 64
 _SIZES = {"int8": 1, "uint8": 1, "float32": 4, "bfloat16": 2}  # the types an entry holds (torch is
 # imported only to read or write one: the app's settings page lists and clears entries without it)
 _MAX_INDEX = 64 << 20
+# Linux 5.14+: MADV_POPULATE_READ maps a range's pages from the page cache (reading what is missing)
+_POPULATE_READ = 22 if sys.platform.startswith("linux") else getattr(mmap, "MADV_WILLNEED", None)
+_PAGE = mmap.PAGESIZE
 
 
 class Usage(NamedTuple):
@@ -112,14 +126,14 @@ class Entry:
     def __init__(self, cache: WeightCache, path: Path, stem: str, identity: dict):
         self.cache, self.path, self.stem, self.identity = cache, path, stem, identity
         self.index: dict | None = None
-        self._reader = self._writer = None
+        self._map = self._writer = None
         self._written: dict[str, list] = {}
         self._offset = 0
         self.broken = False  # a tensor of the file did not fit: the entry is replaced next time
         self.hits = 0
         if cache.budget > 0:
             self._open_reader()
-            if self._reader is None:
+            if self._map is None:
                 self._open_writer()
 
     def _open_reader(self) -> None:
@@ -148,11 +162,18 @@ class Entry:
                 if dtype not in _SIZES or offset + nbytes > at or offset < 0 \
                         or nbytes != numel * _SIZES[dtype]:
                     raise ValueError("tensor")
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # (stays valid once f is closed)
         except (ValueError, TypeError, KeyError, OSError, UnicodeDecodeError, struct.error):
-            f.close()
             _remove(self.path)  # damaged or of another version: replaced by this load
             return
-        self._reader, self.index = f, index
+        finally:
+            f.close()
+        self.index = index
+        import torch
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (a read-only buffer: never written through)
+            self._base = torch.frombuffer(self._map, dtype=torch.uint8, count=1).data_ptr()
         try:
             os.utime(self.path)  # used: the last to be evicted
         except OSError:
@@ -167,8 +188,9 @@ class Entry:
             self._writer = None
 
     def get(self, key: str, kind: str, shapes: dict[str, tuple]) -> dict | None:
-        """The tensors stored for ``key`` as ``kind`` with exactly ``shapes`` ({name: shape}), or None."""
-        if self._reader is None:
+        """The tensors stored for ``key`` as ``kind`` with exactly ``shapes`` ({name: shape}), or None.
+        They are read-only views of the mapped file: never write to them."""
+        if self._map is None:
             return None
         import torch
 
@@ -179,18 +201,46 @@ class Entry:
                 self.broken = True
                 return None
             dtype, _, offset, nbytes = entry
-            t = torch.empty(tuple(shape), dtype=getattr(torch, dtype))
-            buf = memoryview(t.view(torch.uint8).numpy()).cast("B") if t.numel() else memoryview(b"")
-            try:
-                self._reader.seek(offset)
-                if self._reader.readinto(buf) != nbytes:
-                    raise OSError("short read")
-            except OSError:
-                self.broken = True
-                return None
-            out[name] = t
+            if not nbytes:
+                out[name] = torch.empty(tuple(shape), dtype=getattr(torch, dtype))
+                continue
+            self._advise(_POPULATE_READ, offset, nbytes, outward=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                t = torch.frombuffer(self._map, dtype=getattr(torch, dtype), count=nbytes // _SIZES[dtype],
+                                     offset=offset)
+            out[name] = t.view(tuple(shape))
         self.hits += 1
         return out
+
+    def done(self, t) -> None:
+        """``t`` (from :meth:`get`) will not be read again: its pages leave this process (they stay
+        in the page cache). Safe to call from any thread, and with tensors not of this entry."""
+        m = self._map
+        if m is None or not t.numel():
+            return
+        offset = t.data_ptr() - self._base
+        if 0 <= offset and offset + t.numel() * t.element_size() <= len(m):
+            self._advise(getattr(mmap, "MADV_DONTNEED", None), offset, t.numel() * t.element_size(), outward=False)
+
+    def _advise(self, advice, offset: int, nbytes: int, *, outward: bool) -> None:
+        """madvise over the pages of a byte range (``outward``: every page it touches, else only the
+        pages it covers whole); nothing where the system has no madvise."""
+        m = self._map
+        if advice is None or m is None or not hasattr(m, "madvise"):
+            return
+        if outward:
+            a, b = offset // _PAGE * _PAGE, min(len(m), -(-(offset + nbytes) // _PAGE) * _PAGE)
+        else:
+            a, b = -(-offset // _PAGE) * _PAGE, (offset + nbytes) // _PAGE * _PAGE
+        if b <= a:
+            return
+        try:
+            m.madvise(advice, a, b - a)
+        except (OSError, ValueError):
+            global _POPULATE_READ
+            if advice == _POPULATE_READ:  # before Linux 5.14: the pages are faulted in as they are used
+                _POPULATE_READ = getattr(mmap, "MADV_WILLNEED", None)
 
     def put(self, key: str, kind: str, tensors: dict) -> None:
         """Append ``key``'s converted tensors (a full disk or any write error stops the recording,
@@ -220,9 +270,8 @@ class Entry:
     def finish(self) -> None:
         """After a load: a recorded entry is completed and kept (within the budget); an entry read
         with a damaged tensor is removed so the next load rebuilds it."""
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        if self._map is not None:
+            self._map = None  # (not closed: the model's tensors are views of it; it goes with them)
             if self.broken:
                 _remove(self.path)
             else:
@@ -251,9 +300,7 @@ class Entry:
             _remove(self.path)
 
     def abort(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        self._map = None
         self._drop_writer()
 
     def _drop_writer(self) -> None:

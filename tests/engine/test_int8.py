@@ -113,11 +113,11 @@ def test_a_packing_failure_fails_the_load_and_leaves_no_thread(make_checkpoint, 
     calls = []
     real = el._prepack
 
-    def failing(q, scale):
+    def failing(q, scale, done=None):
         calls.append(1)
         if len(calls) == 3:
             raise RuntimeError("out of memory while packing")
-        return real(q, scale)
+        return real(q, scale, done)
 
     monkeypatch.setattr(el, "_prepack", failing)
     with pytest.raises(RuntimeError, match="out of memory while packing"):

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 
 import pytest
 import torch
 
 from roost.engine import load_model
-from roost.engine.linear import int4_works
+from roost.engine.linear import _fbgemm_works, int4_works
 from roost.engine.weight_cache import SUFFIX, WeightCache
 
 TOKENS = [11, 400, 7, 1999, 42, 3]
@@ -152,3 +153,53 @@ def test_entries_beyond_the_budget_go_least_recently_used_first(model_file, tmp_
     assert cache.clear() == 0 and cache.usage() == (0, 0)
     load("cpu int8")
     assert cache.clear() == a_size and list(folder.iterdir()) == []
+
+
+def _mapped_bytes(path) -> int:
+    """Resident bytes of this process's mappings of ``path`` (Linux smaps)."""
+    total, ours = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if fields and "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
+                ours = line.rstrip("\n").endswith(str(path))
+            elif ours and fields[0] == "Rss:":
+                total += int(fields[1]) * 1024
+    return total
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+@pytest.mark.skipif(not int4_works() or not _fbgemm_works(), reason="needs the 4-bit kernel and fbgemm")
+def test_a_second_load_maps_the_entry_and_keeps_only_the_4_bit_weights_mapped(model_file, tmp_path):
+    """The 4-bit weights of a second load are the entry's pages (no copy into new memory: half of
+    such a load was page faults of fresh memory); the int8 rows fbgemm packed into its own form
+    (the head, block 0) give their pages back. The entry may be deleted while the model runs."""
+    from roost.engine.linear import Int4Linear, Int8Linear
+
+    cache = tmp_path / "cache"
+    load_model(model_file, "cpu int4", weight_cache=str(cache))
+    (entry,) = cache.iterdir()
+    model = load_model(model_file, "cpu int4", weight_cache=str(cache))
+    mats = [w for lw in model._layers for w in lw.values()] + [model._w["head.weight"]]
+    four = sum(w.packed.nbytes + w.scale_zero.nbytes for w in mats if isinstance(w, Int4Linear))
+    eight = sum(w.nbytes() for w in mats if isinstance(w, Int8Linear))
+    assert four and eight > 10 * four  # (the head of a 65536-token vocabulary)
+    mapped = _mapped_bytes(entry)
+    assert four <= mapped < four + eight // 10, (four, eight, mapped)
+    want = load_model(model_file, "cpu int4").forward(TOKENS)[0]
+    size = entry.stat().st_size
+    assert WeightCache(cache, 1 << 30).clear() == size and not entry.exists()
+    assert torch.equal(model.forward(TOKENS)[0], want)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+def test_an_int8_model_keeps_nothing_of_the_entry_mapped(model_file, tmp_path):
+    import gc
+
+    cache = tmp_path / "cache"
+    load_model(model_file, "cpu int8", weight_cache=str(cache))
+    (entry,) = cache.iterdir()
+    model = load_model(model_file, "cpu int8", weight_cache=str(cache))
+    gc.collect()
+    assert model.cached_matrices == 25 and _mapped_bytes(entry) < 64 << 10
+    assert torch.equal(model.forward(TOKENS)[0], load_model(model_file, "cpu int8").forward(TOKENS)[0])
