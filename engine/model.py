@@ -292,7 +292,7 @@ def load_model(path: str | os.PathLike, strategy: str = "cpu fp32", *,
     tensor, and the file pages of each converted tensor are released as soon as it is done.
     """
     from roost.engine import memory
-    from roost.engine.tokenizer import tokenizer_for_vocab
+    from roost.engine.tokenizer import WORLD_VOCABS, tokenizer_for_vocab, world_tokenizer_soon
 
     opts = (options or LoadOptions()).replace(**option_changes)
     chunk_len = opts.chunk_len
@@ -313,7 +313,13 @@ def load_model(path: str | os.PathLike, strategy: str = "cpu fp32", *,
             if opts.check_memory:
                 est = memory.estimate(tensors, cfg, strat, chunk_len, pack=opts.pack)
                 memory.check_fits(est, memory.available(), model_name=Path(path).name, strategy=strat)
-            tokenizer = tokenizer_for_vocab(cfg.vocab_size, path, tokenizer_path)  # fail before the heavy part
+            # fail before the heavy part; the World vocabulary's ~0.3 s of reading goes on beside
+            # the weights (a missing file fails here, a damaged one at the end)
+            tokenizer = None
+            if cfg.vocab_size in WORLD_VOCABS and tokenizer_path is None:
+                world_tokenizer_soon()
+            else:
+                tokenizer = tokenizer_for_vocab(cfg.vocab_size, path, tokenizer_path)
             arch = arch_module(cfg.arch)
             rescale = cfg.version < 7 and any(p.stage.dtype == "fp16" for p in places)
             # torch.compile cannot trace oneDNN's packed weights: plain ones where it will compile
@@ -355,6 +361,8 @@ def load_model(path: str | os.PathLike, strategy: str = "cpu fp32", *,
             tensors.close()
     if cache is not None:
         cache.finish()
+    if tokenizer is None:
+        tokenizer = tokenizer_for_vocab(cfg.vocab_size, path, tokenizer_path)
     if progress:
         progress(1.0)
     model = RWKV(cfg, strat, places, weights, layers, tokenizer, Path(path), chunk_len=chunk_len)

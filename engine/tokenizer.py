@@ -321,6 +321,24 @@ def world_tokenizer(path: str | os.PathLike | None = None) -> WorldTokenizer:
         return _WORLD
 
 
+def world_tokenizer_soon() -> None:
+    """Start reading the World vocabulary on a thread (~0.3 s of Python) unless it is read already:
+    a model load goes on meanwhile and :func:`world_tokenizer` waits for it. Raises TokenizerError
+    now if the vocabulary file is missing; a thread that fails leaves the error to the next call."""
+    with _WORLD_LOCK:
+        if _WORLD is not None:
+            return
+    world_vocab_path()
+
+    def read() -> None:
+        try:
+            world_tokenizer()
+        except TokenizerError:
+            pass
+
+    threading.Thread(target=read, name="roost-vocab", daemon=True).start()
+
+
 NEOX_NAMES = ("20B_tokenizer.json", "tokenizer.json")
 WORLD_VOCABS = range(65529, 65537)  # the World vocabulary (65529 tokens), padded up to 65536
 NEOX_VOCABS = (50277, 50304)

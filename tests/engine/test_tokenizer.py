@@ -111,3 +111,36 @@ def test_missing_or_unknown_tokenizers_are_explained(tmp_path):
     (tmp_path / "bad.json").write_text("not json")
     with pytest.raises(TokenizerError, match="bad.json"):
         NeoXTokenizer(tmp_path / "bad.json")
+
+
+def test_a_load_reads_the_world_vocabulary_beside_the_weights(make_checkpoint, monkeypatch):
+    """The World vocabulary takes ~0.3 s of Python to read: a load reads it on a thread while the
+    weights load (a fifth of a second load of a 1.5B int4 model from the weight cache); a missing
+    vocabulary still fails before any weight is read."""
+    import threading
+
+    import roost.engine.tokenizer as et
+    from roost.engine import load_model
+
+    path = make_checkpoint("v6.0", n_layer=1, n_embd=64)
+    monkeypatch.setattr(et, "_WORLD", None)
+    readers = []
+    real_init = et.WorldTokenizer.__init__
+
+    def init(self, vocab_path):
+        readers.append(threading.current_thread().name)
+        real_init(self, vocab_path)
+
+    monkeypatch.setattr(et.WorldTokenizer, "__init__", init)
+    model = load_model(path, "cpu fp32")
+    assert readers == ["roost-vocab"]
+    assert model.tokenizer.decode(model.tokenizer.encode(SAMPLES[1])) == SAMPLES[1]
+    assert load_model(path, "cpu fp32").tokenizer is model.tokenizer and readers == ["roost-vocab"]  # once
+
+    def missing():
+        raise TokenizerError("The RWKV World tokenizer vocabulary is missing")
+
+    monkeypatch.setattr(et, "_WORLD", None)
+    monkeypatch.setattr(et, "world_vocab_path", missing)
+    with pytest.raises(TokenizerError, match="missing"):
+        load_model(path, "cpu fp32", progress=lambda f: pytest.fail(f"the load went on ({f:.0%})"))
