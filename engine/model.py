@@ -419,15 +419,17 @@ def _matrix_loader(place: Placement, layer_id: int, *, version: int = 0, block: 
         t.release(src, out)
         return out
 
-    def low_rank(w: torch.Tensor):
+    def low_rank(w: torch.Tensor, *, from_file: bool = True):
         """A small low-rank matrix (in, out) of an int8 / int4 CPU stage as packed bf16 (out, in),
-        or None to keep it as it is (see RWKV-7's ``lora``)."""
+        or None to keep it as it is (see RWKV-7's ``lora``). ``from_file``: ``w`` is a view of the
+        file, whose pages go once it is packed."""
         if not packs_low_rank(place, pack):
             return None
-        release = (lambda rows: source.release(rows, None)) if source is not None else None  # noqa: E731
+        release = (lambda rows: source.release(rows, None)) if source is not None and from_file else None  # noqa: E731
         return PackedLinear(w.t(), dtype=torch.bfloat16, packer=packer, release=release)
 
     load.low_rank = low_rank
+    load.packs_low_rank = packs_low_rank(place, pack)
     return load
 
 

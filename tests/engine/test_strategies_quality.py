@@ -138,17 +138,26 @@ def test_rwkv7_low_rank_products_run_packed_in_bf16_with_quantized_weights(make_
 
     path = make_checkpoint("v7.0", n_layer=4, n_embd=256)
     model = load_model(path, "cpu int8")
-    w1 = model._layers[1]["att.w1"]
     if not packs_on_cpu(torch.bfloat16):
+        w1 = model._layers[1]["att.w1"]
         assert isinstance(w1, torch.Tensor) and w1.dtype == torch.float32
         return
-    assert isinstance(w1, PackedLinear) and w1.dtype == torch.bfloat16 and w1.shape == (32, 256)  # (out, in)
+    # each layer's four pairs in two packed products: the first matrices side by side, the second stacked
+    first, second = model._layers[1]["att.lr1"], model._layers[1]["att.lr2"]
+    assert isinstance(first, PackedLinear) and first.dtype == torch.bfloat16 and first.sizes == (32, 32, 64, 32)
+    assert first.shape == (160, 256) and second.shape == (256, 160)  # (out, in)
+    assert model._layers[0]["att.lr1"].sizes == (32, 32, 64)  # layer 0 has no value pair
+    assert "att.w1" not in model._layers[1]
     assert isinstance(load_model(path, "cpu fp32")._layers[1]["att.w1"], torch.Tensor)  # fp32 keeps them exact
-    packed, _ = model.forward(TOKENS[:32])
-    t, _ = open_checkpoint(path)
-    for i, lw in enumerate(model._layers):
-        for k in [k for k, v in lw.items() if isinstance(v, PackedLinear) and k[-1] in "12"]:
-            lw[k] = t[f"blocks.{i}.{k}"].float().contiguous()
-    plain, _ = model.forward(TOKENS[:32])
-    t.close()
-    assert float((packed - plain).abs().max() / plain.abs().max()) < 0.02
+    for tokens in (TOKENS[:32], TOKENS[:1]):  # a prompt chunk and one token
+        packed, _ = model.forward(tokens)
+        t, _ = open_checkpoint(path)
+        saved = [dict(lw) for lw in model._layers]
+        for i, lw in enumerate(model._layers):  # the plain float32 pairs, one product each
+            del lw["att.lr1"], lw["att.lr2"]
+            for k in [f"att.{m}{j}" for m in "wagv"[:3 if i == 0 else 4] for j in "12"]:
+                lw[k] = t[f"blocks.{i}.{k}"].float().contiguous()
+        plain, _ = model.forward(tokens)
+        t.close()
+        model._layers[:] = saved
+        assert float((packed - plain).abs().max() / plain.abs().max()) < 0.02
