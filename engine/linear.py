@@ -473,7 +473,8 @@ class PackedLinear:
         rows, cols = self.shape = tuple(weight.shape)
         self.blocks = []
         step = max(1, self.BLOCK // cols)
-        if packer is not None:  # (not with keep_rows) complete once the packer finishes
+        if packer is not None:  # complete once the packer finishes
+            assert not keep_rows, "a weight packed on the packer's threads keeps no plain rows"
             futures = [packer.run(_reorder, weight[r0:r0 + step], self.dtype, release) for r0 in range(0, rows, step)]
             packer.pending.append(lambda: setattr(self, "blocks", [f.result() for f in futures]))
             self.plain = None

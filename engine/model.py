@@ -301,8 +301,8 @@ def load_model(path: str | os.PathLike, strategy: str = "cpu fp32", *,
     started = time.perf_counter()
     tensors, cfg = open_checkpoint(path)
     cache = packer = None
-    if opts.weight_cache and opts.weight_cache_bytes > 0 and any(
-            s.device == "cpu" and (s.int8 or s.int4) for s in strat.stages):
+    quantized_cpu = any(s.device == "cpu" and (s.int8 or s.int4) for s in strat.stages)
+    if opts.weight_cache and opts.weight_cache_bytes > 0 and quantized_cpu:
         from roost.engine.weight_cache import WeightCache
 
         cache = WeightCache(opts.weight_cache, opts.weight_cache_bytes).open(path, str(strat))
@@ -325,8 +325,7 @@ def load_model(path: str | os.PathLike, strategy: str = "cpu fp32", *,
             # torch.compile cannot trace oneDNN's packed weights: plain ones where it will compile
             pack = opts.pack and not (opts.compile and compiled.unavailable_reason(strat.devices) is None)
             layers = []
-            if packer is None and any(s.device == "cpu" and (s.int8 or s.int4) for s in strat.stages):
-                packer = Packer()
+            packer = Packer() if quantized_cpu else None
             # the head first: its int8 packing (the largest) overlaps the layers' loading, and the
             # largest conversion happens while the least memory is in use
             head_weight = _matrix_loader(places[-1], 0, version=cfg.version, pack=pack, kernel=opts.int8_kernel,
@@ -420,11 +419,9 @@ def _matrix_loader(place: Placement, layer_id: int, *, version: int = 0, block: 
         return out
 
     def low_rank(w: torch.Tensor, *, from_file: bool = True):
-        """A small low-rank matrix (in, out) of an int8 / int4 CPU stage as packed bf16 (out, in),
-        or None to keep it as it is (see RWKV-7's ``lora``). ``from_file``: ``w`` is a view of the
-        file, whose pages go once it is packed."""
-        if not packs_low_rank(place, pack):
-            return None
+        """A small low-rank matrix (in, out) as packed bf16 (out, in), where ``load.packs_low_rank``
+        (int8 / int4 CPU stages; see the arch modules' ``lora``). ``from_file``: ``w`` is a view of
+        the file, whose pages go once it is packed."""
         release = (lambda rows: source.release(rows, None)) if source is not None and from_file else None  # noqa: E731
         return PackedLinear(w.t(), dtype=torch.bfloat16, packer=packer, release=release)
 
@@ -453,7 +450,9 @@ def _quantized(key: str, w: torch.Tensor, kind: str, cache, *, release=None, ker
         for r0 in range(0, rows, step):
             name, n = (key if step == rows else f"{key}@{r0}"), min(step, rows - r0)
             got = cache.get(name, kind, {"q": (n, cols), "scale": (n,)}) if cache is not None else None
-            if got is not None:  # (the rows' pages are given back once fbgemm has packed them)
+            # the rows' pages are given back once fbgemm has packed them; the scale is copied so
+            # that an int8 model keeps no view of the entry (its mapping then goes with the load)
+            if got is not None:
                 yield got["q"], got["scale"].clone(), functools.partial(cache.done, got["q"])
                 continue
             q, scale = quantize_rows(w[r0:r0 + step], "cpu", release=release)

@@ -3,7 +3,10 @@
 - ``expected_shapes(cfg, keys) -> {key: shape}``: every per-layer tensor it reads (low-rank matrices
   None); ``lora_shapes(cfg) -> {name: shape}``: those low-rank matrices in an official model of
   that width. Use them through ``checkpoint.model_shapes``;
-- ``prepare_layer(tensors, i, cfg, dtype) -> dict``: layer ``i``'s weights in run-time form;
+- ``prepare_layer(tensors, i, cfg, dtype, big) -> dict``: layer ``i``'s weights in run-time form,
+  its big matrices through ``big(tensors, key)`` (engine.model's ``_matrix_loader``), its low-rank
+  ones through ``big.low_rank(w)`` where ``big.packs_low_rank`` (packed bf16 in int8/int4 CPU
+  stages);
 - ``init_state(cfg, w, dtype) -> tuple``: a layer's fresh recurrent state: zeros, or the starting
   state ``w["att.time_state"]`` where the layer has one;
 - ``time_state(stored, cfg) -> tensor`` (RWKV-5/6/7 only): a state-tuned starting state as files

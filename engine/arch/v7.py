@@ -93,7 +93,7 @@ def _fused_low_rank(t, p: str, i: int, pack) -> dict:
     return {"att.lr1": first, "att.lr2": second}
 
 
-def _low_rank_fused(xs: list, w: dict) -> list:
+def _fused_products(xs: list, w: dict) -> list:
     """The second products of the fused low-rank pairs (see _fused_low_rank) for the inputs ``xs``
     (each (T, C): decay, rate, gate[, value]), the decay's tanh and the gate's sigmoid between the
     two. The first product takes the inputs as rows; each input keeps only its own pair's columns
@@ -211,7 +211,7 @@ def time_mix(x, prev, s, v_first, w, cfg, first_layer: bool):
     k = linear(xk, w["att.key.weight"])
     v = linear(xv, w["att.value.weight"])
     if "att.lr1" in w:  # int8 / int4 CPU stages: the four low-rank pairs in two calls
-        dec, a, g, *v_mix = _low_rank_fused([xw, xa, xg] + ([] if first_layer else [xv]), w)
+        dec, a, g, *v_mix = _fused_products([xw, xa, xg] + ([] if first_layer else [xv]), w)
     else:
         dec = lora(torch.tanh(lora(xw, w["att.w1"])), w["att.w2"])
         a = lora(lora(xa, w["att.a1"]), w["att.a2"])

@@ -199,8 +199,8 @@ print(before, after, peak, rss)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's RSS high-water mark and smaps")
 def test_the_head_converts_a_block_at_a_time_and_no_file_pages_stay(make_checkpoint):
     """The int8 head is quantised and packed a block of rows at a time: converted whole it held its
-    int8 rows, a quantised copy and the packed form at once (0.8 GB over the steady state for a 14B
-    model, at the load's peak). And no page of the model file stays resident after loading: the
+    int8 rows, a quantised copy and the packed form at once (2.0x the head's int8 size over the
+    steady state, at the load's peak). And no page of the model file stays resident after loading: the
     small tensors copied from it (a 14B model's 0.45 GB of low-rank matrices) used to."""
     path = make_checkpoint("v6.0", n_layer=4, n_embd=2048, seed=8)  # head 65536 x 2048: 4 blocks
     out = subprocess.run([sys.executable, "-c", _HEAD_RSS, str(path)], capture_output=True,
