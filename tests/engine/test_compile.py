@@ -87,7 +87,12 @@ def test_compiled_logits_match_eager(ckpt, no_env, strategy):
     assert model.compiled is True, model.compile_note
     assert model.compile_note is None
     eager = engine.load_model(ckpt, strategy, pack=False)  # the plain weights a compiled model runs
-    torch.testing.assert_close(_steps(model), _steps(eager), atol=1e-3 if "int8" in strategy else 1e-4, rtol=0)
+    # int8: the split activations' rounding may differ by one step, whose size goes as 1/levels^2
+    # (63 levels on CPUs without VNNI: 4x larger)
+    from roost.engine.linear import activation_levels
+
+    atol = 1e-3 * (127 / activation_levels()) ** 2 if "int8" in strategy else 1e-4
+    torch.testing.assert_close(_steps(model), _steps(eager), atol=atol, rtol=0)
     # no piece recompiled for each new token (a Python number in the graph would do that, up to
     # dynamo's limit of 8 and a warning)
     _steps(model, prompt=(9, 8))

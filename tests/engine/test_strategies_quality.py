@@ -120,6 +120,7 @@ def test_int8_kernel_choice_follows_the_measured_errors(monkeypatch):
     k = "blocks.3.att.key.weight"
     monkeypatch.setattr(em, "cpu_has_vnni", lambda: False)  # 7-bit activations: weight-only precision
     assert not em.quantizes_activations(k, 6)
+    assert not em.quantizes_activations("blocks.3.ffn.value.weight", 4)  # the FFN too
     monkeypatch.setattr(em, "cpu_has_vnni", lambda: True)
     assert em.quantizes_activations(k, 6) and em.quantizes_activations("blocks.3.att.gate.weight", 5)
     assert not em.quantizes_activations("blocks.3.att.receptance.weight", 6)

@@ -143,7 +143,8 @@ def test_a_machine_without_a_chinese_font_gets_the_bundled_one(qtbot, monkeypatc
     family = add_cjk_font(data)
     assert family and "Noto Sans CJK" in family
     assert family.lower() in QFont.substitutes(QFont().defaultFamily())  # (Qt keeps them in lower case)
-    assert QFontMetrics(QFont(family)).inFont("中")
+    # (by code point: PySide6 6.11's inFont(str) answered False for a glyph the font has)
+    assert QFontMetrics(QFont(family)).inFontUcs4(ord("中"))
     monkeypatch.setattr("roost.core.paths.asset", lambda name: (_ for _ in ()).throw(OSError("no such file")))
     assert add_cjk_font() is None  # a wheel install has no bundled font: nothing happens
 
