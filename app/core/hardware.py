@@ -32,6 +32,9 @@ class Machine:
     mps: bool = False  # Apple Silicon GPU usable by torch
     notes: tuple[str, ...] = field(default=())
     read_rate: float = 0.0  # bytes/s the CPU reads memory at (measure_read_rate); 0: not measured
+    # the vector instructions PyTorch's CPU kernels use here ("AVX512", "AVX2", "DEFAULT" on most
+    # Arm builds...); "" when not known
+    cpu_capability: str = ""
 
     @property
     def usable_gpu(self) -> Gpu | None:
@@ -53,11 +56,12 @@ def probe(models_dir: str | os.PathLike | None = None, *, measure: bool = True) 
             folder = folder.parent
         disk = shutil.disk_usage(folder).free
     gpus, notes = _nvml_gpus()
-    torch_cuda, mps = False, False
+    torch_cuda, mps, capability = False, False, ""
     try:
         import torch
 
         torch_cuda = torch.cuda.is_available()
+        capability = torch.backends.cpu.get_cpu_capability()
         mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
         if torch_cuda and not gpus:
             gpus = tuple(_torch_gpu(i) for i in range(torch.cuda.device_count()))
@@ -71,7 +75,7 @@ def probe(models_dir: str | os.PathLike | None = None, *, measure: bool = True) 
     return Machine(os=f"{platform.system()} {platform.release()}", cpu_name=cpu, cpu_cores=cores,
                    ram_total=vm.total, ram_free=vm.available, disk_free=disk, gpus=gpus,
                    torch_cuda=torch_cuda, mps=mps, notes=notes,
-                   read_rate=read_rate(cpu, cores, vm.total) if measure else 0.0)
+                   read_rate=read_rate(cpu, cores, vm.total) if measure else 0.0, cpu_capability=capability)
 
 
 def read_rate(cpu: str, cores: int, ram: int) -> float:

@@ -49,8 +49,8 @@ TEXT = {
     "0 keeps none; the least recently used models go first.": "0 表示不保存；最久未使用的模型先被删除。",
     "Disk space for converted weights:": "转换后权重的磁盘空间：",
     "Delete converted weights": "删除转换后的权重",
-    "int4 / i4: weights kept in 4 bits: half the memory of int8 and faster on the processor, noticeably less exact.":
-        "int4 / i4：权重以 4 位保存：内存是 int8 的一半，在处理器上更快，但精度明显降低。",
+    "int4 / i4: weights kept in 4 bits: half the memory of int8, noticeably less exact; faster than int8 on processors with AVX-512, as fast on others.":
+        "int4 / i4：权重以 4 位保存：内存是 int8 的一半，精度明显降低；在支持 AVX-512 的处理器上比 int8 快，其他处理器上速度相同。",
     "fp16: weights in 16-bit floating point: half the memory of fp32, as exact as needed.":
         "fp16：16 位浮点权重：内存是 fp32 的一半，精度足够。",
     "bf16: another 16-bit format, with fp32's range: for processors that support it.":

@@ -36,8 +36,8 @@ TERMS = [
     ("mps", "mps: runs on the Apple Silicon graphics unit."),
     ("cpu", "cpu: runs on the processor and ordinary memory (works everywhere, slower)."),
     ("i8", "int8 / i8: weights kept in 8 bits: half the memory of 16 bits and faster to read, a little less exact."),
-    ("i4", "int4 / i4: weights kept in 4 bits: half the memory of int8 and faster on the processor, "
-           "noticeably less exact."),
+    ("i4", "int4 / i4: weights kept in 4 bits: half the memory of int8, noticeably less exact; faster than "
+           "int8 on processors with AVX-512, as fast on others."),
     ("fp16", "fp16: weights in 16-bit floating point: half the memory of fp32, as exact as needed."),
     ("bf16", "bf16: another 16-bit format, with fp32's range: for processors that support it."),
     ("fp32", "fp32: full 32-bit precision: the most exact and the most memory."),

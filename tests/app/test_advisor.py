@@ -69,6 +69,25 @@ def test_four_bits_are_chosen_only_where_eight_do_not_fit_and_said_so():
     assert "4-bit" in split.reason and split.label != WILL_NOT_FIT
 
 
+def test_four_bits_are_expected_faster_than_eight_only_with_avx512():
+    """PyTorch's 4-bit CPU kernel keeps up with the memory with AVX-512 only; with AVX2 it runs at
+    int8's speed (measured on Zen 3), and the speed class must not promise more."""
+    import dataclasses
+
+    from roost.core.advisor import INT4_BYTES
+
+    def tps(machine, capability, shape=M_7B):
+        return choose_strategy(shape, dataclasses.replace(machine, cpu_capability=capability)).tokens_per_second
+
+    assert choose_strategy(M_7B, pc(8)).strategy == "cpu int4"
+    assert tps(pc(8), "AVX512") == pytest.approx(tps(pc(8), "AVX2") / INT4_BYTES, rel=0.02)
+    assert tps(pc(8), "AVX2") == pytest.approx(tps(pc(8), "DEFAULT"))
+    # the same 8-bit bytes as int8: the speed expected of int4 with AVX2 is int8's
+    assert tps(pc(8), "AVX2") == pytest.approx(tps(pc(64), "AVX2"), rel=0.02)
+    # a GPU split: the CPU's layers in 4 bits
+    assert tps(pc(12, gpu=4), "AVX512", M_14B) > tps(pc(12, gpu=4), "AVX2", M_14B) * 1.2
+
+
 def test_the_split_puts_as_many_layers_on_the_gpu_as_fit():
     small = choose_strategy(M_7B, pc(32, gpu=4)).strategy
     big = choose_strategy(M_7B, pc(32, gpu=6)).strategy
@@ -131,3 +150,14 @@ def test_the_read_rate_is_measured_once_per_computer(tmp_path, monkeypatch):
     assert hardware.read_rate("cpu B", 8, 16 << 30) == 33e9 and len(calls) == 2  # another computer
     (tmp_path / "machine.json").write_text("{broken")
     assert hardware.read_rate("cpu A", 8, 16 << 30) == 33e9 and len(calls) == 3  # a damaged file: measured again
+
+
+def test_the_probe_reads_this_machine_and_the_cpu_kernels_it_gets(tmp_path):
+    import torch
+
+    from roost.core.hardware import probe
+
+    machine = probe(tmp_path / "models", measure=False)
+    assert machine.cpu_cores >= 1 and 0 < machine.ram_free <= machine.ram_total
+    assert machine.disk_free and machine.disk_free > 0
+    assert machine.cpu_capability == torch.backends.cpu.get_cpu_capability() != ""
