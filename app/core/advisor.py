@@ -20,6 +20,7 @@ OS_SHARE = 0.85  # of total RAM, the most a model can ever get: the OS and deskt
 # (0.57-0.75 measured: RWKV-7 and RWKV-6 with 8-bit weights), else CPU_READ
 CPU_READ, GPU_READ, MPS_READ = 15e9, 400e9, 80e9
 CPU_SHARE = 0.6
+CPU_SHARE_AVX2 = 0.4  # on AVX2 CPUs (no AVX-512): 0.38-0.41 measured, RWKV-6 and RWKV-7 in 8 bits (Zen 3)
 # what the models list says about speed, from the expected tokens per second
 FAST, COMFORTABLE, SLOW, TIGHT, WONT_FIT = "fast", "comfortable", "slow", "tight", "won't fit"
 FAST_TPS, COMFORTABLE_TPS = 15.0, 5.0
@@ -78,13 +79,14 @@ def need_for(shape: ModelShape, strategy: str) -> dict[str, int]:
 def int4_speed_bytes(machine: Machine) -> float:
     """Bytes per weight that set cpu int4's speed: PyTorch's packed 4-bit kernel keeps up with the
     memory only with AVX-512 (1.5B shapes: 1.35-1.45x int8's speed); with AVX2 it is bound by its
-    arithmetic and runs as fast as int8 (0.93x, Zen 3), the same bytes as 8 bits for the estimate."""
+    arithmetic and runs as fast as int8 (0.93-1.00x, Zen 3), the same bytes as 8 bits for the estimate."""
     return INT4_BYTES if machine.cpu_capability.startswith("AVX512") else 1.0
 
 
 def cpu_read(machine: Machine) -> float:
     """Effective bytes/s generation reads weights at on this machine's CPU."""
-    return machine.read_rate * CPU_SHARE if machine.read_rate > 0 else CPU_READ
+    share = CPU_SHARE_AVX2 if machine.cpu_capability == "AVX2" else CPU_SHARE
+    return machine.read_rate * share if machine.read_rate > 0 else CPU_READ * share / CPU_SHARE
 
 
 def _bytes_per_token(shape: ModelShape, bytes_per_weight: float) -> float:
