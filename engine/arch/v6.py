@@ -13,6 +13,7 @@ from roost.engine.arch.common import (
     last,
     layer_norm,
     lora,
+    low_rank_mat,
     mat,
     prepare_ffn,
     token_shift,
@@ -60,7 +61,7 @@ def prepare_layer(t, i: int, cfg, dtype, big) -> dict:
     w["att.maa"] = torch.stack([vec(t[p + "att." + m], dtype) for m in _MAA[1:]]).unsqueeze(1)  # (5, 1, C)
     # an int8 / int4 CPU strategy packs three of the low-rank matrices in bf16 (half their bytes: 0.29 GB
     # of a 14B model); time_maa_w2's five (D, C) products stay one float32 bmm (five packed calls cost more)
-    packed = big.low_rank if getattr(big, "packs_low_rank", False) else functools.partial(mat, dtype=dtype)
+    packed = big.low_rank if getattr(big, "packs_low_rank", False) else functools.partial(low_rank_mat, dtype=dtype)
     w["att.time_maa_w1"] = packed(t[p + "att.time_maa_w1"])  # (C, 5*D)
     w["att.time_maa_w2"] = mat(t[p + "att.time_maa_w2"], dtype)  # (5, D, C)
     for m in ("att.time_decay_w1", "att.time_decay_w2"):  # (C, D2), (D2, C)

@@ -11,7 +11,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from roost.engine.arch.common import GROUP_NORM_EPS, last, layer_norm, lora, mat, token_shift, vec
+from roost.engine.arch.common import GROUP_NORM_EPS, last, layer_norm, lora, low_rank_mat, token_shift, vec
 from roost.engine.linear import linear
 
 _MIX = ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g")
@@ -65,7 +65,7 @@ def prepare_layer(t, i: int, cfg, dtype, big) -> dict:
         w.update(_fused_low_rank(t, p, i, big.low_rank))
     else:
         for m in _LORA + (_LORA_V if i > 0 else ()):
-            w["att." + m] = mat(t[p + "att." + m], dtype)
+            w["att." + m] = low_rank_mat(t[p + "att." + m], dtype)
     if i > 0:
         w["att.v0"] = vec(t[p + "att.v0"], dtype)
     for m in ("key", "value", "receptance", "output"):
