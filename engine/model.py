@@ -472,8 +472,8 @@ def quantizes_activations(key: str, version: int = 0) -> bool:
     costs little for the FFN (two thirds of the weights), and for the attention's key, value and
     gate only with AVX512-VNNI's full 8-bit range; the receptance (the query that reads the state;
     v5.0 4x256: 94.5% with it, 96.5% without), the attention output (whose input carries outliers)
-    and the head cost most (all quantised: 2.5%, 95.7%). So: FFN always, key/value/gate on VNNI
-    CPUs, the rest never. RWKV-7 is the exception: its squared-ReLU FFN doubles the error when the
+    and the head cost most (all quantised: 2.5%, 95.7%). So, on VNNI CPUs: FFN and key/value/gate,
+    the rest never. RWKV-7 is the exception: its squared-ReLU FFN doubles the error when the
     activations are quantised (3.1% vs 1.7%, top-1 93.8% vs 94.5%), and its attention projections
     cost agreement too (95.3% -> 94.1%), so it never does. Without AVX512-VNNI (7-bit activations)
     it never does either: on an AVX2 machine (Zen 3) the quantised FFN activations raised the
