@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from roost.engine.linear import linear
+from roost.engine.linear import linear, linear_many
 
 GROUP_NORM_EPS = 64e-5  # RWKV-5/6/7: eps 1e-5 scaled by head_size_divisor 8 squared
 
@@ -71,19 +71,24 @@ def ffn_shapes(p: str, cfg, *, gated: bool, mix: tuple[str, ...]) -> dict:
 def channel_mix(x: torch.Tensor, prev: torch.Tensor, w: dict, *, maa: bool):
     """RWKV-4/5/6 channel mixing (squared-ReLU FFN with a receptance gate). x (T, C) normed."""
     sx = token_shift(x, prev)
-    if maa:  # RWKV-6: x + (shifted - x) * maa
-        d = sx - x
-        kx, rx = x + d * w["ffn.time_maa_k"], x + d * w["ffn.time_maa_r"]
-    else:  # RWKV-4/5: x * mix + shifted * (1 - mix)
-        kx = x * w["ffn.time_mix_k"] + sx * (1 - w["ffn.time_mix_k"])
-        rx = x * w["ffn.time_mix_r"] + sx * (1 - w["ffn.time_mix_r"])
-    r = torch.sigmoid(linear(rx, w["ffn.receptance.weight"]))
-    k = torch.relu(linear(kx, w["ffn.key.weight"])).square()
+    # both mixes at once, (2, T, C): RWKV-6's x + (shifted - x) * maa, and RWKV-4/5's
+    # x * mix + shifted * (1 - mix) written as shifted + (x - shifted) * mix
+    kr = torch.addcmul(x, sx - x, w["ffn.mix"]) if maa else torch.addcmul(sx, x - sx, w["ffn.mix"])
+    k, r = linear_many(kr, (w["ffn.key.weight"], w["ffn.receptance.weight"]))
+    r, k = torch.sigmoid(r), torch.relu(k).square()
     return r * linear(k, w["ffn.value.weight"]), last(x, prev)
 
 
+def stacked_mix(t, p: str, names, dtype) -> torch.Tensor:
+    """Per-channel mix vectors ``p + name`` stacked (n, 1, C) in the order given: one elementwise
+    operation mixes the inputs of all of a layer's projections, which then go through
+    engine.linear.linear_many together."""
+    return torch.stack([vec(t[p + m], dtype) for m in names]).unsqueeze(1)
+
+
 def prepare_ffn(t, p: str, dtype, big, mix: tuple[str, ...]) -> dict:
-    w = {"ffn." + m: vec(t[p + "ffn." + m], dtype) for m in mix}
+    """The channel mixing's weights; ``mix``: the names of its key and receptance mix vectors."""
+    w = {"ffn.mix": stacked_mix(t, p + "ffn.", mix, dtype)}  # (2, 1, C): key, receptance
     for m in ("key", "value", "receptance"):
         w[f"ffn.{m}.weight"] = big(t, f"{p}ffn.{m}.weight")
     return w

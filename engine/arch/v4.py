@@ -10,10 +10,11 @@ from roost.engine.arch.common import (
     last,
     layer_norm,
     prepare_ffn,
+    stacked_mix,
     token_shift,
     vec,
 )
-from roost.engine.linear import linear
+from roost.engine.linear import linear, linear_many
 
 _MIX = ("time_mix_k", "time_mix_v", "time_mix_r")
 
@@ -39,7 +40,7 @@ def expected_shapes(cfg, keys) -> dict:
 def prepare_layer(t, i: int, cfg, dtype, big) -> dict:
     p = f"blocks.{i}."
     w = {n: vec(t[p + n], dtype) for n in ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias")}
-    w.update({"att." + m: vec(t[p + "att." + m], dtype) for m in _MIX})
+    w["att.mix"] = stacked_mix(t, p + "att.", _MIX, dtype)  # (3, 1, C): k, v, r
     w["att.time_decay"] = -torch.exp(vec(t[p + "att.time_decay"], torch.float32))
     w["att.time_first"] = vec(t[p + "att.time_first"], torch.float32)
     for m in ("key", "value", "receptance", "output"):
@@ -57,10 +58,9 @@ def init_state(cfg, w: dict, dtype) -> tuple:
 def time_mix(x, prev, aa, bb, pp, w):
     """x (T, C) normed. Returns out (T, C), the new (aa, bb, pp) and the last x."""
     sx = token_shift(x, prev)
-    mk, mv, mr = w["att.time_mix_k"], w["att.time_mix_v"], w["att.time_mix_r"]
-    r = torch.sigmoid(linear(x * mr + sx * (1 - mr), w["att.receptance.weight"]))
-    k = linear(x * mk + sx * (1 - mk), w["att.key.weight"]).float()
-    v = linear(x * mv + sx * (1 - mv), w["att.value.weight"]).float()
+    mixed = torch.addcmul(sx, x - sx, w["att.mix"])  # x * mix + sx * (1 - mix) for k, v, r at once
+    k, v, r = linear_many(mixed, [w[f"att.{m}.weight"] for m in ("key", "value", "receptance")])
+    r, k, v = torch.sigmoid(r), k.float(), v.float()
     decay, first = w["att.time_decay"], w["att.time_first"]
     out = torch.empty_like(k)
     batched = aa.dim() == 2  # batched decoding: row b is one token of stream b, aa/bb/pp (B, A)

@@ -15,11 +15,12 @@ from roost.engine.arch.common import (
     last,
     layer_norm,
     prepare_ffn,
+    stacked_mix,
     token_shift,
     vec,
     wkv_chunked,
 )
-from roost.engine.linear import linear
+from roost.engine.linear import linear, linear_many
 
 
 def _gated(cfg) -> bool:
@@ -55,7 +56,7 @@ def prepare_layer(t, i: int, cfg, dtype, big) -> dict:
     p = f"blocks.{i}."
     h, n = cfg.n_head, cfg.head_size
     w = {x: vec(t[p + x], dtype) for x in ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias")}
-    w.update({"att." + m: vec(t[p + "att." + m], dtype) for m in _mix(cfg)})
+    w["att.mix"] = stacked_mix(t, p + "att.", _mix(cfg), dtype)  # (3 or 4, 1, C): k, v, r(, g)
     f32 = torch.float32
     # log of the decay w = exp(-exp(time_decay)), per channel (H, N)
     w["att.logw"] = (-torch.exp(t[p + "att.time_decay"].to(f32))).reshape(h, -1).expand(h, n).contiguous()
@@ -102,15 +103,10 @@ def wkv_output(x, y, g, w, h):
 def time_mix(x, prev, s, w, cfg):
     T, h, n = x.shape[0], cfg.n_head, cfg.head_size
     sx = token_shift(x, prev)
-
-    def mixed(name):
-        m = w["att." + name]
-        return x * m + sx * (1 - m)
-
-    r = linear(mixed("time_mix_r"), w["att.receptance.weight"]).float().view(T, h, n)
-    k = linear(mixed("time_mix_k"), w["att.key.weight"]).float().view(T, h, n)
-    v = linear(mixed("time_mix_v"), w["att.value.weight"]).float().view(T, h, n)
-    g = F.silu(linear(mixed("time_mix_g"), w["att.gate.weight"])) if _gated(cfg) else None
+    mixed = torch.addcmul(sx, x - sx, w["att.mix"])  # x * mix + sx * (1 - mix), all of them: (n, T, C)
+    k, v, r, *g = linear_many(mixed, [w[f"att.{m}.weight"] for m in ("key", "value", "receptance", "gate")[:len(mixed)]])
+    r, k, v = (z.float().view(T, h, n) for z in (r, k, v))
+    g = F.silu(g[0]) if g else None
     y, s = wkv_chunked(r, k, v, w["att.logw"].expand(T, h, n), w["att.u"], s)
     return wkv_output(x, y.reshape(T, h * n), g, w, h), s, last(x, prev)
 

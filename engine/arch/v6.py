@@ -21,7 +21,7 @@ from roost.engine.arch.common import (
     wkv_chunked,
 )
 from roost.engine.arch.v5 import init_state, time_state, wkv_output  # noqa: F401 (RWKV-6 keeps RWKV-5's state)
-from roost.engine.linear import linear
+from roost.engine.linear import linear_many
 
 _MAA = ("time_maa_x", "time_maa_w", "time_maa_k", "time_maa_v", "time_maa_r", "time_maa_g")
 _LORA = ("time_maa_w1", "time_maa_w2", "time_decay_w1", "time_decay_w2")
@@ -84,12 +84,11 @@ def time_mix(x, prev, s, w, cfg):
     mix = torch.tanh(lora(x + d * w["att.time_maa_x"], w["att.time_maa_w1"]))  # (T, 5*D)
     mix = torch.bmm(mix.view(T, 5, -1).transpose(0, 1), w["att.time_maa_w2"])  # (5, T, C)
     # x + d * (maa + mix) for the five of them at once: w, k, v, r, g
-    wx, kx, vx, rx, gx = torch.addcmul(x, d, mix.add_(w["att.maa"])).unbind(0)
-
-    r = linear(rx, w["att.receptance.weight"]).float().view(T, h, n)
-    k = linear(kx, w["att.key.weight"]).float().view(T, h, n)
-    v = linear(vx, w["att.value.weight"]).float().view(T, h, n)
-    g = F.silu(linear(gx, w["att.gate.weight"]))
+    mixed = torch.addcmul(x, d, mix.add_(w["att.maa"]))  # (5, T, C)
+    wx = mixed[0]
+    k, v, r, g = linear_many(mixed[1:], [w[f"att.{m}.weight"] for m in ("key", "value", "receptance", "gate")])
+    r, k, v = (z.float().view(T, h, n) for z in (r, k, v))
+    g = F.silu(g)
     dec = lora(torch.tanh(lora(wx, w["att.time_decay_w1"])), w["att.time_decay_w2"])  # (T, C)
     logw = -torch.exp(w["att.time_decay"] + dec.float().view(T, h, n))  # log of exp(-exp(.))
     y, s = wkv_chunked(r, k, v, logw, w["att.u"], s)

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from roost.engine.arch.common import GROUP_NORM_EPS, last, layer_norm, lora, low_rank_mat, token_shift, vec
-from roost.engine.linear import linear
+from roost.engine.linear import linear, linear_many
 
-_MIX = ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g")
+_MIX = ("x_r", "x_k", "x_v", "x_w", "x_a", "x_g")  # r, k, v first: linear_many takes them as one block
 _LORA = ("w1", "w2", "a1", "a2", "g1", "g2")
 _LORA_V = ("v1", "v2")
 _FUSED = ("w", "a", "g", "v")  # the low-rank pairs in the order _fused_low_rank puts them
@@ -205,11 +205,9 @@ def wkv_chunk(r, logw, k, v, kk, a, s):
 def time_mix(x, prev, s, v_first, w, cfg, first_layer: bool):
     T, h, n = x.shape[0], cfg.n_head, cfg.head_size
     d = token_shift(x, prev) - x
-    xr, xw, xk, xv, xa, xg = torch.addcmul(x, d, w["att.mix"]).unbind(0)  # x + d * x_r, ... (_MIX) at once
-
-    r = linear(xr, w["att.receptance.weight"])
-    k = linear(xk, w["att.key.weight"])
-    v = linear(xv, w["att.value.weight"])
+    mixed = torch.addcmul(x, d, w["att.mix"])  # x + d * x_r, ... (_MIX) at once
+    xv, xw, xa, xg = mixed[2:].unbind(0)
+    r, k, v = linear_many(mixed[:3], [w[f"att.{m}.weight"] for m in ("receptance", "key", "value")])
     if "att.lr1" in w:  # int8 / int4 CPU stages: the four low-rank pairs in two calls
         dec, a, g, *v_mix = _fused_products([xw, xa, xg] + ([] if first_layer else [xv]), w)
     else:

@@ -127,3 +127,63 @@ def test_a_packing_failure_fails_the_load_and_leaves_no_thread(make_checkpoint, 
     with pytest.raises(RuntimeError, match="out of memory while packing"):
         load_model(make_checkpoint("v6.0", n_layer=2, n_embd=256, seed=9), "cpu int8")
     assert not _packing_threads()
+
+
+
+def _blocked(out, seed):
+    """An fbgemm weight packed as two blocks of rows (as a big head is)."""
+    from roost.engine.linear import quantize_rows
+
+    w = _weight(out, seed=seed)
+    half = out // 2
+    return Int8Linear.from_row_blocks([quantize_rows(w[:half], "cpu"), quantize_rows(w[half:], "cpu")], (out, 80),
+                                      kernel="fbgemm")
+
+
+@needs_fbgemm
+@pytest.mark.parametrize("m", [1, 5])
+@pytest.mark.parametrize("stacked", [True, False])
+def test_linear_many_gives_each_product(m, stacked):
+    """Several products of one layer at once: the same values as one at a time, whatever the mix
+    of kernels and output widths (blocks of rows, a dynamic kernel, a float weight)."""
+    from roost.engine.linear import linear, linear_many
+
+    ws = [Int8Linear(_weight(96, seed=2), kernel="fbgemm"), _blocked(64, 3),
+          Int8Linear(_weight(96, seed=4), kernel="fbgemm-dynamic"), _weight(96, seed=5),
+          Int8Linear(_weight(96, seed=6), kernel="fbgemm")]
+    assert isinstance(ws[1].packed, list)
+    xs = torch.stack([_rows(m, seed=10 + i) for i in range(len(ws))])
+    got = linear_many(xs if stacked else list(xs), ws)
+    for x, w, y in zip(xs, ws, got):
+        want = linear(x, w)
+        assert y.shape == want.shape == (m, w.shape[0])
+        torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+
+
+@needs_fbgemm
+def test_linear_many_splits_activations_once():
+    """The point of linear_many: four weight-only products of one token take one set of small
+    operations around the four kernel calls, not four (each costs ~5-10 us on one token)."""
+    from torch.overrides import TorchFunctionMode
+
+    from roost.engine.linear import linear, linear_many
+
+    class Count(TorchFunctionMode):
+        n = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            Count.n += getattr(func, "__name__", "") != "__get__"  # (not attributes: shape, dtype)
+            return func(*args, **(kwargs or {}))
+
+    ws = [Int8Linear(_weight(96, seed=s), kernel="fbgemm") for s in range(4)]
+    xs = torch.stack([_rows(1, seed=s) for s in range(4)])
+
+    def count(f):
+        Count.n = 0
+        with Count():
+            f()
+        return Count.n
+
+    one_by_one = count(lambda: [linear(x, w) for x, w in zip(xs, ws)])
+    together = count(lambda: linear_many(xs, ws))
+    assert together < 0.6 * one_by_one, (together, one_by_one)
