@@ -104,7 +104,8 @@ def _quantized(scratch: Scratch) -> str:
     import torch
 
     from roost import engine
-    from roost.engine.linear import Int4Linear, default_kernel
+    from roost.engine.int4 import Int4Linear
+    from roost.engine.int8 import default_kernel
 
     tokens = [101, 2025, 9, 33]
     want, _ = engine.load_model(scratch.model(), "cpu fp32").forward(tokens)

@@ -335,7 +335,7 @@ def _matrices(model: Path) -> list[tuple[str, int]]:
 def _int4_bytes_per_weight(model: Path) -> float:
     """Average bytes per matrix weight of ``cpu int4``: 4-bit groups with a bf16 scale and zero
     point, block 0 and the head in int8 (engine.model.int4_precision)."""
-    from roost.engine.linear import INT4_GROUP
+    from roost.engine.int4 import INT4_GROUP
     from roost.engine.memory import BIG_SUFFIXES
     from roost.engine.model import int4_precision
 

@@ -16,7 +16,9 @@ import torch
 
 from roost.engine.checkpoint import ModelConfig, TensorFile, model_shapes
 from roost.engine.errors import OutOfMemoryError
-from roost.engine.linear import INT4_GROUP, Int8Linear, packs_low_rank, packs_on_cpu
+from roost.engine.int4 import INT4_GROUP
+from roost.engine.int8 import Int8Linear
+from roost.engine.linear import packs_low_rank, packs_on_cpu
 from roost.engine.strategy import Strategy, plan_layers
 
 _BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
@@ -111,7 +113,7 @@ def estimate(t: TensorFile | None, cfg: ModelConfig, strategy: Strategy, chunk_l
         if dev != "cpu":
             add(dev, 300 * 1024 ** 2)  # CUDA context and allocator slack
     add("cpu", 300 * 1024 ** 2)  # the interpreter and torch (0.23 GB measured), the tokenizer
-    # loading peaks above what stays while int8 matrices wait to be packed (engine.linear.Packer: up
+    # loading peaks above what stays while int8 matrices wait to be packed (engine.int8.Packer: up
     # to 4 blocks of rows) or the head is converted a block at a time (the block's file pages, int8
     # rows and their quantised copy): measured 0.06 GB over the steady state for the 14B shape's
     # head (65536 x 4096) in int4

@@ -28,8 +28,10 @@ import torch.nn.functional as F
 from roost.engine import compiled
 from roost.engine.arch import arch_module
 from roost.engine.checkpoint import ModelConfig, TensorFile, open_checkpoint
-from roost.engine.linear import (Int4Linear, Int8Linear, PackedLinear, cpu_has_vnni, linear, pack_for_cpu,
-                                 Packer, packs_low_rank, quantize_rows)
+from roost.engine.cpu import cpu_has_vnni
+from roost.engine.int4 import Int4Linear
+from roost.engine.int8 import Int8Linear, Packer, quantize_rows
+from roost.engine.linear import PackedLinear, linear, pack_for_cpu, packs_low_rank
 from roost.engine.options import LoadOptions
 from roost.engine.strategy import Placement, Strategy, check_devices, machine_devices, parse_strategy, plan_layers
 
@@ -380,7 +382,7 @@ def _matrix_loader(place: Placement, layer_id: int, *, version: int = 0, block: 
     (``block``: the layer's index, None for the head; ``pack``: float CPU weights reordered
     for oneDNN where that is faster, see engine.linear.pack_for_cpu; ``kernel``: the CPU int8
     kernel to use instead of each matrix's default; ``cache``: an engine.weight_cache.Entry that
-    CPU int8 / int4 matrices are read from, or recorded into; ``packer``: an engine.linear.Packer
+    CPU int8 / int4 matrices are read from, or recorded into; ``packer``: an engine.int8.Packer
     for the fbgemm packing of CPU int8 matrices and of the small low-rank ones; ``source``: the
     file whose pages those low-rank matrices give back once packed)."""
     maybe_pack = functools.partial(pack_for_cpu, enabled=pack)
@@ -465,7 +467,7 @@ def _quantized(key: str, w: torch.Tensor, kind: str, cache, *, release=None, ker
 
 def quantizes_activations(key: str, version: int = 0) -> bool:
     """Whether a CPU int8 matrix may quantise its activations to 8 bits ("fbgemm-dynamic", a little
-    faster) rather than keep weight-only precision (see engine.linear.Int8Linear).
+    faster) rather than keep weight-only precision (see engine.int8.Int8Linear).
 
     Measured on random checkpoints of real shapes (24x1024, RWKV-6), median logit error and top-1
     agreement vs fp32: all weight-only 1.6%, 97.7%. Quantising the activations on the fly

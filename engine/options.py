@@ -33,7 +33,7 @@ class LoadOptions:
     weight_cache_bytes: int = 16 << 30
 
     def __post_init__(self):
-        from roost.engine.linear import KERNELS
+        from roost.engine.int8 import KERNELS
 
         if self.int8_kernel is not None and self.int8_kernel not in KERNELS:
             raise ValueError(f"int8_kernel must be one of {', '.join(KERNELS)}, not {self.int8_kernel!r}")
@@ -58,7 +58,7 @@ class LoadOptions:
             return True if value in _YES else False if value in _NO else default
 
         kernel = env.get(KERNEL_ENV, "").strip() or None
-        from roost.engine.linear import KERNELS
+        from roost.engine.int8 import KERNELS
 
         return cls(compile=flag(COMPILE_ENV, False), pack=flag(PACK_ENV, True),
                    int8_kernel=kernel if kernel in KERNELS else None,

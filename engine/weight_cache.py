@@ -59,7 +59,7 @@ class Usage(NamedTuple):
 def _identity(model_path: Path, strategy: str) -> dict:
     import torch
 
-    from roost.engine.linear import INT4_GROUP, INT4_REFINE
+    from roost.engine.int4 import INT4_GROUP, INT4_REFINE
     from roost.engine.state_io import file_identity
 
     return {"model": file_identity(model_path), "strategy": strategy, "torch": torch.__version__.split("+")[0],

@@ -89,7 +89,7 @@ def test_compiled_logits_match_eager(ckpt, no_env, strategy):
     eager = engine.load_model(ckpt, strategy, pack=False)  # the plain weights a compiled model runs
     # int8: the split activations' rounding may differ by one step, whose size goes as 1/levels^2
     # (63 levels on CPUs without VNNI: 4x larger)
-    from roost.engine.linear import activation_levels
+    from roost.engine.int8 import activation_levels
 
     atol = 1e-3 * (127 / activation_levels()) ** 2 if "int8" in strategy else 1e-4
     torch.testing.assert_close(_steps(model), _steps(eager), atol=atol, rtol=0)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from roost.engine import load_model
-from roost.engine.linear import Int8Linear
+from roost.engine.int8 import Int8Linear
 
 TOKENS = torch.randint(0, 65536, (64,), generator=torch.Generator().manual_seed(3)).tolist()
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")

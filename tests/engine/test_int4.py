@@ -7,7 +7,8 @@ import torch
 
 from roost.engine import load_model
 from roost.engine.checkpoint import open_checkpoint
-from roost.engine.linear import INT4_GROUP, Int4Linear, Int8Linear, int4_works, quantize_groups
+from roost.engine.int4 import INT4_GROUP, Int4Linear, int4_works, quantize_groups
+from roost.engine.int8 import Int8Linear
 from roost.engine.memory import estimate
 from roost.engine.strategy import parse_strategy
 

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from roost.engine.linear import Int8Linear, _fbgemm_works, activation_levels, cpu_has_vnni, split_linear
+from roost.engine.cpu import cpu_has_vnni
+from roost.engine.int8 import Int8Linear, _fbgemm_works, activation_levels, split_linear
 
 needs_fbgemm = pytest.mark.skipif(not _fbgemm_works(), reason="no fbgemm on this CPU")
 # 127 activation levels need AVX512-VNNI: without it fbgemm's u8 x s8 pairs saturate int16 there
@@ -111,7 +112,7 @@ def test_packing_beside_the_load_gives_the_same_model_and_leaves_no_thread(make_
 
 @pytest.mark.skipif(not _fbgemm_works(), reason="packing is fbgemm's (x86)")
 def test_a_packing_failure_fails_the_load_and_leaves_no_thread(make_checkpoint, monkeypatch):
-    import roost.engine.linear as el
+    import roost.engine.int8 as el
     from roost.engine import load_model
 
     calls = []
@@ -132,7 +133,7 @@ def test_a_packing_failure_fails_the_load_and_leaves_no_thread(make_checkpoint, 
 
 def _blocked(out, seed):
     """An fbgemm weight packed as two blocks of rows (as a big head is)."""
-    from roost.engine.linear import quantize_rows
+    from roost.engine.int8 import quantize_rows
 
     w = _weight(out, seed=seed)
     half = out // 2

@@ -85,7 +85,8 @@ def test_a_state_is_never_changed_by_forwards_that_start_from_it(make_checkpoint
 
 
 def test_the_engine_takes_its_options_as_arguments_not_from_the_environment(make_checkpoint, monkeypatch):
-    from roost.engine.linear import Int8Linear, PackedLinear, packs_on_cpu
+    from roost.engine.int8 import Int8Linear
+    from roost.engine.linear import PackedLinear, packs_on_cpu
     from roost.engine.options import LoadOptions
 
     path = make_checkpoint("v6.0", n_layer=2, n_embd=128)

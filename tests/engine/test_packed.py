@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 import roost.engine.linear as lin
 from roost.engine import load_model
-from roost.engine.linear import Int8Linear, PackedLinear, pack_for_cpu, packs_on_cpu
+from roost.engine.int8 import Int8Linear
+from roost.engine.linear import PackedLinear, pack_for_cpu, packs_on_cpu
 
 needs_packing = pytest.mark.skipif(not packs_on_cpu(torch.float32), reason="oneDNN packing unavailable")
 TOKENS = list(range(300, 340))

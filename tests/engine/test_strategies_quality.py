@@ -97,7 +97,7 @@ def test_int4_on_a_real_shape(fp32_logits, arch):
 
 
 def test_int8_weights_take_a_quarter_of_fp32(make_checkpoint):
-    from roost.engine.linear import Int8Linear
+    from roost.engine.int8 import Int8Linear
 
     model = load_model(make_checkpoint("v6.0", n_layer=2, n_embd=256), "cpu int8")
     w = model._layers[0]["att.output.weight"]

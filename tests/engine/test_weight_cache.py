@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from roost.engine import load_model
-from roost.engine.linear import _fbgemm_works, int4_works
+from roost.engine.int4 import int4_works
+from roost.engine.int8 import _fbgemm_works
 from roost.engine.weight_cache import SUFFIX, WeightCache
 
 TOKENS = [11, 400, 7, 1999, 42, 3]
@@ -27,7 +28,8 @@ def model_file(make_checkpoint, tmp_path):
 
 
 def quantized(model) -> int:
-    from roost.engine.linear import Int4Linear, Int8Linear
+    from roost.engine.int4 import Int4Linear
+    from roost.engine.int8 import Int8Linear
 
     mats = [w for lw in model._layers for w in lw.values()] + [model._w["head.weight"]]
     return sum(isinstance(w, (Int4Linear, Int8Linear)) for w in mats)
@@ -174,7 +176,8 @@ def test_a_second_load_maps_the_entry_and_keeps_only_the_4_bit_weights_mapped(mo
     """The 4-bit weights of a second load are the entry's pages (no copy into new memory: half of
     such a load was page faults of fresh memory); the int8 rows fbgemm packed into its own form
     (the head, block 0) give their pages back. The entry may be deleted while the model runs."""
-    from roost.engine.linear import Int4Linear, Int8Linear
+    from roost.engine.int4 import Int4Linear
+    from roost.engine.int8 import Int8Linear
 
     cache = tmp_path / "cache"
     load_model(model_file, "cpu int4", weight_cache=str(cache))
