@@ -58,10 +58,15 @@ class PackedLinear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         lead, k = x.shape[:-1], x.shape[-1]
-        x2 = x.reshape(-1, k).to(self.dtype).contiguous()
+        x2 = x if x.dim() == 2 else x.reshape(-1, k)
+        x2 = x2.to(self.dtype)
+        if not x2.is_contiguous():
+            x2 = x2.contiguous()
         ys = [torch.ops.mkldnn._linear_pointwise(x2, b, None, "none", [], "") for b in self.blocks]
         y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=-1)
-        return y.to(x.dtype).reshape(*lead, self.shape[0])
+        if y.dtype != x.dtype:
+            y = y.to(x.dtype)
+        return y if x.dim() == 2 else y.reshape(*lead, self.shape[0])
 
     def rows(self, idx: torch.Tensor) -> torch.Tensor:
         """Float32 rows ``idx`` of the weight (only with ``keep_rows``)."""
@@ -154,9 +159,10 @@ def linear_many(xs, ws) -> list[torch.Tensor]:
     stacked = isinstance(xs, torch.Tensor) and len(fast) == len(ws)
     x = xs if stacked else torch.stack([xs[i] for i in fast])  # (f, T, C)
     lead, dtype = x.shape[1:-1], x.dtype
-    ys = split_products(x.reshape(len(fast), -1, x.shape[-1]).float(), [ws[i].packed for i in fast],
-                        ws[fast[0]].levels)
+    if x.dim() != 3 or dtype != torch.float32:
+        x = x.reshape(len(fast), -1, x.shape[-1]).float()
+    ys = split_products(x, [ws[i].packed for i in fast], ws[fast[0]].levels)
     for i, y in zip(fast, ys):
-        y = y.to(dtype)
+        y = y if dtype == torch.float32 else y.to(dtype)
         out[i] = y if len(lead) == 1 else y.reshape(*lead, ws[i].shape[0])
     return out

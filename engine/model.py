@@ -225,13 +225,16 @@ class RWKV:
         carry = None
         for i, lw in enumerate(self._layers):
             stage = self._places[i].stage
-            dev, dt = stage.torch_device, act_dtype(stage)
-            x = x.to(device=dev, dtype=dt)
+            dev, dt = torch.device(stage.torch_device), act_dtype(stage)
+            # (moved only where they are not there yet: no-op moves are ~5 small ops a layer)
+            x = _moved(x, dev, dt)
             if carry is not None:
-                carry = carry.to(device=dev, dtype=dt)
+                carry = _moved(carry, dev, dt)
             if self._places[i].stream:
                 lw = _to_device(lw, dev)
-            st = tuple(t.to(dev) for t in layers_state[i])
+            st = layers_state[i]
+            if any(t.device != dev for t in st):
+                st = tuple(t.to(dev) for t in st)
             x, layers_state[i], carry = step(x, lw, st, carry)
             if self._rescale and (i + 1) % RESCALE_EVERY == 0:
                 x = x / 2
@@ -266,6 +269,10 @@ class RWKV:
             exact = (rows @ x.float().unsqueeze(-1)).squeeze(-1)
             logits = logits.scatter(-1, top, exact)
         return logits
+
+
+def _moved(t: torch.Tensor, dev: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return t if t.device == dev and t.dtype == dtype else t.to(device=dev, dtype=dtype)
 
 
 def _to_device(lw: dict, dev: str) -> dict:

@@ -22,6 +22,11 @@ def token_shift(x: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
     return torch.cat((prev.unsqueeze(0), x[:-1]), dim=0)
 
 
+def as_f32(z: torch.Tensor) -> torch.Tensor:
+    """``z`` in float32 (no call where it is already: a no-op cast still costs a dispatch)."""
+    return z if z.dtype == torch.float32 else z.float()
+
+
 def last(x: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
     """What the next token shifts in: the last row of a sequence, or every row of a batch."""
     return x.clone() if prev.dim() == x.dim() else x[-1].clone()
@@ -117,9 +122,10 @@ def wkv_chunked(r, k, v, logw, u, s, chunk: int = 16):
         out = (r.unsqueeze(-2) @ s).squeeze(-2) + (r * u * k).sum(-1, keepdim=True) * v
         return out, logw.exp().unsqueeze(-1) * s + k.unsqueeze(-1) @ v.unsqueeze(-2)
     if T == 1:  # one token: the recurrence itself, reading and writing the state once each
-        r0, k0, v0 = r[0], k[0], v[0]  # (H, N); r (diag(u) k v^T + S) = r S + (r.u.k) v
-        out = (r0.unsqueeze(1) @ s).squeeze(1) + (r0 * u * k0).sum(-1, keepdim=True) * v0
-        return out.unsqueeze(0), (logw[0].exp().unsqueeze(2) * s).baddbmm_(k0.unsqueeze(2), v0.unsqueeze(1))  # a new s
+        H, N = r.shape[1:]  # r (diag(u) k v^T + S) = r S + (r.u.k) v, per head
+        bonus = (r * u * k).sum(-1, keepdim=True) * v  # (1, H, N)
+        out = torch.baddbmm(bonus.reshape(H, 1, N), r.reshape(H, 1, N), s).reshape(1, H, N)
+        return out, (logw.exp().reshape(H, N, 1) * s).baddbmm_(k.reshape(H, N, 1), v.reshape(H, 1, N))  # a new s
     outs = []
     factorise = r.device.type == "cpu"  # deciding costs a device sync on a GPU
     for c0 in range(0, T, chunk):

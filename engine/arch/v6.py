@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from roost.engine.arch.common import (
     channel_mix,
+    as_f32,
     ffn_shapes,
     last,
     layer_norm,
@@ -87,10 +88,10 @@ def time_mix(x, prev, s, w, cfg):
     mixed = torch.addcmul(x, d, mix.add_(w["att.maa"]))  # (5, T, C)
     wx = mixed[0]
     k, v, r, g = linear_many(mixed[1:], [w[f"att.{m}.weight"] for m in ("key", "value", "receptance", "gate")])
-    r, k, v = (z.float().view(T, h, n) for z in (r, k, v))
+    r, k, v = (as_f32(z).view(T, h, n) for z in (r, k, v))
     g = F.silu(g)
     dec = lora(torch.tanh(lora(wx, w["att.time_decay_w1"])), w["att.time_decay_w2"])  # (T, C)
-    logw = -torch.exp(w["att.time_decay"] + dec.float().view(T, h, n))  # log of exp(-exp(.))
+    logw = -torch.exp(w["att.time_decay"] + as_f32(dec).view(T, h, n))  # log of exp(-exp(.))
     y, s = wkv_chunked(r, k, v, logw, w["att.u"], s)
     return wkv_output(x, y.reshape(T, h * n), g, w, h), s, last(x, prev)
 

@@ -11,7 +11,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from roost.engine.arch.common import GROUP_NORM_EPS, last, layer_norm, lora, low_rank_mat, token_shift, vec
+from roost.engine.arch.common import GROUP_NORM_EPS, as_f32, last, layer_norm, lora, low_rank_mat, token_shift, vec
 from roost.engine.linear import linear, linear_many
 
 _MIX = ("x_r", "x_k", "x_v", "x_w", "x_a", "x_g")  # r, k, v first: linear_many takes them as one block
@@ -85,10 +85,17 @@ def _fused_low_rank(t, p: str, i: int, pack) -> dict:
     two packed products, for int8 / int4 CPU stages: the first matrices side by side (C, sum of
     ranks), the second ones stacked (sum of ranks, C). One call each instead of four: these
     products are tiny and each call costs ~30 us (1.5B shape, one token: 8 calls a layer took
-    ~6 ms of a ~65 ms token). ``sizes`` on the first says where each pair's ranks lie."""
+    ~6 ms of a ~65 ms token). On the first: ``sizes``, each pair's ranks; ``others``, (n, 1,
+    sum of ranks), True outside each pair's own columns; ``decay`` and ``gate``, the columns of
+    those two pairs."""
     kinds = _FUSED if i > 0 else _FUSED[:3]
     first = pack(torch.cat([t[f"{p}att.{k}1"] for k in kinds], dim=1), from_file=False)
-    first.sizes = tuple(t[f"{p}att.{k}1"].shape[1] for k in kinds)
+    sizes = [t[f"{p}att.{k}1"].shape[1] for k in kinds]
+    starts = [sum(sizes[:j]) for j in range(len(sizes))]
+    cols = torch.arange(sum(sizes))
+    first.sizes = tuple(sizes)
+    first.others = torch.stack([(cols < a) | (cols >= a + r) for a, r in zip(starts, sizes)]).unsqueeze(1)
+    first.decay, first.gate = slice(0, sizes[0]), slice(starts[2], starts[2] + sizes[2])
     second = pack(torch.cat([t[f"{p}att.{k}2"] for k in kinds], dim=0), from_file=False)
     return {"att.lr1": first, "att.lr2": second}
 
@@ -97,19 +104,14 @@ def _fused_products(xs: list, w: dict) -> list:
     """The second products of the fused low-rank pairs (see _fused_low_rank) for the inputs ``xs``
     (each (T, C): decay, rate, gate[, value]), the decay's tanh and the gate's sigmoid between the
     two. The first product takes the inputs as rows; each input keeps only its own pair's columns
-    (the rest are zeroed), so that one product with the stacked second matrices gives each input's
-    own result (the zeros add nothing)."""
+    (``others``: the rest, zeroed), so that one product with the stacked second matrices gives each
+    input's own result (the zeros add nothing). A dozen small operations a layer, whatever n."""
     T, n = xs[0].shape[0], len(xs)
     first = w["att.lr1"]
-    h = lora(torch.cat(xs), first)  # (n T, sum of ranks)
-    z = torch.zeros_like(h)
-    c0 = 0
-    for j, r in enumerate(first.sizes):
-        part = h[j * T:(j + 1) * T, c0:c0 + r]
-        z[j * T:(j + 1) * T, c0:c0 + r] = torch.tanh(part) if j == 0 else torch.sigmoid(part) if j == 2 else part
-        c0 += r
-    out = lora(z, w["att.lr2"])  # (n T, C)
-    return [out[j * T:(j + 1) * T] for j in range(n)]
+    h = lora(torch.cat(xs), first).view(n, T, -1).masked_fill_(first.others, 0.0)  # (n, T, R)
+    h[0, :, first.decay].tanh_()
+    h[2, :, first.gate].sigmoid_()
+    return lora(h.view(n * T, -1), w["att.lr2"]).view(n, T, -1).unbind(0)  # n of (T, C)
 
 
 def time_state(stored: torch.Tensor, cfg) -> torch.Tensor:
@@ -223,10 +225,14 @@ def time_mix(x, prev, s, v_first, w, cfg, first_layer: bool):
         v_first = v
     else:
         v = v + (v_first - v) * torch.sigmoid(w["att.v0"] + v_mix[0])
-    logw = torch.sigmoid(w["att.w0"] + dec.float()).mul_(-0.606531)  # log decay: w = exp(-e^-0.5 sigmoid(.))
+    logw = torch.sigmoid(w["att.w0"] + as_f32(dec)).mul_(-0.606531)  # log decay: w = exp(-e^-0.5 sigmoid(.))
 
-    f = lambda z: z.float().view(T, h, n)  # noqa: E731
-    y, s = wkv(f(r), logw.view(T, h, n), f(k), f(v), kk.float(), f(a), s)
+    if T == 1 and s.dim() == 3:  # one token: (H, N) vectors straight into the step (fewer small ops)
+        f = lambda z: as_f32(z).view(h, n)  # noqa: E731
+        y, s = wkv_step(f(r), logw.exp_().view(h, n), f(k), f(v), as_f32(kk).view(h, n), f(a), s)
+    else:
+        f = lambda z: as_f32(z).view(T, h, n)  # noqa: E731
+        y, s = wkv(f(r), logw.view(T, h, n), f(k), f(v), as_f32(kk), f(a), s)
     y = F.group_norm(y.view(T, h * n), h, weight=w["att.ln_x.weight"], bias=w["att.ln_x.bias"],
                      eps=GROUP_NORM_EPS).to(x.dtype)
     bonus = (r * k * w["att.r_k"]).view(T, h, n).sum(-1, keepdim=True) * v.view(T, h, n)

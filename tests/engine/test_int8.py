@@ -165,26 +165,43 @@ def test_linear_many_gives_each_product(m, stacked):
 def test_linear_many_splits_activations_once():
     """The point of linear_many: four weight-only products of one token take one set of small
     operations around the four kernel calls, not four (each costs ~5-10 us on one token)."""
-    from torch.overrides import TorchFunctionMode
-
     from roost.engine.linear import linear, linear_many
+
+    ws = [Int8Linear(_weight(96, seed=s), kernel="fbgemm") for s in range(4)]
+    xs = torch.stack([_rows(1, seed=s) for s in range(4)])
+
+    one_by_one = _torch_calls(lambda: [linear(x, w) for x, w in zip(xs, ws)])
+    together = _torch_calls(lambda: linear_many(xs, ws))
+    assert together < 0.6 * one_by_one, (together, one_by_one)
+
+
+@needs_fbgemm
+@pytest.mark.parametrize("arch, budget", [("v4", 625), ("v5.2", 610), ("v6.0", 725), ("v7.0", 735)])
+def test_a_token_keeps_to_its_small_operations(make_checkpoint, monkeypatch, arch, budget):
+    """Beyond reading the weights, what a `cpu int8` token costs is mostly the dispatch of its
+    small operations (thousands a token, ~2-5 us each): one token of a 4-layer model keeps to a
+    budget of torch calls, ~8% above what it makes now (every matrix at weight-only precision, as
+    on CPUs without VNNI; before the last trims: v4 683, v5.2 687, v6 811, v7 829)."""
+    import roost.engine.model as em
+    from roost.engine import load_model
+
+    monkeypatch.setattr(em, "cpu_has_vnni", lambda: False)  # the same kernels on every x86 CPU
+    model = load_model(make_checkpoint(arch, n_layer=4, n_embd=256, seed=3), "cpu int8")
+    _, state = model.forward([1, 2])
+    assert _torch_calls(lambda: model.forward([3], state)) <= budget
+
+
+def _torch_calls(f) -> int:
+    """How many torch functions and methods ``f()`` calls (attribute reads such as shape aside)."""
+    from torch.overrides import TorchFunctionMode
 
     class Count(TorchFunctionMode):
         n = 0
 
         def __torch_function__(self, func, types, args=(), kwargs=None):
-            Count.n += getattr(func, "__name__", "") != "__get__"  # (not attributes: shape, dtype)
+            Count.n += getattr(func, "__name__", "") != "__get__"
             return func(*args, **(kwargs or {}))
 
-    ws = [Int8Linear(_weight(96, seed=s), kernel="fbgemm") for s in range(4)]
-    xs = torch.stack([_rows(1, seed=s) for s in range(4)])
-
-    def count(f):
-        Count.n = 0
-        with Count():
-            f()
-        return Count.n
-
-    one_by_one = count(lambda: [linear(x, w) for x, w in zip(xs, ws)])
-    together = count(lambda: linear_many(xs, ws))
-    assert together < 0.6 * one_by_one, (together, one_by_one)
+    with Count():
+        f()
+    return Count.n
