@@ -98,9 +98,10 @@ def pack_for_cpu(weight: torch.Tensor, *, dtype: torch.dtype | None = None, keep
 
 
 def packs_low_rank(place, pack: bool = True) -> bool:
-    """Whether a layer placed by ``place`` (a strategy.Placement) keeps its low-rank matrices
-    packed in bf16 (the arch modules' PACKED_LOW_RANK): int8 and int4 stages on the CPU, not
-    streamed, where bf16 packs (``pack``: LoadOptions.pack)."""
+    """Whether a layer placed by ``place`` (a strategy.Placement) keeps its low-rank matrices (the
+    arch modules' PACKED_LOW_RANK) compact, as int8 rows (engine.model's ``low_rank``): int8 and
+    int4 stages on the CPU, not streamed, on CPUs with native bf16 (where they were measured;
+    ``pack``: LoadOptions.pack)."""
     st = place.stage
     return (st.int8 or st.int4) and st.torch_device == "cpu" and not place.stream and pack \
         and packs_on_cpu(torch.bfloat16)

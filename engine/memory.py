@@ -17,7 +17,7 @@ import torch
 from roost.engine.checkpoint import ModelConfig, TensorFile, model_shapes
 from roost.engine.errors import OutOfMemoryError
 from roost.engine.int4 import INT4_GROUP
-from roost.engine.int8 import Int8Linear
+from roost.engine.int8 import HAS_INT8PACK, Int8Linear
 from roost.engine.linear import packs_low_rank, packs_on_cpu
 from roost.engine.strategy import Strategy, plan_layers
 
@@ -44,8 +44,8 @@ def gib(n: float) -> str:
 
 
 def layer_numels(t: TensorFile, cfg: ModelConfig) -> list[tuple[int, int, int]]:
-    """(big-matrix elements, other elements, low-rank elements an int8/int4 CPU stage packs in
-    bf16) for each block of a checkpoint, from its shapes alone."""
+    """(big-matrix elements, other elements, low-rank elements an int8/int4 CPU stage keeps as
+    int8 rows) for each block of a checkpoint, from its shapes alone."""
     return _per_layer(((key, t.shape(key)) for key in t), cfg)
 
 
@@ -94,7 +94,8 @@ def estimate(t: TensorFile | None, cfg: ModelConfig, strategy: Strategy, chunk_l
             big_bytes = big * (0.5 + 4 / INT4_GROUP if int4_precision(i) == "int4" else 1 + 4 / cfg.n_embd)
         if st.int8 and st.torch_device == "cpu" and cfg.version == 7 and i == 0:
             big_bytes = big * 2  # RWKV-7's first block stays bf16 (engine.model.keeps_bf16)
-        small_bytes = small * 4 + low_rank * (2 if packs_low_rank(place, pack) else 4)
+        # low-rank matrices as int8 rows with their scales (engine.model's low_rank), else float32
+        small_bytes = small * 4 + low_rank * ((1.05 if HAS_INT8PACK else 2) if packs_low_rank(place, pack) else 4)
         if place.stream:  # kept in (pinned) CPU memory, copied to the GPU per forward
             add("cpu", big_bytes)
             add(st.torch_device, big_bytes / cfg.n_layer)  # one layer's copy at a time

@@ -30,7 +30,7 @@ from roost.engine.arch import arch_module
 from roost.engine.checkpoint import ModelConfig, TensorFile, open_checkpoint
 from roost.engine.cpu import cpu_has_vnni
 from roost.engine.int4 import Int4Linear
-from roost.engine.int8 import Int8Linear, Packer, quantize_rows
+from roost.engine.int8 import HAS_INT8PACK, Int8Linear, Packer, quantize_rows
 from roost.engine.linear import PackedLinear, linear, pack_for_cpu, packs_low_rank
 from roost.engine.options import LoadOptions
 from roost.engine.strategy import Placement, Strategy, check_devices, machine_devices, parse_strategy, plan_layers
@@ -428,10 +428,21 @@ def _matrix_loader(place: Placement, layer_id: int, *, version: int = 0, block: 
         return out
 
     def low_rank(w: torch.Tensor, *, from_file: bool = True):
-        """A small low-rank matrix (in, out) as packed bf16 (out, in), where ``load.packs_low_rank``
-        (int8 / int4 CPU stages; see the arch modules' ``lora``). ``from_file``: ``w`` is a view of
-        the file, whose pages go once it is packed."""
+        """A small low-rank matrix (in, out) as int8 rows (out, in) for torch's weight-only kernel,
+        where ``load.packs_low_rank`` (int8 / int4 CPU stages; see the arch modules' ``lora``).
+        Half the bytes of bf16 and, above all, a cheaper call than oneDNN's packed bf16 (~30 against
+        ~65 us for 288 x 2048 on one token): `cpu int8` tokens of the 1.6B / 1.5B shapes 1.06x (RWKV-6)
+        and 1.085x (RWKV-7) faster, medians of 8 alternating pairs on an AVX512-BF16 CPU. Median logit
+        error against `cpu fp32` (24 x 1024) 0.019 -> 0.022 (RWKV-6), 0.017 -> 0.019 (RWKV-7), top-1
+        agreement within the spread of 256 positions. ``from_file``: ``w`` is a view of the file,
+        whose pages go once it is converted."""
         release = (lambda rows: source.release(rows, None)) if source is not None and from_file else None  # noqa: E731
+        if HAS_INT8PACK and packer is None:
+            return Int8Linear(w.t(), kernel="int8pack", release=release)
+        if HAS_INT8PACK:  # converted on a packing thread, complete once the packer finishes
+            lin, rows = object.__new__(Int8Linear), packer.run(quantize_rows, w.t(), "cpu", 1 << 22, release)
+            packer.pending.append(lambda: lin._setup([rows.result()], (w.shape[1], w.shape[0]), "int8pack", False))
+            return lin
         return PackedLinear(w.t(), dtype=torch.bfloat16, packer=packer, release=release)
 
     load.low_rank = low_rank

@@ -5,7 +5,7 @@
   that width. Use them through ``checkpoint.model_shapes``;
 - ``prepare_layer(tensors, i, cfg, dtype, big) -> dict``: layer ``i``'s weights in run-time form,
   its big matrices through ``big(tensors, key)`` (engine.model's ``_matrix_loader``), its low-rank
-  ones through ``big.low_rank(w)`` where ``big.packs_low_rank`` (packed bf16 in int8/int4 CPU
+  ones through ``big.low_rank(w)`` where ``big.packs_low_rank`` (int8 rows in int8/int4 CPU
   stages);
 - ``init_state(cfg, w, dtype) -> tuple``: a layer's fresh recurrent state: zeros, or the starting
   state ``w["att.time_state"]`` where the layer has one;

@@ -53,10 +53,9 @@ def low_rank_mat(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def lora(x: torch.Tensor, w) -> torch.Tensor:
-    """``x @ w`` for a low-rank matrix stored (in, out), or packed for oneDNN in bf16 by an int8 or
-    int4 CPU strategy (engine.model's ``low_rank``: half the bytes; RWKV-7's 8 small products per
-    layer take ~10 ms a token in float32 on the 1.5B shape, 6 ms packed in bf16; the file stores
-    them in bf16)."""
+    """``x @ w`` for a low-rank matrix stored (in, out), or kept as int8 rows (out, in) by an int8 or
+    int4 CPU strategy (engine.model's ``low_rank``: RWKV-7's 8 small products per layer took ~10 ms
+    a token in float32 on the 1.5B shape, 6 ms packed in bf16, less as int8 rows)."""
     return x @ w if isinstance(w, torch.Tensor) else w(x)
 
 

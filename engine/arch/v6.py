@@ -26,7 +26,7 @@ from roost.engine.linear import linear_many
 
 _MAA = ("time_maa_x", "time_maa_w", "time_maa_k", "time_maa_v", "time_maa_r", "time_maa_g")
 _LORA = ("time_maa_w1", "time_maa_w2", "time_decay_w1", "time_decay_w2")
-# what an int8 / int4 CPU stage packs in bf16 (see prepare_layer; engine.memory counts them so)
+# what an int8 / int4 CPU stage keeps as int8 rows (see prepare_layer; engine.memory counts them so)
 PACKED_LOW_RANK = ("att.time_maa_w1", "att.time_decay_w1", "att.time_decay_w2")
 
 
@@ -60,8 +60,8 @@ def prepare_layer(t, i: int, cfg, dtype, big) -> dict:
     w["att.time_maa_x"] = vec(t[p + "att.time_maa_x"], dtype)
     # the five mixes' base vectors stacked in the LoRA's output order: one op mixes all five
     w["att.maa"] = torch.stack([vec(t[p + "att." + m], dtype) for m in _MAA[1:]]).unsqueeze(1)  # (5, 1, C)
-    # an int8 / int4 CPU strategy packs three of the low-rank matrices in bf16 (half their bytes: 0.29 GB
-    # of a 14B model); time_maa_w2's five (D, C) products stay one float32 bmm (five packed calls cost more)
+    # an int8 / int4 CPU strategy keeps three of the low-rank matrices as int8 rows (a quarter of their
+    # bytes, faster calls); time_maa_w2's five (D, C) products stay one float32 bmm (five calls cost more)
     packed = big.low_rank if getattr(big, "packs_low_rank", False) else functools.partial(low_rank_mat, dtype=dtype)
     w["att.time_maa_w1"] = packed(t[p + "att.time_maa_w1"])  # (C, 5*D)
     w["att.time_maa_w2"] = mat(t[p + "att.time_maa_w2"], dtype)  # (5, D, C)

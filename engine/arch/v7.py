@@ -18,7 +18,7 @@ _MIX = ("x_r", "x_k", "x_v", "x_w", "x_a", "x_g")  # r, k, v first: linear_many 
 _LORA = ("w1", "w2", "a1", "a2", "g1", "g2")
 _LORA_V = ("v1", "v2")
 _FUSED = ("w", "a", "g", "v")  # the low-rank pairs in the order _fused_low_rank puts them
-PACKED_LOW_RANK = tuple("att." + m for m in _LORA + _LORA_V)  # bf16 in int8 / int4 CPU stages
+PACKED_LOW_RANK = tuple("att." + m for m in _LORA + _LORA_V)  # int8 rows in int8 / int4 CPU stages
 
 
 def lora_shapes(cfg) -> dict:

@@ -28,10 +28,13 @@ def model_file(make_checkpoint, tmp_path):
 
 
 def quantized(model) -> int:
+    """The big matrices (not the low-rank ones, converted at every load) held as int8 or int4."""
+    from roost.engine.arch import v6
     from roost.engine.int4 import Int4Linear
     from roost.engine.int8 import Int8Linear
 
-    mats = [w for lw in model._layers for w in lw.values()] + [model._w["head.weight"]]
+    low_rank = set(v6.PACKED_LOW_RANK) | {"att.lr1", "att.lr2"}
+    mats = [w for lw in model._layers for k, w in lw.items() if k not in low_rank] + [model._w["head.weight"]]
     return sum(isinstance(w, (Int4Linear, Int8Linear)) for w in mats)
 
 
