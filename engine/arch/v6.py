@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from roost.engine.arch.common import (
-    channel_mix,
     as_f32,
+    channel_mix,
     ffn_shapes,
     last,
     layer_norm,
