@@ -107,6 +107,45 @@ def quantize_groups(weight: torch.Tensor, group: int, refine: int = INT4_REFINE
     return q.to(torch.int32).reshape(rows, cols), scale, zero
 
 
+def speed_against_int8(matrices: int = 24, rows: int = 2048, cols: int = 2048, passes: int = 9) -> float:
+    """How many times faster one token's product runs over 4-bit weights than over Roost's default
+    8-bit ones on this CPU (0.0 where the 4-bit kernel is missing), for the advisor's speed
+    estimate: the 4-bit kernel reads half the bytes, but on some CPUs its arithmetic, not the
+    memory, sets its pace (AVX2 CPUs, and AMD's Zen 4 despite AVX-512), and there it gains little
+    or nothing. Products over ``matrices`` distinct random matrices in turn (96 MB of 8-bit weights
+    by default, more than a CPU cache holds, so the weights come from memory as in a forward pass);
+    the median of ``passes`` rounds of both kinds in turn. About a second, most of it packing the
+    8-bit weights. Measured with it: 1.6-1.75x on a Zen 4 CPU (AVX-512); per matrix earlier
+    (benchmarks/RESULTS.md, 7168 x 2048): 1.7x on an Intel AVX512-VNNI CPU, 0.9x on Zen 3 (AVX2)."""
+    import statistics
+    import time
+
+    from roost.engine.int8 import Int8Linear
+
+    if not int4_works():
+        return 0.0
+    gen = torch.Generator().manual_seed(0)
+    n_groups = cols // INT4_GROUP
+    eights, fours = [], []
+    for _ in range(matrices):  # random bytes are valid weights for both kernels
+        q = torch.randint(-127, 128, (rows, cols), dtype=torch.int8, generator=gen)
+        eights.append(Int8Linear.from_quantized(q, torch.full((rows,), 1e-3)))
+        packed = torch.randint(0, 256, (rows, cols // 2), dtype=torch.uint8, generator=gen)
+        scale_zero = torch.stack([torch.full((n_groups, rows), 1e-3), torch.zeros(n_groups, rows)], -1)
+        fours.append(Int4Linear.from_packed(packed, scale_zero.to(torch.bfloat16).contiguous()))
+    x = torch.randn(1, cols, generator=gen)
+
+    def seconds(weights) -> float:
+        t0 = time.perf_counter()
+        for w in weights:
+            w(x)
+        return time.perf_counter() - t0
+
+    seconds(eights), seconds(fours)  # once through first: allocations and any lazy set-up
+    # the two kinds in alternation, so that a moment of other work on the machine touches both
+    return statistics.median(seconds(eights) / seconds(fours) for _ in range(passes))
+
+
 @functools.cache
 def int4_works() -> bool:
     """Whether this torch has the packed 4-bit CPU kernel, and it computes right."""

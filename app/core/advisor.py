@@ -26,6 +26,13 @@ FAST, COMFORTABLE, SLOW, TIGHT, WONT_FIT = "fast", "comfortable", "slow", "tight
 FAST_TPS, COMFORTABLE_TPS = 15.0, 5.0
 RUNS_WELL, CLOSE_OTHERS, WILL_NOT_FIT = "runs well", "runs, close other programs first", "will not fit"
 INT4_BYTES = 0.65  # bytes per weight read with cpu int4 (4-bit groups; the head and block 0 in int8)
+# a cpu int8 token's share of time in its big products, the rest being small operations (profiled
+# on Zen 4: 58% with the RWKV-7 1.5B shape, 74% with RWKV-6 1.6B, whose 8-bit products are also
+# faster there); and how much faster the 4-bit kernel runs a product where unmeasured
+# (engine.int4.speed_against_int8: 1.6-1.75x on Zen 4 and per matrix on an Intel AVX-512 CPU; 0.9x
+# on Zen 3, AVX2)
+MATRIX_SHARE = 0.65
+INT4_RATIO = {"AVX512": 1.7, "other": 0.9}
 LABELS_ZH = {RUNS_WELL: "运行流畅", CLOSE_OTHERS: "可运行，请先关闭其他程序", WILL_NOT_FIT: "内存不足，无法运行"}
 
 
@@ -76,11 +83,22 @@ def need_for(shape: ModelShape, strategy: str) -> dict[str, int]:
     return {("cuda:0" if k == "cuda" else k): v for k, v in est.items()}
 
 
-def int4_speed_bytes(machine: Machine) -> float:
-    """Bytes per weight that set cpu int4's speed: PyTorch's packed 4-bit kernel keeps up with the
-    memory only with AVX-512 (1.5B shapes: 1.35-1.45x int8's speed); with AVX2 it is bound by its
-    arithmetic and runs as fast as int8 (0.93-1.00x, Zen 3), the same bytes as 8 bits for the estimate."""
-    return INT4_BYTES if machine.cpu_capability.startswith("AVX512") else 1.0
+def int4_speed_bytes(machine: Machine, shape: ModelShape) -> float:
+    """A `cpu int4` token's time against a `cpu int8` one's (as 8-bit bytes per weight, for
+    :func:`_bytes_per_token`): the big products, ``MATRIX_SHARE`` of an 8-bit token, run
+    ``machine.int4_ratio`` times faster (measured on this CPU) where their weights are 4-bit, the
+    rest of the token (the head and block 0 stay 8-bit; the small operations) takes as long.
+    PyTorch's 4-bit kernel is bound by its arithmetic on some CPUs (AVX2; Zen 4 despite AVX-512),
+    where its half bytes gain little: cpu int4 generation measured 1.31-1.45x int8 on an Intel
+    AVX-512 CPU, 0.9-1.2x on Zen 4, 1.0x on Zen 3 (1.5B shapes). Unmeasured, the ratio is taken
+    from the CPU's vector instructions (``INT4_RATIO``)."""
+    ratio = machine.int4_ratio if machine.int4_ratio > 0 else \
+        INT4_RATIO["AVX512"] if machine.cpu_capability.startswith("AVX512") else INT4_RATIO["other"]
+    ratio = min(max(ratio, 0.25), 4.0)  # a reading disturbed by other work must not run away
+    cfg = shape.config()
+    big = [b for b, *_ in shape_numels(cfg)]
+    four = sum(big[1:]) / (sum(big) + cfg.vocab_size * cfg.n_embd)  # of the 8-bit bytes, those in 4 bits
+    return 1 - MATRIX_SHARE + MATRIX_SHARE * (1 - four + four / ratio)
 
 
 def cpu_read(machine: Machine) -> float:
@@ -136,7 +154,7 @@ def choose_strategy(shape: ModelShape, machine: Machine) -> Advice:
                 if label == WILL_NOT_FIT:
                     continue
                 frac = k / (shape.n_layer + 1)
-                cpu_bpw = int4_speed_bytes(machine) if bpw != 1 else 1
+                cpu_bpw = int4_speed_bytes(machine, shape) if bpw != 1 else 1
                 tps = 1 / (frac * _bytes_per_token(shape, 1) / GPU_READ + (1 - frac) * _bytes_per_token(shape, cpu_bpw) / cpu_read(machine))
                 four, four_zh = ((" with 4-bit weights (noticeably less exact than 8 bits: 8-bit ones do not fit "
                                   "in RAM)", "，以 4 位权重运行（8 位权重放不进内存；准确度明显降低）") if bpw != 1 else ("", ""))
@@ -159,7 +177,7 @@ def choose_strategy(shape: ModelShape, machine: Machine) -> Advice:
         need4 = need_for(shape, "cpu int4")
         label4 = _label(need4, machine)
         if label4 != WILL_NOT_FIT:
-            return Advice("cpu int4", label4, cpu_read(machine) / _bytes_per_token(shape, int4_speed_bytes(machine)),
+            return Advice("cpu int4", label4, cpu_read(machine) / _bytes_per_token(shape, int4_speed_bytes(machine, shape)),
                           f"On the CPU with 4-bit weights: 8-bit weights would need {gib(need['cpu'])} of RAM "
                           f"({gib(machine.ram_free)} free), 4-bit ones need {gib(need4['cpu'])}. Answers are "
                           "noticeably less exact than with 8 bits.",

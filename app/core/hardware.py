@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,9 @@ class Machine:
     # the vector instructions PyTorch's CPU kernels use here ("AVX512", "AVX2", "DEFAULT" on most
     # Arm builds...); "" when not known
     cpu_capability: str = ""
+    # how many times faster a token's product runs over 4-bit weights than over 8-bit ones
+    # (engine.int4.speed_against_int8, measured once); 0: not measured or no 4-bit kernel
+    int4_ratio: float = 0.0
 
     @property
     def usable_gpu(self) -> Gpu | None:
@@ -45,7 +49,8 @@ class Machine:
 
 
 def probe(models_dir: str | os.PathLike | None = None, *, measure: bool = True) -> Machine:
-    """What this computer has. `measure`: its memory read rate too (measured once, then remembered)."""
+    """What this computer has. `measure`: its memory read rate and 4-bit kernel speed too (measured
+    once, then remembered)."""
     import psutil
 
     vm = psutil.virtual_memory()
@@ -75,12 +80,25 @@ def probe(models_dir: str | os.PathLike | None = None, *, measure: bool = True) 
     return Machine(os=f"{platform.system()} {platform.release()}", cpu_name=cpu, cpu_cores=cores,
                    ram_total=vm.total, ram_free=vm.available, disk_free=disk, gpus=gpus,
                    torch_cuda=torch_cuda, mps=mps, notes=notes,
-                   read_rate=read_rate(cpu, cores, vm.total) if measure else 0.0, cpu_capability=capability)
+                   read_rate=read_rate(cpu, cores, vm.total) if measure else 0.0, cpu_capability=capability,
+                   int4_ratio=int4_ratio(cpu, cores, vm.total) if measure else 0.0)
 
 
 def read_rate(cpu: str, cores: int, ram: int) -> float:
     """This computer's memory read rate in bytes/s: measured once (a fraction of a second) and kept
     in the data folder (``machine.json``) for this CPU and memory size; 0.0 if it cannot be."""
+    return _remembered("read_rate", lambda: measure_read_rate(), cpu, cores, ram)
+
+
+def int4_ratio(cpu: str, cores: int, ram: int) -> float:
+    """How many times faster PyTorch's 4-bit kernel runs a token's product here than Roost's 8-bit
+    one (about a second, once, remembered as :func:`read_rate`); 0.0 if it cannot be measured."""
+    return _remembered("int4_ratio", lambda: measure_int4_ratio(), cpu, cores, ram)
+
+
+def _remembered(name: str, measure: Callable[[], float], cpu: str, cores: int, ram: int) -> float:
+    """The figure ``name`` of ``machine.json`` when it was measured on this computer (the same CPU,
+    cores and memory size), else ``measure()``, kept there beside the others when it is > 0."""
     import json
 
     from roost.core import paths
@@ -89,18 +107,37 @@ def read_rate(cpu: str, cores: int, ram: int) -> float:
     key = {"cpu": cpu, "cores": cores, "ram": ram}
     try:
         saved = json.loads(cache.read_text(encoding="utf-8"))
-        if {k: saved.get(k) for k in key} == key and float(saved.get("read_rate", 0)) > 0:
-            return float(saved["read_rate"])
-    except (OSError, ValueError, TypeError, AttributeError):
+        if not isinstance(saved, dict) or {k: saved.get(k) for k in key} != key:
+            saved = {}
+    except (OSError, ValueError):
+        saved = {}
+    try:
+        if float(saved.get(name, 0)) > 0:
+            return float(saved[name])
+    except (TypeError, ValueError):
         pass
-    rate = measure_read_rate()
-    if rate > 0:
+    value = measure()
+    if value > 0:
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps({**key, "read_rate": rate}), encoding="utf-8")
+            cache.write_text(json.dumps({**saved, **key, name: value}), encoding="utf-8")
         except OSError:
             pass
-    return rate
+    return value
+
+
+def measure_int4_ratio() -> float:
+    """:func:`roost.engine.int4.speed_against_int8` on a thread of its own (see
+    :func:`measure_read_rate`); 0.0 where it cannot run (no torch, no 4-bit kernel, no memory)."""
+    try:
+        from roost.engine.int4 import speed_against_int8
+        from roost.engine.threads import elsewhere
+    except ImportError:
+        return 0.0
+    try:
+        return elsewhere(speed_against_int8)
+    except (RuntimeError, MemoryError):
+        return 0.0
 
 
 def measure_read_rate(mib: int = 256, passes: int = 5) -> float:
