@@ -53,7 +53,9 @@ def _math_as_code(text: str) -> str:
 def _parser():
     from markdown_it import MarkdownIt
 
-    md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
+    # breaks: a line break the model (or the user) wrote stays a line break, as in every chat app;
+    # plain CommonMark would join a poem's lines into one paragraph.
+    md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False, "breaks": True})
     md.enable(["table", "strikethrough"])
     return md
 

@@ -13,6 +13,17 @@ def chat_titles(page):
     return [i.text() for i in items if i.data(Qt.UserRole) is not None]
 
 
+def rendered_text(markdown: str) -> str:
+    """What a message's text reads as once its Markdown is rendered."""
+    from PySide6.QtGui import QTextDocument
+
+    from roost.gui.render import markdown_html
+
+    doc = QTextDocument()
+    doc.setHtml(markdown_html(markdown)[0])
+    return doc.toPlainText()
+
+
 def send(qtbot, win, text):
     win.chat.input.setPlainText(text)
     qtbot.mouseClick(win.chat.send_btn, Qt.LeftButton)
@@ -33,7 +44,9 @@ def test_reply_streams_in_and_is_saved(qtbot, window, make_checkpoint):
     msgs = win.ctl.store.messages(win.chat.conv_id)
     assert [m.role for m in msgs] == ["user", "assistant"]
     assert msgs[1].content == "".join(pieces).strip() and msgs[1].content
-    assert msgs[1].content[:20] in win.chat.view.toPlainText()
+    # the reply is in the view as written, less what its Markdown means (random text may hold any)
+    shown = " ".join(win.chat.view.toPlainText().split())
+    assert " ".join(rendered_text(msgs[1].content).split())[:40] in shown
     assert win.ctl.store.get(win.chat.conv_id).title == "Hello, who are you?"
     assert "tokens in context" in win.chat.tokens_label.text()
 
@@ -310,6 +323,13 @@ def test_replies_show_markdown_code_with_a_copy_link_and_long_chats_open_at_the_
     assert "<b>raw html</b>" in text and "x^2" in text and "$" not in text  # HTML shown as text; TeX as code
     win.chat._on_link(QUrl("roost:code/1-0"))
     assert QGuiApplication.clipboard().text() == "for i in range(3):\n    print(i)"
+
+    # a poem's lines stay lines: one newline is a line break, not a space
+    store.append(conv.id, "user", "A poem, please")
+    store.append(conv.id, "assistant", "Roses are red,\nviolets are blue.\n\nThe end.")
+    win.chat.render()
+    lines = win.chat.view.toPlainText().splitlines()
+    assert "Roses are red," in lines and "violets are blue." in lines and "The end." in lines
 
     long = store.new("Long")
     for i in range(500):
