@@ -310,7 +310,10 @@ def quantize_rows(weight: torch.Tensor, device, block: int = 1 << 22,
     scale = torch.empty(rows, dtype=torch.float32, device=device)
     step = max(1, block // cols)
     for r0 in range(0, rows, step):
-        w = weight[r0:r0 + step].to(device=device, dtype=torch.float32)
+        # a copy, always: for float32 rows already on `device` a plain .to() returns them as they
+        # are, a view of the checkpoint's read-only mapping, which the in-place steps below would
+        # write into (a segmentation fault with any float32 checkpoint)
+        w = weight[r0:r0 + step].to(device=device, dtype=torch.float32, copy=True)
         s = w.abs().amax(dim=1).clamp(min=1e-10) / 127.0
         q[r0:r0 + step] = w.div_(s.unsqueeze(1)).round_().clamp_(-127, 127).to(torch.int8)
         scale[r0:r0 + step] = s
