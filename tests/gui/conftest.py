@@ -50,3 +50,16 @@ def load(qtbot, win, path, strategy="cpu fp32"):
     win.ctl.load_model(str(path), strategy)
     qtbot.waitUntil(lambda: win.ctl.info is not None or win.ctl.error is not None, timeout=60000)
     assert win.ctl.info is not None, win.ctl.error
+
+
+def shows(view, markdown: str, chars: int = 40) -> bool:
+    """Whether a chat `view` shows the start of a message's Markdown text as it renders: whitespace
+    normalised, so a random model's newlines, spaces and Markdown signs cannot fail a test."""
+    from PySide6.QtGui import QTextDocument
+
+    from roost.gui.render import markdown_html
+
+    doc = QTextDocument()
+    doc.setHtml(markdown_html(markdown)[0])
+    wanted = " ".join(doc.toPlainText().split())[:chars]
+    return bool(wanted) and wanted in " ".join(view.toPlainText().split())
