@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     log_path = setup_logging()
     if log_path is None:  # nowhere to write details: keep them off the terminal all the same
         logging.getLogger().addHandler(logging.NullHandler())
+    _say_unfinished_loads(log_path)
     try:
         return args.func(args)
     except RoostError as e:
@@ -169,6 +170,25 @@ def _params(args, **defaults):
         raise RoostError(f"bad sampling setting: {e}") from None
 
 
+def _say_unfinished_loads(log_path) -> None:
+    """A load by a command of this program that ended it last time (roost.core.loadmarks), said
+    once on stderr with what to try instead. (The app's own are said by the app, which must also
+    not load that model again by itself.)"""
+    from roost.core.loadmarks import forget, other_strategy, unfinished
+
+    for load in unfinished():
+        if load.program == "app":
+            continue
+        forget(load)
+        other = other_strategy(load.strategy)
+        where = f" (details in {log_path})" if log_path else ""
+        try_en = f" If it happens again, try --strategy \"{other}\"." if other else ""
+        try_zh = f"如果再次出现，请尝试 --strategy \"{other}\"。" if other else ""
+        _say(f"roost: last time `roost {load.program}` ended while loading {load.name} with the strategy "
+             f"\"{load.strategy}\" (a crash or a forced stop){where}.{try_en}\n"
+             f"roost：上次 `roost {load.program}` 以 \"{load.strategy}\" 方式加载 {load.name} 时意外结束（崩溃或被强制停止）。{try_zh}")
+
+
 def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -186,7 +206,10 @@ def _load(args):
     path, strategy = _decide(args)
     from roost.core.settings import load_settings
 
-    model = engine.load_model(path, strategy, options=load_settings().load_options())
+    from roost.core.loadmarks import marked_load
+
+    with marked_load(path, strategy, program=args.command):
+        model = engine.load_model(path, strategy, options=load_settings().load_options())
     print(f"{model.config.label}, loaded in {model.load_seconds:.1f} s", file=sys.stderr, flush=True)
     return model
 
@@ -236,7 +259,7 @@ def _chat(args) -> int:
     from roost.engine.prompts import G1_CHAT, default_format
 
     path, strategy = _decide(args)
-    runtime = Runtime(load_settings().load_options())
+    runtime = Runtime(load_settings().load_options(), mark_loads="chat")
     info = runtime.load(path, strategy)
     print(f"{info.label}, loaded in {info.seconds:.1f} s", file=sys.stderr, flush=True)
     reasoning = info.reasoning or args.think is not None

@@ -46,9 +46,11 @@ class Reply:
 
 
 class Runtime:
-    def __init__(self, options=None):
+    def __init__(self, options=None, *, mark_loads: str | None = None):
         """`options`: the engine's LoadOptions for every model it loads (default: the engine's
-        defaults; a program that owns its process passes LoadOptions.from_env())."""
+        defaults; a program that owns its process passes LoadOptions.from_env()). `mark_loads`: the
+        program's name ("app", "serve", ...) where each load is to be marked in the data folder
+        while it runs (roost.core.loadmarks: a load that ends the program is known next time)."""
         from roost.engine.resume import PrefixCache
 
         self.options = options
@@ -67,13 +69,20 @@ class Runtime:
         self.states = None
         self._identity = ""  # the loaded model's, for saved states (roost.engine.state_io.identity)
         self._personas: dict = {}  # the persona in use: {marker: (its starting State, its token)}
+        self.mark_loads = mark_loads
 
     # --- model ---------------------------------------------------------------------------------
     def load(self, path: str | Path, strategy: str, progress: Callable[[float], None] | None = None) -> LoadedInfo:
         from roost import engine
         with self._lock:
             self._unload()
-            model = engine.load_model(path, strategy, progress=progress, options=self.options)
+            if self.mark_loads:
+                from roost.core.loadmarks import marked_load
+
+                with marked_load(path, strategy, program=self.mark_loads):
+                    model = engine.load_model(path, strategy, progress=progress, options=self.options)
+            else:
+                model = engine.load_model(path, strategy, progress=progress, options=self.options)
             path = Path(path)
             name = path.name.lower()
             self.model = model

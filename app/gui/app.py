@@ -166,7 +166,7 @@ def start_background(ctl) -> None:
     from roost.core.runtime import Runtime
     from roost.gui.worker import EngineThread
 
-    ctl.attach_engine(EngineThread(ctl, runtime=Runtime(ctl.settings.current.load_options())))  # owns its process
+    ctl.attach_engine(EngineThread(ctl, runtime=Runtime(ctl.settings.current.load_options(), mark_loads="app")))  # owns its process
     s = ctl.settings.current
     ctl.attach_queue(DownloadQueue(s.models_folder(), source=s.download_source(), token=s.token()))
     folder = s.models_folder()

@@ -66,6 +66,7 @@ class Controller(QObject):
         self.generating = False
         self.tps = 0.0  # tokens/s of the running generation
         self.error: str | None = None
+        self.error_action = None  # (button text, callable) offered beside the error, or None
         self.api_server = None  # roost.server.run.ApiServer while it runs
         self.api_status = ""
         self._api_wanted = False
@@ -145,13 +146,41 @@ class Controller(QObject):
 
         self.machine = machine
         self.set_catalog(catalog)
+        crashed = self._unfinished_load()
         if not installed(self.models_folder(), catalog):
             model, advice = recommend(catalog, machine)
             self.firstRun.emit(machine, model, advice)
             return
         last = self.settings.current.last_model
+        if crashed is not None and last and Path(last) == Path(crashed.path):
+            self.remember(last_model="")  # not on later starts either, until a load of it succeeds
+            return
         if last and Path(last).is_file() and self.info is None and self.loading is None:
             self.load_model(last)
+
+    def _unfinished_load(self):
+        """A load that ended Roost last time (roost.core.loadmarks), said once: which model and
+        strategy, with another strategy offered. Returns it (None if there was none)."""
+        from roost.core.loadmarks import forget, other_strategy, unfinished
+
+        loads = unfinished()
+        for load in loads:
+            forget(load)
+        if not loads:
+            return None
+        load = loads[-1]
+        log.warning("the last load of %s as %r (%s) did not finish: the program ended during it",
+                    load.path, load.strategy, load.program)
+        message = tr("Last time Roost ended while loading {name} with the strategy “{strategy}” (it crashed or was "
+                     "closed by force; the details are in the log). It was not loaded again. Try another strategy, "
+                     "or choose one on the Models page.", name=load.name, strategy=load.strategy)
+        other = other_strategy(load.strategy)
+        action = None
+        if Path(load.path).is_file():
+            label = tr("Load with {strategy}", strategy=other) if other else tr("Load again")
+            action = (label, lambda: self.load_model(load.path, other or load.strategy))
+        self.show_error(message, action=action)
+        return load
 
     def set_catalog(self, catalog) -> None:
         self.catalog = list(catalog)
@@ -335,16 +364,24 @@ class Controller(QObject):
         self.busyChanged.emit()
 
     # --- errors --------------------------------------------------------------------------------
-    def show_error(self, message: str) -> None:
-        """One message in one place (the window's banner; its first line in the status bar)."""
-        self.error = split_bilingual(message)
+    def show_error(self, message: str, action=None) -> None:
+        """One message in one place (the window's banner; its first line in the status bar).
+        ``action``: (button text, callable) offered beside it."""
+        self.error, self.error_action = split_bilingual(message), action
         log.error("%s", message)
         self.statusChanged.emit()
 
     def clear_error(self) -> None:
         if self.error is not None:
-            self.error = None
+            self.error, self.error_action = None, None
             self.statusChanged.emit()
+
+    def run_error_action(self) -> None:
+        """The banner's button: the error goes, its action runs."""
+        action = self.error_action
+        self.clear_error()
+        if action is not None:
+            action[1]()
 
     # --- the local API server ------------------------------------------------------------------
     def start_api(self, host: str, port: int, key: str, origins: str | None = None) -> bool:

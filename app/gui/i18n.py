@@ -34,6 +34,9 @@ TEXT = {
     "e.g. https://chat.example.org (comma-separated)": "例如 https://chat.example.org（用逗号分隔）",
     "Pages of this computer, desktop apps (Obsidian, VS Code, Tauri) and browser extensions may always call the API; other websites only when listed here.":
         "本机的网页、桌面应用（Obsidian、VS Code、Tauri）和浏览器扩展总是可以调用接口；其他网站只有列在这里才可以。", "Good for": "适合", "On this computer": "在本机", "Your own file": "你自己的文件",
+    "Last time Roost ended while loading {name} with the strategy “{strategy}” (it crashed or was closed by force; the details are in the log). It was not loaded again. Try another strategy, or choose one on the Models page.":
+        "上次 Roost 在以“{strategy}”方式加载 {name} 时意外结束（程序崩溃或被强制关闭，详情见日志）。这次没有再自动加载它。请换一种运行方式，或在“模型”页选择。",
+    "Load with {strategy}": "以 {strategy} 加载", "Load again": "重新加载",
     "Technical details": "技术细节", "Runs as “{strategy}”.": "运行方式：“{strategy}”。",
     "Fast": "流畅", "Comfortable": "可以接受", "Slow": "较慢", "Close other programs first": "需先关闭其他程序",
     "Won't fit": "内存不够",

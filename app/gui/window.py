@@ -90,7 +90,9 @@ class MainWindow(QMainWindow):
         self.banner_text = QLabel(wordWrap=True, textInteractionFlags=Qt.TextSelectableByMouse)
         close = QPushButton("×", flat=True, clicked=self.ctl.clear_error)
         close.setFixedWidth(28)
+        self.banner_action = QPushButton(visible=False, clicked=self.ctl.run_error_action)
         bl.addWidget(self.banner_text, 1)
+        bl.addWidget(self.banner_action, 0, Qt.AlignTop)
         bl.addWidget(close, 0, Qt.AlignTop)
         right.addWidget(self.banner)
         right.addWidget(self.pages, 1)
@@ -153,6 +155,8 @@ class MainWindow(QMainWindow):
         ctl = self.ctl
         self.banner_text.setText(ctl.error or "")
         self.banner.setVisible(bool(ctl.error))
+        self.banner_action.setText(ctl.error_action[0] if ctl.error_action else "")
+        self.banner_action.setVisible(ctl.error_action is not None)
         self.load_bar.setVisible(ctl.loading is not None)
         self.load_bar.setValue(int(ctl.load_fraction * 100))
         if ctl.loading:

@@ -211,7 +211,7 @@ def serve_cli(args) -> int:
     path, strategy = model_and_strategy(args.model, args.strategy,
                                         say=lambda text: print(text, file=sys.stderr, flush=True))
     settings = load_settings()
-    runtime = Runtime(settings.load_options())
+    runtime = Runtime(settings.load_options(), mark_loads="serve")
     from roost.engine.threads import elsewhere
 
     # loaded on a thread that then ends: the main thread keeps no OpenMP pool that would slow the

@@ -95,3 +95,30 @@ def test_an_error_is_kept_in_one_place_and_cleared_by_the_next_load(qtbot, ctl, 
     assert ctl.error is None and ctl.loading == "model-v5.2.pth"
     qtbot.waitUntil(lambda: ctl.info is not None, timeout=60000)
     assert ctl.settings.current.last_model == str(ctl.info.path) and None in statuses
+
+
+@pytest.mark.skipif(__import__("sys").platform == "win32", reason="the crash is a POSIX signal here")
+def test_after_a_load_that_ended_the_app_it_says_which_and_offers_another_strategy(qtbot, window, home, make_checkpoint):
+    from roost.core.catalog import load_catalog
+    from tests.app.test_loadmarks import crash
+    from tests.gui.test_models_gui import MACHINE
+
+    win = window()
+    ctl = win.ctl
+    path = ctl.import_model(make_checkpoint("v6.0"))
+    ctl.remember(last_model=str(path))  # the app reloads it on start: here is where it crashed
+    r = crash(home, f"from roost.core.runtime import Runtime; Runtime(mark_loads='app').load({str(path)!r}, 'cpu int8')")
+    assert r.returncode < 0, r.stderr
+
+    ctl.set_machine(MACHINE, load_catalog(refreshed=False))  # what the app does on start
+    assert ctl.loading is None and ctl.info is None  # not loaded again by itself
+    assert ctl.settings.current.last_model == ""  # nor on later starts
+    assert f"while loading {path.name} with the strategy “cpu int8”" in ctl.error
+    win.show()
+    assert win.banner.isVisible() and win.banner_action.isVisible() and win.banner_action.text() == "Load with cpu bf16"
+    qtbot.mouseClick(win.banner_action, Qt.LeftButton)
+    qtbot.waitUntil(lambda: ctl.info is not None or ctl.error is not None, timeout=60000)
+    assert ctl.info is not None and ctl.info.strategy == "cpu bf16", ctl.error
+    assert not win.banner.isVisible()
+    ctl.set_machine(MACHINE, load_catalog(refreshed=False))  # said once
+    assert ctl.error is None
