@@ -1,0 +1,166 @@
+"""Roost's compiled CPU kernels (engine/csrc/native.cpp through roost.engine.native) against the same
+arithmetic in torch, on every instruction set this CPU can run; and the PyTorch path when they are
+missing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from roost.engine import load_model, native
+
+needs_kernels = pytest.mark.skipif(not native.available(), reason=f"no compiled kernels: {native.unavailable_reason()}")
+
+
+def isas() -> list[int]:
+    """The instruction sets this CPU runs (the portable C++ one always)."""
+    if not native.available():
+        return []
+    best = native.use_isa(-1)
+    found = sorted({native.use_isa(code) for code in (0, 1, 2, 3, 4)})
+    native.use_isa(-1)
+    assert best == max(found)
+    return found
+
+
+@pytest.fixture
+def each_isa(request):
+    code = request.param
+    assert native.use_isa(code) == code
+    yield code
+    native.use_isa(-1)
+
+
+@pytest.fixture
+def threads():
+    yield native.set_threads
+    native.set_threads(None)
+
+
+@needs_kernels
+@pytest.mark.parametrize("each_isa", isas(), indirect=True, ids=lambda c: native.ISAS[c])
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("rows, cols, m", [(37, 64, 1), (64, 192, 3), (130, 256, 8), (5, 128, 2)])
+def test_products_compute_what_the_blocks_stand_for(each_isa, bits, rows, cols, m):
+    gen = torch.Generator().manual_seed(rows + cols)
+    w = torch.randn(rows, cols, generator=gen) * 0.05
+    x = torch.randn(m, cols, generator=gen)
+    x[0, :32] = 0.0  # a block of zeros has scale 0
+    lin = native.BlockLinear.from_weight(bits, w)
+    want = native.reference_matmul(x, lin.dequantized())
+    torch.testing.assert_close(lin(x), want, rtol=1e-4, atol=1e-4)
+    # and the blocks stand for the weight: q8 within half a step of each block's scale, q4 (a fitted
+    # scale and offset, the block's range not always inside its 16 levels) within a step and a half
+    step = lin.d.float().abs().repeat_interleave(32, dim=1)
+    err = (lin.dequantized() - w).abs()
+    assert bool((err <= step * (0.5 if bits == 8 else 1.5) * (1 + 1e-3) + 1e-7).all())
+
+
+@needs_kernels
+@pytest.mark.parametrize("bits", [8, 4])
+def test_every_instruction_set_makes_the_same_blocks_and_products(bits):
+    w = torch.randn(48, 256) * 0.1
+    x = torch.randn(4, 256)
+    got = {}
+    for code in isas():
+        native.use_isa(code)
+        lin = native.BlockLinear.from_weight(bits, w)
+        got[code] = (lin.q.clone(), lin.d.clone(), lin(x))
+    native.use_isa(-1)
+    first = got[min(got)]
+    for q, d, y in got.values():
+        assert torch.equal(q, first[0]) and torch.equal(d, first[1])
+        torch.testing.assert_close(y, first[2], rtol=1e-5, atol=1e-5)
+
+
+@needs_kernels
+@pytest.mark.parametrize("bits", [8, 4])
+def test_a_source_in_any_float_type_is_read_and_never_written(bits):
+    w = torch.randn(16, 128) * 0.2
+    before = w.clone()
+    blocks = native.quantize(bits, w)
+    assert torch.equal(w, before)
+    for dtype in (torch.bfloat16, torch.float16):
+        low = w.to(dtype)
+        got, want = native.quantize(bits, low), native.quantize(bits, low.float())
+        assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(got, want))
+    assert blocks[0].shape == ((16, 128) if bits == 8 else (16, 64)) and blocks[1].shape == (16, 4)
+    assert (blocks[2] is None) == (bits == 8) and (bits == 8 or blocks[2].shape == (16, 4))
+
+
+@needs_kernels
+def test_more_threads_compute_the_same(threads):
+    w = torch.randn(203, 512) * 0.05
+    x = torch.randn(3, 512)
+    threads(1)
+    one = [native.BlockLinear.from_weight(b, w) for b in (8, 4)]
+    y1 = [lin(x) for lin in one]
+    threads(2)
+    two = [native.BlockLinear.from_weight(b, w) for b in (8, 4)]
+    for a, b, y in zip(one, two, y1):
+        assert torch.equal(a.q, b.q) and torch.equal(a.d, b.d) and torch.equal(b(x), y)
+
+
+@needs_kernels
+@pytest.mark.parametrize("bits", [8, 4])
+def test_prompt_chunks_and_the_heads_rows_use_the_same_weights(bits):
+    """More rows than a kernel call takes go through torch on the dequantised weight (bf16 where the
+    CPU multiplies it natively); the head's top rows are read back in float32."""
+    w = torch.randn(100, 256) * 0.05
+    lin = native.BlockLinear.from_weight(bits, w)
+    x = torch.randn(40, 256)
+    full = lin.dequantized()
+    torch.testing.assert_close(lin(x), x @ full.t(), rtol=0.02, atol=0.02)
+    idx = torch.tensor([[3, 99], [0, 50]])
+    assert torch.equal(lin.rows(idx), full[idx])
+    three = lin(x.reshape(4, 10, 256))  # any leading shape
+    assert three.shape == (4, 10, 100)
+
+
+@needs_kernels
+@pytest.mark.parametrize("strategy", ["cpu int8", "cpu int4"])
+def test_a_model_runs_on_the_kernels_and_a_second_load_converts_nothing(make_checkpoint, tmp_path, monkeypatch, strategy):
+    path = make_checkpoint("v6.0", n_layer=2, n_embd=128)
+    first = load_model(path, strategy, weight_cache=str(tmp_path))
+    mats = [w for lw in first._layers for w in lw.values() if isinstance(w, native.BlockLinear)]
+    assert len(mats) == 2 * 8 and isinstance(first._w["head.weight"], native.BlockLinear)
+    assert {m.bits for m in mats} == ({8} if strategy == "cpu int8" else {4, 8})  # int4: block 0 in 8 bits
+
+    def no_conversion(*a, **k):
+        raise AssertionError("a matrix was converted again")
+
+    monkeypatch.setattr(native, "quantize", no_conversion)
+    second = load_model(path, strategy, weight_cache=str(tmp_path))
+    assert second.cached_matrices == 2 * 8 + 1
+    tokens = [1, 500, 7000]
+    assert torch.equal(first.forward(tokens)[0], second.forward(tokens)[0])
+    plain = load_model(path, strategy, native=False)  # the PyTorch path, kept apart in the cache too
+    assert not any(isinstance(w, native.BlockLinear) for lw in plain._layers for w in lw.values())
+
+
+def test_without_the_kernels_the_pytorch_path_runs_and_says_why(make_checkpoint, monkeypatch):
+    from roost.engine.int8 import Int8Linear
+
+    monkeypatch.setattr(native, "_load", lambda: (None, "the compiled kernels are not installed (test)"))
+    assert not native.available() and native.unavailable_reason() == "the compiled kernels are not installed (test)"
+    model = load_model(make_checkpoint("v7.0", n_layer=2, n_embd=128), "cpu int8")
+    assert isinstance(model._w["head.weight"], Int8Linear)
+    assert torch.isfinite(model.forward([1, 2, 3])[0]).all()
+
+
+def test_a_damaged_or_foreign_library_is_not_used(monkeypatch, tmp_path):
+    """A file that is no library, or one of another version, is refused with a sentence."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    fake = tmp_path / "_native.so"
+    fake.write_bytes(b"not a library")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: SimpleNamespace(origin=str(fake)))
+    native._load.cache_clear()
+    try:
+        lib, why = native._load()
+        assert lib is None and why.startswith("the compiled kernels could not be loaded")
+    finally:
+        monkeypatch.undo()
+        native._load.cache_clear()
+    assert native.available() == (native.unavailable_reason() == "")
