@@ -72,11 +72,14 @@ def _per_layer(shapes, cfg: ModelConfig) -> list[tuple[int, int, int]]:
 
 
 def estimate(t: TensorFile | None, cfg: ModelConfig, strategy: Strategy, chunk_len: int = 128, *,
-             pack: bool = True) -> MemoryEstimate:
+             pack: bool = True, blocks: bool = False) -> MemoryEstimate:
     """Bytes needed on each device by ``cfg`` run with ``strategy`` (weights, state, work space).
 
     From the checkpoint's tensor shapes when ``t`` is given, else from ``cfg`` alone; ``pack`` as
-    LoadOptions.pack (a packed bf16 head also keeps its plain rows)."""
+    LoadOptions.pack (a packed bf16 head also keeps its plain rows); ``blocks``: int8 / int4 CPU
+    matrices in the compiled kernels' blocks of 32 (engine.native: an fp16 scale per block, and
+    an fp16 offset for 4 bits) rather than the PyTorch path's forms."""
+    eight = 1 + 2 / 32 if blocks else None  # bytes per weight of an 8-bit block (the head, int4's block 0)
     placements = plan_layers(strategy, cfg.n_layer)
     numels = layer_numels(t, cfg) if t is not None else shape_numels(cfg)
     need: dict[str, int] = {}
@@ -87,11 +90,12 @@ def estimate(t: TensorFile | None, cfg: ModelConfig, strategy: Strategy, chunk_l
     add("cpu", _embedding_bytes(t, cfg, placements[0].stage))  # on the CPU
     for i, ((big, small, low_rank), place) in enumerate(zip(numels, placements)):
         st = place.stage
-        big_bytes = big * (1 + 4 / cfg.n_embd) if st.int8 else big * _BYTES[st.dtype]
-        if st.int4:  # 4 bits and a bf16 scale and zero point per group; block 0 in int8
+        int8_bytes = eight if eight and st.torch_device == "cpu" and not place.stream else 1 + 4 / cfg.n_embd
+        big_bytes = big * int8_bytes if st.int8 else big * _BYTES[st.dtype]
+        if st.int4:  # 4 bits and a 16-bit scale and zero point per group of 32; block 0 in int8
             from roost.engine.model import int4_precision
 
-            big_bytes = big * (0.5 + 4 / INT4_GROUP if int4_precision(i) == "int4" else 1 + 4 / cfg.n_embd)
+            big_bytes = big * (0.5 + 4 / INT4_GROUP if int4_precision(i) == "int4" else int8_bytes)
         if st.int8 and st.torch_device == "cpu" and cfg.version == 7 and i == 0:
             big_bytes = big * 2  # RWKV-7's first block stays bf16 (engine.model.keeps_bf16)
         # low-rank matrices as int8 rows with their scales (engine.model's low_rank), else float32
@@ -105,7 +109,8 @@ def estimate(t: TensorFile | None, cfg: ModelConfig, strategy: Strategy, chunk_l
         add(st.torch_device, _state_bytes(cfg))
     head = placements[-1].stage
     head_n = cfg.vocab_size * cfg.n_embd
-    add(head.torch_device, head_n * (1 + 4 / cfg.n_embd) if head.int8 or head.int4 else head_n * _BYTES[head.dtype])
+    head_int8 = eight if eight and head.torch_device == "cpu" else 1 + 4 / cfg.n_embd
+    add(head.torch_device, head_n * head_int8 if head.int8 or head.int4 else head_n * _BYTES[head.dtype])
     if head.torch_device == "cpu" and head.dtype == "bf16" and not head.int8 and pack and packs_on_cpu(torch.bfloat16):
         add("cpu", head_n * 2)  # a packed bf16 head keeps its plain rows too (engine.linear.PackedLinear)
     # work space: a chunk of activations through the widest layer, plus the logits

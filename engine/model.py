@@ -25,13 +25,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from roost.engine import compiled
+from roost.engine import compiled, native
 from roost.engine.arch import arch_module
 from roost.engine.checkpoint import ModelConfig, TensorFile, open_checkpoint
 from roost.engine.cpu import cpu_has_vnni
 from roost.engine.int4 import Int4Linear
 from roost.engine.int8 import HAS_INT8PACK, Int8Linear, Packer, quantize_rows
 from roost.engine.linear import PackedLinear, linear, pack_for_cpu, packs_low_rank
+from roost.engine.native import BlockLinear
 from roost.engine.options import LoadOptions
 from roost.engine.strategy import Placement, Strategy, check_devices, machine_devices, parse_strategy, plan_layers
 
@@ -311,16 +312,20 @@ def load_model(path: str | os.PathLike, strategy: str = "cpu fp32", *,
     tensors, cfg = open_checkpoint(path)
     cache = packer = None
     quantized_cpu = any(s.device == "cpu" and (s.int8 or s.int4) for s in strat.stages)
+    # the compiled kernels' blocks for int8 / int4 CPU matrices, unless a torch kernel was asked for
+    blocks = opts.native and opts.int8_kernel is None and quantized_cpu and native.available()
     if opts.weight_cache and opts.weight_cache_bytes > 0 and quantized_cpu:
         from roost.engine.weight_cache import WeightCache
 
-        cache = WeightCache(opts.weight_cache, opts.weight_cache_bytes).open(path, str(strat))
+        # (the blocks and the PyTorch path's forms are kept apart: switching does not rebuild either)
+        kept_as = f"{strat} [{native.FORMAT}]" if blocks else str(strat)
+        cache = WeightCache(opts.weight_cache, opts.weight_cache_bytes).open(path, kept_as)
     # opted in: no heap holes left by the converted copies (process-wide glibc tuning)
     with memory.loading_allocator() if opts.tune_allocator else contextlib.nullcontext():
         try:
             places = plan_layers(strat, cfg.n_layer)
             if opts.check_memory:
-                est = memory.estimate(tensors, cfg, strat, chunk_len, pack=opts.pack)
+                est = memory.estimate(tensors, cfg, strat, chunk_len, pack=opts.pack, blocks=blocks)
                 memory.check_fits(est, memory.available(), model_name=Path(path).name, strategy=strat)
             # fail before the heavy part; the World vocabulary's ~0.3 s of reading goes on beside
             # the weights (a missing file fails here, a damaged one at the end)
@@ -338,11 +343,12 @@ def load_model(path: str | os.PathLike, strategy: str = "cpu fp32", *,
             # the head first: its int8 packing (the largest) overlaps the layers' loading, and the
             # largest conversion happens while the least memory is in use
             head_weight = _matrix_loader(places[-1], 0, version=cfg.version, pack=pack, kernel=opts.int8_kernel,
-                                         cache=cache, packer=packer)(tensors, "head.weight")
+                                         cache=cache, packer=packer, blocks=blocks)(tensors, "head.weight")
             tensors.drop_pages()
             for i in range(cfg.n_layer):
                 big = _matrix_loader(places[i], i if rescale else 0, version=cfg.version, block=i, pack=pack,
-                                     kernel=opts.int8_kernel, cache=cache, packer=packer, source=tensors)
+                                     kernel=opts.int8_kernel, cache=cache, packer=packer, source=tensors,
+                                     blocks=blocks)
                 lw = arch.prepare_layer(tensors, i, cfg, act_dtype(places[i].stage), big)
                 dev = places[i].stage.torch_device
                 layers.append(lw if places[i].stream or dev == "cpu" else _to_device(lw, dev))
@@ -384,14 +390,16 @@ def load_model(path: str | os.PathLike, strategy: str = "cpu fp32", *,
 
 def _matrix_loader(place: Placement, layer_id: int, *, version: int = 0, block: int | None = None,
                    pack: bool = True, kernel: str | None = None, cache=None,
-                   packer=None, source: TensorFile | None = None) -> Callable[[TensorFile, str], object]:
+                   packer=None, source: TensorFile | None = None,
+                   blocks: bool = False) -> Callable[[TensorFile, str], object]:
     """How a layer's big matrices are stored: in the stage's dtype or int8, on its device
     (``block``: the layer's index, None for the head; ``pack``: float CPU weights reordered
     for oneDNN where that is faster, see engine.linear.pack_for_cpu; ``kernel``: the CPU int8
     kernel to use instead of each matrix's default; ``cache``: an engine.weight_cache.Entry that
     CPU int8 / int4 matrices are read from, or recorded into; ``packer``: an engine.int8.Packer
     for the fbgemm packing of CPU int8 matrices and of the small low-rank ones; ``source``: the
-    file whose pages those low-rank matrices give back once packed)."""
+    file whose pages those low-rank matrices give back once packed; ``blocks``: CPU int8 / int4
+    matrices in the compiled kernels' blocks, engine.native, where their shape allows)."""
     maybe_pack = functools.partial(pack_for_cpu, enabled=pack)
     stage = place.stage
     dtype = _DTYPES[stage.dtype]
@@ -404,7 +412,10 @@ def _matrix_loader(place: Placement, layer_id: int, *, version: int = 0, block: 
         if layer_id and key.endswith(("att.output.weight", "ffn.value.weight")):
             w = w.float() / 2 ** (layer_id // RESCALE_EVERY)  # fp16 rescaling, as ChatRWKV
         rows_done = (lambda rows: t.release(rows, None)) if w is src else None  # file pages, as we go
-        if stage.int4:
+        in_blocks = blocks and not place.stream and dev == "cpu" and native.fits(w.shape)
+        if stage.int4 and in_blocks:  # (the head and block 0 in 8 bits, see int4_precision)
+            out = _blocked(key, w, 4 if int4_precision(block) == "int4" else 8, cache, release=rows_done)
+        elif stage.int4:
             four = int4_precision(block) == "int4" and Int4Linear.fits(w.shape)
             # else int8: the head, block 0 and any shape the 4-bit kernel cannot take
             out = _quantized(key, w, "int4" if four else "int8", cache, release=rows_done, kernel=kernel,
@@ -413,6 +424,8 @@ def _matrix_loader(place: Placement, layer_id: int, *, version: int = 0, block: 
             out = maybe_pack(w, dtype=torch.bfloat16, release=rows_done)
         elif stage.int8 and place.stream:  # plain int8 in CPU memory, copied to the GPU per forward
             out = Int8Linear(w, device="cpu", kernel="dequant", release=rows_done)
+        elif stage.int8 and in_blocks:
+            out = _blocked(key, w, 8, cache, release=rows_done)
         elif stage.int8 and dev == "cpu":
             out = _quantized(key, w, "int8", cache, release=rows_done, kernel=kernel,
                              dynamic=quantizes_activations(key, version), packer=packer)
@@ -448,6 +461,20 @@ def _matrix_loader(place: Placement, layer_id: int, *, version: int = 0, block: 
     load.low_rank = low_rank
     load.packs_low_rank = packs_low_rank(place, pack)
     return load
+
+
+def _blocked(key: str, w: torch.Tensor, bits: int, cache, *, release=None) -> BlockLinear:
+    """A CPU matrix in the compiled kernels' blocks (engine.native), read from the weight cache
+    when it has it (views of the mapped entry: nothing converted, nothing copied), else converted
+    from ``w`` (never written) and recorded in the cache."""
+    kind = f"q{bits}"
+    got = cache.get(key, kind, BlockLinear.stored_shapes(bits, w.shape)) if cache is not None else None
+    if got is not None:
+        return BlockLinear.from_blocks(bits, got)
+    out = BlockLinear.from_weight(bits, w, release=release)
+    if cache is not None:
+        cache.put(key, kind, out.blocks())
+    return out
 
 
 def _quantized(key: str, w: torch.Tensor, kind: str, cache, *, release=None, kernel: str | None = None,

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
 KERNEL_ENV, PACK_ENV, COMPILE_ENV, MALLOC_ENV = "ROOST_INT8_KERNEL", "ROOST_PACK", "ROOST_COMPILE", "ROOST_TUNE_MALLOC"
+NATIVE_ENV = "ROOST_NATIVE"
 _YES, _NO = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -22,6 +23,9 @@ class LoadOptions:
     chunk_len: int = 128  # prompt tokens per sequence-mode chunk
     check_memory: bool = True  # refuse a model that would not fit, before loading it
     compile: bool = False  # torch.compile the one-token step where a compiler exists (roost.engine.compiled)
+    # cpu int8 / int4 matrices in the compiled kernels' blocks where they are installed
+    # (roost.engine.native); False: the PyTorch path, the reference
+    native: bool = True
     pack: bool = True  # float CPU weights reordered for oneDNN where that is faster (linear.pack_for_cpu)
     int8_kernel: str | None = None  # force one of linear.KERNELS for every CPU int8 matrix (tests, benchmarks)
     # glibc malloc tuned while loading and kept for the work buffers afterwards (memory.loading_allocator):
@@ -50,7 +54,8 @@ class LoadOptions:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> LoadOptions:
         """The options of a program that owns its process: allocator tuning on, and the switches
-        ``ROOST_COMPILE=1``, ``ROOST_PACK=0``, ``ROOST_INT8_KERNEL=<kernel>``, ``ROOST_TUNE_MALLOC=0``."""
+        ``ROOST_COMPILE=1``, ``ROOST_PACK=0``, ``ROOST_INT8_KERNEL=<kernel>``, ``ROOST_TUNE_MALLOC=0``,
+        ``ROOST_NATIVE=0`` (the PyTorch path instead of the compiled kernels)."""
         env = os.environ if environ is None else environ
 
         def flag(name: str, default: bool) -> bool:
@@ -60,6 +65,6 @@ class LoadOptions:
         kernel = env.get(KERNEL_ENV, "").strip() or None
         from roost.engine.int8 import KERNELS
 
-        return cls(compile=flag(COMPILE_ENV, False), pack=flag(PACK_ENV, True),
+        return cls(compile=flag(COMPILE_ENV, False), pack=flag(PACK_ENV, True), native=flag(NATIVE_ENV, True),
                    int8_kernel=kernel if kernel in KERNELS else None,
                    tune_allocator=flag(MALLOC_ENV, True)).replace(**overrides)

@@ -43,7 +43,7 @@ FORMAT, VERSION = "roost.weights", 2  # 2: tall int8 matrices in blocks of rows
 MAGIC = b"RWCACHE1"
 SUFFIX = ".rwc"
 ALIGN = 64
-_SIZES = {"int8": 1, "uint8": 1, "float32": 4, "bfloat16": 2}  # the types an entry holds (torch is
+_SIZES = {"int8": 1, "uint8": 1, "float32": 4, "bfloat16": 2, "float16": 2}  # the types an entry holds (torch is
 # imported only to read or write one: the app's settings page lists and clears entries without it)
 _MAX_INDEX = 64 << 20
 # Linux 5.14+: MADV_POPULATE_READ maps a range's pages from the page cache (reading what is missing)

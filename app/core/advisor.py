@@ -79,7 +79,10 @@ class Advice:
 
 
 def need_for(shape: ModelShape, strategy: str) -> dict[str, int]:
-    est = estimate(None, shape.config(), parse_strategy(strategy)).per_device
+    from roost.engine import native
+
+    # (with the compiled kernels an 8-bit weight takes 1/16 more: its fp16 scale per 32)
+    est = estimate(None, shape.config(), parse_strategy(strategy), blocks=native.available()).per_device
     return {("cuda:0" if k == "cuda" else k): v for k, v in est.items()}
 
 

@@ -3,7 +3,7 @@ crashes the process (a segmentation fault in a conversion) fails one test, by it
 of ending the whole test run.
 
 Requests come one JSON object a line on standard input: ``{"path", "strategy", "tokens", "one",
-"out", "cache", "pack"}``. Each is loaded, its logits (``tokens`` read at once, then ``one`` more
+"out", "cache", "pack", "native"}``. Each is loaded, its logits (``tokens`` read at once, then ``one`` more
 tokens one at a time) saved with torch.save to ``out``, and one JSON line answered:
 ``{"ok": true, "cached": N}`` or ``{"ok": false, "error": "..."}`` for a Python exception. A crash
 answers nothing: the parent sees the process end, and faulthandler's trace on standard error.
@@ -27,7 +27,7 @@ def serve() -> None:
         req = json.loads(line)
         try:
             model = load_model(req["path"], req["strategy"], weight_cache=req.get("cache"),
-                               pack=req.get("pack", True))
+                               pack=req.get("pack", True), native=req.get("native", True))
             seq, state = model.forward_all(req["tokens"])
             one = []
             for t in req["one"]:

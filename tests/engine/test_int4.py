@@ -52,7 +52,7 @@ def test_shapes_the_kernel_cannot_take_are_refused():
 
 
 def test_a_model_keeps_its_head_and_first_block_in_int8(make_checkpoint):
-    model = load_model(make_checkpoint("v6.0", n_layer=3, n_embd=256), "cpu int4")
+    model = load_model(make_checkpoint("v6.0", n_layer=3, n_embd=256), "cpu int4", native=False)  # PyTorch path
     assert isinstance(model._w["head.weight"], Int8Linear)
     assert isinstance(model._layers[0]["ffn.key.weight"], Int8Linear)
     for i in (1, 2):
@@ -79,7 +79,7 @@ def test_shapes_that_do_not_pack_fall_back_to_int8(make_checkpoint):
 
 def test_int4_mixes_with_other_stages(make_checkpoint):
     path = make_checkpoint("v7.0", n_layer=4, n_embd=256)
-    mixed = load_model(path, "cpu fp32 *2 -> cpu int4")
+    mixed = load_model(path, "cpu fp32 *2 -> cpu int4", native=False)  # (the kernels' side: test_load_matrix.py)
     assert isinstance(mixed._layers[3]["att.key.weight"], Int4Linear)
     assert not isinstance(mixed._layers[1]["att.key.weight"], (Int4Linear, Int8Linear))
     ref, _ = load_model(path, "cpu fp32").forward([5, 6, 7])
@@ -94,7 +94,7 @@ def test_the_estimate_counts_four_bits(make_checkpoint):
     int4 = estimate(t, cfg, parse_strategy("cpu int4")).per_device["cpu"]
     t.close()
     assert int4 < int8
-    model = load_model(path, "cpu int4")
+    model = load_model(path, "cpu int4", native=False)  # the PyTorch path (the kernels' blocks: below)
     big_mats = [w for lw in model._layers for k, w in lw.items() if k not in ("att.lr1", "att.lr2")]  # (not low-rank)
     kept = sum(w.nbytes() for w in big_mats if isinstance(w, (Int4Linear, Int8Linear)))
     four = sum(w.nbytes() for w in big_mats if isinstance(w, Int4Linear))
@@ -107,3 +107,25 @@ def test_the_estimate_counts_four_bits(make_checkpoint):
     t.close()
     want = big[0] * (1 + 4 / 256) + sum(big[1:]) * (0.5 + 4 / INT4_GROUP)
     assert kept == pytest.approx(want, rel=0.01)
+
+
+def test_the_estimate_counts_the_compiled_kernels_blocks(make_checkpoint):
+    """With the compiled kernels (engine.native) a 4-bit block of 32 keeps an fp16 scale and offset,
+    an 8-bit one (block 0 in int4, the head) an fp16 scale: what the loaded model holds, within 1%."""
+    from roost.engine import native
+    from roost.engine.memory import layer_numels
+
+    if not native.available():
+        pytest.skip(f"no compiled kernels: {native.unavailable_reason()}")
+    path = make_checkpoint("v7.0", n_layer=4, n_embd=256)
+    model = load_model(path, "cpu int4")
+    big_mats = [w for lw in model._layers for k, w in lw.items() if isinstance(w, native.BlockLinear)]
+    kept = sum(w.nbytes() for w in big_mats)
+    t, cfg = open_checkpoint(path)
+    big = [b for b, *_ in layer_numels(t, cfg)]
+    with_blocks = estimate(t, cfg, parse_strategy("cpu int4"), blocks=True).per_device["cpu"]
+    without = estimate(t, cfg, parse_strategy("cpu int4")).per_device["cpu"]
+    t.close()
+    assert kept == pytest.approx(big[0] * (1 + 2 / 32) + sum(big[1:]) * (0.5 + 4 / 32), rel=0.01)
+    assert with_blocks > without  # the head's and block 0's scales per 32
+    assert model._w["head.weight"].nbytes() == cfg.vocab_size * cfg.n_embd * (1 + 2 / 32)

@@ -100,12 +100,12 @@ def test_packing_beside_the_load_gives_the_same_model_and_leaves_no_thread(make_
 
     path = make_checkpoint("v6.0", n_layer=2, n_embd=256, seed=9)
     monkeypatch.setattr(Int8Linear, "BLOCK", 1 << 22)  # the head (65536 x 256) in 4 blocks
-    packed = load_model(path, "cpu int8")
+    packed = load_model(path, "cpu int8", native=False)  # (fbgemm's packing: the PyTorch path)
     assert not _packing_threads()
     head = packed._w["head.weight"]
     assert isinstance(head.packed, list) and len(head.packed) == 4
     monkeypatch.setattr(em, "Packer", lambda: None)
-    serial = load_model(path, "cpu int8")
+    serial = load_model(path, "cpu int8", native=False)
     tokens = [5, 400, 3, 9000]
     assert torch.equal(packed.forward(tokens)[0], serial.forward(tokens)[0])
 
@@ -126,7 +126,7 @@ def test_a_packing_failure_fails_the_load_and_leaves_no_thread(make_checkpoint, 
 
     monkeypatch.setattr(el, "_prepack", failing)
     with pytest.raises(RuntimeError, match="out of memory while packing"):
-        load_model(make_checkpoint("v6.0", n_layer=2, n_embd=256, seed=9), "cpu int8")
+        load_model(make_checkpoint("v6.0", n_layer=2, n_embd=256, seed=9), "cpu int8", native=False)
     assert not _packing_threads()
 
 

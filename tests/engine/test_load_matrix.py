@@ -1,6 +1,8 @@
 """Every RWKV version x checkpoint dtype x CPU strategy loads, and computes what `cpu fp32` computes.
 
-Each load runs in a child process (tests/engine/load_worker.py): a load that crashes the process
+Strategies that convert weights (int8, int4, the mixed ones) run on both CPU paths: Roost's compiled
+kernels (engine.native) and the PyTorch path. Each load runs in a child process
+(tests/engine/load_worker.py): a load that crashes the process
 (a float32 checkpoint once did, in cpu int8 / int4: the int8 conversion divided the rows in place,
 and for float32 rows those were the checkpoint's read-only mapping) fails its own test, named,
 with the child's faulthandler trace, and the next case gets a fresh child.
@@ -40,8 +42,12 @@ STRATEGIES = [
     ("cpu fp32i8 *2 -> cpu bf16", 0.04, True),  # mixed stages: the blocks in int8, the head in bf16
     ("cpu int4 *2 -> cpu fp32", 0.12, True),  # both blocks in 4 bits, the head in float32
 ]
-CASES = [pytest.param(arch, dt, s, tol, cache, id=f"{arch}-{dt}-{s.replace(' ', '')}{'-cache' if cache else ''}")
-         for arch in ARCHS for dt in DTYPES for s, tol, caches in STRATEGIES for cache in ([False, True] if caches else [False])]
+# strategies that convert weights run on both CPU paths: Roost's compiled kernels (where this
+# install has them) and the PyTorch path, the reference
+CASES = [pytest.param(arch, dt, s, tol, cache, native,
+                      id=f"{arch}-{dt}-{s.replace(' ', '')}{'-cache' if cache else ''}{'' if native else '-pytorch'}")
+         for arch in ARCHS for dt in DTYPES for s, tol, caches in STRATEGIES
+         for cache in ([False, True] if caches else [False]) for native in ([True, False] if caches else [True])]
 
 
 class Loader:
@@ -99,15 +105,20 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().amax(-1) / b.abs().amax(-1)).median().item()
 
 
-@pytest.mark.parametrize("arch, dtype, strategy, tol, cache", CASES)
+@pytest.mark.parametrize("arch, dtype, strategy, tol, cache, native", CASES)
 def test_every_checkpoint_dtype_loads_in_every_cpu_strategy(loader, reference, make_checkpoint, tmp_path,
-                                                            arch, dtype, strategy, tol, cache):
-    if "i4" in strategy.replace("int4", "i4") and not int4_works():
+                                                            arch, dtype, strategy, tol, cache, native):
+    from roost.engine import native as kernels
+
+    if "int4" in strategy and not native and not int4_works():
         pytest.skip("this PyTorch has no working 4-bit CPU kernel")
+    if native and "int" in strategy and not kernels.available():
+        pytest.skip(f"no compiled kernels: {kernels.unavailable_reason()}")
     path = make_checkpoint(arch, n_layer=2, n_embd=128, vocab=256, dtype=DTYPES[dtype], seed=7)
     ref = reference(path)
-    what = f"{arch} {dtype} checkpoint as '{strategy}'" + (" with the weight cache" if cache else "")
-    req = dict(path=str(path), strategy=strategy, tokens=TOKENS, one=ONE)
+    what = (f"{arch} {dtype} checkpoint as '{strategy}'" + (" with the weight cache" if cache else "")
+            + ("" if native else " on the PyTorch path"))
+    req = dict(path=str(path), strategy=strategy, tokens=TOKENS, one=ONE, native=native)
     loads = [loader.load(what, **req, out=str(tmp_path / "a.pt"),
                          cache=str(tmp_path / "cache") if cache else None)]
     if cache:
@@ -154,12 +165,13 @@ def test_no_load_writes_into_the_files_it_maps(monkeypatch, make_checkpoint, tmp
     # with a state-tuned starting state where the version has one (converted at load as well)
     path = make_checkpoint(arch, n_layer=2, n_embd=128, vocab=256, dtype=DTYPES[dtype], seed=7, time_state=True)
     for strategy, _, caches in STRATEGIES:
-        if "int4" in strategy and not int4_works():
-            continue
-        for cache in ([None, tmp_path / "cache", tmp_path / "cache"] if caches else [None]):
-            model = load_model(path, strategy, weight_cache=str(cache) if cache else None)
-            model.forward(TOKENS[:8], model.start_state())
-            del model
+        for native in ([True, False] if caches else [True]):  # the compiled kernels, the PyTorch path
+            if "int4" in strategy and not native and not int4_works():
+                continue
+            for cache in ([None, tmp_path / "cache", tmp_path / "cache"] if caches else [None]):
+                model = load_model(path, strategy, weight_cache=str(cache) if cache else None, native=native)
+                model.forward(TOKENS[:8], model.start_state())
+                del model
     files = {p.name for _, p in mappings}
     assert path.name in files and (not int4_works() or any(p.suffix != path.suffix for _, p in mappings))
     for m, p in mappings:

@@ -90,11 +90,17 @@ def test_the_engine_takes_its_options_as_arguments_not_from_the_environment(make
     from roost.engine.options import LoadOptions
 
     path = make_checkpoint("v6.0", n_layer=2, n_embd=128)
-    for var, value in (("ROOST_PACK", "0"), ("ROOST_INT8_KERNEL", "dequant"), ("ROOST_COMPILE", "1")):
+    for var, value in (("ROOST_PACK", "0"), ("ROOST_INT8_KERNEL", "dequant"), ("ROOST_COMPILE", "1"),
+                       ("ROOST_NATIVE", "0")):
         monkeypatch.setenv(var, value)
     model = load_model(path, "cpu int8")
     assert model.compiled is False and model.compile_note is None  # ROOST_COMPILE ignored
-    assert model._layers[1]["att.key.weight"].kernel != "dequant"  # ROOST_INT8_KERNEL ignored
+    assert getattr(model._layers[1]["att.key.weight"], "kernel", None) != "dequant"  # ROOST_INT8_KERNEL ignored
+    from roost.engine import native
+
+    if native.available():  # ROOST_NATIVE=0 ignored: the compiled kernels' blocks
+        assert isinstance(model._layers[1]["att.key.weight"], native.BlockLinear)
+        assert LoadOptions.from_env().native is False
     forced = load_model(path, "cpu int8", options=LoadOptions.from_env())  # an entry point reads them
     assert all(w.kernel == "dequant" for w in forced._layers[1].values() if isinstance(w, Int8Linear))
     if packs_on_cpu(torch.float32):

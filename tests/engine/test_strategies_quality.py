@@ -50,9 +50,12 @@ def fp32_logits(make_checkpoint):
 # bf16: every pick is fp32's top token or a near-tie (within 0.1 logit; random models have a few
 # positions whose top two differ by less than bf16's rounding). int8 and int4: strict top-1
 # agreement (int4 measured 86-96% on these 4x256 models, v5.0 lowest; relative error 0.04-0.10).
+# The compiled kernels' 4-bit blocks agree as well on average (18 models of v5.0, v6.0, v7.0, seeds
+# 11-16: mean 0.893 against the PyTorch path's 0.896) but not model by model: this v5.0 one reads
+# 0.836 with them, 0.863 without, within the spread of single models (-0.027..+0.016).
 @pytest.mark.parametrize("strategy, min_agree, tie, max_err",
                          [("cpu bf16", 0.99, 0.1, 0.02), ("cpu int8", 0.95, 0.0, 0.05),
-                          ("cpu int4", 0.84, 0.0, 0.12)])
+                          ("cpu int4", 0.83, 0.0, 0.12)])
 @pytest.mark.parametrize("mode", ["seq", "one"])
 def test_low_precision_agrees_with_fp32(fp32_logits, arch, strategy, min_agree, tie, max_err, mode):
     path, ref = fp32_logits(arch, 4, 256, mode)
@@ -96,15 +99,21 @@ def test_int4_on_a_real_shape(fp32_logits, arch):
     assert rel_err(got, ref) <= 0.15
 
 
-def test_int8_weights_take_a_quarter_of_fp32(make_checkpoint):
+@pytest.mark.parametrize("native", [False, True], ids=["pytorch-path", "compiled-kernels"])
+def test_int8_weights_take_a_quarter_of_fp32(make_checkpoint, native):
+    from roost.engine import native as kernels
     from roost.engine.int8 import Int8Linear
 
-    model = load_model(make_checkpoint("v6.0", n_layer=2, n_embd=256), "cpu int8")
+    if native and not kernels.available():
+        pytest.skip(f"no compiled kernels: {kernels.unavailable_reason()}")
+    model = load_model(make_checkpoint("v6.0", n_layer=2, n_embd=256), "cpu int8", native=native)
     w = model._layers[0]["att.output.weight"]
-    assert isinstance(w, Int8Linear) and w.dtype == torch.int8 and w.shape == (256, 256)
+    kind = kernels.BlockLinear if native else Int8Linear
+    assert isinstance(w, kind) and w.dtype == torch.int8 and w.shape == (256, 256)
     assert w.rows(torch.tensor([3])).shape == (1, 256)
-    assert w.nbytes() == 256 * 256 + 256 * 4
-    assert isinstance(model._w["head.weight"], Int8Linear)
+    # a scale per row (float32), or an fp16 one per block of 32
+    assert w.nbytes() == 256 * 256 + (256 * 8 * 2 if native else 256 * 4)
+    assert isinstance(model._w["head.weight"], kind)
     # the low-rank matrices as int8 rows on CPUs with native bf16 (a quarter of their bytes),
     # time_maa_w2 in float32
     from roost.engine.linear import packs_on_cpu

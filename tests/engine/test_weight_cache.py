@@ -1,5 +1,9 @@
 """Converted weights kept between loads: same logits, rebuilt when the model changes or the file is
-damaged, bounded, and never in the way of a load."""
+damaged, bounded, and never in the way of a load.
+
+On the PyTorch path's forms (fbgemm's int8 rows, 4-bit groups); the compiled kernels' blocks go
+into the same entries (a damaged one here too; their second loads in test_native.py and
+test_load_matrix.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import pytest
 import torch
 
 from roost.engine import load_model
+from roost.engine import native as kernels
 from roost.engine.int4 import int4_works
 from roost.engine.int8 import _fbgemm_works
 from roost.engine.weight_cache import SUFFIX, WeightCache
@@ -45,11 +50,11 @@ def entries(folder):
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_a_second_load_reads_the_converted_weights_and_computes_the_same(model_file, tmp_path, strategy):
     cache = tmp_path / "cache"
-    fresh = load_model(model_file, strategy)
-    first = load_model(model_file, strategy, weight_cache=str(cache))
+    fresh = load_model(model_file, strategy, native=False)
+    first = load_model(model_file, strategy, weight_cache=str(cache), native=False)
     assert first.cached_matrices == 0 and len(entries(cache)) == 1 and entries(cache)[0].endswith(SUFFIX)
     assert entries(model_file.parent) == ["m.pth"]  # nothing beside the model
-    second = load_model(model_file, strategy, weight_cache=str(cache))
+    second = load_model(model_file, strategy, weight_cache=str(cache), native=False)
     assert second.cached_matrices == quantized(second) == 3 * 8 + 1  # every block's 8 matrices and the head
     want = fresh.forward(TOKENS)[0]
     assert torch.equal(first.forward(TOKENS)[0], want) and torch.equal(second.forward(TOKENS)[0], want)
@@ -57,26 +62,29 @@ def test_a_second_load_reads_the_converted_weights_and_computes_the_same(model_f
 
 def test_float_strategies_and_a_zero_budget_keep_nothing(model_file, tmp_path):
     cache = tmp_path / "cache"
-    load_model(model_file, "cpu fp32", weight_cache=str(cache))
-    load_model(model_file, "cpu int8", weight_cache=str(cache), weight_cache_bytes=0)
+    load_model(model_file, "cpu fp32", weight_cache=str(cache), native=False)
+    load_model(model_file, "cpu int8", weight_cache=str(cache), weight_cache_bytes=0, native=False)
     assert entries(cache) == []
 
 
 def test_a_changed_model_file_is_converted_again_and_its_old_entry_goes(model_file, tmp_path, make_checkpoint):
     cache = tmp_path / "cache"
-    load_model(model_file, "cpu int8", weight_cache=str(cache))
+    load_model(model_file, "cpu int8", weight_cache=str(cache), native=False)
     old = entries(cache)
     shutil.copy(make_checkpoint("v6.0", n_layer=3, n_embd=256, seed=5), model_file)  # same name, new weights
     os.utime(model_file, ns=(1, 1))  # (and surely another modification time)
-    again = load_model(model_file, "cpu int8", weight_cache=str(cache))
+    again = load_model(model_file, "cpu int8", weight_cache=str(cache), native=False)
     assert again.cached_matrices == 0 and len(entries(cache)) == 1 and entries(cache) != old
-    assert torch.equal(again.forward(TOKENS)[0], load_model(model_file, "cpu int8").forward(TOKENS)[0])
+    assert torch.equal(again.forward(TOKENS)[0], load_model(model_file, "cpu int8", native=False).forward(TOKENS)[0])
 
 
+@pytest.mark.parametrize("native", [False, True], ids=["pytorch-path", "compiled-kernels"])
 @pytest.mark.parametrize("damage", ["truncated", "trailer", "index", "zeros"])
-def test_a_damaged_entry_is_ignored_and_rebuilt(model_file, tmp_path, damage):
+def test_a_damaged_entry_is_ignored_and_rebuilt(model_file, tmp_path, damage, native):
+    if native and not kernels.available():
+        pytest.skip(f"no compiled kernels: {kernels.unavailable_reason()}")
     cache = tmp_path / "cache"
-    load_model(model_file, "cpu int8", weight_cache=str(cache))
+    load_model(model_file, "cpu int8", weight_cache=str(cache), native=native)
     (path,) = cache.iterdir()
     data = bytearray(path.read_bytes())
     if damage == "truncated":
@@ -89,17 +97,17 @@ def test_a_damaged_entry_is_ignored_and_rebuilt(model_file, tmp_path, damage):
     else:
         data = bytearray(len(data))
     path.write_bytes(bytes(data))
-    rebuilt = load_model(model_file, "cpu int8", weight_cache=str(cache))
+    rebuilt = load_model(model_file, "cpu int8", weight_cache=str(cache), native=native)
     assert rebuilt.cached_matrices == 0
-    assert torch.equal(rebuilt.forward(TOKENS)[0], load_model(model_file, "cpu int8").forward(TOKENS)[0])
-    assert load_model(model_file, "cpu int8", weight_cache=str(cache)).cached_matrices == 25  # whole again
+    assert torch.equal(rebuilt.forward(TOKENS)[0], load_model(model_file, "cpu int8", native=native).forward(TOKENS)[0])
+    assert load_model(model_file, "cpu int8", weight_cache=str(cache), native=native).cached_matrices == 25  # whole again
 
 
 def test_a_tensor_of_another_shape_is_converted_and_the_entry_replaced(model_file, tmp_path, monkeypatch):
     from roost.engine import weight_cache
 
     cache = tmp_path / "cache"
-    load_model(model_file, "cpu int8", weight_cache=str(cache))
+    load_model(model_file, "cpu int8", weight_cache=str(cache), native=False)
     real_get = weight_cache.Entry.get
 
     def lying_get(self, key, kind, shapes):  # as if the file had the key with other shapes
@@ -108,10 +116,10 @@ def test_a_tensor_of_another_shape_is_converted_and_the_entry_replaced(model_fil
         return real_get(self, key, kind, shapes)
 
     monkeypatch.setattr(weight_cache.Entry, "get", lying_get)
-    model = load_model(model_file, "cpu int8", weight_cache=str(cache))
+    model = load_model(model_file, "cpu int8", weight_cache=str(cache), native=False)
     assert model.cached_matrices == 24 and entries(cache) == []  # one converted; the entry goes
     monkeypatch.setattr(weight_cache.Entry, "get", real_get)
-    assert torch.equal(model.forward(TOKENS)[0], load_model(model_file, "cpu int8").forward(TOKENS)[0])
+    assert torch.equal(model.forward(TOKENS)[0], load_model(model_file, "cpu int8", native=False).forward(TOKENS)[0])
 
 
 def test_a_full_disk_or_a_failed_load_leaves_no_partial_file(model_file, tmp_path, monkeypatch):
@@ -128,7 +136,7 @@ def test_a_full_disk_or_a_failed_load_leaves_no_partial_file(model_file, tmp_pat
         return real_put(self, key, kind, tensors)
 
     monkeypatch.setattr(weight_cache.Entry, "put", full_disk)
-    model = load_model(model_file, "cpu int8", weight_cache=str(cache))
+    model = load_model(model_file, "cpu int8", weight_cache=str(cache), native=False)
     assert torch.isfinite(model.forward(TOKENS)[0]).all() and entries(cache) == []
     monkeypatch.setattr(weight_cache.Entry, "put", real_put)
 
@@ -136,7 +144,7 @@ def test_a_full_disk_or_a_failed_load_leaves_no_partial_file(model_file, tmp_pat
         if fraction > 0.5:
             raise KeyboardInterrupt  # the user closed the program while loading
     with pytest.raises(KeyboardInterrupt):
-        load_model(model_file, "cpu int8", weight_cache=str(cache), progress=stop)
+        load_model(model_file, "cpu int8", weight_cache=str(cache), progress=stop, native=False)
     assert entries(cache) == []
 
 
@@ -145,7 +153,7 @@ def test_entries_beyond_the_budget_go_least_recently_used_first(model_file, tmp_
     cache = WeightCache(folder, 1 << 40)
 
     def load(strategy, budget=1 << 40):
-        load_model(model_file, strategy, weight_cache=str(folder), weight_cache_bytes=budget)
+        load_model(model_file, strategy, weight_cache=str(folder), weight_cache_bytes=budget, native=False)
         return {p.name: p.stat().st_size for p in cache.files()}
 
     a = load("cpu int8")
@@ -183,16 +191,16 @@ def test_a_second_load_maps_the_entry_and_keeps_only_the_4_bit_weights_mapped(mo
     from roost.engine.int8 import Int8Linear
 
     cache = tmp_path / "cache"
-    load_model(model_file, "cpu int4", weight_cache=str(cache))
+    load_model(model_file, "cpu int4", weight_cache=str(cache), native=False)
     (entry,) = cache.iterdir()
-    model = load_model(model_file, "cpu int4", weight_cache=str(cache))
+    model = load_model(model_file, "cpu int4", weight_cache=str(cache), native=False)
     mats = [w for lw in model._layers for w in lw.values()] + [model._w["head.weight"]]
     four = sum(w.packed.nbytes + w.scale_zero.nbytes for w in mats if isinstance(w, Int4Linear))
     eight = sum(w.nbytes() for w in mats if isinstance(w, Int8Linear))
     assert four and eight > 10 * four  # (the head of a 65536-token vocabulary)
     mapped = _mapped_bytes(entry)
     assert four <= mapped < four + eight // 10, (four, eight, mapped)
-    want = load_model(model_file, "cpu int4").forward(TOKENS)[0]
+    want = load_model(model_file, "cpu int4", native=False).forward(TOKENS)[0]
     size = entry.stat().st_size
     assert WeightCache(cache, 1 << 30).clear() == size and not entry.exists()
     assert torch.equal(model.forward(TOKENS)[0], want)
@@ -203,9 +211,9 @@ def test_an_int8_model_keeps_nothing_of_the_entry_mapped(model_file, tmp_path):
     import gc
 
     cache = tmp_path / "cache"
-    load_model(model_file, "cpu int8", weight_cache=str(cache))
+    load_model(model_file, "cpu int8", weight_cache=str(cache), native=False)
     (entry,) = cache.iterdir()
-    model = load_model(model_file, "cpu int8", weight_cache=str(cache))
+    model = load_model(model_file, "cpu int8", weight_cache=str(cache), native=False)
     gc.collect()
     assert model.cached_matrices == 25 and _mapped_bytes(entry) < 64 << 10
-    assert torch.equal(model.forward(TOKENS)[0], load_model(model_file, "cpu int8").forward(TOKENS)[0])
+    assert torch.equal(model.forward(TOKENS)[0], load_model(model_file, "cpu int8", native=False).forward(TOKENS)[0])
