@@ -355,8 +355,12 @@ def _doctor(args) -> int:
     machine = probe(folder)
     model, advice = recommend(load_catalog(), machine)
     source = _settings().current.download_source()
+    from roost.engine import native
+
+    kernels = {"available": native.available(), "isa": native.isa(), "why_not": native.unavailable_reason()}
     if args.json:
         print(json.dumps({"machine": machine.to_dict(), "models_dir": str(folder), "source": source,
+                          "compiled_kernels": kernels,
                           "recommended": {"model": model.id, "strategy": advice.strategy,
                                           "label": advice.label, "reason": advice.reason}},
                          indent=1, ensure_ascii=False))
@@ -369,6 +373,8 @@ def _doctor(args) -> int:
         print(f"GPU {g.index}      {g.name}: {gib(g.total_bytes)} total, {gib(g.free_bytes)} free{cc}")
     if not machine.gpus:
         print("GPU        no NVIDIA GPU found" + (" (Apple MPS available)" if machine.mps else ""))
+    print(f"Kernels    " + (f"Roost's compiled CPU kernels ({kernels['isa']})" if kernels["available"]
+                              else f"PyTorch only: {kernels['why_not']}"))
     print(f"Models     {folder} ({gib(machine.disk_free or 0)} free)")
     print(f"Source     {source}")
     for note in machine.notes:

@@ -99,26 +99,34 @@ def _model(scratch: Scratch) -> str:
 
 
 def _quantized(scratch: Scratch) -> str:
-    """cpu int8 and cpu int4 run with this CPU's kernels (fbgemm on x86, PyTorch's packed 4-bit
-    kernel) and agree with cpu fp32."""
+    """cpu int8 and cpu int4 run with this CPU's kernels and agree with cpu fp32: Roost's compiled
+    kernels where this installation has them (roost.engine.native; the line says which instruction
+    set, or why they are not used), and the PyTorch path (fbgemm on x86, PyTorch's packed 4-bit
+    kernel), which is also what runs without them."""
     import torch
 
     from roost import engine
+    from roost.engine import native
     from roost.engine.int4 import Int4Linear
     from roost.engine.int8 import default_kernel
 
     tokens = [101, 2025, 9, 33]
     want, _ = engine.load_model(scratch.model(), "cpu fp32").forward(tokens)
     errs = []
-    for strategy, limit in (("cpu int8", 0.1), ("cpu int4", 0.3)):
-        model = engine.load_model(scratch.model(), strategy)
-        got, _ = model.forward(tokens)
-        err = float((got - want).abs().max() / want.abs().max())
-        assert bool(torch.isfinite(got).all()) and err < limit, f"{strategy} logits differ from float32 by {err:.1%}"
-        errs.append(err)
-    assert isinstance(model._layers[-1]["att.key.weight"], Int4Linear), "the 4-bit kernel is missing"
-    return (f"int8 kernel {default_kernel(torch.device('cpu'))}, logits within {errs[0]:.2%} of float32; "
-            f"int4 within {errs[1]:.1%}")
+    paths = [True, False] if native.available() else [False]
+    for use_native in paths:
+        for strategy, limit in (("cpu int8", 0.1), ("cpu int4", 0.3)):
+            model = engine.load_model(scratch.model(), strategy, native=use_native)
+            got, _ = model.forward(tokens)
+            err = float((got - want).abs().max() / want.abs().max())
+            assert bool(torch.isfinite(got).all()) and err < limit, f"{strategy} logits differ from float32 by {err:.1%}"
+            errs.append(err)
+        kind = native.BlockLinear if use_native else Int4Linear
+        assert isinstance(model._layers[-1]["att.key.weight"], kind), f"{strategy} does not run on {kind.__name__}"
+    kernels = (f"compiled kernels: {native.isa()}" if native.available()
+               else f"compiled kernels: not used ({native.unavailable_reason()})")
+    return (f"{kernels}; logits within {max(errs[0::2]):.2%} (int8) and {max(errs[1::2]):.1%} (int4) of float32; "
+            f"PyTorch path: int8 kernel {default_kernel(torch.device('cpu'))}")
 
 
 def _grammar(scratch: Scratch) -> str:

@@ -44,4 +44,10 @@ t0=$("$PY" -c "import time; print(time.time())")
 env -i HOME="${HOME:-/tmp}" PATH=/usr/bin:/bin ROOST_HOME="$(mktemp -d)" dist/Roost/roost-cli --version
 t1=$("$PY" -c "import time; print(time.time())")
 echo "frozen start-up (roost-cli --version): $("$PY" -c "print(f'{$t1 - $t0:.2f} s')")"
-env -i HOME="${HOME:-/tmp}" PATH=/usr/bin:/bin ROOST_HOME="$(mktemp -d)" dist/Roost/roost-cli selfcheck
+env -i HOME="${HOME:-/tmp}" PATH=/usr/bin:/bin ROOST_HOME="$(mktemp -d)" dist/Roost/roost-cli selfcheck \
+    | tee build/selfcheck.txt
+# the bundle carries the compiled kernels whenever the install it was built from has them
+if "$PY" -c "from roost.engine import native; raise SystemExit(0 if native.available() else 1)"; then
+    grep -q "compiled kernels: [A-Z]" build/selfcheck.txt || {
+        echo "build.sh: the bundle runs without the compiled kernels that the install has" >&2; exit 1; }
+fi

@@ -36,22 +36,32 @@ def test_every_package_folder_is_in_the_wheel():
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    """The wheel, built from a copy of the sources (the build leaves build/ and *.egg-info behind)."""
+def built(tmp_path_factory) -> tuple[Path, str]:
+    """The wheel, built from a copy of the sources (the build leaves build/ and *.egg-info behind),
+    and what the build printed."""
+    return _build_wheel(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def wheel(built) -> Path:
+    return built[0]
+
+
+def _build_wheel(tmp_path_factory, env: dict | None = None) -> tuple[Path, str]:
     import shutil
 
     src = tmp_path_factory.mktemp("src")
-    for name in ("app", "engine", "assets"):
-        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "README.md", "LICENSE", "MANIFEST.in"):
+    for name in ("app", "engine", "assets"):  # (not an editable install's kernels built in place)
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyd"))
+    for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE", "MANIFEST.in"):
         shutil.copy(ROOT / name, src / name)
     out = tmp_path_factory.mktemp("wheel")
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                        "--disable-pip-version-check", "-q", "-w", str(out), str(src)],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout + r.stderr
+                        "--disable-pip-version-check", "-v", "-w", str(out), str(src)],
+                       capture_output=True, text=True, timeout=900, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     (path,) = out.glob("roost-*.whl")
-    return path
+    return path, r.stdout + r.stderr
 
 
 def test_the_wheel_installs_one_top_level_name_with_its_data(wheel):
@@ -64,6 +74,28 @@ def test_the_wheel_installs_one_top_level_name_with_its_data(wheel):
     dist = next(t for t in tops if t.endswith(".dist-info"))
     entry_points = zipfile.ZipFile(wheel).read(f"{dist}/entry_points.txt").decode()
     assert "roost = roost.cli:main" in entry_points
+
+
+def _compiler() -> bool:
+    import shutil
+
+    return bool(shutil.which("c++") or shutil.which("g++") or shutil.which("clang++"))
+
+
+@pytest.mark.skipif(not _compiler(), reason="no C++ compiler here to build the kernels with")
+def test_the_wheel_carries_the_compiled_kernels_for_its_platform(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    assert [n for n in names if n.startswith("roost/engine/_native.") and n.endswith((".so", ".pyd"))]
+    assert "-abi3-" in wheel.name and not wheel.name.endswith("-none-any.whl")  # one wheel per platform
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the compiler is replaced through CC/CXX here")
+def test_without_a_compiler_the_wheel_builds_without_the_kernels_and_says_so_in_one_line(tmp_path_factory):
+    env = {**os.environ, "CC": "/nonexistent/cc", "CXX": "/nonexistent/c++"}
+    path, printed = _build_wheel(tmp_path_factory, env)
+    assert not [n for n in zipfile.ZipFile(path).namelist() if "_native" in n]
+    said = [line for line in printed.splitlines() if "the compiled CPU kernels were not built" in line]
+    assert len(said) == 1 and "runs on its PyTorch path" in said[0], printed[-2000:]
 
 
 def test_an_installed_layout_finds_its_catalog_away_from_the_checkout(wheel, tmp_path):
