@@ -7,8 +7,10 @@ import pytest
 from roost.core.advisor import CLOSE_OTHERS, RUNS_WELL, WILL_NOT_FIT, ModelShape, choose_strategy
 from roost.core.catalog import load_catalog, recommend
 from roost.core.hardware import Gpu, Machine
+from roost.engine import native
 
 G = 1024 ** 3
+KERNELS = native.available()  # Roost's compiled CPU kernels are installed
 M_0_4B, M_1_5B, M_2_9B, M_7B, M_14B = (ModelShape(7, 24, 1024), ModelShape(7, 24, 2048), ModelShape(7, 32, 2560),
                                        ModelShape(7, 32, 4096), ModelShape(4, 40, 5120, 50277))
 
@@ -27,7 +29,9 @@ def pc(ram, free=None, gpu=None, vram_free=None, torch_cuda=True, mps=False):
     (M_7B, pc(5), "cpu int8", WILL_NOT_FIT),  # neither fits
     (M_7B, pc(16, free=6), "cpu int8", CLOSE_OTHERS),
     (M_7B, pc(64), "cpu int8", RUNS_WELL),
-    (M_14B, pc(16), "cpu int8", CLOSE_OTHERS),  # 13.5 of 13.6 GB usable
+    # 13.5 of 13.6 GB usable with the PyTorch path's int8; the compiled kernels' 8-bit blocks keep an
+    # fp16 scale per 32 weights (14.3 GB): then 4 bits fit, and are chosen
+    (M_14B, pc(16), *(("cpu int4", RUNS_WELL) if KERNELS else ("cpu int8", CLOSE_OTHERS))),
     (M_14B, pc(14), "cpu int4", RUNS_WELL),
     (M_14B, pc(8), "cpu int8", WILL_NOT_FIT),
     # cards from 2 to 80 GB
