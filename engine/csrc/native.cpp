@@ -664,6 +664,42 @@ void dequant_block_avx2(int bits, const uint8_t* q, int64_t r, int64_t K, int64_
 void dequant_block_avx2(int, const uint8_t*, int64_t, int64_t, int64_t, float, float, void*, int64_t, int) {}
 #endif
 
+#if RN_X86
+// a whole row of a q8 / q4 matrix dequantised with AVX-512 (16 values an instruction), into float32
+// or, on CPUs with AVX512-BF16, bf16 (prompt chunks: the conversion is most of their cost)
+RN_TARGET("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512bf16")
+void dequant_row_512(int bits, const uint8_t* q, const uint16_t* d, const uint16_t* m, int64_t r, int64_t K,
+                     void* out, int64_t at, int bf16) {
+    const int64_t nb = K / QB;
+    const uint8_t* row = q + r * (bits == 8 ? K : K / 2);
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i v = load_w_avx2(bits, row, b);
+        __m512 sc = _mm512_set1_ps(_cvtsh_ss(d[r * nb + b]));
+        __m512 of = _mm512_set1_ps(bits == 4 && m ? _cvtsh_ss(m[r * nb + b]) : 0.f);
+        __m512 lo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(v))), sc, of);
+        __m512 hi = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(v, 1))), sc, of);
+        int64_t o = at + b * QB;
+        if (bf16) {
+            _mm512_storeu_si512((void*)((uint16_t*)out + o), (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+        } else {
+            _mm512_storeu_ps((float*)out + o, lo);
+            _mm512_storeu_ps((float*)out + o + 16, hi);
+        }
+    }
+}
+#else
+void dequant_row_512(int, const uint8_t*, const uint16_t*, const uint16_t*, int64_t, int64_t, void*, int64_t, int) {}
+#endif
+
+bool has_avx512_bf16() {
+#if RN_X86 && !(defined(_MSC_VER) && !defined(__clang__))
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw");
+#else
+    return false;
+#endif
+}
+
 }  // namespace
 
 // ---- the C interface (roost.engine.native) -----------------------------------------------------------
@@ -744,10 +780,16 @@ RN_API void rn_dequantize(int bits, const uint8_t* q, const uint16_t* d, const u
                           int64_t r1, void* out, int bf16) {
     const int64_t nb = K / QB;
     const bool vec = isa() == AVX2 || isa() == AVX512_VNNI;
+    static const bool wide = has_avx512_bf16();
+    const bool row_512 = isa() == AVX512_VNNI && wide;
     pool().run([&](int part, int parts) {
         int64_t lo, hi;
         split(r1 - r0, part, parts, 1, &lo, &hi);
         float o[QB];
+        if (row_512) {
+            for (int64_t r = r0 + lo; r < r0 + hi; r++) dequant_row_512(bits, q, d, m, r, K, out, (r - r0) * K, bf16);
+            return;
+        }
         for (int64_t r = r0 + lo; r < r0 + hi; r++)
             for (int64_t b = 0; b < nb; b++) {
                 float s = half_to_float(d[r * nb + b]), off = bits == 4 && m ? half_to_float(m[r * nb + b]) : 0.f;
