@@ -76,7 +76,9 @@ STRATEGY_HELP = ("e.g. 'cpu int8', 'cpu bf16', 'cuda fp16', or 'auto'. Default: 
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="roost", description="Run RWKV language models on your computer.")
+    p = argparse.ArgumentParser(
+        prog="roost", description="Run RWKV language models on your computer. Plain `roost`, with no command, "
+                                  "opens the desktop app. / 在电脑上运行 RWKV 模型；不带命令的 `roost` 打开桌面程序。")
     p.add_argument("--version", action="version", version=f"roost {__version__}")
     sub = p.add_subparsers(dest="command")
 
@@ -84,14 +86,19 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--model", required=True,
                         help="an RWKV checkpoint (.pth or .safetensors), or the name of a downloaded catalog model")
         sp.add_argument("--strategy", default=None, help=STRATEGY_HELP)
-        sp.add_argument("--max-tokens", type=int, default=None)
-        sp.add_argument("--temperature", type=float, default=None)
-        sp.add_argument("--top-p", type=float, default=None)
-        sp.add_argument("--top-k", type=int, default=None)
-        sp.add_argument("--presence-penalty", type=float, default=None)
-        sp.add_argument("--frequency-penalty", type=float, default=None)
-        sp.add_argument("--penalty-decay", type=float, default=None)
-        sp.add_argument("--seed", type=int, default=None)
+        sp.add_argument("--max-tokens", type=int, default=None, help="the longest reply, in tokens")
+        sp.add_argument("--temperature", type=float, default=None,
+                        help="higher: more varied text, lower: more predictable (e.g. 1.0)")
+        sp.add_argument("--top-p", type=float, default=None,
+                        help="pick only among the likeliest tokens that make up this share (0..1)")
+        sp.add_argument("--top-k", type=int, default=None, help="pick only among this many likeliest tokens (0: any)")
+        sp.add_argument("--presence-penalty", type=float, default=None,
+                        help="makes any token already used less likely: more new topics")
+        sp.add_argument("--frequency-penalty", type=float, default=None,
+                        help="makes a token less likely the more often it was used: less repetition")
+        sp.add_argument("--penalty-decay", type=float, default=None,
+                        help="how slowly those penalties fade for tokens used long ago (1: never)")
+        sp.add_argument("--seed", type=int, default=None, help="the same seed gives the same text")
 
     g = sub.add_parser("generate", help="continue a prompt and stream the text to stdout")
     model_args(g)
@@ -110,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_chat)
 
     d = sub.add_parser("doctor", help="what this machine has, and what it can run")
-    d.add_argument("--json", action="store_true")
+    d.add_argument("--json", action="store_true", help="machine-readable output")
     d.set_defaults(func=_doctor)
     m = sub.add_parser("models", help="the catalog of official models, with what fits this machine")
     m.add_argument("--all", action="store_true", help="every release, not only the newest of each size")
@@ -128,7 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--strategy", default=None, help=STRATEGY_HELP)
     sv.add_argument("--host", default="127.0.0.1",
                     help="default 127.0.0.1 (this computer only); any other address needs --api-key")
-    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--port", type=int, default=8000, help="the port to listen on (default 8000)")
     sv.add_argument("--api-key", default=None,
                     help="clients must send 'Authorization: Bearer KEY' (default: $ROOST_API_KEY)")
     sv.add_argument("--allow-origin", action="append", default=None, metavar="ORIGIN",
@@ -140,7 +147,8 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-batch", type=int, default=16,
                     help="replies decoded together in one pass over the weights (default 16; 1: one at a time)")
     sv.add_argument("--max-tokens-limit", type=int, default=4096, help="the most max_tokens a request may ask")
-    sv.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    sv.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
+                    help="how much the server prints (default warning)")
     sv.set_defaults(func=_serve)
     st = sub.add_parser("settings", help="show the saved settings, or change one: roost settings set KEY VALUE")
     st_sub = st.add_subparsers(dest="action")

@@ -76,8 +76,12 @@ def resolve_model(spec: str, models_dir: str | os.PathLike | None = None) -> Pat
 def model_and_strategy(spec: str, asked: str | None = None, say=None) -> tuple[Path, str]:
     """The commands' start: the model file for `spec` and its strategy (see the module's rule),
     each said through `say(text)` (the commands print to stderr): what loads, and why when chosen."""
+    from roost.engine.strategy import check_devices, machine_devices, parse_strategy
+
     path = resolve_model(spec)
     choice = decide_strategy(path, asked)
+    # a strategy this program cannot run is refused before anything says it is loading
+    check_devices(parse_strategy(choice.strategy), **machine_devices())
     if say is not None:
         say(f"Loading {path.name} ({choice.strategy}) ...")
         if choice.reason:

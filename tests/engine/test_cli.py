@@ -55,6 +55,18 @@ def test_a_damaged_checkpoint_is_one_plain_sentence_and_the_details_go_to_the_lo
 def test_version_and_help():
     assert roost("--version").stdout.startswith("roost ")
     assert "chat" in roost("--help").stdout
+    assert "with no command, opens the desktop app" in " ".join(roost("--help").stdout.split())
+    for command in ("generate", "chat", "doctor", "serve"):  # every option says what it does
+        from roost import cli
+
+        sub = next(a for a in cli._parser()._actions if a.dest == "command").choices[command]
+        silent = [a.option_strings for a in sub._actions if a.option_strings and not a.help]
+        assert not silent, f"roost {command}: options without help: {silent}"
+
+
+def test_a_strategy_this_machine_cannot_run_is_refused_before_loading_is_announced(make_checkpoint):
+    r = roost("generate", "--model", str(make_checkpoint("v7.0")), "--strategy", "gpu turbo9", "hi")
+    assert r.returncode == 2 and "Loading" not in r.stderr and "gpu turbo9" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_doctor_and_models_describe_this_machine():
