@@ -132,16 +132,16 @@ TOUCHED_ROWS = 8192  # embedding rows a long session reads from a mapped file (d
 
 def _embedding_bytes(t: TensorFile | None, cfg: ModelConfig, first) -> int:
     """Bytes of the embedding: the rows a session touches where they are read from the mapped
-    file (a .pth: engine.model.MappedEmbedding; official files are .pth), else the whole table,
+    file (a .pth: engine.embedding.MappedEmbedding; official files are .pth), else the whole table,
     whose entries RWKV-4/5/6 keep in a bf16 file's bf16, RWKV-7 in bf16 where the first stage
-    ``first`` keeps its weights smaller on the CPU (engine.model._embedding)."""
+    ``first`` keeps its weights smaller on the CPU (engine.embedding.build_embedding)."""
     rows = cfg.vocab_size if t is not None and not t.mapped else min(cfg.vocab_size, TOUCHED_ROWS)
     return rows * cfg.n_embd * embedding_entry_bytes(t, cfg, first)
 
 
 def embedding_entry_bytes(t: TensorFile | None, cfg: ModelConfig, first) -> int:
     """Bytes per embedding entry as the model reads it (see _embedding_bytes)."""
-    from roost.engine.model import compact_embedding, embedding_is_native
+    from roost.engine.embedding import compact_embedding, embedding_is_native
 
     if cfg.version >= 7 and compact_embedding(first):
         return 2

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from roost.engine import compiled, native
 from roost.engine.arch import arch_module
 from roost.engine.checkpoint import ModelConfig, TensorFile, open_checkpoint
+from roost.engine.embedding import build_embedding, compact_embedding
 from roost.engine.cpu import cpu_has_vnni
 from roost.engine.int4 import Int4Linear
 from roost.engine.int8 import HAS_INT8PACK, Int8Linear, Packer, quantize_rows
@@ -358,7 +359,7 @@ def load_model(path: str | os.PathLike, strategy: str = "cpu fp32", *,
             head = places[-1].stage
             hdt = act_dtype(head)
             weights = {
-                "emb": _embedding(tensors, cfg, act_dtype(places[0].stage), compact=compact_embedding(places[0].stage)),
+                "emb": build_embedding(tensors, cfg, act_dtype(places[0].stage), compact=compact_embedding(places[0].stage)),
                 "ln_out.weight": tensors["ln_out.weight"].to(device=head.torch_device, dtype=hdt),
                 "ln_out.bias": tensors["ln_out.bias"].to(device=head.torch_device, dtype=hdt),
                 "head.weight": head_weight,
@@ -554,68 +555,3 @@ def int4_precision(block: int | None) -> str:
     4-bit files (with fbgemm its products come out at float32 precision; elsewhere its top logits
     are re-read in float32, see ``RWKV._head``)."""
     return "int8" if block is None or block == 0 else "int4"
-
-
-def embedding_is_native(cfg: ModelConfig, *dtypes: torch.dtype) -> bool:
-    """Whether ``ln0`` is folded into the embedding in the file's own precision (see _embedding)."""
-    return cfg.version < 7 and len(set(dtypes)) == 1 and dtypes[0] in (torch.bfloat16, torch.float32)
-
-
-def compact_embedding(stage) -> bool:
-    """Whether the embedding table is kept in bf16 though folded in float32 (RWKV-7): where the
-    first stage's weights are stored smaller than float32 on the CPU (bf16, int8, int4). The
-    rounding (2^-9 of each value, once, at the input) is far below the weights' own; the table is
-    half the memory (537 MB less for a 7B model, the difference that lets larger models fit)."""
-    return stage.device == "cpu" and (stage.int8 or stage.int4 or stage.dtype == "bf16")
-
-
-def _embedding(tensors, cfg: ModelConfig, dtype: torch.dtype, *, compact: bool = False):
-    """The embedding with block 0's ``ln0`` folded in (it only ever applies to embeddings).
-
-    For RWKV-4/5/6 the reference runtime (ChatRWKV, the rwkv package) folds it in the file's own
-    precision (bf16 for official files) and the models are used that way, so Roost does the same
-    and its logits agree with the reference; the folded table then holds bf16 values and is kept
-    in bf16 (half the RAM: 268 MB less for a 1.6B model). RWKV-7's reference folds it in float32.
-    The embedding stays on the CPU: one row per token is all a forward pass reads, cast to the
-    first layer's dtype on use; ``compact``: kept in bf16 (see compact_embedding). From a
-    memory-mapped file the table is not built at all (:class:`MappedEmbedding`).
-    """
-    if dtype == torch.float16:
-        dtype = torch.float32  # rows are cast to the first layer's dtype on use
-    emb, w, b = tensors["emb.weight"], tensors["blocks.0.ln0.weight"], tensors["blocks.0.ln0.bias"]
-    native = embedding_is_native(cfg, emb.dtype, w.dtype, b.dtype)
-    if native:
-        dtype = emb.dtype
-    elif compact:
-        dtype = torch.bfloat16  # (folded in float32, rounded once as it is stored)
-    if not native:
-        w, b = w.float(), b.float()
-    if getattr(tensors, "mapped", False):
-        return MappedEmbedding(emb, w.clone(), b.clone(), dtype)
-    out = torch.empty(emb.shape, dtype=dtype)
-    step = max(1, (1 << 22) // cfg.n_embd)  # rows at a time: no whole-table temporaries while loading
-    for r0 in range(0, emb.shape[0], step):
-        out[r0:r0 + step] = _fold(emb[r0:r0 + step], w, b)
-        tensors.release(emb[r0:r0 + step], out)
-    return out
-
-
-def _fold(rows: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Embedding rows through ln0, in the precision of ``w`` (see _embedding)."""
-    return F.layer_norm(rows.to(w.dtype), (rows.shape[-1],), weight=w, bias=b)
-
-
-class MappedEmbedding:
-    """The embedding of a memory-mapped checkpoint, read from the file's pages row by row as
-    tokens come, ln0 folded into each row on use: the same rows as the table _embedding builds
-    (ln0 works row by row; the tests compare every row), without the table. A 7B or 14B model's
-    table is 537 MB; what a conversation touches is a few thousand rows (a few MB, file pages the
-    OS can drop and read again), and folding a row costs microseconds. The mapping is read-only
-    (engine.checkpoint) and stays open while the model lives."""
-
-    def __init__(self, emb: torch.Tensor, w: torch.Tensor, b: torch.Tensor, dtype: torch.dtype):
-        self.table, self.w, self.b, self.dtype = emb, w, b, dtype
-        self.shape = tuple(emb.shape)
-
-    def __getitem__(self, idx) -> torch.Tensor:
-        return _fold(self.table[idx], self.w, self.b).to(self.dtype)

@@ -17,12 +17,10 @@ from __future__ import annotations
 import ctypes
 import functools
 import importlib.util
-import logging
 
 import torch
 import torch.nn.functional as F
 
-log = logging.getLogger(__name__)
 ABI = 2  # rn_abi() of the library this module was written for
 FORMAT = "blocks-2"  # the layout of BlockLinear's tensors (the weight cache keeps it apart)
 QB = 32  # weights per block

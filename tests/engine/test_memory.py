@@ -75,7 +75,7 @@ def test_a_mapped_file_s_embedding_is_read_row_by_row_and_agrees_with_the_table(
     model): each token's row is read from the file and ln0 folded in on use, the very rows the
     table holds; the estimate counts only the rows a session touches."""
     from roost.engine.memory import TOUCHED_ROWS
-    from roost.engine.model import MappedEmbedding, _embedding
+    from roost.engine.embedding import MappedEmbedding, build_embedding as _embedding
 
     path = make_checkpoint(arch, n_layer=2, n_embd=128, seed=6)
     model = load_model(path, strategy)
@@ -104,7 +104,7 @@ def test_rwkv7_keeps_its_embedding_as_small_as_its_first_weights(make_checkpoint
     CPU the table is stored in bf16 (half its memory), and the estimate counts that; the rows the
     model reads are the float32 fold, rounded once."""
     from roost.engine.memory import embedding_entry_bytes
-    from roost.engine.model import _embedding
+    from roost.engine.embedding import build_embedding as _embedding
 
     path = make_checkpoint("v7.0", n_layer=2, n_embd=128, dtype=torch.bfloat16, suffix=suffix)
     model = load_model(path, strategy)

@@ -163,4 +163,3 @@ def test_a_damaged_or_foreign_library_is_not_used(monkeypatch, tmp_path):
     finally:
         monkeypatch.undo()
         native._load.cache_clear()
-    assert native.available() == (native.unavailable_reason() == "")
