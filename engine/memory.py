@@ -98,8 +98,12 @@ def estimate(t: TensorFile | None, cfg: ModelConfig, strategy: Strategy, chunk_l
             big_bytes = big * (0.5 + 4 / INT4_GROUP if int4_precision(i) == "int4" else int8_bytes)
         if st.int8 and st.torch_device == "cpu" and cfg.version == 7 and i == 0:
             big_bytes = big * 2  # RWKV-7's first block stays bf16 (engine.model.keeps_bf16)
-        # low-rank matrices as int8 rows with their scales (engine.model's low_rank), else float32
-        small_bytes = small * 4 + low_rank * ((1.05 if HAS_INT8PACK else 2) if packs_low_rank(place, pack) else 4)
+        # low-rank matrices as int8 rows with their scales (engine.model's low_rank; RWKV-7's in 8-bit
+        # blocks where its matrices are in blocks), else float32
+        rank_bytes = (1.05 if HAS_INT8PACK else 2) if packs_low_rank(place, pack) else 4
+        if eight and cfg.version == 7 and (st.int8 or st.int4) and st.torch_device == "cpu" and not place.stream:
+            rank_bytes = eight
+        small_bytes = small * 4 + low_rank * rank_bytes
         if place.stream:  # kept in (pinned) CPU memory, copied to the GPU per forward
             add("cpu", big_bytes)
             add(st.torch_device, big_bytes / cfg.n_layer)  # one layer's copy at a time

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from roost.engine import compiled, native
+from roost.engine import compiled, fused, native
 from roost.engine.arch import arch_module
 from roost.engine.checkpoint import ModelConfig, TensorFile, open_checkpoint
 from roost.engine.embedding import build_embedding, compact_embedding
@@ -139,8 +139,11 @@ class RWKV:
         log.warning("%s", self.compile_note)
 
     def _layer(self, x, lw, st, carry):
-        """One layer; a single token goes through the compiled step, if any (the prompt
-        chunks always run eagerly). A compiled step that fails is dropped for the eager one."""
+        """One layer; a single token goes through the kernels' layer step (engine.fused) or the
+        torch.compile'd step, if any (the prompt chunks always run eagerly). A compiled step that
+        fails is dropped for the eager one."""
+        if x.shape[0] == 1 and "native.step" in lw:
+            return lw["native.step"](x, st, carry)
         if x.shape[0] != 1 or not self.compiled:
             return self._arch.layer(x, lw, st, self.config, carry)
         try:
@@ -218,7 +221,9 @@ class RWKV:
             raise ValueError(f"token ids out of range for vocabulary {self.config.vocab_size}: {bad[:5]}")
         return tokens
 
-    def _arch_layer(self, x, lw, st, carry):
+    def _arch_layer(self, x, lw, st, carry):  # (batched decoding: a row per stream)
+        if "native.step" in lw:
+            return lw["native.step"](x, st, carry)
         return self._arch.layer(x, lw, st, self.config, carry)
 
     def _through_layers(self, x, layers_state: list, step):
@@ -380,6 +385,10 @@ def load_model(path: str | os.PathLike, strategy: str = "cpu fp32", *,
         tokenizer = tokenizer_for_vocab(cfg.vocab_size, path, tokenizer_path)
     if progress:
         progress(1.0)
+    if blocks and cfg.version == 7:  # whole layers in the compiled kernels, where they can be
+        for lw, step in zip(layers, fused.v7_steps(layers, cfg)):
+            if step is not None:
+                lw["native.step"] = step
     model = RWKV(cfg, strat, places, weights, layers, tokenizer, Path(path), chunk_len=chunk_len)
     if opts.compile:
         model.enable_compile()
@@ -451,6 +460,8 @@ def _matrix_loader(place: Placement, layer_id: int, *, version: int = 0, block: 
         agreement within the spread of 256 positions. ``from_file``: ``w`` is a view of the file,
         whose pages go once it is converted."""
         release = (lambda rows: source.release(rows, None)) if source is not None and from_file else None  # noqa: E731
+        if in_blocks and native.fits((w.shape[1], w.shape[0])):  # q8 blocks: the compiled layer step's
+            return BlockLinear.from_weight(8, w.t(), release=release)
         if HAS_INT8PACK and packer is None:
             return Int8Linear(w.t(), kernel="int8pack", release=release)
         if HAS_INT8PACK:  # converted on a packing thread, complete once the packer finishes
@@ -459,8 +470,12 @@ def _matrix_loader(place: Placement, layer_id: int, *, version: int = 0, block: 
             return lin
         return PackedLinear(w.t(), dtype=torch.bfloat16, packer=packer, release=release)
 
+    # RWKV-7's low-rank pairs in q8 blocks (padded to whole pairs of blocks) where its matrices are
+    # in blocks: what the compiled layer step (engine.fused) multiplies
+    in_blocks = blocks and version == 7 and (stage.int8 or stage.int4) and dev == "cpu" and not place.stream
     load.low_rank = low_rank
-    load.packs_low_rank = packs_low_rank(place, pack)
+    load.packs_low_rank = in_blocks or packs_low_rank(place, pack)
+    load.pad_low_rank = 64 if in_blocks else 1
     return load
 
 

@@ -21,7 +21,7 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
-ABI = 2  # rn_abi() of the library this module was written for
+ABI = 3  # rn_abi() of the library this module was written for
 FORMAT = "blocks-2"  # the layout of BlockLinear's tensors (the weight cache keeps it apart)
 QB = 32  # weights per block
 SMALL_BATCH = 8  # products of up to this many rows run in the kernels; more (prompts): torch
@@ -48,6 +48,8 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     lib.rn_quantize.argtypes = [_INT, _P, _INT, _I64, _I64, _P, _P, _P]
     lib.rn_matmul.argtypes = [_INT, _P, _P, _P, _I64, _I64, _P, _I64, _P]
     lib.rn_dequantize.argtypes = [_INT, _P, _P, _P, _I64, _I64, _I64, _P, _INT]
+    lib.rn_v7_step.argtypes = [_P, _I64] + [_P] * 9
+    lib.rn_v7_step.restype = _INT
     lib.rn_set_threads.argtypes = [_INT]
     lib.rn_use_isa.argtypes = [_INT]
     lib.rn_use_openmp.argtypes = [_P, _P, _P]
@@ -150,6 +152,14 @@ def _resize(n: int) -> None:
     if n != _threads:
         _lib().rn_set_threads(n)
         _threads = n
+
+
+def sync_threads() -> None:
+    """Size the kernels' threads as :func:`set_threads` asked (by default: as torch's, which may
+    have changed since); before each call into the library that runs products."""
+    want = _fixed or torch.get_num_threads()  # (a call costs ~0.1 us)
+    if want != _threads:
+        _resize(want)
 
 
 def fits(shape) -> bool:
@@ -264,9 +274,7 @@ class BlockLinear:
         if m > SMALL_BATCH:  # a prompt chunk: compute-bound, torch's matrix products do it best
             return self._chunk(x2).to(x.dtype).reshape(*lead, self.shape[0])
         y = torch.empty(m, self.shape[0])
-        want = _fixed or torch.get_num_threads()  # (a call costs ~0.1 us)
-        if want != _threads:
-            _resize(want)
+        sync_threads()
         _lib().rn_matmul(self.bits, self.q.data_ptr(), self.d.data_ptr(), _ptr(self.m), self.shape[0], self.shape[1],
                          x2.data_ptr(), m, y.data_ptr())
         y = y if y.dtype == x.dtype else y.to(x.dtype)

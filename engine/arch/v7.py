@@ -62,7 +62,9 @@ def prepare_layer(t, i: int, cfg, dtype, big) -> dict:
     w["att.mix"] = torch.stack([vec(t[p + "att." + m], dtype) for m in _MIX]).unsqueeze(1)  # (6, 1, C)
     w["att.w0"] = vec(t[p + "att.w0"], f32)
     if getattr(big, "packs_low_rank", False):
-        w.update(_fused_low_rank(t, p, i, big.low_rank))
+        pack = functools.partial(big.low_rank)
+        pack.pad_to = getattr(big, "pad_low_rank", 1)
+        w.update(_fused_low_rank(t, p, i, pack))
     else:
         for m in _LORA + (_LORA_V if i > 0 else ()):
             w["att." + m] = low_rank_mat(t[p + "att." + m], dtype)
@@ -85,18 +87,26 @@ def _fused_low_rank(t, p: str, i: int, pack) -> dict:
     two packed products, for int8 / int4 CPU stages: the first matrices side by side (C, sum of
     ranks), the second ones stacked (sum of ranks, C). One call each instead of four: these
     products are tiny and each call costs ~30 us (1.5B shape, one token: 8 calls a layer took
-    ~6 ms of a ~65 ms token). On the first: ``sizes``, each pair's ranks; ``others``, (n, 1,
-    sum of ranks), True outside each pair's own columns; ``decay`` and ``gate``, the columns of
-    those two pairs."""
+    ~6 ms of a ~65 ms token). The ranks are padded with zeros to a multiple of ``pack.pad_to``
+    (the compiled kernels' blocks take whole pairs of 32). On the first: ``sizes`` and ``starts``,
+    each pair's ranks and first column; ``others``, (n, 1, padded ranks), True outside each pair's
+    own columns; ``decay`` and ``gate``, the columns of those two pairs."""
     kinds = _FUSED if i > 0 else _FUSED[:3]
-    first = pack(torch.cat([t[f"{p}att.{k}1"] for k in kinds], dim=1), from_file=False)
     sizes = [t[f"{p}att.{k}1"].shape[1] for k in kinds]
     starts = [sum(sizes[:j]) for j in range(len(sizes))]
-    cols = torch.arange(sum(sizes))
+    width = -(-sum(sizes) // getattr(pack, "pad_to", 1)) * getattr(pack, "pad_to", 1)  # zeros after the pairs
+    firsts = [t[f"{p}att.{k}1"] for k in kinds]
+    seconds = [t[f"{p}att.{k}2"] for k in kinds]
+    if width > sum(sizes):
+        firsts.append(firsts[0].new_zeros(firsts[0].shape[0], width - sum(sizes)))
+        seconds.append(seconds[0].new_zeros(width - sum(sizes), seconds[0].shape[1]))
+    first = pack(torch.cat(firsts, dim=1), from_file=False)
+    cols = torch.arange(width)
     first.sizes = tuple(sizes)
     first.others = torch.stack([(cols < a) | (cols >= a + r) for a, r in zip(starts, sizes)]).unsqueeze(1)
     first.decay, first.gate = slice(0, sizes[0]), slice(starts[2], starts[2] + sizes[2])
-    second = pack(torch.cat([t[f"{p}att.{k}2"] for k in kinds], dim=0), from_file=False)
+    first.starts = tuple(starts)
+    second = pack(torch.cat(seconds, dim=0), from_file=False)
     return {"att.lr1": first, "att.lr2": second}
 
 

@@ -40,7 +40,7 @@ def threads():
 @needs_kernels
 @pytest.mark.parametrize("each_isa", isas(), indirect=True, ids=lambda c: native.ISAS[c])
 @pytest.mark.parametrize("bits", [8, 4])
-@pytest.mark.parametrize("rows, cols, m", [(37, 64, 1), (64, 192, 3), (130, 256, 8), (5, 128, 2)])
+@pytest.mark.parametrize("rows, cols, m", [(37, 64, 1), (64, 192, 3), (130, 256, 8), (5, 128, 2), (70, 128, 7), (9, 64, 6)])
 def test_products_compute_what_the_blocks_stand_for(each_isa, bits, rows, cols, m):
     gen = torch.Generator().manual_seed(rows + cols)
     w = torch.randn(rows, cols, generator=gen) * 0.05

@@ -140,24 +140,33 @@ def test_int8_kernel_choice_follows_the_measured_errors(monkeypatch):
     assert not em.quantizes_activations(k, 7) and not em.quantizes_activations("blocks.3.ffn.key.weight", 7)
 
 
-def test_rwkv7_low_rank_products_run_as_int8_rows_with_quantized_weights(make_checkpoint):
+@pytest.mark.parametrize("kernels", [False, True], ids=["pytorch", "kernels"])
+def test_rwkv7_low_rank_products_run_as_int8_rows_with_quantized_weights(make_checkpoint, kernels):
     """int8 / int4 strategies keep RWKV-7's 8 small low-rank matrices per layer as int8 rows where
-    the CPU multiplies bf16 natively (torch's weight-only kernel, bf16 activations): the logits stay
-    within 2% of the float32 products."""
+    the CPU multiplies bf16 natively (torch's weight-only kernel, bf16 activations), or, with the
+    compiled kernels, as 8-bit blocks (padded to whole pairs of blocks) that the compiled layer step
+    multiplies: the logits stay within 2% of the float32 products."""
+    from roost.engine import native
     from roost.engine.checkpoint import open_checkpoint
     from roost.engine.int8 import Int8Linear
     from roost.engine.linear import packs_on_cpu
 
+    if kernels and not native.available():
+        pytest.skip(f"no compiled kernels: {native.unavailable_reason()}")
     path = make_checkpoint("v7.0", n_layer=4, n_embd=256)
-    model = load_model(path, "cpu int8")
-    if not packs_on_cpu(torch.bfloat16):
+    model = load_model(path, "cpu int8", native=kernels)
+    first, second = model._layers[1].get("att.lr1"), model._layers[1].get("att.lr2")
+    if kernels:
+        assert isinstance(first, native.BlockLinear) and first.bits == 8 and first.sizes == (32, 32, 64, 32)
+        assert first.shape == (192, 256) and second.shape == (256, 192)  # 160 ranks padded to 192
+        assert model._layers[0]["att.lr1"].shape == (128, 256)  # no value pair in layer 0: 128 already
+    elif not packs_on_cpu(torch.bfloat16):
         w1 = model._layers[1]["att.w1"]
         assert isinstance(w1, torch.Tensor) and w1.dtype == torch.float32
         return
-    # each layer's four pairs in two packed products: the first matrices side by side, the second stacked
-    first, second = model._layers[1]["att.lr1"], model._layers[1]["att.lr2"]
-    assert isinstance(first, Int8Linear) and first.kernel == "int8pack" and first.sizes == (32, 32, 64, 32)
-    assert first.shape == (160, 256) and second.shape == (256, 160)  # (out, in)
+    else:  # each layer's four pairs in two packed products: the first matrices side by side, the second stacked
+        assert isinstance(first, Int8Linear) and first.kernel == "int8pack" and first.sizes == (32, 32, 64, 32)
+        assert first.shape == (160, 256) and second.shape == (256, 160)  # (out, in)
     assert model._layers[0]["att.lr1"].sizes == (32, 32, 64)  # layer 0 has no value pair
     assert "att.w1" not in model._layers[1]
     assert isinstance(load_model(path, "cpu fp32")._layers[1]["att.w1"], torch.Tensor)  # fp32 keeps them exact
@@ -167,6 +176,7 @@ def test_rwkv7_low_rank_products_run_as_int8_rows_with_quantized_weights(make_ch
         saved = [dict(lw) for lw in model._layers]
         for i, lw in enumerate(model._layers):  # the plain float32 pairs, one product each
             del lw["att.lr1"], lw["att.lr2"]
+            lw.pop("native.step", None)
             for k in [f"att.{m}{j}" for m in "wagv"[:3 if i == 0 else 4] for j in "12"]:
                 lw[k] = t[f"blocks.{i}.{k}"].float().contiguous()
         plain, _ = model.forward(tokens)
