@@ -53,6 +53,7 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     lib.rn_set_threads.argtypes = [_INT]
     lib.rn_use_isa.argtypes = [_INT]
     lib.rn_use_openmp.argtypes = [_P, _P, _P]
+    lib.rn_share_products.argtypes = [_INT]
     runtime = _torch_openmp()
     if runtime is not None:
         lib.rn_use_openmp(*runtime)
@@ -160,6 +161,13 @@ def sync_threads() -> None:
     want = _fixed or torch.get_num_threads()  # (a call costs ~0.1 us)
     if want != _threads:
         _resize(want)
+
+
+def share_torch_threads(on: bool) -> None:
+    """Run generation's products on torch's OpenMP threads too (``on``; where torch's runtime
+    allows it), or on the kernels' own pool (the default: on a busy machine a thread that is not
+    running holds nobody up there; see engine/csrc/native.cpp's thread pool)."""
+    _lib().rn_share_products(int(bool(on)))
 
 
 def fits(shape) -> bool:

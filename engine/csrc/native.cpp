@@ -15,8 +15,10 @@
 // Activations are quantised per block of 32 to int8 with a float scale (as llama.cpp's q8_0):
 // a product's error is that of 8-bit activations with a scale per 32 values.
 //
-// Threads: a small pool of its own (no OpenMP: one runtime per process is torch's business, and
-// macOS compilers ship none). The calling thread works too; rn_set_threads sets how many.
+// Threads: a small pool of its own for generation, torch's OpenMP threads for work among torch's
+// operations (see the thread pool below); the calling thread works too; rn_set_threads sets how
+// many. Nothing here links OpenMP (one runtime per process is torch's business, and macOS
+// compilers ship none).
 
 #include <stdint.h>
 #include <string.h>
@@ -135,15 +137,18 @@ inline void source_row(const void* src, int dtype, int64_t row, int64_t cols, fl
 }
 
 // ---- the thread pool ----------------------------------------------------------------------------
-// Where torch runs on an OpenMP runtime that exports GNU's entry points (libgomp on Linux, LLVM's
-// libomp on macOS), products run on that runtime's threads (roost.engine.native passes its
-// functions in): one team of threads in the process, so that torch's threads, which spin a while
-// after each of torch's own operations, never compete with a second team of ours for the cores
-// (measured: our own pool beside torch's 2 threads made a 2-core machine's tokens 1.9x slower).
-// Elsewhere (Windows), a small pool of our own.
+// Generation's products (rn_matmul, rn_v7_step) run on a pool of our own whose threads claim
+// chunks of each job (see Pool): on a busy machine a worker that is not running holds nobody up.
+// Work that sits among torch's own operations (prompt chunks' dequantisation, conversions at load)
+// runs on torch's OpenMP threads where torch's runtime exports GNU's entry points (libgomp on
+// Linux, LLVM's libomp on macOS; roost.engine.native passes them in), which are spinning anyway:
+// a second team beside them costs prompt reading ~20% on 2 cores. Measured on 2 cores, v7 1.5B
+// cpu int4, 2 threads: tokens on OpenMP's threads 72 ms quiet but 940-2600 ms beside one busy
+// process; on the pool 74-77 ms quiet and ~170 ms beside it (one thread: ~260 ms).
 typedef void (*gomp_parallel_fn)(void (*)(void*), void*, unsigned, unsigned);
 typedef int (*omp_int_fn)(void);
 gomp_parallel_fn g_gomp_parallel = nullptr;
+std::atomic<bool> g_share_products{false};  // generation's products on the OpenMP threads too
 omp_int_fn g_omp_thread_num = nullptr, g_omp_num_threads = nullptr;
 
 struct Job {
@@ -155,13 +160,18 @@ void omp_trampoline(void* data) {
     (*job->fn)(g_omp_thread_num(), g_omp_num_threads());
 }
 
+// Our own pool splits each job into a few chunks per thread that the threads claim one at a time
+// (the calling thread too): when the machine is busy and a worker is not running, the others do
+// its share instead of waiting for it (a job ends when its chunks are done, not when every thread
+// has turned up).
 class Pool {
   public:
+    static constexpr int CHUNKS = 4;  // chunks per thread
+
     ~Pool() { resize(0); }
 
     void resize(int extra) {  // `extra` workers beside the calling thread
         threads_ = extra + 1;
-        if (g_gomp_parallel) extra = 0;  // (the OpenMP runtime's threads work instead)
         std::lock_guard<std::mutex> busy(run_lock_);
         {
             std::lock_guard<std::mutex> g(m_);
@@ -172,16 +182,24 @@ class Pool {
         for (auto& t : workers_) t.join();
         workers_.clear();
         stop_.store(false);
-        uint64_t now = generation_;  // (a new worker waits for the next job, not the last one)
-        for (int i = 0; i < extra; i++) workers_.emplace_back([this, i, now] { loop(i + 1, now); });
+        uint64_t now = generation_.load();  // (a new worker waits for the next job, not the last one)
+        for (int i = 0; i < extra; i++) workers_.emplace_back([this, now] { loop(now); });
     }
 
     int size() const { return threads_; }
 
-    // fn(part, parts) on every thread of the pool; when another caller holds the pool, on this
-    // thread alone (no waiting behind another product)
-    void run(const std::function<void(int, int)>& fn) {
-        if (g_gomp_parallel) {
+    // fn(part, parts) for every part, on the OpenMP runtime's threads where products share them
+    // (rn_share_products), else on the pool's own
+    void run(const std::function<void(int, int)>& fn) { run_on(fn, g_share_products.load()); }
+
+    // the same where the work sits among torch's own operations (prompt chunks, conversions at
+    // load): on the OpenMP runtime's threads where there is one, which are running anyway
+    void run_shared(const std::function<void(int, int)>& fn) { run_on(fn, true); }
+
+    // on the pool's own threads, or when another caller holds the pool, on this thread alone (no
+    // waiting behind another product)
+    void run_on(const std::function<void(int, int)>& fn, bool openmp) {
+        if (openmp && g_gomp_parallel) {
             Job job{&fn};
             if (threads_ > 1) g_gomp_parallel(omp_trampoline, &job, (unsigned)threads_, 0);
             else fn(0, 1);
@@ -192,22 +210,24 @@ class Pool {
             fn(0, 1);
             return;
         }
-        int parts = size();
+        const uint64_t parts = (uint64_t)size() * CHUNKS;
+        uint32_t mine;
         {
             std::lock_guard<std::mutex> g(m_);
-            job_ = &fn;
-            parts_ = parts;
-            pending_.store(parts - 1, std::memory_order_relaxed);
-            generation_++;
-            published_.store(generation_, std::memory_order_release);
+            job_.store(&fn, std::memory_order_relaxed);
+            done_.store(0, std::memory_order_relaxed);
+            const uint64_t gen = generation_.load() + 1;
+            ticket_.store(((gen & 0xffffffffu) << 32) | (parts << 16), std::memory_order_release);
+            generation_.store(gen, std::memory_order_release);  // (after the ticket: a worker that sees it finds the job)
+            mine = (uint32_t)gen;
         }
         cv_.notify_all();
-        fn(0, parts);
-        // the others: a short spin, then sleep (a product takes tens of microseconds to milliseconds)
-        for (int spin = 0; pending_.load(std::memory_order_acquire) != 0; spin++) {
+        work(mine);
+        // the chunks others claimed: a short spin, then sleep
+        for (int spin = 0; done_.load(std::memory_order_acquire) != parts; spin++) {
             if (spin > 2000) {
                 std::unique_lock<std::mutex> g(m_);
-                done_cv_.wait(g, [this] { return pending_.load(std::memory_order_acquire) == 0; });
+                done_cv_.wait(g, [this, parts] { return done_.load(std::memory_order_acquire) == parts; });
                 break;
             }
             std::this_thread::yield();
@@ -215,26 +235,36 @@ class Pool {
     }
 
   private:
-    void loop(int index, uint64_t seen) {
+    // claim and run chunks of job `gen` while it has some left. The ticket holds the job's
+    // generation, its number of chunks and the next chunk: a claim is one compare-and-swap, so a
+    // thread that turns up late claims nothing of a finished job (and never calls its function).
+    void work(uint32_t gen) {
+        uint64_t t = ticket_.load(std::memory_order_acquire);
         for (;;) {
-            // spin a little for the next job before sleeping: products come in quick succession
-            for (int spin = 0; spin < 2000 && published_.load(std::memory_order_acquire) == seen && !stop_.load(); spin++)
-                std::this_thread::yield();
-            const std::function<void(int, int)>* job;
-            int parts;
-            {
-                std::unique_lock<std::mutex> g(m_);
-                cv_.wait(g, [&] { return stop_.load() || generation_ != seen; });
-                if (stop_.load()) return;
-                seen = generation_;
-                job = job_;
-                parts = parts_;
-            }
-            if (index < parts) (*job)(index, parts);
-            if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+            uint64_t parts = (t >> 16) & 0xffff, next = t & 0xffff;
+            if ((uint32_t)(t >> 32) != gen || next >= parts) return;
+            if (!ticket_.compare_exchange_weak(t, t + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
+            (*job_.load(std::memory_order_acquire))((int)next, (int)parts);
+            if (done_.fetch_add(1, std::memory_order_acq_rel) + 1 == parts) {
                 std::lock_guard<std::mutex> g(m_);
                 done_cv_.notify_all();
             }
+            t = ticket_.load(std::memory_order_acquire);
+        }
+    }
+
+    void loop(uint64_t seen) {
+        for (;;) {
+            // spin a little for the next job before sleeping: products come in quick succession
+            for (int spin = 0; spin < 2000 && generation_.load(std::memory_order_acquire) == seen && !stop_.load(); spin++)
+                std::this_thread::yield();
+            {
+                std::unique_lock<std::mutex> g(m_);
+                cv_.wait(g, [&] { return stop_.load() || generation_.load() != seen; });
+                if (stop_.load()) return;
+                seen = generation_.load();
+            }
+            work((uint32_t)seen);
         }
     }
 
@@ -242,12 +272,11 @@ class Pool {
     int threads_ = 1;
     std::mutex m_, run_lock_;
     std::condition_variable cv_, done_cv_;
-    const std::function<void(int, int)>* job_ = nullptr;
-    int parts_ = 1;
+    std::atomic<const std::function<void(int, int)>*> job_{nullptr};
     std::atomic<bool> stop_{false};
-    uint64_t generation_ = 0;
-    std::atomic<uint64_t> published_{0};
-    std::atomic<int> pending_{0};
+    std::atomic<uint64_t> generation_{0};  // a new job or a resize (changed under m_)
+    std::atomic<uint64_t> ticket_{0};
+    std::atomic<uint64_t> done_{0};
 };
 
 Pool& pool() {
@@ -1049,6 +1078,10 @@ RN_API void rn_use_openmp(void* parallel, void* thread_num, void* num_threads) {
 
 RN_API int rn_threads(void) { return pool().size(); }
 
+// Generation's products (rn_matmul, rn_v7_step) on the OpenMP runtime's threads too (1), or on
+// the pool's own (0, the default: see Pool).
+RN_API void rn_share_products(int on) { g_share_products.store(on != 0); }
+
 // Quantise `rows` x `cols` weights (dtype 0 float32, 1 bf16, 2 fp16) to q8 or q4 (see the top and
 // block_q8 / block_q4); `q` gets rows x cols (q8) or rows x cols/2 (q4) bytes, `d` rows x cols/32
 // fp16 scales, `m` (q4 only) rows x cols/32 fp16 offsets. The source is only read.
@@ -1056,7 +1089,7 @@ RN_API void rn_quantize(int bits, const void* src, int dtype, int64_t rows, int6
                         uint16_t* m) {
     const int64_t nb = cols / QB;
     const bool vec = isa() == AVX2 || isa() == AVX512_VNNI;
-    pool().run([&](int part, int parts) {
+    pool().run_shared([&](int part, int parts) {
         int64_t lo, hi;
         split(rows, part, parts, 1, &lo, &hi);
         std::vector<float> row((size_t)cols);
@@ -1099,7 +1132,7 @@ RN_API void rn_dequantize(int bits, const uint8_t* q, const uint16_t* d, const u
     const bool vec = isa() == AVX2 || isa() == AVX512_VNNI;
     static const bool wide = has_avx512_bf16();
     const bool row_512 = isa() == AVX512_VNNI && wide;
-    pool().run([&](int part, int parts) {
+    pool().run_shared([&](int part, int parts) {
         int64_t lo, hi;
         split(r1 - r0, part, parts, 1, &lo, &hi);
         float o[QB];
