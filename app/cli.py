@@ -75,6 +75,25 @@ STRATEGY_HELP = ("e.g. 'cpu int8', 'cpu bf16', 'cuda fp16', or 'auto'. Default: 
                  "the app, else the app's default, else auto (the best for this computer, printed with why)")
 
 
+THREADS_HELP = ("CPU threads for the model; 0: automatic, the physical cores other programs leave free, "
+                "looked at again every second (default: the threads setting, 0)")
+
+
+def _use_threads(args) -> None:
+    """The --threads flag, else the saved setting (0: automatic), for the model this command runs."""
+    from roost.core.settings import SettingsError, _validate
+    from roost.engine import threads
+
+    n = getattr(args, "threads", None)
+    if n is None:
+        n = _settings().current.threads
+    try:
+        n = _validate("threads", n)
+    except SettingsError as e:
+        raise SystemExit(f"roost: --threads: {e}")
+    threads.configure(n)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="roost", description="Run RWKV language models on your computer. Plain `roost`, with no command, "
@@ -86,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--model", required=True,
                         help="an RWKV checkpoint (.pth or .safetensors), or the name of a downloaded catalog model")
         sp.add_argument("--strategy", default=None, help=STRATEGY_HELP)
+        sp.add_argument("--threads", type=int, default=None, metavar="N", help=THREADS_HELP)
         sp.add_argument("--max-tokens", type=int, default=None, help="the longest reply, in tokens")
         sp.add_argument("--temperature", type=float, default=None,
                         help="higher: more varied text, lower: more predictable (e.g. 1.0)")
@@ -133,6 +153,7 @@ def _parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="serve a model through an OpenAI-compatible API (http://127.0.0.1:8000/v1)")
     sv.add_argument("--model", required=True, help="a model file, or the name of a downloaded catalog model")
     sv.add_argument("--strategy", default=None, help=STRATEGY_HELP)
+    sv.add_argument("--threads", type=int, default=None, metavar="N", help=THREADS_HELP)
     sv.add_argument("--host", default="127.0.0.1",
                     help="default 127.0.0.1 (this computer only); any other address needs --api-key")
     sv.add_argument("--port", type=int, default=8000, help="the port to listen on (default 8000)")
@@ -232,6 +253,8 @@ def _generate(args) -> int:
     from roost.engine.generate import Generation
     from roost.engine.prompts import FORMATS, Message, build_prompt
 
+    _use_threads(args)
+
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     if args.format == "raw":
         text, stops = prompt, tuple(args.stop)
@@ -261,6 +284,7 @@ def _chat(args) -> int:
     """A terminal chat on the app's Runtime: the same state cache, so each turn reads only its text."""
     import signal
 
+    _use_threads(args)
     from roost.core.runtime import Runtime
     from roost.engine.generate import StopFlag
     from roost.core.settings import load_settings
@@ -309,6 +333,7 @@ def _chat(args) -> int:
 def _serve(args) -> int:
     from roost.server.run import serve_cli
 
+    _use_threads(args)
     return serve_cli(args)
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from roost.engine import compiled, fused, native
+from roost.engine import compiled, fused, native, threads
 from roost.engine.arch import arch_module
 from roost.engine.checkpoint import ModelConfig, TensorFile, open_checkpoint
 from roost.engine.embedding import build_embedding, compact_embedding
@@ -205,6 +205,7 @@ class RWKV:
         a step of one; each stream gets what :meth:`forward` of its token alone gives (up to the
         rounding of batched matrix products)."""
         tokens = self._checked(tokens)
+        threads.adapt()
         if len(tokens) != batch.size:
             raise ValueError(f"{len(tokens)} tokens for a batch of {batch.size} streams")
         layers_state = list(batch.layers)
@@ -249,6 +250,7 @@ class RWKV:
 
     def _run(self, tokens, state, *, all_logits: bool):
         tokens = self._checked(tokens)
+        threads.adapt()  # (automatic thread counts: a look at the machine's load, once a second)
         if state is None:
             state = self.zero_state()
         layers_state = list(state.layers)

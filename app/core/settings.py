@@ -60,6 +60,7 @@ class Settings:
     api_allow_origins: tuple[str, ...] = ()  # web origins that may call the API besides local pages and apps
     state_budget_mb: int = 2048  # disk space for chats' saved states (roost.core.saved_states); 0: none kept
     weight_cache_mb: int = 16384  # disk space for converted int8/int4 weights (roost.engine.weight_cache); 0: none
+    threads: int = 0  # CPU threads for the model; 0: automatic (the physical cores other programs leave free)
     last_model: str = ""  # the app reloads it on start
     geometry: str = ""  # the window's, as Qt saves it
     extra: Mapping[str, object] = field(default_factory=lambda: _frozen({}), compare=False)  # unknown keys
@@ -140,7 +141,7 @@ _FIELDS = {f.name for f in fields(Settings)}
 # what `roost settings set` may change (the rest is the app's own bookkeeping)
 EDITABLE = ("models_dir", "source", "hf_token", "proxy", "language", "theme", "send_key", "default_strategy",
             "api_host", "api_port", "api_key", "api_allow_origins", "state_budget_mb",
-            "weight_cache_mb",
+            "weight_cache_mb", "threads",
             *(f"sampling.{k}" for k in SAMPLING_KEYS))
 SECRET = ("hf_token", "api_key")
 
@@ -222,6 +223,16 @@ def _validate(key: str, value, *, checking_folder: bool = True):
                                 f"({what}) to 1048576.\n"
                                 f"{key} 必须是 0（{what_zh}）到 1048576 之间的兆字节数。")
         return mb
+    if key == "threads":
+        try:
+            n = int(value)
+        except (TypeError, ValueError):
+            n = -1
+        if isinstance(value, bool) or not 0 <= n <= 1024:
+            raise SettingsError(f"threads cannot be '{value}'. Allowed: 0 (automatic: the physical cores other "
+                                f"programs leave free) or a number of threads from 1 to 1024.\n"
+                                f"threads 必须是 0（自动：其他程序空出的物理核心数）或 1 到 1024 之间的线程数。")
+        return n
     if key == "api_allow_origins":
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):
@@ -410,6 +421,8 @@ def describe(settings: Settings) -> list[tuple[str, str]]:
             shown = value or "(the system's)"
         elif key == "api_allow_origins":
             shown = ", ".join(value) or "(none: pages of this computer, desktop apps and browser extensions only)"
+        elif key == "threads":
+            shown = str(value) if value else "0 (automatic: the physical cores other programs leave free)"
         else:
             shown = str(value)
         rows.append((key, shown))

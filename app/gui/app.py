@@ -167,6 +167,10 @@ def start_background(ctl) -> None:
     from roost.gui.worker import EngineThread
 
     ctl.attach_engine(EngineThread(ctl, runtime=Runtime(ctl.settings.current.load_options(), mark_loads="app")))  # owns its process
+    from roost.engine import threads
+
+    threads.configure(ctl.settings.current.threads)  # (the app owns its process: Settings may change it)
+    ctl.owns_threads = True
     s = ctl.settings.current
     ctl.attach_queue(DownloadQueue(s.models_folder(), source=s.download_source(), token=s.token()))
     folder = s.models_folder()

@@ -56,6 +56,7 @@ class Controller(QObject):
         self.tasks = Tasks(self)  # background work whose results come back on the UI thread
         self.states = self._open_states()  # chats' saved model states (None: not kept)
         self.engine = None  # EngineThread, attached after the window is shown
+        self.owns_threads = False  # whether the threads setting is this process's to apply (the app's)
         self.queue = None  # DownloadQueue
         self.catalog: list = []
         self.machine = None  # hardware.Machine once probed
@@ -113,6 +114,10 @@ class Controller(QObject):
             apply_proxy(new.proxy)
         if new.state_budget_mb != old.state_budget_mb and self.states is not None:
             self.states.set_budget(new.state_budget_mb * 2 ** 20)
+        if new.threads != old.threads and self.owns_threads:
+            from roost.engine import threads
+
+            threads.configure(new.threads)
         if new.weight_cache_mb != old.weight_cache_mb and self.runtime is not None:
             self.runtime.options = new.load_options()  # for the next load
         if new.models_folder() != old.models_folder() or new.strategy_overrides != old.strategy_overrides \

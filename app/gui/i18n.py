@@ -119,7 +119,9 @@ TEXT = {
     "Models folder:": "模型文件夹：", "Browse…": "浏览…", "Download source:": "下载源：",
     "Hugging Face token:": "Hugging Face 令牌：", "Proxy:": "代理：", "Language:": "语言：",
     "Theme:": "主题：", "Light": "浅色", "Dark": "深色", "System": "跟随系统",
-    "Default strategy:": "默认运行方式：", "Default sampling": "默认采样参数",
+    "Default strategy:": "默认运行方式：", "CPU threads:": "CPU 线程数：",
+    "Automatic: the physical cores other programs leave free, looked at again every second. On a busy computer "
+    "fewer threads run faster.": "自动：其他程序空出的物理核心数，每秒重新查看一次。电脑繁忙时，线程少反而更快。", "Default sampling": "默认采样参数",
     "Temperature:": "温度：", "Top P:": "Top P：", "Top K:": "Top K：",
     "Presence penalty:": "存在惩罚：", "Frequency penalty:": "频率惩罚：", "Penalty decay:": "惩罚衰减：",
     "Save": "保存", "Saved.": "已保存。",

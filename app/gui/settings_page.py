@@ -78,6 +78,11 @@ class SettingsPage(QWidget):
         if s.default_strategy != "auto":
             self.strategy.setEditText(s.default_strategy)
         form.addRow(tr("Default strategy:"), self.strategy)
+        self.threads = QSpinBox(minimum=0, maximum=1024, value=s.threads)
+        self.threads.setSpecialValueText(tr("Automatic"))
+        self.threads.setToolTip(tr("Automatic: the physical cores other programs leave free, looked at again "
+                                   "every second. On a busy computer fewer threads run faster."))
+        form.addRow(tr("CPU threads:"), self.threads)
         v.addLayout(form)
         box = QGroupBox(tr("Default sampling"))
         self.sampling = SamplingPanel(s)
@@ -256,7 +261,7 @@ class SettingsPage(QWidget):
                        language=old.language if lang == (old.language or language()) else lang,
                        theme=self.theme.currentData(), send_key=self.send_key.currentData(),
                        sampling=self.sampling.values(), state_budget_mb=self.state_budget.value(),
-                       weight_cache_mb=self.weight_budget.value())
+                       weight_cache_mb=self.weight_budget.value(), threads=self.threads.value())
         folder = self.folder.text().strip()
         if folder != str(old.models_folder()):
             changes["models_dir"] = folder  # "" goes back to the default folder

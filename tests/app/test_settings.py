@@ -52,6 +52,8 @@ def test_defaults_changes_and_what_is_written(home):
     ("state_budget_mb", -5, "from 0 (keep no saved states)"),
     ("state_budget_mb", "lots", "from 0 (keep no saved states)"),
     ("weight_cache_mb", -1, "from 0 (keep no converted weights)"),
+    ("threads", -2, "0 (automatic: the physical cores other programs leave free)"),
+    ("threads", "many", "or a number of threads from 1 to 1024"),
     ("nonsense", 1, "Settings:"),
 ])
 def test_a_bad_value_is_refused_with_the_allowed_ones_and_changes_nothing(home, key, value, allowed):
@@ -192,3 +194,31 @@ def test_programs_keep_converted_weights_in_the_cache_folder_within_the_budget(h
     assert options.weight_cache == str(home / "cache" / "weights") and options.weight_cache_bytes == 16384 << 20
     store.update(weight_cache_mb=0)
     assert store.current.load_options().weight_cache is None
+
+
+def test_the_threads_setting_and_flag_set_the_models_threads(home):
+    """`threads` 0 (the default) chooses automatically; a number fixes it; --threads wins over the
+    setting; `roost settings` says what 0 means."""
+    import argparse
+
+    import torch
+
+    from roost.cli import _use_threads
+    from roost.engine import threads
+
+    before = torch.get_num_threads()
+    try:
+        assert SettingsStore().current.threads == 0
+        _use_threads(argparse.Namespace(threads=None))
+        assert threads.automatic()
+        SettingsStore().update(threads="1")
+        _use_threads(argparse.Namespace(threads=None))
+        assert not threads.automatic() and torch.get_num_threads() == 1
+        _use_threads(argparse.Namespace(threads=2))
+        assert not threads.automatic() and torch.get_num_threads() == 2
+        with pytest.raises(SystemExit, match="--threads"):
+            _use_threads(argparse.Namespace(threads=-1))
+    finally:
+        threads.configure(before)
+    out = roost("settings", home=home).stdout
+    assert "threads" in out and "1" in out

@@ -1,65 +1,47 @@
-"""Parallel work off the threads that do not generate (roost.engine.threads)."""
+"""How many threads the model uses: a fixed count, or automatic (engine.threads)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import threading
-from pathlib import Path
+import torch
 
-import pytest
-
-from roost.engine.threads import elsewhere
-
-POOL = """
-import os, time, torch
-from roost.engine.threads import elsewhere
-torch.set_num_threads(2)
-count = lambda: len(os.listdir("/proc/self/task"))
-before = count()
-elsewhere(lambda: torch.ones(1 << 22).sum())  # parallel work on a thread that then ends
-for _ in range(100):  # its workers exit once they see it gone: give them up to 2 s
-    if count() <= before:
-        break
-    time.sleep(0.02)
-after_elsewhere = count()
-torch.ones(1 << 22).sum()  # the same here: this thread keeps a pool of OpenMP workers
-print(before, after_elsewhere, count())
-"""
+from roost.engine import threads
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads through /proc")
-def test_parallel_work_elsewhere_leaves_no_worker_threads_behind():
-    """libgomp keeps a pool of workers per thread that started parallel work; a pool left on a
-    thread that does not generate slows every token of the one that does (1.5x measured)."""
-    out = subprocess.run([sys.executable, "-c", POOL], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    before, after_elsewhere, after_here = map(int, out.stdout.split())
-    assert after_elsewhere == before < after_here
+def test_the_automatic_count_leaves_other_programs_their_cores():
+    assert threads.choose(0.0, 2) == 2
+    assert threads.choose(0.3, 2) == 2  # a browser idling
+    assert threads.choose(1.0, 2) == 1  # a build keeping one core busy
+    assert threads.choose(3.7, 2) == 1  # never fewer than one
+    assert threads.choose(2.6, 8) == 5
 
 
-def test_elsewhere_gives_back_the_result_or_the_error():
-    assert elsewhere(lambda a, b=0: (threading.current_thread() is threading.main_thread(), a + b), 2, b=3) == (False, 5)
-    with pytest.raises(ValueError, match="bad"):
-        elsewhere(lambda: (_ for _ in ()).throw(ValueError("bad")))
+def test_adapt_follows_the_machines_load_only_in_automatic_mode(monkeypatch):
+    before = torch.get_num_threads()
+    monkeypatch.setattr(threads, "physical_cores", lambda: 2)
+    readings = iter([(0.0, 0.0, 0.0), (1.0, 2.0, 1.0),  # 2 cores busy, 1 of them ours: 1 left
+                     (2.0, 3.0, 2.0)])  # only ours: 2
+
+    def sample():
+        return next(readings)
+
+    try:
+        assert threads.configure(0) == 2 and threads.automatic()
+        threads.adapt(sample)  # the first look: nothing to compare with yet
+        assert torch.get_num_threads() == 2
+        threads.adapt(sample)
+        assert torch.get_num_threads() == 1
+        threads.adapt(sample)
+        assert torch.get_num_threads() == 2
+        threads.configure(2)  # fixed: the load is not looked at
+        threads.adapt(lambda: (_ for _ in ()).throw(AssertionError("looked at the load")))
+        assert torch.get_num_threads() == 2 and not threads.automatic()
+    finally:
+        threads.configure(before)
 
 
-def test_serve_loads_the_model_off_the_main_thread(make_checkpoint, monkeypatch, tmp_path):
-    """`roost serve` generates on its worker thread; its main thread must not have run the load's
-    parallel work (see above)."""
-    from roost import cli
-    from roost.core.runtime import Runtime
-    from roost.server import run
-
-    monkeypatch.setenv("ROOST_HOME", str(tmp_path / "home"))
-    loads = []
-    real_load = Runtime.load
-
-    def load(self, *args, **kwargs):
-        loads.append(threading.current_thread() is threading.main_thread())
-        return real_load(self, *args, **kwargs)
-
-    monkeypatch.setattr(Runtime, "load", load)
-    monkeypatch.setattr(run.ApiServer, "serve_forever", lambda self, on_listening=None: None)
-    assert cli.main(["serve", "--model", str(make_checkpoint("v7.0")), "--port", "0", "--strategy", "cpu fp32"]) == 0
-    assert loads == [False]
+def test_the_real_reading_of_the_load_is_a_number_of_cores():
+    threads._last = None
+    assert threads.others_busy() is None
+    sum(range(200000))
+    busy = threads.others_busy()
+    assert busy is not None and 0.0 <= busy < 1024

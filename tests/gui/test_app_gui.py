@@ -218,3 +218,24 @@ def test_converted_weights_are_kept_in_the_cache_folder_and_settings_deletes_the
     assert win.ctl.settings.current.weight_cache_mb == 0 and win.ctl.runtime.options.weight_cache is None
     load(qtbot, win, make_checkpoint("v6.0", n_layer=2, n_embd=128), "cpu int8")
     assert list(folder.iterdir()) == []
+
+
+def test_the_cpu_threads_row_saves_the_setting_and_applies_it_where_the_app_owns_the_process(qtbot, window, home):
+    import torch
+
+    from roost.engine import threads
+
+    win = window()
+    page = win.settings_page
+    assert page.threads.value() == 0 and page.threads.text() == "Automatic"
+    before = torch.get_num_threads()
+    try:
+        win.ctl.owns_threads = True  # (as roost.gui.app's start_background says)
+        page.threads.setValue(1)
+        page.save()
+        assert win.ctl.settings.current.threads == 1 and torch.get_num_threads() == 1 and not threads.automatic()
+        page.threads.setValue(0)
+        page.save()
+        assert win.ctl.settings.current.threads == 0 and threads.automatic()
+    finally:
+        threads.configure(before)
