@@ -243,12 +243,13 @@ class BlockLinear:
         d = torch.empty(rows, cols // QB, dtype=torch.float16)
         m = torch.empty(rows, cols // QB, dtype=torch.float16) if bits == 4 else None
         step = max(1, block // cols)
-        for r0 in range(0, rows, step):
+        lib = _lib()
+        for r0 in range(0, rows, step):  # (written in place: rows r0.. of q, d, m are contiguous)
             part = w[r0:r0 + step]
-            pq, pd, pm = quantize(bits, part)
-            q[r0:r0 + step], d[r0:r0 + step] = pq, pd
-            if m is not None:
-                m[r0:r0 + step] = pm
+            src = part if part.dtype in _DTYPE_CODE else part.float()
+            src = src.contiguous()
+            lib.rn_quantize(bits, src.data_ptr(), _DTYPE_CODE[src.dtype], src.shape[0], cols, q[r0].data_ptr(),
+                            d[r0].data_ptr(), None if m is None else m[r0].data_ptr())
             if release is not None:
                 release(part)
         return cls(bits, q, d, (rows, cols), m)

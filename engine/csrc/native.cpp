@@ -136,6 +136,26 @@ inline void source_row(const void* src, int dtype, int64_t row, int64_t cols, fl
     }
 }
 
+#if RN_X86
+// source_row with 8 values an instruction (the same values: both conversions are exact)
+RN_TARGET("avx2,fma,f16c")
+void source_row_avx2(const void* src, int dtype, int64_t row, int64_t cols, float* out) {
+    if (dtype == 0) return source_row(src, dtype, row, cols, out);
+    const uint16_t* s = (const uint16_t*)src + row * cols;
+    int64_t i = 0;
+    for (; i + 8 <= cols; i += 8) {
+        __m128i h = _mm_loadu_si128((const __m128i*)(s + i));
+        __m256 f = dtype == 1 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)) : _mm256_cvtph_ps(h);
+        _mm256_storeu_ps(out + i, f);
+    }
+    for (; i < cols; i++) out[i] = dtype == 1 ? bf16_to_float(s[i]) : half_to_float(s[i]);
+}
+#else
+void source_row_avx2(const void* src, int dtype, int64_t row, int64_t cols, float* out) {
+    source_row(src, dtype, row, cols, out);
+}
+#endif
+
 // ---- the thread pool ----------------------------------------------------------------------------
 // Generation's products (rn_matmul, rn_v7_step) run on a pool of our own whose threads claim
 // chunks of each job (see Pool): on a busy machine a worker that is not running holds nobody up.
@@ -697,35 +717,117 @@ uint16_t block_q8(const float* v, int8_t* out) {
     return h;
 }
 
-void block_q4(const float* v, uint8_t* pair, bool high, uint16_t* d_out, uint16_t* m_out) {
+// The sums of a block's 32 values in one fixed order, which the AVX2 conversion below follows
+// exactly (so that every instruction set makes the same blocks): 8 lanes, lane k adding values k,
+// k + 8, k + 16, k + 24 in turn, then the lanes pairwise as hsum256 adds them.
+inline float sum32(const float* t) {
+    float l[8];
+    for (int k = 0; k < 8; k++) l[k] = ((t[k] + t[k + 8]) + t[k + 16]) + t[k + 24];
+    return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
+}
+
+// the block's least-squares scale and offset for its values (as floats, before fp16)
+inline void q4_fit_scalar(const float* v, float* scale_out, float* offset_out) {
     float lo = v[0], hi = v[0];
     for (int i = 1; i < QB; i++) { lo = std::min(lo, v[i]); hi = std::max(hi, v[i]); }
-    float scale = std::max((hi - lo) / 15.f, 1e-8f), offset = lo, q[QB];
+    float scale = std::max((hi - lo) / 15.f, 1e-8f), offset = lo, q[QB], t[QB];
     for (int round = 0; round < Q4_REFINE; round++) {
-        float inv = 1.f / scale, qm = 0.f, wm = 0.f;
-        for (int i = 0; i < QB; i++) {
-            q[i] = std::max(0.f, std::min(15.f, round_even((v[i] - offset) * inv)));
-            qm += q[i];
-            wm += v[i];
-        }
-        qm /= QB;
-        wm /= QB;
-        float var = 0.f, cov = 0.f;
-        for (int i = 0; i < QB; i++) {
-            var += (q[i] - qm) * (q[i] - qm);
-            cov += (q[i] - qm) * (v[i] - wm);
-        }
+        float inv = 1.f / scale;
+        for (int i = 0; i < QB; i++) q[i] = std::max(0.f, std::min(15.f, round_even((v[i] - offset) * inv)));
+        float qm = sum32(q) / QB, wm = sum32(v) / QB;
+        for (int i = 0; i < QB; i++) t[i] = (q[i] - qm) * (q[i] - qm);
+        float var = sum32(t);
+        for (int i = 0; i < QB; i++) t[i] = (q[i] - qm) * (v[i] - wm);
+        float cov = sum32(t);
         if (var > 0.f) scale = std::max(cov / var, 1e-8f);  // (a constant block keeps its own)
         offset = wm - scale * qm;
     }
+    *scale_out = scale;
+    *offset_out = offset;
+}
+
+void block_q4(const float* v, uint8_t* pair, bool high, uint16_t* d_out, uint16_t* m_out, bool vec);
+
+#if RN_X86
+RN_TARGET("avx2,fma,f16c")
+inline float sum32_avx2(const __m256* t) {  // sum32's order
+    return hsum256(_mm256_add_ps(_mm256_add_ps(_mm256_add_ps(t[0], t[1]), t[2]), t[3]));
+}
+
+// q4_fit_scalar with 8 values an instruction (no fused multiply-adds: the same roundings)
+RN_TARGET("avx2,fma,f16c")
+void q4_fit_avx2(const float* v, float* scale_out, float* offset_out) {
+    __m256 x[4], q[4], t[4];
+    for (int j = 0; j < 4; j++) x[j] = _mm256_loadu_ps(v + 8 * j);
+    __m256 mn = _mm256_min_ps(_mm256_min_ps(x[0], x[1]), _mm256_min_ps(x[2], x[3]));
+    __m256 mx = _mm256_max_ps(_mm256_max_ps(x[0], x[1]), _mm256_max_ps(x[2], x[3]));
+    float l8[8], h8[8];
+    _mm256_storeu_ps(l8, mn);
+    _mm256_storeu_ps(h8, mx);
+    float lo = l8[0], hi = h8[0];
+    for (int k = 1; k < 8; k++) { lo = std::min(lo, l8[k]); hi = std::max(hi, h8[k]); }
+    float scale = std::max((hi - lo) / 15.f, 1e-8f), offset = lo;
+    const __m256 zero = _mm256_setzero_ps(), fifteen = _mm256_set1_ps(15.f);
+    const float wm = sum32_avx2(x) / QB;
+    for (int round = 0; round < Q4_REFINE; round++) {
+        const __m256 inv = _mm256_set1_ps(1.f / scale), off = _mm256_set1_ps(offset);
+        for (int j = 0; j < 4; j++)
+            q[j] = _mm256_max_ps(zero, _mm256_min_ps(fifteen, _mm256_round_ps(_mm256_mul_ps(_mm256_sub_ps(x[j], off), inv),
+                                                                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)));
+        const float qm = sum32_avx2(q) / QB;
+        const __m256 qmv = _mm256_set1_ps(qm), wmv = _mm256_set1_ps(wm);
+        for (int j = 0; j < 4; j++) {
+            __m256 dq = _mm256_sub_ps(q[j], qmv);
+            t[j] = _mm256_mul_ps(dq, dq);
+        }
+        const float var = sum32_avx2(t);
+        for (int j = 0; j < 4; j++) t[j] = _mm256_mul_ps(_mm256_sub_ps(q[j], qmv), _mm256_sub_ps(x[j], wmv));
+        const float cov = sum32_avx2(t);
+        if (var > 0.f) scale = std::max(cov / var, 1e-8f);
+        offset = wm - scale * qm;
+    }
+    *scale_out = scale;
+    *offset_out = offset;
+}
+#else
+void q4_fit_avx2(const float* v, float* scale_out, float* offset_out) { q4_fit_scalar(v, scale_out, offset_out); }
+#endif
+
+#if RN_X86
+// the block's 4-bit values for scale 1 / inv and offset m, into its nibbles of the pair
+RN_TARGET("avx2,fma,f16c")
+void q4_values_avx2(const float* v, float m, float inv, uint8_t* pair, bool high) {
+    const __m256 zero = _mm256_setzero_ps(), fifteen = _mm256_set1_ps(15.f), mv = _mm256_set1_ps(m),
+                 iv = _mm256_set1_ps(inv);
+    __m256i q[4];
+    for (int j = 0; j < 4; j++)
+        q[j] = _mm256_cvtps_epi32(_mm256_max_ps(zero, _mm256_min_ps(fifteen, _mm256_round_ps(
+            _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(v + 8 * j), mv), iv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC))));
+    __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));  // (packs work per 128-bit lane)
+    __m256i old = _mm256_loadu_si256((const __m256i*)pair);
+    __m256i out = high ? _mm256_or_si256(_mm256_and_si256(old, _mm256_set1_epi8(0x0f)),
+                                         _mm256_and_si256(_mm256_slli_epi16(b, 4), _mm256_set1_epi8((char)0xf0)))
+                       : _mm256_or_si256(_mm256_and_si256(old, _mm256_set1_epi8((char)0xf0)), b);
+    _mm256_storeu_si256((__m256i*)pair, out);
+}
+#else
+void q4_values_avx2(const float*, float, float, uint8_t*, bool) {}
+#endif
+
+void block_q4(const float* v, uint8_t* pair, bool high, uint16_t* d_out, uint16_t* m_out, bool vec) {
+    float scale, offset;
+    if (vec) q4_fit_avx2(v, &scale, &offset);
+    else q4_fit_scalar(v, &scale, &offset);
     uint16_t dh = float_to_half(scale), mh = float_to_half(offset);
     float d = half_to_float(dh), m = half_to_float(mh), inv = d != 0.f ? 1.f / d : 0.f;
+    *d_out = dh;
+    *m_out = mh;
+    if (vec) return q4_values_avx2(v, m, inv, pair, high);
     for (int i = 0; i < QB; i++) {
         uint8_t qv = (uint8_t)std::max(0.f, std::min(15.f, round_even((v[i] - m) * inv)));
         pair[i] = high ? (uint8_t)((pair[i] & 0x0f) | (qv << 4)) : (uint8_t)((pair[i] & 0xf0) | qv);
     }
-    *d_out = dh;
-    *m_out = mh;
 }
 
 #if RN_X86
@@ -1094,14 +1196,15 @@ RN_API void rn_quantize(int bits, const void* src, int dtype, int64_t rows, int6
         split(rows, part, parts, 1, &lo, &hi);
         std::vector<float> row((size_t)cols);
         for (int64_t r = lo; r < hi; r++) {
-            source_row(src, dtype, r, cols, row.data());
+            if (vec) source_row_avx2(src, dtype, r, cols, row.data());
+            else source_row(src, dtype, r, cols, row.data());
             for (int64_t b = 0; b < nb; b++) {
                 const float* v = row.data() + b * QB;
                 if (bits == 8) {
                     int8_t* out = (int8_t*)q + r * cols + b * QB;
                     d[r * nb + b] = vec ? block_q8_avx2(v, out) : block_q8(v, out);
                 } else {
-                    block_q4(v, q + r * (cols / 2) + (b >> 1) * 32, b & 1, d + r * nb + b, m + r * nb + b);
+                    block_q4(v, q + r * (cols / 2) + (b >> 1) * 32, b & 1, d + r * nb + b, m + r * nb + b, vec);
                 }
             }
         }
