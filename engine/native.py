@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import importlib.util
+import os
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,7 @@ FORMAT = "blocks-2"  # the layout of BlockLinear's tensors (the weight cache kee
 QB = 32  # weights per block
 SMALL_BATCH = 8  # products of up to this many rows run in the kernels; more (prompts): torch
 ISAS = {0: "portable C++", 1: "AVX2", 2: "AVX512-VNNI", 3: "NEON", 4: "NEON dot product"}
+ISA_ENV = "ROOST_NATIVE_ISA"  # e.g. "avx2": run the kernels with that instruction set (benchmarks)
 _DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 
@@ -60,7 +62,20 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     why = _self_test(lib)
     if why:
         return None, why
+    forced = os.environ.get(ISA_ENV, "").strip().lower()
+    if forced:  # (a development knob: what a CPU with less sees, e.g. AVX2 on an AVX-512 machine)
+        code = {name.lower().replace(" ", "-"): c for c, name in ISAS.items()}.get(forced)
+        if code is None or lib.rn_use_isa(code) != code:
+            return None, f"{ISA_ENV}={forced}: not an instruction set this CPU runs ({', '.join(_names(lib))})"
     return lib, ""
+
+
+def _names(lib) -> list[str]:
+    """The instruction sets this CPU runs, as ISA_ENV takes them."""
+    best = lib.rn_isa()
+    runs = [c for c in ISAS if lib.rn_use_isa(c) == c]
+    lib.rn_use_isa(best)
+    return [ISAS[c].lower().replace(" ", "-") for c in runs]
 
 
 def _torch_openmp() -> tuple[int, int, int] | None:

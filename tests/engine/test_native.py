@@ -185,3 +185,17 @@ def test_a_damaged_or_foreign_library_is_not_used(monkeypatch, tmp_path):
     finally:
         monkeypatch.undo()
         native._load.cache_clear()
+
+
+@needs_kernels
+def test_the_instruction_set_can_be_forced_for_benchmarks_and_a_wrong_one_is_refused(monkeypatch):
+    import subprocess
+    import sys
+
+    code = "from roost.engine import native; print(native.available(), native.isa(), native.unavailable_reason())"
+    env = dict(__import__("os").environ, ROOST_NATIVE_ISA="portable-c++")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.startswith("True portable C++")
+    env["ROOST_NATIVE_ISA"] = "sse9"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.startswith("False") and "ROOST_NATIVE_ISA=sse9: not an instruction set this CPU runs (portable-c++" in out
