@@ -91,9 +91,14 @@ def read_rate(cpu: str, cores: int, ram: int) -> float:
 
 
 def int4_ratio(cpu: str, cores: int, ram: int) -> float:
-    """How many times faster PyTorch's 4-bit kernel runs a token's product here than Roost's 8-bit
-    one (about a second, once, remembered as :func:`read_rate`); 0.0 if it cannot be measured."""
-    return _remembered("int4_ratio", lambda: measure_int4_ratio(), cpu, cores, ram)
+    """How many times faster the 4-bit products run a token's product here than the 8-bit ones (the
+    compiled kernels' where they are used, else PyTorch's; about a second, once, remembered as
+    :func:`read_rate`); 0.0 if it cannot be measured."""
+    from roost.engine import native
+
+    # (the compiled kernels' ratio apart from PyTorch's: a figure measured before they came is not theirs)
+    name = f"int4_ratio_{native.FORMAT}" if native.available() else "int4_ratio"
+    return _remembered(name, lambda: measure_int4_ratio(), cpu, cores, ram)
 
 
 def _remembered(name: str, measure: Callable[[], float], cpu: str, cores: int, ram: int) -> float:
