@@ -199,3 +199,13 @@ def test_the_instruction_set_can_be_forced_for_benchmarks_and_a_wrong_one_is_ref
     env["ROOST_NATIVE_ISA"] = "sse9"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.startswith("False") and "ROOST_NATIVE_ISA=sse9: not an instruction set this CPU runs (portable-c++" in out
+
+
+def test_torchs_capability_cap_also_caps_what_the_engine_assumes_of_the_cpu():
+    import subprocess
+    import sys
+
+    code = "from roost.engine.cpu import cpu_has_bf16, cpu_has_vnni; print(cpu_has_bf16(), cpu_has_vnni())"
+    env = dict(__import__("os").environ, ATEN_CPU_CAPABILITY="avx2")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
