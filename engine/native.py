@@ -179,9 +179,10 @@ def sync_threads() -> None:
 
 
 def share_torch_threads(on: bool) -> None:
-    """Run generation's products on torch's OpenMP threads too (``on``; where torch's runtime
-    allows it), or on the kernels' own pool (the default: on a busy machine a thread that is not
-    running holds nobody up there; see engine/csrc/native.cpp's thread pool)."""
+    """Run the compiled layer step's products (engine.fused) on torch's OpenMP threads too
+    (``on``; where torch's runtime allows it), or on the kernels' own pool (the default: on a busy
+    machine a thread that is not running holds nobody up there; see engine/csrc/native.cpp's
+    thread pool). Products called from layers that run in PyTorch always use torch's threads."""
     _lib().rn_share_products(int(bool(on)))
 
 

@@ -157,14 +157,16 @@ void source_row_avx2(const void* src, int dtype, int64_t row, int64_t cols, floa
 #endif
 
 // ---- the thread pool ----------------------------------------------------------------------------
-// Generation's products (rn_matmul, rn_v7_step) run on a pool of our own whose threads claim
+// A whole layer's step (rn_v7_step) runs its products on a pool of our own whose threads claim
 // chunks of each job (see Pool): on a busy machine a worker that is not running holds nobody up.
-// Work that sits among torch's own operations (prompt chunks' dequantisation, conversions at load)
-// runs on torch's OpenMP threads where torch's runtime exports GNU's entry points (libgomp on
-// Linux, LLVM's libomp on macOS; roost.engine.native passes them in), which are spinning anyway:
-// a second team beside them costs prompt reading ~20% on 2 cores. Measured on 2 cores, v7 1.5B
-// cpu int4, 2 threads: tokens on OpenMP's threads 72 ms quiet but 940-2600 ms beside one busy
-// process; on the pool 74-77 ms quiet and ~170 ms beside it (one thread: ~260 ms).
+// Work among torch's own operations (a product called from a layer that runs in PyTorch, prompt
+// chunks' dequantisation, conversions at load) runs on torch's OpenMP threads where torch's
+// runtime exports GNU's entry points (libgomp on Linux, LLVM's libomp on macOS; passed in by
+// roost.engine.native): they spin a while after each of torch's operations, and a second team
+// beside them costs dearly on 2 cores (RWKV-6 1.6B `cpu int8`, whose layers run in PyTorch: 174
+// against 100 ms a token; prompts ~20% slower). Measured on 2 cores, v7 1.5B `cpu int4`, 2
+// threads: tokens with the layer step on OpenMP's threads 72 ms quiet but 376-2600 ms beside one
+// busy process; on the pool 74-80 ms quiet and ~165 ms beside it (1 thread: ~135 ms).
 typedef void (*gomp_parallel_fn)(void (*)(void*), void*, unsigned, unsigned);
 typedef int (*omp_int_fn)(void);
 gomp_parallel_fn g_gomp_parallel = nullptr;
@@ -208,12 +210,13 @@ class Pool {
 
     int size() const { return threads_; }
 
-    // fn(part, parts) for every part, on the OpenMP runtime's threads where products share them
-    // (rn_share_products), else on the pool's own
+    // fn(part, parts) for every part, on the OpenMP runtime's threads where the layer step shares
+    // them (rn_share_products), else on the pool's own
     void run(const std::function<void(int, int)>& fn) { run_on(fn, g_share_products.load()); }
 
-    // the same where the work sits among torch's own operations (prompt chunks, conversions at
-    // load): on the OpenMP runtime's threads where there is one, which are running anyway
+    // the same where the work sits among torch's own operations (products of layers that run in
+    // PyTorch, prompt chunks, conversions at load): on the OpenMP runtime's threads where there is
+    // one, which are running anyway
     void run_shared(const std::function<void(int, int)>& fn) { run_on(fn, true); }
 
     // on the pool's own threads, or when another caller holds the pool, on this thread alone (no
@@ -1180,8 +1183,8 @@ RN_API void rn_use_openmp(void* parallel, void* thread_num, void* num_threads) {
 
 RN_API int rn_threads(void) { return pool().size(); }
 
-// Generation's products (rn_matmul, rn_v7_step) on the OpenMP runtime's threads too (1), or on
-// the pool's own (0, the default: see Pool).
+// The layer step's products (rn_v7_step) on the OpenMP runtime's threads too (1), or on the
+// pool's own (0, the default: see the thread pool).
 RN_API void rn_share_products(int on) { g_share_products.store(on != 0); }
 
 // Quantise `rows` x `cols` weights (dtype 0 float32, 1 bf16, 2 fp16) to q8 or q4 (see the top and
@@ -1220,7 +1223,7 @@ RN_API void rn_matmul(int bits, const uint8_t* q, const uint16_t* d, const uint1
                         // the worker thread's own, empty one
     int use = isa();
     quantize_acts(x, M, K, acts, bits == 8 && use == AVX512_VNNI);
-    pool().run([&acts, use, bits, q, d, m, K, M, N, y](int part, int parts) {
+    pool().run_shared([&acts, use, bits, q, d, m, K, M, N, y](int part, int parts) {
         int64_t lo, hi;
         split(N, part, parts, 4, &lo, &hi);
         if (lo < hi) rows(use, bits, q, d, m, K, acts, M, N, lo, hi, y);

@@ -111,3 +111,28 @@ def test_a_layer_whose_matrices_are_not_all_in_blocks_gets_no_step(make_checkpoi
     assert V7Step.fits(lw, model.config)
     lw["att.output.weight"] = lw["att.output.weight"].dequantized()
     assert not V7Step.fits(lw, model.config)
+
+
+@needs_kernels
+@pytest.mark.parametrize("shared", [False, True], ids=["own-pool", "openmp"])
+def test_the_step_computes_the_same_on_any_number_of_threads(make_checkpoint, shared):
+    """The step's products run on the kernels' own pool, whose threads claim chunks of each job: a
+    thread that turns up late (more threads than cores here) must neither miss a chunk nor run one
+    of a job that has ended; each output row is one thread's, so the results are exactly equal."""
+    model = load_model(make_checkpoint("v7.0", n_layer=2, n_embd=256), "cpu int4")
+    step = model._layers[1]["native.step"]
+    gen = torch.Generator().manual_seed(2)
+    st = _random_state(model, gen, 3)[1]
+    x, v_first = torch.randn(3, model.n_embd, generator=gen), torch.randn(3, model.n_embd, generator=gen)
+    try:
+        native.share_torch_threads(shared)
+        native.set_threads(1)
+        want = step(x, st, v_first)
+        for n in (2, 3, 5):
+            native.set_threads(n)
+            for _ in range(100):  # many short jobs back to back
+                got = step(x, st, v_first)
+                assert torch.equal(got[0], want[0]) and all(torch.equal(a, b) for a, b in zip(got[1], want[1]))
+    finally:
+        native.set_threads(None)
+        native.share_torch_threads(False)

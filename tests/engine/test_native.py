@@ -75,16 +75,14 @@ def test_every_instruction_set_makes_the_same_blocks_and_products(bits):
 
 @needs_kernels
 @pytest.mark.parametrize("n", [2, 3, 5])
-@pytest.mark.parametrize("shared", [False, True], ids=["own", "openmp"])
-def test_the_kernels_threads_compute_the_same_with_more_threads_than_cores(n, shared):
-    """The own pool's threads claim chunks of each job; a thread that turns up late (more threads
-    than cores here) must neither miss a chunk nor run one of a job that has ended."""
+def test_the_kernels_threads_compute_the_same_with_more_threads_than_cores(n):
+    """Products on more threads than cores, many short jobs back to back (the layer step's own
+    pool: tests/engine/test_fused.py)."""
     w = torch.randn(301, 256) * 0.05
     xs = [torch.randn(m, 256) for m in (1, 3, 8)]
     lins = [native.BlockLinear.from_weight(b, w) for b in (8, 4)]
     want = [[native.reference_matmul(x, lin.dequantized()) for x in xs] for lin in lins]
     try:
-        native.share_torch_threads(shared)
         native.set_threads(n)
         for _ in range(200):  # many short jobs back to back
             for lin, ys in zip(lins, want):
@@ -92,7 +90,6 @@ def test_the_kernels_threads_compute_the_same_with_more_threads_than_cores(n, sh
                     torch.testing.assert_close(lin(x), y, rtol=1e-4, atol=1e-4)
     finally:
         native.set_threads(None)
-        native.share_torch_threads(False)
 
 
 @needs_kernels
