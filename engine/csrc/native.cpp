@@ -749,7 +749,8 @@ inline void q4_fit_scalar(const float* v, float* scale_out, float* offset_out) {
     *offset_out = offset;
 }
 
-void block_q4(const float* v, uint8_t* pair, bool high, uint16_t* d_out, uint16_t* m_out, bool vec);
+void block_q4_fitted(const float* v, float scale, float offset, uint8_t* pair, bool high, uint16_t* d_out,
+                     uint16_t* m_out, bool vec);
 
 #if RN_X86
 RN_TARGET("avx2,fma,f16c")
@@ -818,10 +819,9 @@ void q4_values_avx2(const float* v, float m, float inv, uint8_t* pair, bool high
 void q4_values_avx2(const float*, float, float, uint8_t*, bool) {}
 #endif
 
-void block_q4(const float* v, uint8_t* pair, bool high, uint16_t* d_out, uint16_t* m_out, bool vec) {
-    float scale, offset;
-    if (vec) q4_fit_avx2(v, &scale, &offset);
-    else q4_fit_scalar(v, &scale, &offset);
+// a q4 block from its fitted scale and offset (rounded to fp16 here), into its nibbles of the pair
+void block_q4_fitted(const float* v, float scale, float offset, uint8_t* pair, bool high, uint16_t* d_out,
+                     uint16_t* m_out, bool vec) {
     uint16_t dh = float_to_half(scale), mh = float_to_half(offset);
     float d = half_to_float(dh), m = half_to_float(mh), inv = d != 0.f ? 1.f / d : 0.f;
     *d_out = dh;
@@ -832,6 +832,87 @@ void block_q4(const float* v, uint8_t* pair, bool high, uint16_t* d_out, uint16_
         pair[i] = high ? (uint8_t)((pair[i] & 0x0f) | (qv << 4)) : (uint8_t)((pair[i] & 0xf0) | qv);
     }
 }
+
+void block_q4(const float* v, uint8_t* pair, bool high, uint16_t* d_out, uint16_t* m_out, bool vec) {
+    float scale, offset;
+    if (vec) q4_fit_avx2(v, &scale, &offset);
+    else q4_fit_scalar(v, &scale, &offset);
+    block_q4_fitted(v, scale, offset, pair, high, d_out, m_out, vec);
+}
+
+#if RN_X86
+RN_TARGET("avx2,fma,f16c")
+inline void transpose8(__m256* r) {  // an 8 x 8 block of floats: r[j] lane k <- r[k] lane j
+    __m256 t[8], u[8];
+    for (int k = 0; k < 8; k += 2) {
+        t[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);
+        t[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);
+    }
+    for (int k = 0; k < 8; k += 4) {
+        u[k] = _mm256_shuffle_ps(t[k], t[k + 2], 0x44);
+        u[k + 1] = _mm256_shuffle_ps(t[k], t[k + 2], 0xee);
+        u[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0x44);
+        u[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0xee);
+    }
+    for (int k = 0; k < 4; k++) {
+        r[k] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x20);
+        r[k + 4] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x31);
+    }
+}
+
+RN_TARGET("avx2,fma,f16c")
+inline __m256 sum32_lanes(const __m256* t) {  // sum32's order, one block a lane
+    __m256 l[8];
+    for (int k = 0; k < 8; k++) l[k] = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(t[k], t[k + 8]), t[k + 16]), t[k + 24]);
+    return _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(l[0], l[4]), _mm256_add_ps(l[2], l[6])),
+                         _mm256_add_ps(_mm256_add_ps(l[1], l[5]), _mm256_add_ps(l[3], l[7])));
+}
+
+// q4_fit_scalar for 8 consecutive blocks at once, a block a lane (the fit is a chain of dependent
+// steps: one block at a time it waits on itself), the scalar code's operations in its order
+RN_TARGET("avx2,fma,f16c")
+void q4_fit8_avx2(const float* v, float* scales, float* offsets) {
+    __m256 x[QB], q[QB], t[QB];
+    for (int c = 0; c < 4; c++) {
+        __m256 r[8];
+        for (int k = 0; k < 8; k++) r[k] = _mm256_loadu_ps(v + k * QB + c * 8);
+        transpose8(r);  // r[j], lane k: value c * 8 + j of block k
+        for (int j = 0; j < 8; j++) x[c * 8 + j] = r[j];
+    }
+    __m256 lo = x[0], hi = x[0];
+    for (int i = 1; i < QB; i++) {
+        lo = _mm256_min_ps(x[i], lo);  // (x < lo ? x : lo, as std::min(lo, x))
+        hi = _mm256_max_ps(x[i], hi);
+    }
+    const __m256 tiny = _mm256_set1_ps(1e-8f), zero = _mm256_setzero_ps(), fifteen = _mm256_set1_ps(15.f),
+                 n = _mm256_set1_ps((float)QB);
+    __m256 scale = _mm256_max_ps(_mm256_div_ps(_mm256_sub_ps(hi, lo), fifteen), tiny), offset = lo;
+    const __m256 wm = _mm256_div_ps(sum32_lanes(x), n);
+    for (int round = 0; round < Q4_REFINE; round++) {
+        const __m256 inv = _mm256_div_ps(_mm256_set1_ps(1.f), scale);
+        for (int i = 0; i < QB; i++)
+            q[i] = _mm256_max_ps(_mm256_min_ps(_mm256_round_ps(_mm256_mul_ps(_mm256_sub_ps(x[i], offset), inv),
+                                                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), fifteen), zero);
+        const __m256 qm = _mm256_div_ps(sum32_lanes(q), n);
+        for (int i = 0; i < QB; i++) {
+            __m256 dq = _mm256_sub_ps(q[i], qm);
+            t[i] = _mm256_mul_ps(dq, dq);
+        }
+        const __m256 var = sum32_lanes(t);
+        for (int i = 0; i < QB; i++) t[i] = _mm256_mul_ps(_mm256_sub_ps(q[i], qm), _mm256_sub_ps(x[i], wm));
+        const __m256 cov = sum32_lanes(t);
+        const __m256 fitted = _mm256_max_ps(_mm256_div_ps(cov, var), tiny);
+        scale = _mm256_blendv_ps(scale, fitted, _mm256_cmp_ps(var, zero, _CMP_GT_OQ));
+        offset = _mm256_sub_ps(wm, _mm256_mul_ps(scale, qm));
+    }
+    _mm256_storeu_ps(scales, scale);
+    _mm256_storeu_ps(offsets, offset);
+}
+#else
+void q4_fit8_avx2(const float* v, float* scales, float* offsets) {
+    for (int k = 0; k < 8; k++) q4_fit_scalar(v + k * QB, scales + k, offsets + k);
+}
+#endif
 
 #if RN_X86
 RN_TARGET("avx2,fma,f16c")
@@ -1201,12 +1282,19 @@ RN_API void rn_quantize(int bits, const void* src, int dtype, int64_t rows, int6
         for (int64_t r = lo; r < hi; r++) {
             if (vec) source_row_avx2(src, dtype, r, cols, row.data());
             else source_row(src, dtype, r, cols, row.data());
+            float fit_d[8], fit_m[8];
             for (int64_t b = 0; b < nb; b++) {
                 const float* v = row.data() + b * QB;
                 if (bits == 8) {
                     int8_t* out = (int8_t*)q + r * cols + b * QB;
                     d[r * nb + b] = vec ? block_q8_avx2(v, out) : block_q8(v, out);
-                } else {
+                } else if (vec && b % 8 == 0 && b + 8 <= nb) {  // 8 blocks' fits at once
+                    q4_fit8_avx2(v, fit_d, fit_m);
+                    for (int k = 0; k < 8; k++)
+                        block_q4_fitted(v + k * QB, fit_d[k], fit_m[k], q + r * (cols / 2) + ((b + k) >> 1) * 32,
+                                        (b + k) & 1, d + r * nb + b + k, m + r * nb + b + k, vec);
+                    b += 7;
+                } else if (bits == 4) {
                     block_q4(v, q + r * (cols / 2) + (b >> 1) * 32, b & 1, d + r * nb + b, m + r * nb + b, vec);
                 }
             }

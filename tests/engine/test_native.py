@@ -58,19 +58,25 @@ def test_products_compute_what_the_blocks_stand_for(each_isa, bits, rows, cols, 
 
 @needs_kernels
 @pytest.mark.parametrize("bits", [8, 4])
-def test_every_instruction_set_makes_the_same_blocks_and_products(bits):
-    w = torch.randn(48, 256) * 0.1
-    x = torch.randn(4, 256)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_every_instruction_set_makes_the_same_blocks_and_products(bits, dtype):
+    # 320 columns: 10 blocks a row (the vectorised 4-bit fit takes 8 at once, the last 2 one by one);
+    # constant blocks and a block of zeros (no spread to fit)
+    w = torch.randn(48, 320) * 0.1
+    w[3, :32], w[5, 64:96], w[7, 288:] = 0.25, 0.0, -1e-3
+    w = w.to(dtype)
+    x = torch.randn(4, 320)
     got = {}
     for code in isas():
         native.use_isa(code)
         lin = native.BlockLinear.from_weight(bits, w)
-        got[code] = (lin.q.clone(), lin.d.clone(), lin(x))
+        got[code] = (lin.q.clone(), lin.d.clone(), None if lin.m is None else lin.m.clone(), lin(x))
     native.use_isa(-1)
     first = got[min(got)]
-    for q, d, y in got.values():
+    for q, d, m, y in got.values():
         assert torch.equal(q, first[0]) and torch.equal(d, first[1])
-        torch.testing.assert_close(y, first[2], rtol=1e-5, atol=1e-5)
+        assert (m is None and first[2] is None) or torch.equal(m, first[2])
+        torch.testing.assert_close(y, first[3], rtol=1e-5, atol=1e-5)
 
 
 @needs_kernels
