@@ -48,11 +48,10 @@ class V7Step:
 
     def __init__(self, lw: dict, cfg, i: int):
         c, h, n = cfg.n_embd, cfg.n_head, cfg.head_size
-        f32 = lambda t: t.reshape(-1).float().contiguous()  # noqa: E731
         self._keep = []  # every tensor the structure points into
 
-        def vec(t):
-            t = f32(t)
+        def vec(t: torch.Tensor) -> int:  # a per-channel vector as float32 (the same tensor if it is)
+            t = t.reshape(-1).float().contiguous()
             self._keep.append(t)
             return t.data_ptr()
 
