@@ -82,6 +82,8 @@ class MainWindow(QMainWindow):
         self.sidebar.setAccessibleName(tr("Pages"))
         for n, name in enumerate(("chat", "completion", "models", "settings"), 1):  # Ctrl+1 ... Ctrl+4
             QShortcut(QKeySequence(f"Ctrl+{n}"), self, activated=lambda name=name: self.show_page(name))
+        # Ctrl+Q (Cmd+Q on macOS) quits as closing the window does: a reply stops, what it wrote is kept
+        QShortcut(QKeySequence("Ctrl+Q"), self, activated=self.close, context=Qt.ApplicationShortcut)
         row.addWidget(self.sidebar)
         right = QVBoxLayout()
         right.setContentsMargins(0, 0, 0, 0)

@@ -239,3 +239,20 @@ def test_the_cpu_threads_row_saves_the_setting_and_applies_it_where_the_app_owns
         assert win.ctl.settings.current.threads == 0 and threads.automatic()
     finally:
         threads.configure(before)
+
+
+def test_ctrl_q_closes_the_window_as_its_close_button_does(qtbot, window):
+    from PySide6.QtCore import Qt
+    from PySide6.QtWidgets import QApplication
+
+    win = window()
+    win.show()
+    qtbot.waitExposed(win)
+    win.raise_()
+    win.activateWindow()  # (shortcuts go to the active window)
+    qtbot.waitUntil(lambda: QApplication.activeWindow() is win)
+    shut = []
+    win.ctl.shutdown = lambda orig=win.ctl.shutdown: (shut.append(True), orig())[1]
+    qtbot.keyClick(win.sidebar, Qt.Key_Q, Qt.ControlModifier)
+    qtbot.waitUntil(lambda: not win.isVisible(), timeout=3000)
+    assert shut == [True]  # the window's close: the chat's reply stopped and saved, the engine shut down
