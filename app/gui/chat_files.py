@@ -3,9 +3,29 @@ exported chats imported again. A mixin of `ChatPage` (it uses its controller, op
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from PySide6.QtCore import QStandardPaths
 from PySide6.QtWidgets import QFileDialog
 
 from roost.gui.i18n import tr
+
+_last_folder: list[str] = []  # the folder of the last export or import this session
+
+
+def start_path(name: str = "") -> str:
+    """Where the export and import dialogs open: the last folder used this session, else the
+    user's Documents folder (else home), never the program's own folder."""
+    if _last_folder:
+        folder = Path(_last_folder[-1])
+    else:
+        docs = QStandardPaths.writableLocation(QStandardPaths.DocumentsLocation)
+        folder = Path(docs) if docs and Path(docs).is_dir() else Path.home()
+    return str(folder / name) if name else str(folder)
+
+
+def _used(path: str) -> None:
+    _last_folder[:] = [str(Path(path).parent)]
 
 
 class ChatFiles:
@@ -16,8 +36,9 @@ class ChatFiles:
             return
         md, js = tr("Markdown (*.md)"), tr("Roost chat (*.json)")
         name = "".join(ch if ch.isalnum() or ch in " -_" else "_" for ch in conv.title).strip() or "chat"
-        path, kind = QFileDialog.getSaveFileName(self, tr("Export…"), name + ".md", f"{md};;{js}")
+        path, kind = QFileDialog.getSaveFileName(self, tr("Export…"), start_path(name + ".md"), f"{md};;{js}")
         if path:
+            _used(path)
             self.export_to(path, json_format=kind == js or path.lower().endswith(".json"))
 
     def export_to(self, path: str, json_format: bool) -> None:
@@ -30,9 +51,10 @@ class ChatFiles:
             self.ctl.show_error(tr("Could not write {path}: {why}", path=path, why=e.strerror or str(e)))
 
     def import_chats(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, tr("Import…"), "",
+        path, _ = QFileDialog.getOpenFileName(self, tr("Import…"), start_path(),
                                               f'{tr("Roost chat (*.json)")};;{tr("Markdown (*.md)")}')
         if path:
+            _used(path)
             self.import_from(path)
 
     def import_from(self, path: str) -> list[int]:

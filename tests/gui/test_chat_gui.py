@@ -574,3 +574,32 @@ def test_loads_and_replies_run_on_threads_that_end_with_them(qtbot, window, make
     send(qtbot, win, "Hello")
     qtbot.waitUntil(lambda: win.chat.rid is None, timeout=60000)
     assert where == ["roost-parallel-work", "roost-parallel-work"]
+
+
+def test_export_and_import_dialogs_open_in_documents_then_where_the_last_one_was(qtbot, window, tmp_path,
+                                                                                monkeypatch):
+    """Not in the program's folder (the working directory), where a user would never look."""
+    from pathlib import Path
+
+    from PySide6.QtWidgets import QFileDialog
+
+    from roost.gui import chat_files
+
+    monkeypatch.chdir(tmp_path)  # the program's folder
+    monkeypatch.setattr(chat_files, "_last_folder", [], raising=False)
+    asked = []
+    saved = tmp_path / "elsewhere" / "chat.md"
+    saved.parent.mkdir()
+    monkeypatch.setattr(QFileDialog, "getSaveFileName",
+                        lambda parent, title, where, filters: asked.append(where) or (str(saved), filters.split(";;")[0]))
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda parent, title, where, filters: asked.append(where) or ("", ""))
+    win = window()
+    page = win.chat
+    page.conv_id = win.ctl.store.new("My chat").id
+    page.export()
+    first = Path(asked[0])
+    assert first.is_absolute() and first.name == "My chat.md" and first.parent != tmp_path
+    assert first.parent in (Path.home(), Path.home() / "Documents") or first.parent.name == "Documents"
+    assert saved.exists()
+    page.import_chats()  # the next dialog opens where the export went
+    assert Path(asked[1]) == saved.parent
