@@ -512,7 +512,15 @@ class ChatPage(ChatFiles, QWidget):
         base = f"{where}{'t' if thinking else ''}-"
         _html, blocks = markdown_html(msg.reasoning if thinking else msg.content, self.view.colours(), base)
         if int(n) < len(blocks):
-            QGuiApplication.clipboard().setText(blocks[int(n)])
+            self._copied(blocks[int(n)])
+
+    def _copied(self, text: str) -> None:
+        """``text`` on the clipboard, and a "Copied" beside the pointer to say so."""
+        from PySide6.QtGui import QCursor
+        from PySide6.QtWidgets import QToolTip
+
+        QGuiApplication.clipboard().setText(text)
+        QToolTip.showText(QCursor.pos(), tr("Copied"), self.view)
 
     def _on_link(self, url: QUrl) -> None:
         if url.scheme() in ("http", "https"):
@@ -550,7 +558,7 @@ class ChatPage(ChatFiles, QWidget):
         if msg is None:
             return
         if action == "copy":
-            QGuiApplication.clipboard().setText(msg.content)
+            self._copied(msg.content)
         elif action == "edit" and self.rid is None:
             self.edit_pos = pos
             self.input.setPlainText(msg.content)

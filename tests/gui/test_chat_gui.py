@@ -308,8 +308,12 @@ def test_replies_show_markdown_code_with_a_copy_link_and_long_chats_open_at_the_
     assert "roost:code/1-0" in html and "color:" in html  # a copy link; Pygments colours
     text = win.chat.view.toPlainText()
     assert "<b>raw html</b>" in text and "x^2" in text and "$" not in text  # HTML shown as text; TeX as code
+    from PySide6.QtWidgets import QToolTip
+
+    QToolTip.hideText()
     win.chat._on_link(QUrl("roost:code/1-0"))
     assert QGuiApplication.clipboard().text() == "for i in range(3):\n    print(i)"
+    assert QToolTip.text() == "Copied"  # said where the user clicked
 
     # a poem's lines stay lines: one newline is a line break, not a space
     store.append(conv.id, "user", "A poem, please")
