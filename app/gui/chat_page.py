@@ -199,7 +199,10 @@ class ChatPage(ChatFiles, QWidget):
         """The chats, pinned first, then grouped by when they last changed (a search lists the best
         matches first, without groups)."""
         query = self.search.text().strip()
-        self.list.fill(self.ctl.store.list(query), self.conv_id, grouped=not query)
+        found = self.ctl.store.list(query)
+        self.list.fill(found, self.conv_id, grouped=not query)
+        if query and not found:  # a search without hits says so, rather than showing nothing
+            self.list.addItem(self.list._heading(tr("No chat contains “{query}”.", query=query)))
         if self.conv_id is None:
             first = self.list.first_chat()
             if first is not None:

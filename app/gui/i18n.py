@@ -78,7 +78,7 @@ TEXT = {
     "Enter (Shift+Enter for a new line)": "Enter（Shift+Enter 换行）",
     "Ctrl+Enter (Enter for a new line)": "Ctrl+Enter（Enter 换行）", "Send a message with:": "发送消息：", "code": "代码", "Conversation": "对话内容",
     "Show {n} earlier messages": "显示之前的 {n} 条消息", "delete": "删除", "Undo": "撤销", "Deleted “{title}”.": "已删除“{title}”。",
-    "Copy": "复制", "Copied": "已复制", "Edit": "编辑", "Pin": "置顶", "Unpin": "取消置顶", "Pinned": "已置顶", "Today": "今天", "Yesterday": "昨天",
+    "Copy": "复制", "Copied": "已复制", "No chat contains “{query}”.": "没有包含“{query}”的对话。", "Edit": "编辑", "Pin": "置顶", "Unpin": "取消置顶", "Pinned": "已置顶", "Today": "今天", "Yesterday": "昨天",
     "Previous 7 days": "过去 7 天", "Previous 30 days": "过去 30 天", "Earlier": "更早",
     "Could not write {path}: {why}": "无法写入 {path}：{why}", "Could not read {path}: {why}": "无法读取 {path}：{why}",
     # personas

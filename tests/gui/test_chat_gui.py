@@ -607,3 +607,15 @@ def test_export_and_import_dialogs_open_in_documents_then_where_the_last_one_was
     assert saved.exists()
     page.import_chats()  # the next dialog opens where the export went
     assert Path(asked[1]) == saved.parent
+
+
+def test_a_search_without_hits_says_so(qtbot, window):
+    win = window()
+    page, store = win.chat, win.ctl.store
+    store.append(store.new("Alpha").id, "user", "hello")
+    page.search.setText("zebra")
+    texts = [page.list.item(i).text() for i in range(page.list.count())]
+    assert texts == ["No chat contains “zebra”."]
+    assert page.list.item(0).data(Qt.UserRole) is None  # nothing to open
+    page.search.setText("hello")
+    assert chat_titles(page) == ["Alpha"]
