@@ -316,7 +316,9 @@ class ChatView(QTextBrowser):
                                 f'<a href="roost:think/{m.position}">{tr("hide")}</a></p>'
                                 f'<div style="color:{palette.muted};">{inner}</div><hr>')
             else:
-                thought_html = (f'<p style="color:{palette.muted};"><i>{tr("Thinking")} ({len(thought.split())})'
+                # (its length in characters, which mean the same in every language; words do not)
+                size = tr("Thinking ({n} characters)", n=f"{len(''.join(thought.split())):,}")
+                thought_html = (f'<p style="color:{palette.muted};"><i>{size}'
                                 f'</i> <a href="roost:think/{m.position}">{tr("show")}</a></p>')
         versions = None
         if m.versions > 1:  # other versions here: regenerated answers, edited questions

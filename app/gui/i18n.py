@@ -21,7 +21,7 @@ TEXT = {
     "Type a message (Ctrl+Enter to send)": "输入消息（Ctrl+Enter 发送）",
     "Think before answering": "先思考再回答",
     "Sampling": "采样参数", "Persona": "角色",
-    "You": "你", "Thinking": "思考过程", "show": "展开", "hide": "收起", "copy": "复制", "edit": "编辑",
+    "You": "你", "Thinking": "思考过程", "Thinking ({n} characters)": "思考过程（{n} 字）", "show": "展开", "hide": "收起", "copy": "复制", "edit": "编辑",
     "{n} tokens in context": "上下文 {n} 个词元",
     "Load a model to start chatting.": "请先加载模型再开始对话。",
     "Rename chat": "重命名对话", "Title:": "标题：",

@@ -64,6 +64,8 @@ def test_g1_reasoning_is_shown_folded_with_a_think_switch(qtbot, window, make_ch
     assert reply.reasoning  # a random model never closes </think>: all of it is thinking
     shown = win.chat.view.toPlainText()
     assert "Thinking (" in shown and not shows(win.chat.view, reply.reasoning)  # folded
+    n = len("".join(reply.reasoning.split()))
+    assert f"Thinking ({n:,} characters)" in shown  # what the number counts, said
     from PySide6.QtCore import QUrl
 
     win.chat._on_link(QUrl(f"roost:think/{reply.position}"))
