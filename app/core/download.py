@@ -109,6 +109,13 @@ class Control:
         return self._stop.is_set()
 
 
+def memory_size(n: float) -> str:
+    """Memory (RAM, VRAM) as everything in Roost counts it: GB of 2^30 bytes, as the systems' own
+    memory meters do and as `roost doctor`, the advisor and the engine's messages say it
+    (roost.engine.memory.gib; here without importing the engine, so that the window opens at once)."""
+    return f"{n / 2 ** 30:.1f} GB"
+
+
 def human_size(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1000 or unit == "GB":

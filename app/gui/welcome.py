@@ -61,13 +61,13 @@ class WelcomePanel(QWidget):
         outer.addStretch(2)
 
     def set_recommendation(self, machine, model, advice) -> None:
-        from roost.core.download import human_size
+        from roost.core.download import human_size, memory_size  # (memory: the unit of `roost doctor`)
 
         self.model, self.advice = model, advice
         gpu = machine.gpus[0] if machine.gpus else None
-        hw = [tr("{n} CPU cores", n=machine.cpu_cores), tr("{size} RAM", size=human_size(machine.ram_total))]
+        hw = [tr("{n} CPU cores", n=machine.cpu_cores), tr("{size} RAM", size=memory_size(machine.ram_total))]
         if gpu is not None:
-            hw.append(f"{gpu.name} ({human_size(gpu.total_bytes)})")
+            hw.append(f"{gpu.name} ({memory_size(gpu.total_bytes)})")
         self.machine.setText(" · ".join(hw))
         self.name.setText(f"{model.display} — {human_size(model.size_bytes)}")
         self.about.setText(pick(model.description, model.description_zh))

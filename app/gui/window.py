@@ -23,7 +23,9 @@ from roost.gui.i18n import tr
 
 
 def human(n: float) -> str:
-    return f"{n / 1e9:.1f} GB"
+    from roost.core.download import memory_size
+
+    return memory_size(n)
 
 
 class MainWindow(QMainWindow):

@@ -258,3 +258,18 @@ def test_ctrl_q_closes_the_window_as_its_close_button_does(qtbot, window):
     qtbot.keyClick(win.sidebar, Qt.Key_Q, Qt.ControlModifier)
     qtbot.waitUntil(lambda: not win.isVisible(), timeout=3000)
     assert shut == [True]  # the window's close: the chat's reply stopped and saved, the engine shut down
+
+
+def test_the_status_bar_counts_memory_as_roost_doctor_does(qtbot, window):
+    import psutil
+
+    from roost.engine.memory import gib
+
+    win = window()
+    win._update_memory()
+    total = psutil.virtual_memory().total
+    assert f"of {gib(total)}" in win.mem_label.text()  # the same figure as `roost doctor`'s RAM line
+    from roost.core.download import memory_size
+
+    for n in (0, 1, 2 ** 30, 25_300_000_000, 7.5 * 2 ** 30):  # (the app's own copy, without torch)
+        assert memory_size(n) == gib(n)
