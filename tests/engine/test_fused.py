@@ -114,8 +114,8 @@ def test_a_layer_whose_matrices_are_not_all_in_blocks_gets_no_step(make_checkpoi
 
 
 @needs_kernels
-@pytest.mark.parametrize("shared", [False, True], ids=["own-pool", "openmp"])
-def test_the_step_computes_the_same_on_any_number_of_threads(make_checkpoint, shared):
+@pytest.mark.parametrize("on_openmp", [False, True], ids=["own-pool", "openmp"])
+def test_the_step_computes_the_same_on_any_number_of_threads(make_checkpoint, on_openmp):
     """The step's products run on the kernels' own pool, whose threads claim chunks of each job: a
     thread that turns up late (more threads than cores here) must neither miss a chunk nor run one
     of a job that has ended; each output row is one thread's, so the results are exactly equal."""
@@ -125,7 +125,7 @@ def test_the_step_computes_the_same_on_any_number_of_threads(make_checkpoint, sh
     st = _random_state(model, gen, 3)[1]
     x, v_first = torch.randn(3, model.n_embd, generator=gen), torch.randn(3, model.n_embd, generator=gen)
     try:
-        native.share_torch_threads(shared)
+        native.share_torch_threads(on_openmp)
         native.set_threads(1)
         want = step(x, st, v_first)
         for n in (2, 3, 5):

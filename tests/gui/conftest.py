@@ -63,3 +63,11 @@ def shows(view, markdown: str, chars: int = 40) -> bool:
     doc.setHtml(markdown_html(markdown)[0])
     wanted = " ".join(doc.toPlainText().split())[:chars]
     return bool(wanted) and wanted in " ".join(view.toPlainText().split())
+
+
+def chat_titles(page):
+    """The chats in the list, without the date headings between them."""
+    from PySide6.QtCore import Qt
+
+    items = [page.list.item(i) for i in range(page.list.count())]
+    return [i.text() for i in items if i.data(Qt.UserRole) is not None]
