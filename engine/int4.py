@@ -139,12 +139,13 @@ def speed_against_int8(matrices: int = 24, rows: int = 2048, cols: int = 2048, p
                 "m": torch.zeros_like(scales)}))
     elif not int4_works():
         return 0.0
-    for _ in range(matrices if not eights else 0):  # random bytes are valid weights for both kernels
-        q = torch.randint(-127, 128, (rows, cols), dtype=torch.int8, generator=gen)
-        eights.append(Int8Linear.from_quantized(q, torch.full((rows,), 1e-3)))
-        packed = torch.randint(0, 256, (rows, cols // 2), dtype=torch.uint8, generator=gen)
-        scale_zero = torch.stack([torch.full((n_groups, rows), 1e-3), torch.zeros(n_groups, rows)], -1)
-        fours.append(Int4Linear.from_packed(packed, scale_zero.to(torch.bfloat16).contiguous()))
+    else:
+        for _ in range(matrices):  # random bytes are valid weights for both kernels
+            q = torch.randint(-127, 128, (rows, cols), dtype=torch.int8, generator=gen)
+            eights.append(Int8Linear.from_quantized(q, torch.full((rows,), 1e-3)))
+            packed = torch.randint(0, 256, (rows, cols // 2), dtype=torch.uint8, generator=gen)
+            scale_zero = torch.stack([torch.full((n_groups, rows), 1e-3), torch.zeros(n_groups, rows)], -1)
+            fours.append(Int4Linear.from_packed(packed, scale_zero.to(torch.bfloat16).contiguous()))
     x = torch.randn(1, cols, generator=gen)
 
     def seconds(weights) -> float:

@@ -107,6 +107,15 @@ def packs_low_rank(place, pack: bool = True) -> bool:
         and packs_on_cpu(torch.bfloat16)
 
 
+def low_rank_in_blocks(place, version: int, blocks: bool) -> bool:
+    """Whether a layer placed by ``place`` keeps RWKV-7's low-rank pairs in the compiled kernels' q8
+    blocks (padded to whole pairs of blocks), which the compiled layer step (engine.fused)
+    multiplies: RWKV-7 int8 / int4 stages on the CPU, not streamed, with the matrices in blocks
+    (``blocks``). Read by the loader and by the memory estimate."""
+    st = place.stage
+    return blocks and version == 7 and (st.int8 or st.int4) and st.torch_device == "cpu" and not place.stream
+
+
 def packs_on_cpu(dtype: torch.dtype) -> bool:
     """Whether CPU weights of ``dtype`` are packed for oneDNN: float32 wherever oneDNN works,
     bf16 only on CPUs that multiply bf16 natively (``LoadOptions.pack=False`` turns packing off)."""

@@ -18,7 +18,7 @@ from roost.engine.checkpoint import ModelConfig, TensorFile, model_shapes
 from roost.engine.errors import OutOfMemoryError
 from roost.engine.int4 import INT4_GROUP
 from roost.engine.int8 import HAS_INT8PACK, Int8Linear
-from roost.engine.linear import packs_low_rank, packs_on_cpu
+from roost.engine.linear import low_rank_in_blocks, packs_low_rank, packs_on_cpu
 from roost.engine.strategy import Strategy, plan_layers
 
 _BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
@@ -101,7 +101,7 @@ def estimate(t: TensorFile | None, cfg: ModelConfig, strategy: Strategy, chunk_l
         # low-rank matrices as int8 rows with their scales (engine.model's low_rank; RWKV-7's in 8-bit
         # blocks where its matrices are in blocks), else float32
         rank_bytes = (1.05 if HAS_INT8PACK else 2) if packs_low_rank(place, pack) else 4
-        if eight and cfg.version == 7 and (st.int8 or st.int4) and st.torch_device == "cpu" and not place.stream:
+        if low_rank_in_blocks(place, cfg.version, blocks):
             rank_bytes = eight
         small_bytes = small * 4 + low_rank * rank_bytes
         if place.stream:  # kept in (pinned) CPU memory, copied to the GPU per forward

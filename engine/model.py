@@ -32,7 +32,7 @@ from roost.engine.embedding import build_embedding, compact_embedding
 from roost.engine.cpu import cpu_has_vnni
 from roost.engine.int4 import Int4Linear
 from roost.engine.int8 import HAS_INT8PACK, Int8Linear, Packer, quantize_rows
-from roost.engine.linear import PackedLinear, linear, pack_for_cpu, packs_low_rank
+from roost.engine.linear import PackedLinear, linear, low_rank_in_blocks, pack_for_cpu, packs_low_rank
 from roost.engine.native import BlockLinear
 from roost.engine.options import LoadOptions
 from roost.engine.strategy import Placement, Strategy, check_devices, machine_devices, parse_strategy, plan_layers
@@ -472,9 +472,7 @@ def _matrix_loader(place: Placement, layer_id: int, *, version: int = 0, block: 
             return lin
         return PackedLinear(w.t(), dtype=torch.bfloat16, packer=packer, release=release)
 
-    # RWKV-7's low-rank pairs in q8 blocks (padded to whole pairs of blocks) where its matrices are
-    # in blocks: what the compiled layer step (engine.fused) multiplies
-    in_blocks = blocks and version == 7 and (stage.int8 or stage.int4) and dev == "cpu" and not place.stream
+    in_blocks = low_rank_in_blocks(place, version, blocks)
     load.low_rank = low_rank
     load.packs_low_rank = in_blocks or packs_low_rank(place, pack)
     load.pad_low_rank = 64 if in_blocks else 1

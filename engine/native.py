@@ -195,14 +195,21 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def _quantize(lib, bits: int, w: torch.Tensor):
+def _empty_blocks(bits: int, rows: int, cols: int):
+    """Uninitialised q, d, m (None for 8 bits) for a (rows, cols) weight."""
+    q = torch.empty(rows, cols if bits == 8 else cols // 2, dtype=torch.int8 if bits == 8 else torch.uint8)
+    d = torch.empty(rows, cols // QB, dtype=torch.float16)
+    m = torch.empty(rows, cols // QB, dtype=torch.float16) if bits == 4 else None
+    return q, d, m
+
+
+def _quantize(lib, bits: int, w: torch.Tensor, out=None):
+    """``w`` in blocks, into ``out`` (q, d, m: contiguous, e.g. rows of larger ones) or new tensors."""
     rows, cols = w.shape
     if w.dtype not in _DTYPE_CODE:
         w = w.float()
     w = w.contiguous()
-    q = torch.empty(rows, cols if bits == 8 else cols // 2, dtype=torch.int8 if bits == 8 else torch.uint8)
-    d = torch.empty(rows, cols // QB, dtype=torch.float16)
-    m = torch.empty(rows, cols // QB, dtype=torch.float16) if bits == 4 else None
+    q, d, m = out if out is not None else _empty_blocks(bits, rows, cols)
     lib.rn_quantize(bits, w.data_ptr(), _DTYPE_CODE[w.dtype], rows, cols, q.data_ptr(), d.data_ptr(), _ptr(m))
     return q, d, m
 
@@ -255,17 +262,13 @@ class BlockLinear:
         """``release(rows)`` is called with each block of rows of ``w`` once converted (a mapped
         checkpoint's pages go as the conversion goes)."""
         rows, cols = w.shape
-        q = torch.empty(rows, cols if bits == 8 else cols // 2, dtype=torch.int8 if bits == 8 else torch.uint8)
-        d = torch.empty(rows, cols // QB, dtype=torch.float16)
-        m = torch.empty(rows, cols // QB, dtype=torch.float16) if bits == 4 else None
+        q, d, m = _empty_blocks(bits, rows, cols)
         step = max(1, block // cols)
         lib = _lib()
-        for r0 in range(0, rows, step):  # (written in place: rows r0.. of q, d, m are contiguous)
+        for r0 in range(0, rows, step):  # (written in place: a block of rows of q, d, m is contiguous)
             part = w[r0:r0 + step]
-            src = part if part.dtype in _DTYPE_CODE else part.float()
-            src = src.contiguous()
-            lib.rn_quantize(bits, src.data_ptr(), _DTYPE_CODE[src.dtype], src.shape[0], cols, q[r0].data_ptr(),
-                            d[r0].data_ptr(), None if m is None else m[r0].data_ptr())
+            rows_of = slice(r0, r0 + step)
+            _quantize(lib, bits, part, (q[rows_of], d[rows_of], None if m is None else m[rows_of]))
             if release is not None:
                 release(part)
         return cls(bits, q, d, (rows, cols), m)

@@ -1,4 +1,4 @@
-"""Which thread the engine's parallel work runs on, and how many threads it uses (at the end).
+"""Which thread the engine's parallel work runs on, and how many threads it uses (the second half).
 
 PyTorch's CPU kernels split their work with OpenMP (GNU libgomp in the official wheels). libgomp
 keeps a pool of worker threads for every thread that has started parallel work, for as long as that
@@ -39,7 +39,6 @@ def elsewhere(fn: Callable[..., T], *args, **kwargs) -> T:
     if error:
         raise error[0]
     return result[0]
-
 
 
 # ---- how many threads: a fixed count, or automatic ------------------------------------------------

@@ -202,7 +202,7 @@ class ChatPage(ChatFiles, QWidget):
         found = self.ctl.store.list(query)
         self.list.fill(found, self.conv_id, grouped=not query)
         if query and not found:  # a search without hits says so, rather than showing nothing
-            self.list.addItem(self.list._heading(tr("No chat contains “{query}”.", query=query)))
+            self.list.say(tr("No chat contains “{query}”.", query=query))
         if self.conv_id is None:
             first = self.list.first_chat()
             if first is not None:

@@ -151,6 +151,10 @@ class ChatList(QListWidget):
                 self.setCurrentItem(item)
         self.blockSignals(False)
 
+    def say(self, text: str) -> None:
+        """A line of text in the list, not a chat (a search without hits says so)."""
+        self.addItem(self._heading(text))
+
     @staticmethod
     def _heading(text: str) -> QListWidgetItem:
         head = QListWidgetItem(text)

@@ -22,12 +22,6 @@ from roost.gui.controller import Controller
 from roost.gui.i18n import tr
 
 
-def human(n: float) -> str:
-    from roost.core.download import memory_size
-
-    return memory_size(n)
-
-
 class MainWindow(QMainWindow):
     """The frame around the pages: the sidebar, the error banner and the status bar. Everything the
     pages do goes through the controller (`self.ctl`); the window only shows its state."""
@@ -178,13 +172,15 @@ class MainWindow(QMainWindow):
 
     def _update_memory(self) -> None:
         vm = psutil.virtual_memory()
-        text = tr("RAM {used} used of {total}", used=human(vm.total - vm.available), total=human(vm.total))
+        from roost.core.download import memory_size
+
+        text = tr("RAM {used} used of {total}", used=memory_size(vm.total - vm.available), total=memory_size(vm.total))
         import sys
 
         torch = sys.modules.get("torch")  # only when already imported: never pay for it here
         if torch is not None and torch.cuda.is_available():
             free, total = torch.cuda.mem_get_info()
-            text += "   " + tr("VRAM {used} used of {total}", used=human(total - free), total=human(total))
+            text += "   " + tr("VRAM {used} used of {total}", used=memory_size(total - free), total=memory_size(total))
         self.mem_label.setText(text)
 
     # --- geometry and shutdown -----------------------------------------------------------------

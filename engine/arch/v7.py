@@ -62,9 +62,7 @@ def prepare_layer(t, i: int, cfg, dtype, big) -> dict:
     w["att.mix"] = torch.stack([vec(t[p + "att." + m], dtype) for m in _MIX]).unsqueeze(1)  # (6, 1, C)
     w["att.w0"] = vec(t[p + "att.w0"], f32)
     if getattr(big, "packs_low_rank", False):
-        pack = functools.partial(big.low_rank)
-        pack.pad_to = getattr(big, "pad_low_rank", 1)
-        w.update(_fused_low_rank(t, p, i, pack))
+        w.update(_fused_low_rank(t, p, i, big.low_rank, pad_to=getattr(big, "pad_low_rank", 1)))
     else:
         for m in _LORA + (_LORA_V if i > 0 else ()):
             w["att." + m] = low_rank_mat(t[p + "att." + m], dtype)
@@ -82,19 +80,19 @@ def prepare_layer(t, i: int, cfg, dtype, big) -> dict:
     return w
 
 
-def _fused_low_rank(t, p: str, i: int, pack) -> dict:
+def _fused_low_rank(t, p: str, i: int, pack, pad_to: int = 1) -> dict:
     """A layer's low-rank pairs (decay w, in-context rate a, gate g and, after layer 0, value v) as
     two packed products, for int8 / int4 CPU stages: the first matrices side by side (C, sum of
     ranks), the second ones stacked (sum of ranks, C). One call each instead of four: these
     products are tiny and each call costs ~30 us (1.5B shape, one token: 8 calls a layer took
-    ~6 ms of a ~65 ms token). The ranks are padded with zeros to a multiple of ``pack.pad_to``
+    ~6 ms of a ~65 ms token). The ranks are padded with zeros to a multiple of ``pad_to``
     (the compiled kernels' blocks take whole pairs of 32). On the first: ``sizes`` and ``starts``,
     each pair's ranks and first column; ``others``, (n, 1, padded ranks), True outside each pair's
     own columns; ``decay`` and ``gate``, the columns of those two pairs."""
     kinds = _FUSED if i > 0 else _FUSED[:3]
     sizes = [t[f"{p}att.{k}1"].shape[1] for k in kinds]
     starts = [sum(sizes[:j]) for j in range(len(sizes))]
-    width = -(-sum(sizes) // getattr(pack, "pad_to", 1)) * getattr(pack, "pad_to", 1)  # zeros after the pairs
+    width = -(-sum(sizes) // pad_to) * pad_to  # zeros after the pairs
     firsts = [t[f"{p}att.{k}1"] for k in kinds]
     seconds = [t[f"{p}att.{k}2"] for k in kinds]
     if width > sum(sizes):

@@ -15,9 +15,9 @@
 // Activations are quantised per block of 32 to int8 with a float scale (as llama.cpp's q8_0):
 // a product's error is that of 8-bit activations with a scale per 32 values.
 //
-// Threads: a small pool of its own for generation, torch's OpenMP threads for work among torch's
-// operations (see the thread pool below); the calling thread works too; rn_set_threads sets how
-// many. Nothing here links OpenMP (one runtime per process is torch's business, and macOS
+// Threads: a small pool of its own for the RWKV-7 layer step, torch's OpenMP threads for work
+// among torch's operations (see the thread pool below); the calling thread works too;
+// rn_set_threads sets how many. Nothing here links OpenMP (one runtime per process is torch's business, and macOS
 // compilers ship none).
 
 #include <stdint.h>
@@ -170,7 +170,7 @@ void source_row_avx2(const void* src, int dtype, int64_t row, int64_t cols, floa
 typedef void (*gomp_parallel_fn)(void (*)(void*), void*, unsigned, unsigned);
 typedef int (*omp_int_fn)(void);
 gomp_parallel_fn g_gomp_parallel = nullptr;
-std::atomic<bool> g_share_products{false};  // generation's products on the OpenMP threads too
+std::atomic<bool> g_share_products{false};  // the layer step's products on the OpenMP threads too
 omp_int_fn g_omp_thread_num = nullptr, g_omp_num_threads = nullptr;
 
 struct Job {
@@ -749,54 +749,6 @@ inline void q4_fit_scalar(const float* v, float* scale_out, float* offset_out) {
     *offset_out = offset;
 }
 
-void block_q4_fitted(const float* v, float scale, float offset, uint8_t* pair, bool high, uint16_t* d_out,
-                     uint16_t* m_out, bool vec);
-
-#if RN_X86
-RN_TARGET("avx2,fma,f16c")
-inline float sum32_avx2(const __m256* t) {  // sum32's order
-    return hsum256(_mm256_add_ps(_mm256_add_ps(_mm256_add_ps(t[0], t[1]), t[2]), t[3]));
-}
-
-// q4_fit_scalar with 8 values an instruction (no fused multiply-adds: the same roundings)
-RN_TARGET("avx2,fma,f16c")
-void q4_fit_avx2(const float* v, float* scale_out, float* offset_out) {
-    __m256 x[4], q[4], t[4];
-    for (int j = 0; j < 4; j++) x[j] = _mm256_loadu_ps(v + 8 * j);
-    __m256 mn = _mm256_min_ps(_mm256_min_ps(x[0], x[1]), _mm256_min_ps(x[2], x[3]));
-    __m256 mx = _mm256_max_ps(_mm256_max_ps(x[0], x[1]), _mm256_max_ps(x[2], x[3]));
-    float l8[8], h8[8];
-    _mm256_storeu_ps(l8, mn);
-    _mm256_storeu_ps(h8, mx);
-    float lo = l8[0], hi = h8[0];
-    for (int k = 1; k < 8; k++) { lo = std::min(lo, l8[k]); hi = std::max(hi, h8[k]); }
-    float scale = std::max((hi - lo) / 15.f, 1e-8f), offset = lo;
-    const __m256 zero = _mm256_setzero_ps(), fifteen = _mm256_set1_ps(15.f);
-    const float wm = sum32_avx2(x) / QB;
-    for (int round = 0; round < Q4_REFINE; round++) {
-        const __m256 inv = _mm256_set1_ps(1.f / scale), off = _mm256_set1_ps(offset);
-        for (int j = 0; j < 4; j++)
-            q[j] = _mm256_max_ps(zero, _mm256_min_ps(fifteen, _mm256_round_ps(_mm256_mul_ps(_mm256_sub_ps(x[j], off), inv),
-                                                                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)));
-        const float qm = sum32_avx2(q) / QB;
-        const __m256 qmv = _mm256_set1_ps(qm), wmv = _mm256_set1_ps(wm);
-        for (int j = 0; j < 4; j++) {
-            __m256 dq = _mm256_sub_ps(q[j], qmv);
-            t[j] = _mm256_mul_ps(dq, dq);
-        }
-        const float var = sum32_avx2(t);
-        for (int j = 0; j < 4; j++) t[j] = _mm256_mul_ps(_mm256_sub_ps(q[j], qmv), _mm256_sub_ps(x[j], wmv));
-        const float cov = sum32_avx2(t);
-        if (var > 0.f) scale = std::max(cov / var, 1e-8f);
-        offset = wm - scale * qm;
-    }
-    *scale_out = scale;
-    *offset_out = offset;
-}
-#else
-void q4_fit_avx2(const float* v, float* scale_out, float* offset_out) { q4_fit_scalar(v, scale_out, offset_out); }
-#endif
-
 #if RN_X86
 // the block's 4-bit values for scale 1 / inv and offset m, into its nibbles of the pair
 RN_TARGET("avx2,fma,f16c")
@@ -833,10 +785,10 @@ void block_q4_fitted(const float* v, float scale, float offset, uint8_t* pair, b
     }
 }
 
+// one block, fitted alone (rows' last blocks that do not make 8: q4_fit8_avx2 takes the rest)
 void block_q4(const float* v, uint8_t* pair, bool high, uint16_t* d_out, uint16_t* m_out, bool vec) {
     float scale, offset;
-    if (vec) q4_fit_avx2(v, &scale, &offset);
-    else q4_fit_scalar(v, &scale, &offset);
+    q4_fit_scalar(v, &scale, &offset);
     block_q4_fitted(v, scale, offset, pair, high, d_out, m_out, vec);
 }
 
@@ -1027,19 +979,22 @@ struct Mat {  // a q8 / q4 matrix (N rows of K): what BlockLinear holds
     int64_t N, K;
 };
 
-// y (M x N) = x (M x K) times the matrix, transposed, on the pool
-void product(const Mat& w, const float* x, int64_t M, float* y, Acts& acts) {
+// y (M x N) = x (M x K) times the matrix, transposed: on the pool's own threads, or, `shared`, on
+// the OpenMP runtime's (see the thread pool)
+void product(const Mat& w, const float* x, int64_t M, float* y, Acts& acts, bool shared = false) {
     int use = isa();
     int bits = (int)w.bits;
     quantize_acts(x, M, w.K, acts, bits == 8 && use == AVX512_VNNI);
     const uint8_t* q = w.q;
     const uint16_t *d = w.d, *m = w.m;
     const int64_t N = w.N, K = w.K;
-    pool().run([&acts, use, bits, q, d, m, K, M, N, y](int part, int parts) {
+    auto job = [&acts, use, bits, q, d, m, K, M, N, y](int part, int parts) {
         int64_t lo, hi;
         split(N, part, parts, 4, &lo, &hi);
         if (lo < hi) rows(use, bits, q, d, m, K, acts, M, N, lo, hi, y);
-    });
+    };
+    if (shared) pool().run_shared(job);
+    else pool().run(job);
 }
 
 inline float sigmoidf(float v) { return 1.f / (1.f + expf(-v)); }
@@ -1306,16 +1261,8 @@ RN_API void rn_quantize(int bits, const void* src, int dtype, int64_t rows, int6
 // offsets (null for q8).
 RN_API void rn_matmul(int bits, const uint8_t* q, const uint16_t* d, const uint16_t* m, int64_t N, int64_t K,
                       const float* x, int64_t M, float* y) {
-    thread_local Acts mine;  // (the caller's: each calling thread has its own)
-    Acts& acts = mine;  // captured by reference below: inside a lambda the name `mine` would be
-                        // the worker thread's own, empty one
-    int use = isa();
-    quantize_acts(x, M, K, acts, bits == 8 && use == AVX512_VNNI);
-    pool().run_shared([&acts, use, bits, q, d, m, K, M, N, y](int part, int parts) {
-        int64_t lo, hi;
-        split(N, part, parts, 4, &lo, &hi);
-        if (lo < hi) rows(use, bits, q, d, m, K, acts, M, N, lo, hi, y);
-    });
+    thread_local Acts acts;  // (the caller's: each calling thread has its own; product() takes it by reference)
+    product(Mat{bits, q, d, m, N, K}, x, M, y, acts, /*shared=*/true);  // (called from layers that run in PyTorch)
 }
 
 // the float32 weight a q8 / q4 matrix stands for, rows [r0, r1) (prompt chunks multiply it in

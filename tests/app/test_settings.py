@@ -221,4 +221,7 @@ def test_the_threads_setting_and_flag_set_the_models_threads(home):
     finally:
         threads.configure(before)
     out = roost("settings", home=home).stdout
-    assert "threads" in out and "1" in out
+    assert [line.split() for line in out.splitlines() if line.startswith("threads ")] == [["threads", "1"]]
+    SettingsStore().update(threads=0)
+    out = roost("settings", home=home).stdout
+    assert "threads" in out and "0 (automatic: the physical cores other programs leave free)" in out
