@@ -18,6 +18,7 @@ import ctypes
 import functools
 import importlib.util
 import os
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -195,11 +196,52 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+_HUGE = 2 << 20
+
+
+def _madvise():
+    """libc's madvise where transparent huge pages can be asked for (Linux), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_MADVISE = _madvise()
+_MADV_HUGEPAGE = 14
+
+
+def _huge_buffer(nbytes: int) -> torch.Tensor:
+    """``nbytes`` of uninitialised uint8 memory, laid on 2 MB pages where the kernel grants them
+    (Linux, transparent huge pages in "madvise" mode, the common default). A token streams every
+    weight once; with 4 KB pages the page-table walks cost int4 tokens ~15% (v7 1.5B: 68-76 ms
+    against 58-63 ms for the same bytes mapped from the page cache, which uses large pages). The
+    buffer starts on a 2 MB boundary (at most 2 MB more address space, never touched) and only
+    whole 2 MB pages are asked for, so nothing is committed beyond ``nbytes``."""
+    if _MADVISE is None or nbytes < _HUGE:
+        return torch.empty(nbytes, dtype=torch.uint8)
+    raw = torch.empty(nbytes + _HUGE, dtype=torch.uint8)
+    start = -raw.data_ptr() % _HUGE
+    out = raw[start:start + nbytes]
+    whole = nbytes // _HUGE * _HUGE
+    _MADVISE(out.data_ptr(), whole, _MADV_HUGEPAGE)
+    return out
+
+
 def _empty_blocks(bits: int, rows: int, cols: int):
-    """Uninitialised q, d, m (None for 8 bits) for a (rows, cols) weight."""
-    q = torch.empty(rows, cols if bits == 8 else cols // 2, dtype=torch.int8 if bits == 8 else torch.uint8)
-    d = torch.empty(rows, cols // QB, dtype=torch.float16)
-    m = torch.empty(rows, cols // QB, dtype=torch.float16) if bits == 4 else None
+    """Uninitialised q, d, m (None for 8 bits) for a (rows, cols) weight: one buffer, values
+    first (64-byte aligned rows), then the scales and offsets."""
+    qbytes = rows * (cols if bits == 8 else cols // 2)
+    sbytes = rows * (cols // QB) * 2
+    buf = _huge_buffer(qbytes + sbytes * (2 if bits == 4 else 1))
+    q = buf[:qbytes].view(torch.int8 if bits == 8 else torch.uint8).view(rows, -1)
+    d = buf[qbytes:qbytes + sbytes].view(torch.float16).view(rows, -1)
+    m = buf[qbytes + sbytes:].view(torch.float16).view(rows, -1) if bits == 4 else None
     return q, d, m
 
 

@@ -114,6 +114,29 @@ def test_a_source_in_any_float_type_is_read_and_never_written(bits):
 
 
 @needs_kernels
+@pytest.mark.parametrize("bits", [8, 4])
+def test_converted_weights_ask_for_huge_pages_on_whole_2mb_pages_only(monkeypatch, bits):
+    # a token streams every weight once: on 4 KB pages the page-table walks cost int4 ~15%
+    calls = []
+    monkeypatch.setattr(native, "_MADVISE", lambda addr, n, advice: calls.append((addr, n, advice)) or 0)
+    w = torch.randn(1024, 4096) * 0.05
+    lin = native.BlockLinear.from_weight(bits, w)
+    assert len(calls) == 1
+    addr, n, advice = calls[0]
+    assert advice == native._MADV_HUGEPAGE and addr % (2 << 20) == 0 and n % (2 << 20) == 0 and n > 0
+    parts = [t for t in (lin.q, lin.d, lin.m) if t is not None]
+    assert lin.q.data_ptr() == addr  # (the values first, then the scales and offsets, one buffer)
+    end = parts[-1].data_ptr() + parts[-1].nbytes
+    assert addr + n <= end < addr + n + (2 << 20)
+    x = torch.randn(2, 4096)
+    torch.testing.assert_close(lin(x), native.BlockLinear(bits, *native.quantize(bits, w)[:2], (1024, 4096),
+                                                          native.quantize(bits, w)[2])(x))
+    calls.clear()
+    native.BlockLinear.from_weight(bits, torch.randn(64, 128))  # (smaller than a huge page: nothing asked)
+    assert calls == []
+
+
+@needs_kernels
 def test_more_threads_compute_the_same(threads):
     w = torch.randn(203, 512) * 0.05
     x = torch.randn(3, 512)
