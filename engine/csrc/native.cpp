@@ -979,22 +979,51 @@ struct Mat {  // a q8 / q4 matrix (N rows of K): what BlockLinear holds
     int64_t N, K;
 };
 
-// y (M x N) = x (M x K) times the matrix, transposed: on the pool's own threads, or, `shared`, on
-// the OpenMP runtime's (see the thread pool)
-void product(const Mat& w, const float* x, int64_t M, float* y, Acts& acts, bool shared = false) {
-    int use = isa();
-    int bits = (int)w.bits;
-    quantize_acts(x, M, w.K, acts, bits == 8 && use == AVX512_VNNI);
-    const uint8_t* q = w.q;
-    const uint16_t *d = w.d, *m = w.m;
-    const int64_t N = w.N, K = w.K;
-    auto job = [&acts, use, bits, q, d, m, K, M, N, y](int part, int parts) {
-        int64_t lo, hi;
-        split(N, part, parts, 4, &lo, &hi);
-        if (lo < hi) rows(use, bits, q, d, m, K, acts, M, N, lo, hi, y);
+struct Prod {  // y (M x N) = x (M x K) times w, transposed; acts: scratch for x in blocks
+    const Mat* w;
+    const float* x;
+    int64_t M;
+    float* y;
+    Acts* acts;
+};
+
+// Several independent products as one job on the pool (one wait for the threads, not one each):
+// the rows of all, in fours, split between the chunks by the bytes they read. On the pool's own
+// threads, or, `shared`, on the OpenMP runtime's (see the thread pool).
+void products(const Prod* ps, int n, bool shared = false) {
+    const int use = isa();
+    double cost[8], total = 0.0;  // the bytes of a unit (4 rows) of each, and of all
+    int64_t units[8];
+    for (int i = 0; i < n; i++) {
+        const Mat& w = *ps[i].w;
+        quantize_acts(ps[i].x, ps[i].M, w.K, *ps[i].acts, w.bits == 8 && use == AVX512_VNNI);
+        units[i] = (w.N + 3) / 4;
+        cost[i] = 4.0 * (double)(w.K * w.bits / 8 + (w.K / QB) * (w.bits == 4 ? 4 : 2));
+        total += cost[i] * (double)units[i];
+    }
+    auto job = [ps, n, use, &cost, &units, total](int part, int parts) {
+        const double c0 = total * part / parts, c1 = total * (part + 1) / parts;
+        double base = 0.0;
+        for (int i = 0; i < n; i++) {  // unit j of product i is this chunk's if its start lies in [c0, c1)
+            auto first_at = [&](double c) {
+                double j = std::ceil((c - base) / cost[i]);
+                return (int64_t)std::min<double>((double)units[i], std::max(0.0, j));
+            };
+            const int64_t lo = first_at(c0), hi = part + 1 == parts ? units[i] : first_at(c1);
+            base += cost[i] * (double)units[i];
+            if (lo >= hi) continue;
+            const Prod& p = ps[i];
+            const Mat& w = *p.w;
+            rows(use, (int)w.bits, w.q, w.d, w.m, w.K, *p.acts, p.M, w.N, lo * 4, std::min(w.N, hi * 4), p.y);
+        }
     };
     if (shared) pool().run_shared(job);
     else pool().run(job);
+}
+
+void product(const Mat& w, const float* x, int64_t M, float* y, Acts& acts, bool shared = false) {
+    Prod p{&w, x, M, y, &acts};
+    products(&p, 1, shared);
 }
 
 inline float sigmoidf(float v) { return 1.f / (1.f + expf(-v)); }
@@ -1096,12 +1125,16 @@ RN_API int rn_v7_step(const RnV7Layer* L, int64_t B, const float* x, float* x_ou
             att_x_out[b * C + c] = xn[c];
         }
     }
-    product(L->r, mixed, B, rr, acts);
-    product(L->k, mixed + B * C, B, kv, acts);
-    product(L->v, mixed + 2 * B * C, B, vv, acts);
-    // the low-rank pairs: [x_w; x_a; x_g; x_v] through lr1, each input keeping its own pair's columns
-    // (tanh on the decay's, sigmoid on the gate's), then through lr2
-    product(L->lr1, mixed + 3 * B * C, n_lr * B, h1, acts);
+    // r, k, v and the low-rank pairs' first halves: [x_w; x_a; x_g; x_v] through lr1, each input
+    // keeping its own pair's columns (tanh on the decay's, sigmoid on the gate's), then through lr2
+    {
+        thread_local Acts more[3];
+        const Prod first[4] = {{&L->r, mixed, B, rr, &acts},
+                               {&L->k, mixed + B * C, B, kv, &more[0]},
+                               {&L->v, mixed + 2 * B * C, B, vv, &more[1]},
+                               {&L->lr1, mixed + 3 * B * C, n_lr * B, h1, &more[2]}};
+        products(first, 4);
+    }
     for (int i = 0; i < n_lr; i++)
         for (int64_t b = 0; b < B; b++) {
             float* row = h1 + (i * B + b) * R;
