@@ -28,6 +28,28 @@ def test_top_p_keeps_only_the_nucleus():
     assert picks == {0, 1, 2, 3}
 
 
+def _full_sort_pick(logits, params, generator):
+    # the top-p sampler as written first: the whole vocabulary sorted
+    probs, ids = torch.softmax(logits.float(), -1).sort(descending=True)
+    keep = int((probs.cumsum(-1) < params.top_p).sum()) + 1
+    probs = probs[:keep] ** (1.0 / params.temperature)
+    return int(ids[torch.multinomial(probs / probs.sum(), 1, generator=generator)])
+
+
+@pytest.mark.parametrize("scale", [0.3, 3.0, 12.0])  # flat (thousands in the nucleus) to peaked
+@pytest.mark.parametrize("top_p", [0.3, 0.7, 0.95])
+def test_top_p_picks_what_sorting_the_whole_vocabulary_picks_without_sorting_it(monkeypatch, scale, top_p):
+    params = SamplingParams(top_p=top_p, temperature=0.8, presence_penalty=0, frequency_penalty=0)
+    cases = [torch.randn(65536, generator=gen(s)) * scale for s in range(6)]
+    want = [_full_sort_pick(lg, params, gen(s)) for s, lg in enumerate(cases)]
+    sorts = []
+    real_sort = torch.Tensor.sort
+    monkeypatch.setattr(torch.Tensor, "sort", lambda self, *a, **k: sorts.append(self.numel()) or real_sort(self, *a, **k))
+    assert [sample_logits(lg, params, gen(s)) for s, lg in enumerate(cases)] == want
+    if scale >= 12.0 or (scale >= 3.0 and top_p <= 0.7):  # (a nucleus of a few tokens: sorting 65536 took 4 ms)
+        assert sorts == []
+
+
 def test_top_k_limits_the_candidates():
     logits = torch.log(torch.tensor([0.4, 0.3, 0.2, 0.1]))
     picks = {sample_logits(logits, SamplingParams(top_p=1.0, top_k=2), gen(s)) for s in range(200)}
