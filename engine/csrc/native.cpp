@@ -1079,6 +1079,21 @@ void wkv_heads_avx2(const V7Heads& p, int64_t lo, int64_t hi) { wkv_heads_body(p
 #endif
 void wkv_heads_plain(const V7Heads& p, int64_t lo, int64_t hi) { wkv_heads_body(p, lo, hi); }
 
+// fn(b) for each of B streams: on the pool where there are several (each stream's share of the
+// step's element-wise work is independent of the others'), else here
+template <class F>
+void per_stream(int64_t B, const F& fn) {
+    if (B == 1) {
+        fn(0);
+        return;
+    }
+    pool().run([&fn, B](int part, int parts) {
+        int64_t lo, hi;
+        split(B, part, parts, 1, &lo, &hi);
+        for (int64_t b = lo; b < hi; b++) fn(b);
+    });
+}
+
 }  // namespace
 
 // The layout of roost.engine.fused.V7Layer (a ctypes Structure: keep the two in step).
@@ -1115,7 +1130,7 @@ RN_API int rn_v7_step(const RnV7Layer* L, int64_t B, const float* x, float* x_ou
     float* big = y + B * C;
 
     // time mixing: the shifted mixes
-    for (int64_t b = 0; b < B; b++) {
+    per_stream(B, [&](int64_t b) {
         float* xn = xa + b * C;
         layer_norm(x + b * C, L->ln1_w, L->ln1_b, C, xn);
         for (int64_t c = 0; c < C; c++) {
@@ -1124,7 +1139,7 @@ RN_API int rn_v7_step(const RnV7Layer* L, int64_t B, const float* x, float* x_ou
             mixed[(6 * B + b) * C + c] = mixed[(2 * B + b) * C + c];
             att_x_out[b * C + c] = xn[c];
         }
-    }
+    });
     // r, k, v and the low-rank pairs' first halves: [x_w; x_a; x_g; x_v] through lr1, each input
     // keeping its own pair's columns (tanh on the decay's, sigmoid on the gate's), then through lr2
     {
@@ -1146,7 +1161,8 @@ RN_API int rn_v7_step(const RnV7Layer* L, int64_t B, const float* x, float* x_ou
         }
     product(L->lr2, h1, n_lr * B, lo, acts);
 
-    for (int64_t b = 0; b < B; b++) {
+    // per stream (on the pool where there are several: exp and sigmoid over B x C values)
+    auto mix_stream = [&](int64_t b) {
         float *r = rr + b * C, *k = kv + b * C, *v = vv + b * C;
         const float *dec = lo + b * C, *ar = lo + (B + b) * C;
         float *kkb = kk + b * C, *ab = aa + b * C, *wb = ww + b * C;
@@ -1170,7 +1186,8 @@ RN_API int rn_v7_step(const RnV7Layer* L, int64_t B, const float* x, float* x_ou
             const float* vm = lo + (3 * B + b) * C;
             for (int64_t c = 0; c < C; c++) v[c] = v[c] + (v_first[b * C + c] - v[c]) * sigmoidf(L->v0[c] + vm[c]);
         }
-    }
+    };
+    per_stream(B, mix_stream);
     V7Heads heads{C, H, N, rr, ww, kv, vv, kk, aa, s, s_out, y};
     const bool wide = isa() == AVX2 || isa() == AVX512_VNNI;
     pool().run([&heads, B, H, wide](int part, int parts) {
@@ -1182,7 +1199,7 @@ RN_API int rn_v7_step(const RnV7Layer* L, int64_t B, const float* x, float* x_ou
         (void)wide;
         wkv_heads_plain(heads, lo_, hi_);
     });
-    for (int64_t b = 0; b < B; b++) {  // group norm per head, the bonus r k r_k v, the gate
+    per_stream(B, [&](int64_t b) {  // group norm per head, the bonus r k r_k v, the gate
         const float *r = rr + b * C, *k = kv + b * C, *v = vv + b * C, *g = lo + (2 * B + b) * C;
         float* yb = y + b * C;
         for (int64_t h = 0; h < H; h++) {
@@ -1199,10 +1216,10 @@ RN_API int rn_v7_step(const RnV7Layer* L, int64_t B, const float* x, float* x_ou
                 o[j] = ((o[j] - mu) * inv * L->lnx_w[c] + L->lnx_b[c] + (float)bonus * v[c]) * g[c];
             }
         }
-    }
+    });
     product(L->o, y, B, xa, acts);  // (xa is free again)
     // channel mixing
-    for (int64_t b = 0; b < B; b++) {
+    per_stream(B, [&](int64_t b) {
         float* xm = x_out + b * C;
         for (int64_t c = 0; c < C; c++) xm[c] = x[b * C + c] + xa[b * C + c];
         float* xn = y + b * C;
@@ -1211,7 +1228,7 @@ RN_API int rn_v7_step(const RnV7Layer* L, int64_t B, const float* x, float* x_ou
             ffn_x_out[b * C + c] = xn[c];
             mixed[b * C + c] = xn[c] + (ffn_x[b * C + c] - xn[c]) * L->ffn_xk[c];
         }
-    }
+    });
     product(L->fk, mixed, B, big, acts);
     for (int64_t i = 0; i < B * F; i++) {
         float t = big[i] > 0.f ? big[i] : 0.f;
