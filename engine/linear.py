@@ -108,12 +108,13 @@ def packs_low_rank(place, pack: bool = True) -> bool:
 
 
 def low_rank_in_blocks(place, version: int, blocks: bool) -> bool:
-    """Whether a layer placed by ``place`` keeps RWKV-7's low-rank pairs in the compiled kernels' q8
-    blocks (padded to whole pairs of blocks), which the compiled layer step (engine.fused)
-    multiplies: RWKV-7 int8 / int4 stages on the CPU, not streamed, with the matrices in blocks
+    """Whether a layer placed by ``place`` keeps its low-rank matrices in the compiled kernels' q8
+    blocks (RWKV-7's pairs padded to whole pairs of blocks; RWKV-6's mixes' and decay's first
+    halves and the decay's second), which the compiled layer steps (engine.fused) multiply:
+    RWKV-6 and RWKV-7 int8 / int4 stages on the CPU, not streamed, with the matrices in blocks
     (``blocks``). Read by the loader and by the memory estimate."""
     st = place.stage
-    return blocks and version == 7 and (st.int8 or st.int4) and st.torch_device == "cpu" and not place.stream
+    return blocks and version in (6, 7) and (st.int8 or st.int4) and st.torch_device == "cpu" and not place.stream
 
 
 def packs_on_cpu(dtype: torch.dtype) -> bool:

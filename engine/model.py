@@ -387,8 +387,8 @@ def load_model(path: str | os.PathLike, strategy: str = "cpu fp32", *,
         tokenizer = tokenizer_for_vocab(cfg.vocab_size, path, tokenizer_path)
     if progress:
         progress(1.0)
-    if blocks and cfg.version == 7:  # whole layers in the compiled kernels, where they can be
-        for lw, step in zip(layers, fused.v7_steps(layers, cfg)):
+    if blocks:  # whole layers in the compiled kernels, where they can be (RWKV-7 and RWKV-6)
+        for lw, step in zip(layers, fused.layer_steps(layers, cfg)):
             if step is not None:
                 lw["native.step"] = step
     model = RWKV(cfg, strat, places, weights, layers, tokenizer, Path(path), chunk_len=chunk_len)

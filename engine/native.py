@@ -23,7 +23,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-ABI = 3  # rn_abi() of the library this module was written for
+ABI = 4  # rn_abi() of the library this module was written for
 FORMAT = "blocks-2"  # the layout of BlockLinear's tensors (the weight cache keeps it apart)
 QB = 32  # weights per block
 SMALL_BATCH = 8  # products of up to this many rows run in the kernels; more (prompts): torch
@@ -53,6 +53,8 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     lib.rn_dequantize.argtypes = [_INT, _P, _P, _P, _I64, _I64, _I64, _P, _INT]
     lib.rn_v7_step.argtypes = [_P, _I64] + [_P] * 9
     lib.rn_v7_step.restype = _INT
+    lib.rn_v6_step.argtypes = [_P, _I64] + [_P] * 8
+    lib.rn_v6_step.restype = _INT
     lib.rn_set_threads.argtypes = [_INT]
     lib.rn_use_isa.argtypes = [_INT]
     lib.rn_use_openmp.argtypes = [_P, _P, _P]

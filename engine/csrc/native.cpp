@@ -1079,6 +1079,58 @@ void wkv_heads_avx2(const V7Heads& p, int64_t lo, int64_t hi) { wkv_heads_body(p
 #endif
 void wkv_heads_plain(const V7Heads& p, int64_t lo, int64_t hi) { wkv_heads_body(p, lo, hi); }
 
+// RWKV-5/6, one head: out = r (diag(u) k v^T + S), S <- diag(w) S + k v^T (S: N x N, [k, v])
+RN_INLINE void wkv6_head_body(int64_t N, const float* r, const float* w, const float* k, const float* v,
+                              const float* u, const float* s, float* s_out, float* out) {
+    float bonus = 0.f;
+    for (int64_t i = 0; i < N; i++) bonus += r[i] * u[i] * k[i];
+    for (int64_t j = 0; j < N; j++) out[j] = bonus * v[j];
+    for (int64_t i = 0; i < N; i++) {
+        const float *row = s + i * N, ri = r[i], wi = w[i], ki = k[i];
+        float* nrow = s_out + i * N;
+        for (int64_t j = 0; j < N; j++) {
+            out[j] += ri * row[j];
+            nrow[j] = wi * row[j] + ki * v[j];
+        }
+    }
+}
+
+struct V6Heads {  // as V7Heads; u per channel (the heads' bonus), shared by the streams
+    int64_t C, H, N;
+    const float *r, *w, *k, *v, *u, *s;
+    float *s_out, *out;
+};
+
+RN_INLINE void wkv6_heads_body(const V6Heads& p, int64_t lo, int64_t hi) {
+    for (int64_t bh = lo; bh < hi; bh++) {
+        const int64_t b = bh / p.H, h = bh % p.H, at = b * p.C + h * p.N, st = bh * p.N * p.N;
+        wkv6_head_body(p.N, p.r + at, p.w + at, p.k + at, p.v + at, p.u + h * p.N, p.s + st, p.s_out + st,
+                       p.out + at);
+    }
+}
+
+#if RN_X86
+RN_TARGET("avx2,fma,f16c")
+void wkv6_heads_avx2(const V6Heads& p, int64_t lo, int64_t hi) { wkv6_heads_body(p, lo, hi); }
+RN_TARGET("avx2,fma,f16c")
+void rank_up_avx2(const float* h, const float* w, int64_t D, int64_t C, float* out) {
+    for (int64_t c = 0; c < C; c++) out[c] = 0.f;
+    for (int64_t d = 0; d < D; d++)
+        for (int64_t c = 0; c < C; c++) out[c] += h[d] * w[d * C + c];
+}
+#endif
+void wkv6_heads_plain(const V6Heads& p, int64_t lo, int64_t hi) { wkv6_heads_body(p, lo, hi); }
+
+// out (C) = h (D) times w (D x C): RWKV-6's five small second halves of the mixes' low rank
+void rank_up(const float* h, const float* w, int64_t D, int64_t C, float* out) {
+#if RN_X86
+    if (isa() == AVX2 || isa() == AVX512_VNNI) return rank_up_avx2(h, w, D, C, out);
+#endif
+    for (int64_t c = 0; c < C; c++) out[c] = 0.f;
+    for (int64_t d = 0; d < D; d++)
+        for (int64_t c = 0; c < C; c++) out[c] += h[d] * w[d * C + c];
+}
+
 // fn(b) for each of B streams: on the pool where there are several (each stream's share of the
 // step's element-wise work is independent of the others'), else here
 template <class F>
@@ -1239,8 +1291,131 @@ RN_API int rn_v7_step(const RnV7Layer* L, int64_t B, const float* x, float* x_ou
     return 0;
 }
 
+// The layout of roost.engine.fused.V6Layer (a ctypes Structure: keep the two in step).
+struct RnV6Layer {
+    int64_t C, H, N, F, D, D2;  // width, heads, head size, FFN width, the mixes' rank, the decay's rank
+    const float *ln1_w, *ln1_b, *ln2_w, *ln2_b;
+    const float* maa_x;   // C
+    const float* maa;     // 5 x C: w, k, v, r, g
+    const float* maa_w2;  // 5 x D x C
+    const float *decay, *u, *lnx_w, *lnx_b;  // C each (time_decay, time_faaaa as H x N)
+    const float* ffn_mix;  // 2 x C: key, receptance
+    Mat k, v, r, g, o, fk, fv, fr, mw1, dw1, dw2;  // mw1: 5D x C; dw1: D2 x C; dw2: C x D2
+};
+
+// RWKV-6: one token for each of B streams through one layer, as rn_v7_step (no v_first). The
+// arithmetic is roost.engine.arch.v6's (the reference the tests compare this with).
+RN_API int rn_v6_step(const RnV6Layer* L, int64_t B, const float* x, float* x_out, const float* att_x,
+                      float* att_x_out, const float* s, float* s_out, const float* ffn_x, float* ffn_x_out) {
+    const int64_t C = L->C, H = L->H, N = L->N, F = L->F, D = L->D, D2 = L->D2;
+    if (H * N != C) return -1;
+    thread_local std::vector<float> buf;
+    thread_local Acts acts[5];
+    // scratch: xn, dx, xxx (B x C each), h5 (B x 5D), mixed (5 B x C: w k v r g), k v r g (4 B x C),
+    // dh (B x D2), dec, ww, y, rr (B x C each), big (B x F)
+    buf.resize((size_t)(B * C * 16 + B * 5 * D + B * D2 + B * F));
+    float *xn = buf.data(), *dx = xn + B * C, *xxx = dx + B * C;
+    float* h5 = xxx + B * C;
+    float* mixed = h5 + B * 5 * D;
+    float *kv = mixed + 5 * B * C, *vv = kv + B * C, *rv = vv + B * C, *gv = rv + B * C;
+    float* dh = gv + B * C;
+    float *dec = dh + B * D2, *ww = dec + B * C, *y = ww + B * C, *rr = y + B * C;
+    float* big = rr + B * C;
+
+    per_stream(B, [&](int64_t b) {  // the shift and the mixes' low-rank input
+        float *n = xn + b * C, *d = dx + b * C;
+        layer_norm(x + b * C, L->ln1_w, L->ln1_b, C, n);
+        for (int64_t c = 0; c < C; c++) {
+            d[c] = att_x[b * C + c] - n[c];
+            xxx[b * C + c] = n[c] + d[c] * L->maa_x[c];
+            att_x_out[b * C + c] = n[c];
+        }
+    });
+    product(L->mw1, xxx, B, h5, acts[0]);
+    per_stream(B, [&](int64_t b) {  // tanh, the five second halves, the five mixes
+        float* h = h5 + b * 5 * D;
+        for (int64_t i = 0; i < 5 * D; i++) h[i] = tanhf(h[i]);
+        const float *n = xn + b * C, *d = dx + b * C;
+        for (int j = 0; j < 5; j++) {
+            float* m = mixed + (j * B + b) * C;
+            rank_up(h + j * D, L->maa_w2 + j * D * C, D, C, m);
+            for (int64_t c = 0; c < C; c++) m[c] = n[c] + d[c] * (L->maa[j * C + c] + m[c]);
+        }
+    });
+    {
+        const Prod first[5] = {{&L->k, mixed + B * C, B, kv, &acts[0]},
+                               {&L->v, mixed + 2 * B * C, B, vv, &acts[1]},
+                               {&L->r, mixed + 3 * B * C, B, rv, &acts[2]},
+                               {&L->g, mixed + 4 * B * C, B, gv, &acts[3]},
+                               {&L->dw1, mixed, B, dh, &acts[4]}};
+        products(first, 5);
+    }
+    for (int64_t i = 0; i < B * D2; i++) dh[i] = tanhf(dh[i]);
+    product(L->dw2, dh, B, dec, acts[0]);
+    per_stream(B, [&](int64_t b) {  // the decay, the gate's silu
+        for (int64_t c = 0; c < C; c++) {
+            ww[b * C + c] = expf(-expf(L->decay[c] + dec[b * C + c]));
+            const float g = gv[b * C + c];
+            gv[b * C + c] = g * sigmoidf(g);
+        }
+    });
+    V6Heads heads{C, H, N, rv, ww, kv, vv, L->u, s, s_out, y};
+    const bool wide = isa() == AVX2 || isa() == AVX512_VNNI;
+    pool().run([&heads, B, H, wide](int part, int parts) {
+        int64_t lo_, hi_;
+        split(B * H, part, parts, 1, &lo_, &hi_);
+#if RN_X86
+        if (wide) { wkv6_heads_avx2(heads, lo_, hi_); return; }
+#endif
+        (void)wide;
+        wkv6_heads_plain(heads, lo_, hi_);
+    });
+    per_stream(B, [&](int64_t b) {  // group norm per head, the gate
+        float* yb = y + b * C;
+        const float* g = gv + b * C;
+        for (int64_t h = 0; h < H; h++) {
+            float* o = yb + h * N;
+            double mean = 0.0, var = 0.0;
+            for (int64_t j = 0; j < N; j++) mean += o[j];
+            mean /= (double)N;
+            for (int64_t j = 0; j < N; j++) var += ((double)o[j] - mean) * ((double)o[j] - mean);
+            var /= (double)N;
+            const float mu = (float)mean, inv = (float)(1.0 / sqrt(var + 64e-5));
+            for (int64_t j = 0; j < N; j++) {
+                int64_t c = h * N + j;
+                o[j] = ((o[j] - mu) * inv * L->lnx_w[c] + L->lnx_b[c]) * g[c];
+            }
+        }
+    });
+    product(L->o, y, B, dec, acts[0]);  // (dec is free again)
+    // channel mixing: x + (shifted - x) * mix for the key and the receptance
+    per_stream(B, [&](int64_t b) {
+        float* xm = x_out + b * C;
+        for (int64_t c = 0; c < C; c++) xm[c] = x[b * C + c] + dec[b * C + c];
+        float* n = xn + b * C;
+        layer_norm(xm, L->ln2_w, L->ln2_b, C, n);
+        for (int64_t c = 0; c < C; c++) {
+            const float d = ffn_x[b * C + c] - n[c];
+            ffn_x_out[b * C + c] = n[c];
+            mixed[b * C + c] = n[c] + d * L->ffn_mix[c];
+            mixed[(B + b) * C + c] = n[c] + d * L->ffn_mix[C + c];
+        }
+    });
+    {
+        const Prod ffn[2] = {{&L->fk, mixed, B, big, &acts[0]}, {&L->fr, mixed + B * C, B, rr, &acts[1]}};
+        products(ffn, 2);
+    }
+    for (int64_t i = 0; i < B * F; i++) {
+        float t = big[i] > 0.f ? big[i] : 0.f;
+        big[i] = t * t;
+    }
+    product(L->fv, big, B, y, acts[0]);
+    for (int64_t i = 0; i < B * C; i++) x_out[i] += y[i] * sigmoidf(rr[i]);
+    return 0;
+}
+
 // ---- the C interface (roost.engine.native) -----------------------------------------------------------
-RN_API int rn_abi(void) { return 3; }  // bumped when a signature below changes
+RN_API int rn_abi(void) { return 4; }  // bumped when a signature below changes
 
 RN_API int rn_isa(void) { return isa(); }
 

@@ -1,6 +1,6 @@
-"""RWKV-7's whole-layer step in the compiled kernels (roost.engine.fused) against the reference
-layer in PyTorch (roost.engine.arch.v7.layer) on the same weights: one token, several streams
-at once, whole generations; and where it is not used."""
+"""RWKV-7's and RWKV-6's whole-layer steps in the compiled kernels (roost.engine.fused) against
+the reference layers in PyTorch (roost.engine.arch.v7.layer, v6.layer) on the same weights: one
+token, several streams at once, whole generations; and where they are not used."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from roost.engine import load_model, native
-from roost.engine.arch import v7
-from roost.engine.fused import V7Step
+from roost.engine.arch import v6, v7
+from roost.engine.fused import V6Step, V7Step
 
 needs_kernels = pytest.mark.skipif(not native.available(), reason=f"no compiled kernels: {native.unavailable_reason()}")
 
@@ -58,6 +58,68 @@ def test_each_layer_step_computes_what_the_reference_layer_does(make_checkpoint,
 
 @needs_kernels
 @pytest.mark.parametrize("strategy", ["cpu int8", "cpu int4"])
+@pytest.mark.parametrize("batch", [None, 3])
+def test_each_rwkv6_layer_step_computes_what_the_reference_layer_does(make_checkpoint, monkeypatch, strategy, batch):
+    monkeypatch.setattr(native, "SMALL_BATCH", 64)  # (as above: the reference's low-rank rows in the kernels)
+    model = load_model(make_checkpoint("v6.0", n_layer=3, n_embd=128), strategy)
+    steps = [lw.get("native.step") for lw in model._layers]
+    assert all(isinstance(s, V6Step) for s in steps)
+    gen = torch.Generator().manual_seed(3)
+    states = _random_state(model, gen, batch)
+    x = torch.randn(batch or 1, model.n_embd, generator=gen)
+    for i, (lw, st) in enumerate(zip(model._layers, states)):
+        want_x, want_st, _ = v6.layer(x, lw, st, model.config, None)
+        got_x, got_st, carry = steps[i](x, st, None)
+        assert carry is None
+        _close(got_x, want_x, f"layer {i} output")
+        for name, g, w in zip(("att_x", "state", "ffn_x"), got_st, want_st):
+            assert g.shape == w.shape
+            _close(g, w, f"layer {i} {name}")
+        x = want_x
+
+
+@needs_kernels
+def test_an_rwkv6_generation_and_batch_agree_with_and_without_the_step(make_checkpoint):
+    path = make_checkpoint("v6.0", n_layer=4, n_embd=256)
+    fast, slow = load_model(path, "cpu int4"), load_model(path, "cpu int4")
+    for lw in slow._layers:
+        lw.pop("native.step", None)
+    assert all("native.step" in lw for lw in fast._layers)
+    lf, sf = fast.forward([11, 500, 7, 3000, 42])
+    ls, ss = slow.forward([11, 500, 7, 3000, 42])
+    greedy_f, greedy_s = [], []
+    for _ in range(12):
+        greedy_f.append(int(lf.argmax()))
+        greedy_s.append(int(ls.argmax()))
+        lf, sf = fast.forward([greedy_f[-1]], sf)
+        ls, ss = slow.forward([greedy_s[-1]], ss)
+    assert greedy_f == greedy_s
+    for layer_f, layer_s in zip(sf.layers, ss.layers):
+        for a, b in zip(layer_f, layer_s):
+            assert float((a - b).norm() / b.norm()) < 0.01
+    from roost.engine.model import BatchState
+
+    starts = [fast.forward(p)[1] for p in ([1, 2], [3000], [9, 9, 9])]
+    logits, batch = fast.forward_batch([5, 6, 7], BatchState.stack(starts))
+    for b, (tok, st) in enumerate(zip([5, 6, 7], starts)):
+        alone, after = fast.forward([tok], st)
+        top = alone.topk(5).indices
+        _close(logits[b][top], alone[top], f"stream {b} logits")
+        for a, c in zip(batch.state(b).layers[-1], after.layers[-1]):
+            _close(a, c, f"stream {b} state")
+
+
+@needs_kernels
+def test_an_rwkv6_layer_with_a_matrix_outside_the_blocks_gets_no_step(make_checkpoint):
+    model = load_model(make_checkpoint("v6.0", n_layer=2, n_embd=128), "cpu int8")
+    lw = dict(model._layers[1])
+    assert V6Step.fits(lw, model.config)
+    lw["att.gate.weight"] = lw["att.gate.weight"].dequantized()
+    assert not V6Step.fits(lw, model.config)
+
+
+@needs_kernels
+@pytest.mark.parametrize("strategy", ["cpu int8", "cpu int4"])
 def test_generation_and_batches_agree_with_and_without_the_step(make_checkpoint, strategy):
     path = make_checkpoint("v7.0", n_layer=4, n_embd=256)
     fast, slow = load_model(path, strategy), load_model(path, strategy)
@@ -96,8 +158,10 @@ def test_generation_and_batches_agree_with_and_without_the_step(make_checkpoint,
 
 @needs_kernels
 def test_no_step_without_the_kernels_or_for_other_versions(make_checkpoint):
-    v6 = load_model(make_checkpoint("v6.0", n_layer=2, n_embd=128), "cpu int8")
-    assert not any("native.step" in lw for lw in v6._layers)
+    v5 = load_model(make_checkpoint("v5.2", n_layer=2, n_embd=128), "cpu int8")
+    assert not any("native.step" in lw for lw in v5._layers)
+    off6 = load_model(make_checkpoint("v6.0", n_layer=2, n_embd=128), "cpu int8", native=False)
+    assert not any("native.step" in lw for lw in off6._layers)
     off = load_model(make_checkpoint("v7.0", n_layer=2, n_embd=128), "cpu int4", native=False)
     assert not any("native.step" in lw for lw in off._layers)
     fp32 = load_model(make_checkpoint("v7.0", n_layer=2, n_embd=128), "cpu fp32")

@@ -170,8 +170,13 @@ def test_prompt_chunks_and_the_heads_rows_use_the_same_weights(bits):
 def test_a_model_runs_on_the_kernels_and_a_second_load_converts_nothing(make_checkpoint, tmp_path, monkeypatch, strategy):
     path = make_checkpoint("v6.0", n_layer=2, n_embd=128)
     first = load_model(path, strategy, weight_cache=str(tmp_path))
-    mats = [w for lw in first._layers for w in lw.values() if isinstance(w, native.BlockLinear)]
+    from roost.engine.arch.v6 import PACKED_LOW_RANK
+
+    mats = [w for lw in first._layers for k, w in lw.items() if isinstance(w, native.BlockLinear)
+            and k not in PACKED_LOW_RANK]
     assert len(mats) == 2 * 8 and isinstance(first._w["head.weight"], native.BlockLinear)
+    # the low-rank matrices in q8 blocks too (converted at each load: they are small), for the layer step
+    assert all(isinstance(lw[k], native.BlockLinear) and lw[k].bits == 8 for lw in first._layers for k in PACKED_LOW_RANK)
     assert {m.bits for m in mats} == ({8} if strategy == "cpu int8" else {4, 8})  # int4: block 0 in 8 bits
 
     def no_conversion(*a, **k):
