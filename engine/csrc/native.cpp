@@ -323,28 +323,75 @@ struct Acts {
     std::vector<uint8_t> u; // M x K: q + 128 (the AVX512-VNNI q8 product's unsigned operand)
 };
 
+// one block of 32 activations: q (and q + 128 into u, where given), the scale d and d times the sum of q
+inline void act_block(const float* v, int8_t* q, uint8_t* u, float* d_out, float* s_out) {
+    float amax = 0.f;
+    for (int i = 0; i < QB; i++) amax = std::max(amax, fabsf(v[i]));
+    float d = amax / 127.f, id = d > 0.f ? 1.f / d : 0.f;
+    int32_t sum = 0;
+    for (int i = 0; i < QB; i++) sum += q[i] = (int8_t)round_even(v[i] * id);
+    if (u)
+        for (int i = 0; i < QB; i++) u[i] = (uint8_t)(q[i] + 128);
+    *d_out = d;
+    *s_out = d * (float)sum;
+}
+
+#if RN_X86
+// the same, 8 values a vector (the same arithmetic: the same blocks)
+RN_TARGET("avx2,fma,f16c")
+void act_block_avx2(const float* v, int8_t* q, uint8_t* u, float* d_out, float* s_out) {
+    const __m256 mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 x[4];
+    for (int j = 0; j < 4; j++) x[j] = _mm256_loadu_ps(v + 8 * j);
+    __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(x[0], mask), _mm256_and_ps(x[1], mask)),
+                             _mm256_max_ps(_mm256_and_ps(x[2], mask), _mm256_and_ps(x[3], mask)));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    const float amax = _mm_cvtss_f32(h);
+    const float d = amax / 127.f, id = d > 0.f ? 1.f / d : 0.f;
+    const __m256 iv = _mm256_set1_ps(id);
+    __m256i qi[4];
+    for (int j = 0; j < 4; j++)
+        qi[j] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(x[j], iv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    __m256i total = _mm256_add_epi32(_mm256_add_epi32(qi[0], qi[1]), _mm256_add_epi32(qi[2], qi[3]));
+    __m128i t = _mm_add_epi32(_mm256_castsi256_si128(total), _mm256_extracti128_si256(total, 1));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1));
+    __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(qi[0], qi[1]), _mm256_packs_epi32(qi[2], qi[3]));
+    b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));  // (packs work per 128-bit lane)
+    _mm256_storeu_si256((__m256i*)q, b);
+    if (u) _mm256_storeu_si256((__m256i*)u, _mm256_xor_si256(b, _mm256_set1_epi8((char)0x80)));
+    *d_out = d;
+    *s_out = d * (float)_mm_cvtsi128_si32(t);
+}
+#endif
+
+enum Isa { SCALAR = 0, AVX2 = 1, AVX512_VNNI = 2, NEON = 3, NEON_DOTPROD = 4 };
+int isa();
+
 void quantize_acts(const float* x, int64_t M, int64_t K, Acts& a, bool with_unsigned) {
-    int64_t nb = K / QB;
+    const int64_t nb = K / QB;
     a.q.resize((size_t)(M * K));
     a.d.resize((size_t)(M * nb));
     a.s.resize((size_t)(M * nb));
-    for (int64_t m = 0; m < M; m++) {
+    if (with_unsigned) a.u.resize((size_t)(M * K));
+#if RN_X86
+    const int use = isa();
+    const bool wide = use == AVX2 || use == AVX512_VNNI;
+#endif
+    for (int64_t m = 0; m < M; m++)
         for (int64_t b = 0; b < nb; b++) {
-            const float* v = x + m * K + b * QB;
-            float amax = 0.f;
-            for (int i = 0; i < QB; i++) amax = std::max(amax, fabsf(v[i]));
-            float d = amax / 127.f, id = d > 0.f ? 1.f / d : 0.f;
-            a.d[m * nb + b] = d;
-            int8_t* q = a.q.data() + m * K + b * QB;
-            int32_t sum = 0;
-            for (int i = 0; i < QB; i++) sum += q[i] = (int8_t)round_even(v[i] * id);
-            a.s[m * nb + b] = d * (float)sum;
+            const int64_t at = m * K + b * QB;
+            uint8_t* u = with_unsigned ? a.u.data() + at : nullptr;
+#if RN_X86
+            if (wide) {
+                act_block_avx2(x + at, a.q.data() + at, u, &a.d[m * nb + b], &a.s[m * nb + b]);
+                continue;
+            }
+#endif
+            act_block(x + at, a.q.data() + at, u, &a.d[m * nb + b], &a.s[m * nb + b]);
         }
-    }
-    if (with_unsigned) {
-        a.u.resize((size_t)(M * K));
-        for (int64_t i = 0; i < M * K; i++) a.u[i] = (uint8_t)(a.q[i] + 128);
-    }
 }
 
 // ---- the products: y[m, r] = sum_b d_w[r, b] d_x[m, b] sum_i q_w[r, b, i] q_x[m, b, i] -------------
@@ -635,7 +682,6 @@ float offsets_fast(const uint16_t* m, const float* sx, int64_t nb) { return offs
 #endif
 
 // ---- which kernel this CPU runs ------------------------------------------------------------------
-enum Isa { SCALAR = 0, AVX2 = 1, AVX512_VNNI = 2, NEON = 3, NEON_DOTPROD = 4 };
 
 #if RN_X86
 #if defined(_MSC_VER) && !defined(__clang__)

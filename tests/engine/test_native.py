@@ -66,6 +66,8 @@ def test_every_instruction_set_makes_the_same_blocks_and_products(bits, dtype):
     w[3, :32], w[5, 64:96], w[7, 288:] = 0.25, 0.0, -1e-3
     w = w.to(dtype)
     x = torch.randn(4, 320)
+    x[1, 32:64] = 0.0  # (activations: a block of zeros, one whose values are halves of its steps)
+    x[2, :32] = torch.arange(32) * (2.0 / 127) - 0.5 / 127
     got = {}
     for code in isas():
         native.use_isa(code)
