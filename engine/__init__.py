@@ -15,6 +15,7 @@ import importlib
 
 _EXPORTS = {
     "load_model": ".model",
+    "check_loadable": ".model",
     "LoadOptions": ".options",
     "RWKV": ".model",
     "State": ".model",

@@ -288,6 +288,27 @@ def _to_device(lw: dict, dev: str) -> dict:
     return {k: (v.to(dev, non_blocking=True) if v is not None else None) for k, v in lw.items()}
 
 
+def check_loadable(path: str | os.PathLike, strategy: str = "cpu fp32", *,
+                   tokenizer_path: str | os.PathLike | None = None) -> ModelConfig:
+    """What :func:`load_model` checks before anything heavy, without loading: the strategy, this
+    machine's devices, the file (its format, its tensors and the model they make) and the model's
+    tokenizer. Raises what load_model would raise for them; returns the model's configuration.
+    A program checks a new model so before it lets go of the one it has loaded (a damaged or
+    truncated file then costs nothing). Memory is not checked: what is free depends on what the
+    program lets go of first."""
+    from roost.engine.tokenizer import WORLD_VOCABS, tokenizer_for_vocab
+
+    check_devices(parse_strategy(strategy), **machine_devices())
+    tensors, cfg = open_checkpoint(path)
+    try:
+        arch_module(cfg.arch)
+        if cfg.vocab_size not in WORLD_VOCABS or tokenizer_path is not None:
+            tokenizer_for_vocab(cfg.vocab_size, path, tokenizer_path)
+    finally:
+        tensors.close()
+    return cfg
+
+
 def load_model(path: str | os.PathLike, strategy: str = "cpu fp32", *,
                options: LoadOptions | None = None,
                tokenizer_path: str | os.PathLike | None = None,

@@ -75,6 +75,8 @@ class Runtime:
     def load(self, path: str | Path, strategy: str, progress: Callable[[float], None] | None = None) -> LoadedInfo:
         from roost import engine
         with self._lock:
+            if self.model is not None:  # a file or strategy that cannot load does not cost the loaded model
+                engine.check_loadable(path, strategy)
             self._unload()
             if self.mark_loads:
                 from roost.core.loadmarks import marked_load

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, QTimer, QUrl
-from PySide6.QtGui import QDesktopServices, QGuiApplication, QKeySequence, QShortcut
+from PySide6.QtGui import QDesktopServices, QGuiApplication, QKeySequence, QShortcut, QTextCursor
 from PySide6.QtWidgets import (
     QComboBox,
     QFrame,
@@ -11,6 +11,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QPushButton,
+    QSizePolicy,
     QSplitter,
     QStackedWidget,
     QVBoxLayout,
@@ -40,6 +41,8 @@ class ChatPage(ChatFiles, QWidget):
         self.edit_pos: int | None = None
         self.expanded: set[int] = set()
         self.context_tokens = 0
+        self.context_of: dict[int, int] = {}  # each chat's tokens in context after its last reply here
+        self.drafts: dict[int, tuple[str, int | None]] = {}  # each chat's unsent text (and the question it edits)
         self.follow = False  # the next render scrolls to the end (a message was just sent)
         self.reply_thinks = True
         self.render_timer = QTimer(self, singleShot=True, interval=50, timeout=self._render_streaming)
@@ -104,6 +107,8 @@ class ChatPage(ChatFiles, QWidget):
         self.sampling_btn = QPushButton(tr("Sampling"), checkable=True)
         self.export_btn = QPushButton(tr("Export…"), clicked=self.export)
         self.tokens_label = QLabel(objectName="hint")
+        # (never clipped: the drop-downs beside it give way first)
+        self.tokens_label.setSizePolicy(QSizePolicy.Minimum, QSizePolicy.Preferred)
         top.addWidget(QLabel(tr("Persona")))
         top.addWidget(self.persona)
         top.addWidget(self.think)
@@ -124,7 +129,9 @@ class ChatPage(ChatFiles, QWidget):
 
         self.input = Composer(self.ctl.settings.current.send_key)
         self.input.send.connect(self.send)
-        self.input.stop.connect(self.stop)
+        self.input.stop.connect(self.escape)
+        self.edit_hint = QLabel(tr("Editing a question: sending makes a new version of it. Esc cancels."),
+                                objectName="hint", visible=False, wordWrap=True)
         self.input.setAccessibleName(tr("Message"))
         self.ctl.settings.subscribe(self._settings_changed)
         buttons = QVBoxLayout()
@@ -151,6 +158,7 @@ class ChatPage(ChatFiles, QWidget):
 
         rv.addLayout(top)
         rv.addLayout(middle, 1)
+        rv.addWidget(self.edit_hint)
         rv.addLayout(bottom)
 
         split = QSplitter()
@@ -244,17 +252,55 @@ class ChatPage(ChatFiles, QWidget):
     def _on_select(self, item, _prev=None) -> None:
         if item is None or self.rid is not None:
             return
+        if item.data(Qt.UserRole) == self.conv_id:
+            return
+        self._keep_draft()
         self.conv_id = item.data(Qt.UserRole)
-        self.edit_pos, self.expanded, self.shown = None, set(), PAGE
+        self.expanded, self.shown = set(), PAGE
+        self._show_draft()
+        self.context_tokens = self.context_of.get(self.conv_id, 0)
         self.persona.show_for(self.conv_id)
+        self.update_controls()
         self.render()
+
+    # --- drafts: each chat keeps what was typed in it, and the question being edited -------------
+    def _keep_draft(self) -> None:
+        if self.conv_id is None:
+            return
+        text = self.input.toPlainText()
+        if text.strip() or self.edit_pos is not None:
+            self.drafts[self.conv_id] = (text, self.edit_pos)
+        else:
+            self.drafts.pop(self.conv_id, None)
+
+    def _show_draft(self) -> None:
+        text, pos = self.drafts.pop(self.conv_id, ("", None)) if self.conv_id is not None else ("", None)
+        self.input.setPlainText(text)
+        self.input.moveCursor(QTextCursor.End)
+        self._editing(pos)
+
+    def _editing(self, pos: int | None) -> None:
+        """Whether the message box edits the question at `pos` (None: it writes a new one)."""
+        self.edit_pos = pos
+        self.edit_hint.setVisible(pos is not None)
+
+    def escape(self) -> None:
+        """Esc in the message box: stops a reply being written, else cancels an edit (the box empties)."""
+        if self.rid is not None:
+            self.stop()
+        elif self.edit_pos is not None:
+            self._editing(None)
+            self.input.clear()
 
     def new_chat(self) -> None:
         if self.rid is not None:
             return
         conv = self.ctl.store.new(tr("New chat"))
         self.persona.apply_to(conv.id)  # the menu's choice
+        self._keep_draft()
         self.conv_id = conv.id
+        self._show_draft()
+        self.context_tokens = 0
         self.reload_list()
         self.render()
         self.input.setFocus()
@@ -271,6 +317,11 @@ class ChatPage(ChatFiles, QWidget):
         conv = self.ctl.store.get(self.conv_id)
         self.ctl.store.delete(self.conv_id)
         self.ctl.forget(self.conv_id)
+        self.drafts.pop(self.conv_id, None)
+        self.context_of.pop(self.conv_id, None)
+        self.context_tokens = 0
+        self.input.clear()
+        self._editing(None)
         self.deleted, self.conv_id = self.conv_id, None
         self.undo_label.setText(tr("Deleted “{title}”.", title=conv.title if conv else ""))
         self.undo_bar.show()
@@ -296,7 +347,7 @@ class ChatPage(ChatFiles, QWidget):
         appended = self.edit_pos is None  # the view only grows: no need to draw it all again
         if self.edit_pos is not None:  # the edited question becomes a new version of the old one
             store.rewind(cid, self.edit_pos)
-            self.edit_pos = None
+            self._editing(None)
         before = store.messages(cid)
         history = [(m.role, m.content) for m in before]
         if not history and store.get(cid).title == tr("New chat"):
@@ -374,8 +425,18 @@ class ChatPage(ChatFiles, QWidget):
         if rid != self.rid:
             return
         self.ctl.store.update(self.conv_id, self.reply_id, reply.text, reply.reasoning)
-        self.context_tokens = reply.context_tokens
+        if self.stop_flag is not None and self.stop_flag.is_set():
+            self._drop_empty_reply()
+        if reply.context_tokens:
+            self.context_tokens = self.context_of[self.conv_id] = reply.context_tokens
         self._finish()
+
+    def _drop_empty_reply(self) -> None:
+        """A reply stopped before it wrote anything leaves no empty bubble: that version goes (an
+        earlier answer it was to replace is shown again; Regenerate asks anew)."""
+        mine = next((m for m in self.ctl.store.messages(self.conv_id) if m.id == self.reply_id), None)
+        if mine is not None and not mine.content.strip() and not mine.reasoning.strip():
+            self.ctl.store.delete_message(self.conv_id, mine.position)
 
     def on_failed(self, rid: int, message: str) -> None:
         if rid != self.rid:
@@ -563,8 +624,9 @@ class ChatPage(ChatFiles, QWidget):
         if action == "copy":
             self._copied(msg.content)
         elif action == "edit" and self.rid is None:
-            self.edit_pos = pos
+            self._editing(pos)
             self.input.setPlainText(msg.content)
+            self.input.moveCursor(QTextCursor.End)
             self.input.setFocus()
         elif action == "think":
             self.expanded ^= {pos}

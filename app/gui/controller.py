@@ -293,7 +293,8 @@ class Controller(QObject):
         return self.engine is not None and not self.generating
 
     def load_model(self, path: str | Path, strategy: str | None = None) -> None:
-        """Load a model (the one loaded before is unloaded first: never two at once). Without a
+        """Load a model (the one loaded before is unloaded first, once the new file and strategy have
+        passed the checks that need no loading: never two at once). Without a
         strategy, the settings' rule decides (the model's override, else the default, else auto)."""
         if not self.can_load():
             return
@@ -319,7 +320,9 @@ class Controller(QObject):
         self.modelChanged.emit()
 
     def _on_load_failed(self, message: str) -> None:
-        self.loading, self.info = None, None
+        # (a file or strategy refused before the loaded model was let go of leaves that model working)
+        runtime = self.runtime
+        self.loading, self.info = None, runtime.info if runtime is not None else None
         self.show_error(message)
         self.modelChanged.emit()
 

@@ -177,3 +177,18 @@ def test_unsupported_variants_say_so(tmp_path):
     torch.save(weights, tmp_path / "conv.pth")
     with pytest.raises(UnsupportedModelError, match="convert_model.py"):
         open_checkpoint(tmp_path / "conv.pth")
+
+
+def test_a_model_can_be_checked_before_anything_is_loaded(make_checkpoint, tmp_path):
+    from roost.engine import check_loadable
+    from roost.engine.errors import CorruptCheckpointError, StrategyError
+
+    good = make_checkpoint("v7.0", n_layer=2, n_embd=128)
+    cfg = check_loadable(good, "cpu int8")
+    assert cfg.version == 7 and cfg.n_layer == 2
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(good.read_bytes()[:good.stat().st_size // 2])
+    with pytest.raises(CorruptCheckpointError):
+        check_loadable(cut)
+    with pytest.raises(StrategyError):
+        check_loadable(good, "cpu turbo9")
