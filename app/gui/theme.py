@@ -40,6 +40,9 @@ QLineEdit, QPlainTextEdit, QComboBox, QSpinBox, QDoubleSpinBox {
 QLineEdit:focus, QPlainTextEdit:focus, QComboBox:focus, QSpinBox:focus, QDoubleSpinBox:focus {
     border: 1px solid %(accent)s; }
 QComboBox::drop-down { border: none; width: 22px; }
+QComboBox QAbstractItemView { border: 1px solid palette(mid); background: palette(base); color: palette(text);
+    selection-background-color: %(accent)s; selection-color: white; outline: 0; }
+QComboBox::item:selected { background: %(accent)s; color: white; padding-left: 0px; }
 QComboBox::down-arrow { image: url(%(down)s); width: 14px; height: 14px; }
 QSpinBox::up-button, QSpinBox::down-button, QDoubleSpinBox::up-button, QDoubleSpinBox::down-button {
     border: none; width: 18px; }

@@ -273,3 +273,33 @@ def test_the_status_bar_counts_memory_as_roost_doctor_does(qtbot, window):
 
     for n in (0, 1, 2 ** 30, 25_300_000_000, 7.5 * 2 ** 30):  # (the app's own copy, without torch)
         assert memory_size(n) == gib(n)
+
+
+def test_the_highlighted_item_of_a_drop_down_is_visible_in_both_themes(qtbot, window):
+    """The item under the mouse / keyboard in an open drop-down (Persona, Thinking, Language,
+    Theme) is drawn in the accent colour; in the light theme it was white on white."""
+    from PySide6.QtGui import QColor
+    from PySide6.QtWidgets import QApplication
+
+    from roost.gui.theme import ACCENT, apply_theme
+
+    win = window()
+    win.show()
+    combo = win.chat.think
+    combo.setVisible(True)
+    try:
+        for theme in ("light", "dark"):
+            apply_theme(QApplication.instance(), theme)
+            combo.showPopup()
+            qtbot.wait(100)
+            view = combo.view()
+            index = combo.model().index(2, 0)
+            view.setCurrentIndex(index)
+            qtbot.wait(50)
+            rect = view.visualRect(index)
+            image = view.viewport().grab().toImage()
+            color = image.pixelColor(image.width() - 4, rect.center().y())  # (beside the text)
+            assert color == QColor(ACCENT), (theme, color.name())
+            combo.hidePopup()
+    finally:
+        apply_theme(QApplication.instance(), "light")
