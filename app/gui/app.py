@@ -193,6 +193,12 @@ def run() -> int:
         print("The desktop app needs PySide6: pip install PySide6 (the command line works without it).\n"
               "桌面程序需要 PySide6：pip install PySide6（命令行不需要）。", file=sys.stderr)
         return 2
+    from roost.gui.platform_check import problem
+
+    blocked = problem()  # (Qt would abort the process: say what to install instead)
+    if blocked:
+        print(blocked, file=sys.stderr)
+        return 1
     setup_logging()
     from PySide6.QtWidgets import QApplication
 
