@@ -98,7 +98,14 @@ def _to_3(db: sqlite3.Connection) -> None:
     """)
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_to_2, _to_3]  # MIGRATIONS[i] takes schema i+1 to i+2
+def _to_4(db: sqlite3.Connection) -> None:
+    """Replies being written: `writing` is when a reply began while its text is saved as it
+    streams, NULL once it ended (finished, stopped or failed). One still set when Roost starts
+    again was cut off (the program was killed or crashed): it is shown marked as interrupted."""
+    _script(db, "ALTER TABLE messages ADD COLUMN writing REAL")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_to_2, _to_3, _to_4]  # MIGRATIONS[i] takes schema i+1 to i+2
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
 FTS_SCHEMA = """

@@ -59,6 +59,7 @@ class StoredMessage:
     id: int = 0
     version: int = 1  # which of the versions at this point (1-based)
     versions: int = 1  # how many there are (regenerated answers, edited questions)
+    writing: bool = False  # a reply begun and not ended (see append/update; after a crash: interrupted)
 
 
 _CONV_COLS = "id, title, system, updated, pinned, created, persona"
@@ -205,11 +206,11 @@ class ConversationStore:
 
     # --- messages: the path shown and its versions -----------------------------------------------
     def _tree(self, conv_id: int) -> tuple[int | None, dict[int, tuple]]:
-        """(the leaf, {id: (parent, role, content, reasoning, selected)}) of a conversation."""
+        """(the leaf, {id: (parent, role, content, reasoning, selected, writing)}) of a conversation."""
         leaf = self.db.execute("SELECT leaf FROM conversations WHERE id=?", (conv_id,)).fetchone()
         nodes = {r[0]: r[1:] for r in self.db.execute(
-            "SELECT id, parent, role, content, reasoning, selected FROM messages WHERE conversation=? ORDER BY id",
-            (conv_id,))}
+            "SELECT id, parent, role, content, reasoning, selected, writing FROM messages WHERE conversation=? "
+            "ORDER BY id", (conv_id,))}
         return (leaf[0] if leaf else None), nodes
 
     @staticmethod
@@ -231,26 +232,36 @@ class ConversationStore:
             children.setdefault(parent, []).append(mid)
         out = []
         for pos, mid in enumerate(self._path(leaf, nodes)):
-            parent, role, content, reasoning, _sel = nodes[mid]
+            parent, role, content, reasoning, _sel, writing = nodes[mid]
             sibs = children[parent]
-            out.append(StoredMessage(pos, role, content, reasoning, mid, sibs.index(mid) + 1, len(sibs)))
+            out.append(StoredMessage(pos, role, content, reasoning, mid, sibs.index(mid) + 1, len(sibs),
+                                     writing is not None))
         return out
 
-    def append(self, conv_id: int, role: str, content: str, reasoning: str = "") -> StoredMessage:
-        """Add a message after the last one shown (after `rewind`, a new version at that point)."""
+    def append(self, conv_id: int, role: str, content: str, reasoning: str = "", *,
+               writing: bool = False) -> StoredMessage:
+        """Add a message after the last one shown (after `rewind`, a new version at that point).
+        `writing`: a reply whose text comes as it is written (`update(..., done=False)` saves it
+        as it streams, `update` ends it); one never ended is shown as interrupted."""
         path = self._path_ids(conv_id)
         parent = path[-1] if path else None
         now = time.time()
         cur = self.db.execute("INSERT INTO messages (conversation, parent, role, content, reasoning, created, "
-                              "selected) VALUES (?,?,?,?,?,?,?)", (conv_id, parent, role, content, reasoning, now, now))
+                              "selected, writing) VALUES (?,?,?,?,?,?,?,?)",
+                              (conv_id, parent, role, content, reasoning, now, now, now if writing else None))
         self.db.execute("UPDATE conversations SET leaf=?, updated=? WHERE id=?", (cur.lastrowid, now, conv_id))
         versions = self.db.execute("SELECT count(*) FROM messages WHERE conversation=? AND parent IS ?",
                                    (conv_id, parent)).fetchone()[0]
-        return StoredMessage(len(path), role, content, reasoning, cur.lastrowid, versions, versions)
+        return StoredMessage(len(path), role, content, reasoning, cur.lastrowid, versions, versions, writing)
 
-    def update(self, conv_id: int, message_id: int, content: str, reasoning: str = "") -> None:
-        self.db.execute("UPDATE messages SET content=?, reasoning=? WHERE conversation=? AND id=?",
-                        (content, reasoning, conv_id, message_id))
+    def update(self, conv_id: int, message_id: int, content: str, reasoning: str = "", *, done: bool = True) -> None:
+        """A message's text; `done` False: a reply's text so far, still being written."""
+        if done:
+            self.db.execute("UPDATE messages SET content=?, reasoning=?, writing=NULL WHERE conversation=? AND id=?",
+                            (content, reasoning, conv_id, message_id))
+        else:
+            self.db.execute("UPDATE messages SET content=?, reasoning=? WHERE conversation=? AND id=?",
+                            (content, reasoning, conv_id, message_id))
         self._touch(conv_id)
 
     def rewind(self, conv_id: int, position: int) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from PySide6.QtCore import Qt, QTimer, QUrl
 from PySide6.QtGui import QDesktopServices, QGuiApplication, QKeySequence, QShortcut, QTextCursor
 from PySide6.QtWidgets import (
@@ -30,6 +32,7 @@ THINK_LEVELS = [("Don't think", False), ("Think a bit", "low"), ("Think", "mediu
 PAGE = 100  # messages shown at first in a long chat, and added by each "show earlier"
 
 class ChatPage(ChatFiles, QWidget):
+    SAVE_EVERY = 2.0  # seconds between saves of a reply's text while it streams
     def __init__(self, ctl):
         super().__init__()
         self.ctl = ctl
@@ -37,6 +40,7 @@ class ChatPage(ChatFiles, QWidget):
         self.rid: int | None = None  # the generation in flight
         self.reply_id: int | None = None  # the id of the message it writes
         self.partial = ""
+        self._saved_at = 0.0  # when the reply's text was last saved while it streams
         self.stop_flag = None
         self.edit_pos: int | None = None
         self.expanded: set[int] = set()
@@ -354,7 +358,7 @@ class ChatPage(ChatFiles, QWidget):
             store.rename(cid, text.splitlines()[0][:40])
             self.reload_list()
         question = store.append(cid, "user", text)
-        reply = store.append(cid, "assistant", "")
+        reply = store.append(cid, "assistant", "", writing=True)
         self.reply_id = reply.id
         self.input.clear()
         self._start(history, text, append=[question, reply] if appended else None, path=[m.id for m in before])
@@ -366,6 +370,7 @@ class ChatPage(ChatFiles, QWidget):
 
         self.stop_flag = StopFlag()
         self.partial = ""
+        self._saved_at = time.monotonic()
         conv = self.ctl.store.get(self.conv_id)
         think = self.think.currentData() if self.ctl.info.reasoning else None
         self.reply_thinks = think is not None and think is not False  # how this reply is to be split
@@ -404,7 +409,7 @@ class ChatPage(ChatFiles, QWidget):
         store.rewind(self.conv_id, question.position + 1)
         before = [m for m in msgs if m.position < question.position]
         history = [(m.role, m.content) for m in before]
-        reply = store.append(self.conv_id, "assistant", "")
+        reply = store.append(self.conv_id, "assistant", "", writing=True)
         self.reply_id = reply.id
         path = [m.id for m in before]
         if last and self.view.tail_start is not None:  # draw the new answer in the old one's place
@@ -420,6 +425,8 @@ class ChatPage(ChatFiles, QWidget):
         self.partial += text
         if not self.render_timer.isActive():
             self.render_timer.start()
+        if time.monotonic() - self._saved_at >= self.SAVE_EVERY:  # what a kill -9 would leave
+            self._save_partial(done=False)
 
     def on_done(self, rid: int, reply) -> None:
         if rid != self.rid:
@@ -458,11 +465,13 @@ class ChatPage(ChatFiles, QWidget):
                 return
         self.render()
 
-    def _save_partial(self) -> None:
+    def _save_partial(self, done: bool = True) -> None:
+        """The reply's text so far into the file (`done` False: while it is still being written)."""
         if self.rid is None or self.conv_id is None:
             return
         thought, answer = self._split(self.partial)
-        self.ctl.store.update(self.conv_id, self.reply_id, answer, thought)
+        self.ctl.store.update(self.conv_id, self.reply_id, answer, thought, done=done)
+        self._saved_at = time.monotonic()
 
     def shutdown(self) -> None:
         """The window is closing: stop the generation and keep what it wrote."""
@@ -518,7 +527,10 @@ class ChatPage(ChatFiles, QWidget):
         if streaming:
             thought, content = self._split(self.partial)
             content += " ▍"
-        return self.view.message_html(m, content, thought, expanded=m.position in self.expanded)
+        # a reply left unfinished in the file (Roost was killed or crashed while writing it)
+        interrupted = m.writing and not streaming and not (self.rid is not None and m.id == self.reply_id)
+        return self.view.message_html(m, content, thought, expanded=m.position in self.expanded,
+                                      interrupted=interrupted)
 
     def render(self) -> None:
         """Show the conversation (its last `shown` messages); the last message is drawn on its own,

@@ -307,11 +307,15 @@ class ChatView(QTextBrowser):
     def colours(self) -> render.Palette:
         return render.DARK if self.palette().color(QPalette.ColorRole.Base).lightness() < 128 else render.LIGHT
 
-    def message_html(self, m, content: str, thought: str, *, expanded: bool) -> str:
+    def message_html(self, m, content: str, thought: str, *, expanded: bool, interrupted: bool = False) -> str:
         """One message (a StoredMessage `m`, showing `content` and `thought`): its bubble and its
-        thought, folded unless `expanded` (its actions are `MessageActions`, over it on hover)."""
+        thought, folded unless `expanded` (its actions are `MessageActions`, over it on hover);
+        `interrupted`: a reply cut off when Roost ended (said under its text)."""
         palette = self.colours()
         body, _code = render.markdown_html(content, palette, f"{m.position}-")
+        if interrupted:
+            body += (f'<p style="color:{palette.muted};"><i>'
+                     f'{html.escape(tr("Interrupted: Roost closed before this reply was finished."))}</i></p>')
         thought_html = ""
         if thought:
             if expanded:

@@ -220,3 +220,22 @@ def test_markdown_export_imports_again_and_other_text_is_refused(tmp_path):
     with pytest.raises(ConversationFileError, match="no messages were found"):
         s.import_markdown("# Shopping list\n\n- eggs\n- milk\n")
     assert len(s.list()) == before
+
+
+def test_a_reply_cut_off_while_written_is_kept_and_known_as_interrupted(tmp_path):
+    """A reply's text is saved as it streams (`done=False`); if the program dies before the end,
+    the file keeps that text and says the reply was being written (shown as interrupted); a
+    reply that ended, finished or stopped, is not."""
+    db = tmp_path / "chats.sqlite"
+    s = ConversationStore(db)
+    c = s.new("A chat")
+    s.append(c.id, "user", "Tell me a story.")
+    reply = s.append(c.id, "assistant", "", writing=True)
+    assert reply.writing
+    s.update(c.id, reply.id, "Once upon a time", done=False)
+    other = ConversationStore(db)  # what a program started after a kill -9 reads
+    cut = other.messages(c.id)[-1]
+    assert cut.content == "Once upon a time" and cut.writing
+    s.update(c.id, reply.id, "Once upon a time, the end.")
+    assert not ConversationStore(db).messages(c.id)[-1].writing
+    assert not s.messages(c.id)[0].writing  # (questions are never being written)

@@ -630,3 +630,36 @@ def test_a_failed_load_keeps_the_model_that_works(qtbot, window, make_checkpoint
     send(qtbot, win, "Still there?")
     qtbot.waitUntil(lambda: win.chat.rid is None, timeout=30000)
     assert win.ctl.store.messages(win.chat.conv_id)[-1].content
+
+
+def test_a_reply_is_saved_as_it_streams_and_one_cut_off_is_shown_interrupted(qtbot, window, make_checkpoint,
+                                                                              monkeypatch):
+    """What a kill -9 in the middle of a reply leaves: the text streamed so far is in the file (saved
+    every SAVE_EVERY seconds), and the next start shows it marked as interrupted."""
+    from roost.core.conversations import ConversationStore
+    from roost.gui.chat_page import ChatPage
+
+    monkeypatch.setattr(ChatPage, "SAVE_EVERY", 0.0)
+    win = window()
+    load(qtbot, win, make_checkpoint("v6.0"))
+    chat = win.chat
+    chat.sampling.set_values({"max_tokens": 4000})
+    pieces = []
+    win.ctl.piece.connect(lambda rid, p: pieces.append(p))
+    send(qtbot, win, "Write a long story.")
+    qtbot.waitUntil(lambda: len(pieces) >= 5, timeout=30000)
+    on_disk = ConversationStore(win.ctl.store.path).messages(chat.conv_id)[-1]  # as a crash would leave it
+    assert on_disk.writing and on_disk.content and "".join(pieces).strip().startswith(on_disk.content.strip()[:10])
+    chat.stop()
+    qtbot.waitUntil(lambda: chat.rid is None, timeout=30000)
+    assert not ConversationStore(win.ctl.store.path).messages(chat.conv_id)[-1].writing  # stopped: not cut off
+    assert not shows(chat.view, "Interrupted")
+
+    store = win.ctl.store  # a reply left being written by a Roost that died
+    conv = store.new("After a crash")
+    store.append(conv.id, "user", "Tell me a story.")
+    cut = store.append(conv.id, "assistant", "", writing=True)
+    store.update(conv.id, cut.id, "Once upon a time", done=False)
+    chat.conv_id = conv.id
+    chat.render()
+    assert shows(chat.view, "Once upon a time") and shows(chat.view, "Interrupted: Roost closed before")
