@@ -429,11 +429,14 @@ def _models(args) -> int:
     rows.sort(key=lambda r: (r.model is None, r.model.version if r.model else 0, r.model.billions if r.model else 0))
     print(f"{'model':<22} {'size':>8} {'strategy':<30} {'speed':<7} {'fit':<34} file")
     for r in rows:
+        damaged = " [damaged: delete it and download it again / 已损坏]" if r.problem else ""
         if r.model is None:
-            print(f"{r.name[:22]:<22} {gib(r.path.stat().st_size):>8} {'(a file of yours)':<30} {'':<7} {'':<34} {r.file}")
+            damaged = " [damaged or not a model / 已损坏或不是模型]" if r.problem else ""
+            print(f"{r.name[:22]:<22} {gib(r.path.stat().st_size):>8} {'(a file of yours)':<30} {'':<7} {'':<34} "
+                  f"{r.file}{damaged}")
             continue
         a, m = r.advice, r.model
-        mark = (" [downloaded]" if r.downloaded else " [partly downloaded]" if r.file in partial
+        mark = (damaged or " [downloaded]" if r.downloaded else " [partly downloaded]" if r.file in partial
                 else " [removed upstream]" if not m.available else "")
         print(f"{m.display:<22} {gib(m.size_bytes):>8} {a.strategy:<30} {a.speed:<7} "
               f"{a.label + ' / ' + a.label_zh:<34} {m.file}{mark}")

@@ -251,6 +251,36 @@ class ModelRow:
     def downloaded(self) -> bool:
         return self.path.is_file()
 
+    @property
+    def problem(self) -> str | None:
+        """Why the file here cannot be used, with what to do (English, then Chinese); None when
+        it looks whole or is not here (see file_problem)."""
+        return file_problem(self.path, self.model) if self.downloaded else None
+
+
+def file_problem(path: Path, model: CatalogModel | None = None) -> str | None:
+    """Why a model file in the folder cannot be used, with what to do (English, then Chinese), or
+    None when it looks whole: a catalog model's file against the catalog's size (a download cut
+    short or a copy not finished), any other file by opening its index (remembered while it
+    keeps its size and time). Its data are not read: damage inside a whole-sized file shows at load."""
+    from roost.core.download import human_size
+
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return None
+    if model is not None and model.size_bytes:
+        if size == model.size_bytes:
+            return None
+        return (f"This file is damaged or incomplete ({human_size(size)} of {human_size(model.size_bytes)}). "
+                f"Delete it and download it again.\n"
+                f"此文件已损坏或不完整（{human_size(size)} / {human_size(model.size_bytes)}）。请删除后重新下载。")
+    if _model_config(path) is not None:
+        return None
+    return ("This file does not open as an RWKV model: it is damaged, incomplete (still being copied?) or "
+            "another kind of file. Copy it again, or delete it.\n"
+            "此文件无法作为 RWKV 模型打开：可能已损坏、不完整（仍在复制？）或不是模型文件。请重新复制或删除。")
+
 
 def model_rows(models_dir: str | os.PathLike, catalog: list[CatalogModel], machine=None, *,
                every_release: bool = False, advice_cache: dict | None = None) -> tuple[list[ModelRow], dict]:

@@ -77,6 +77,7 @@ class Controller(QObject):
         self._recommended = None  # its suggested model
         self.settings.subscribe(self._settings_changed)
         self._job.connect(self._on_job)  # queued: this object lives on the UI thread
+        self._watch_models_folder()
         if notice:  # the chats file was damaged (kept aside) or is from a newer Roost
             self.show_error(notice)
         from PySide6.QtCore import QCoreApplication
@@ -105,6 +106,31 @@ class Controller(QObject):
     def models_folder(self) -> Path:
         return self.settings.current.models_folder()
 
+    def _watch_models_folder(self) -> None:
+        """List again when files come, go or change in the models folder (copied in by hand, a
+        copy that finishes, deleted elsewhere): half a second after the last change."""
+        from PySide6.QtCore import QFileSystemWatcher, QTimer
+
+        if getattr(self, "_watcher", None) is None:
+            self._watcher = QFileSystemWatcher(self)
+            self._relist = QTimer(self, singleShot=True, interval=500)
+            self._relist.timeout.connect(self._folder_changed)
+            self._watcher.directoryChanged.connect(lambda _p: self._relist.start())
+            self._watcher.fileChanged.connect(lambda _p: self._relist.start())
+        watched = self._watcher.directories() + self._watcher.files()
+        if watched:
+            self._watcher.removePaths(watched)
+        folder = self.models_folder()
+        if folder.is_dir():
+            self._watcher.addPath(str(folder))
+            files = [str(p) for p in folder.iterdir() if p.is_file() and p.suffix in (".pth", ".safetensors")]
+            if files:
+                self._watcher.addPaths(files)
+
+    def _folder_changed(self) -> None:
+        self._watch_models_folder()  # (new files are watched too; a file replaced is watched again)
+        self.libraryChanged.emit()
+
     def _settings_changed(self, old, new) -> None:
         from roost.core.settings import apply_proxy
 
@@ -120,6 +146,8 @@ class Controller(QObject):
             threads.configure(new.threads)
         if new.weight_cache_mb != old.weight_cache_mb and self.runtime is not None:
             self.runtime.options = new.load_options()  # for the next load
+        if new.models_folder() != old.models_folder():
+            self._watch_models_folder()
         if new.models_folder() != old.models_folder() or new.strategy_overrides != old.strategy_overrides \
                 or new.default_strategy != old.default_strategy:
             self.libraryChanged.emit()
@@ -266,6 +294,7 @@ class Controller(QObject):
 
             self.show_error(str(e) if isinstance(e, RoostError) else tr(
                 "The model list could not be refreshed; the details are in the log."))
+            self.libraryChanged.emit()  # (offline: the models folder is listed again all the same)
             if on_finished:
                 on_finished()
 

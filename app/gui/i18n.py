@@ -96,7 +96,7 @@ TEXT = {
     "Strategy": "运行方式", "Status": "状态",
     "Download": "下载", "Pause": "暂停", "Resume": "继续", "Cancel": "取消", "Load": "加载",
     "Unload": "卸载", "Import file…": "导入文件…", "Refresh list": "刷新列表",
-    "downloaded": "已下载", "not downloaded": "未下载", "queued": "排队中", "paused": "已暂停",
+    "downloaded": "已下载", "damaged": "已损坏", "not downloaded": "未下载", "queued": "排队中", "paused": "已暂停",
     "failed": "失败", "removed upstream": "已从上游删除", "loaded": "已加载",
     "{pct}% · {speed}/s · {eta} left": "{pct}% · {speed}/s · 剩余 {eta}",
     "Automatic": "自动", "Custom…": "自定义…",

@@ -341,7 +341,7 @@ class ModelsPage(QWidget):
         if job is not None and job.state == "failed":
             return tr("failed")
         if row.path is not None and row.path.exists():
-            return tr("downloaded")
+            return tr("damaged") if row.problem else tr("downloaded")
         part = self.partial.get(row.file)
         if part is not None and part.total:
             return f"{tr('paused')} · {int(100 * part.have / part.total)}%"
@@ -362,7 +362,8 @@ class ModelsPage(QWidget):
         self.btn["resume"].setEnabled(paused)
         self.btn["cancel"].setEnabled(active or paused)
         self.btn["delete"].setEnabled(present and not (self.ctl.info and self.ctl.info.path == row.path))
-        self.btn["load"].setEnabled(present and self.ctl.engine is not None and not self.ctl.generating)
+        damaged = bool(present and row.problem)
+        self.btn["load"].setEnabled(present and not damaged and self.ctl.engine is not None and not self.ctl.generating)
         self.btn["unload"].setEnabled(self.ctl.info is not None and not self.ctl.generating)
         if row is None:
             self.details.setText("")
@@ -377,6 +378,8 @@ class ModelsPage(QWidget):
         self.reason.setText(pick(row.advice.reason, row.advice.reason_zh) if row.advice else "")
         if job is not None and job.state == "failed" and job.error:
             self.reason.setText(split_bilingual(job.error))
+        elif damaged:
+            self.reason.setText(split_bilingual(row.problem))
         strategy = self.strategy_for(row)
         self.terms.setText(tr("Runs as “{strategy}”.", strategy=strategy) + "<br>" + "<br>".join(explain_strategy(strategy)))
         override = self.ctl.settings.current.strategy_overrides.get(row.file)

@@ -251,11 +251,35 @@ def test_source_suggestion(lang, tz, want):
 
 
 def test_models_lists_what_is_downloaded(tmp_path):
-    (tmp_path / RAVEN.file).write_bytes(b"x")
+    with open(tmp_path / RAVEN.file, "wb") as f:  # (sparse: the catalog's size, nothing written)
+        f.truncate(RAVEN.size_bytes)
+    other = next(m for m in load_catalog(refreshed=False) if m.version == 7)
+    (tmp_path / other.file).write_bytes(b"x")  # a download cut short, copied in by hand
     r = roost("models", "--all", env={"ROOST_MODELS_DIR": str(tmp_path)})
     assert r.returncode == 0, r.stderr
     line = next(x for x in r.stdout.splitlines() if RAVEN.file in x)
     assert "[downloaded]" in line and str(tmp_path) in r.stdout
+    line = next(x for x in r.stdout.splitlines() if other.file in x)
+    assert "[damaged: delete it and download it again" in line and "[downloaded]" not in line
+
+
+def test_a_damaged_model_file_is_told_apart_with_what_to_do(tmp_path, make_checkpoint):
+    from roost.core.library import file_problem
+
+    whole = tmp_path / RAVEN.file
+    with open(whole, "wb") as f:
+        f.truncate(RAVEN.size_bytes)
+    assert file_problem(whole, RAVEN) is None
+    cut = tmp_path / "cut.pth"
+    with open(cut, "wb") as f:
+        f.truncate(RAVEN.size_bytes // 3)
+    said = file_problem(cut, RAVEN)
+    assert "damaged or incomplete" in said and "download it again" in said and "请删除后重新下载" in said
+    mine = tmp_path / "mine.pth"
+    mine.write_bytes(make_checkpoint("v7.0", n_layer=2, n_embd=128).read_bytes())
+    assert file_problem(mine) is None
+    mine.write_bytes(mine.read_bytes()[:5000])  # a copy not finished
+    assert "does not open as an RWKV model" in file_problem(mine)
 
 
 def test_model_rows_are_one_qt_free_function_for_the_page_and_the_command(tmp_path):

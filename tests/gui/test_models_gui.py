@@ -301,3 +301,31 @@ def test_a_model_that_cannot_be_deleted_says_so_and_stays_listed(qtbot, window, 
     qtbot.mouseClick(page.btn["delete"], Qt.LeftButton)
     assert (home / "models" / name).exists() and name in [r.file for r in page.table.rows]
     assert win.ctl.error is not None and f"{name} could not be deleted" in str(win.ctl.error)
+
+
+def test_the_models_folder_is_watched_and_a_damaged_file_says_what_to_do(qtbot, window, make_checkpoint, home):
+    """A file copied into the models folder by hand appears without a restart or a click; a file
+    that does not open as a model is listed as damaged, with what to do, and cannot be loaded."""
+    win = window()
+    folder = home / "models"
+    folder.mkdir(parents=True, exist_ok=True)
+    win.ctl._watch_models_folder()
+    win.ctl.set_machine(MACHINE, load_catalog(refreshed=False))
+    page = win.models
+    win.show_page("models")
+    good = make_checkpoint("v7.0", n_layer=2, n_embd=128).read_bytes()
+    (folder / "copied-by-hand.pth").write_bytes(good)
+    qtbot.waitUntil(lambda: any(r.file == "copied-by-hand.pth" for r in page.table.rows), timeout=5000)
+    (folder / "half-copied.pth").write_bytes(good[:4096])
+    qtbot.waitUntil(lambda: any(r.file == "half-copied.pth" for r in page.table.rows), timeout=5000)
+    page.select_file("half-copied.pth")
+    row = page.current()
+    assert page.status_text(row) == "damaged" and not page.btn["load"].isEnabled()
+    assert "does not open as an RWKV model" in page.reason.text()
+    page.select_file("copied-by-hand.pth")
+    assert page.status_text(page.current()) == "downloaded"
+    (folder / "half-copied.pth").write_bytes(good)  # the copy finishes: whole now
+    qtbot.waitUntil(lambda: page.status_text(next(r for r in page.table.rows if r.file == "half-copied.pth"))
+                    == "downloaded", timeout=5000)
+    (folder / "copied-by-hand.pth").unlink()  # deleted elsewhere
+    qtbot.waitUntil(lambda: all(r.file != "copied-by-hand.pth" for r in page.table.rows), timeout=5000)
