@@ -62,8 +62,10 @@ class State:
 @dataclass(frozen=True)
 class BatchState:
     """The states of B streams decoded together (:meth:`RWKV.forward_batch`): each tensor of a
-    :class:`State` with a leading batch dimension. Immutable; streams join with :meth:`stack` and
-    :meth:`join`, leave with :meth:`select`, and come out as a State with :meth:`state`."""
+    :class:`State` with a leading batch dimension, its own (every way in copies). Immutable but
+    for ``forward_batch(..., in_place=True)``, which writes over the one it is given; streams join
+    with :meth:`stack` and :meth:`join`, leave with :meth:`select`, and come out as a State with
+    :meth:`state` (a copy)."""
 
     layers: tuple[tuple[torch.Tensor, ...], ...]
     n_tokens: tuple[int, ...]
@@ -198,18 +200,22 @@ class RWKV:
         return self._run(tokens, state, all_logits=True)
 
     @torch.inference_mode()
-    def forward_batch(self, tokens: Sequence[int], batch: BatchState) -> tuple[torch.Tensor, BatchState]:
+    def forward_batch(self, tokens: Sequence[int], batch: BatchState, *,
+                      in_place: bool = False) -> tuple[torch.Tensor, BatchState]:
         """One token for each of B streams at once: ``tokens[b]`` continues the state ``batch``
         holds for stream b. Returns float32 logits ``[B, vocab]`` and the batch's new state. The
         weights are read once for all the streams, so on a CPU a step of 8 costs little more than
         a step of one; each stream gets what :meth:`forward` of its token alone gives (up to the
-        rounding of batched matrix products)."""
+        rounding of batched matrix products). ``in_place``: ``batch`` is the caller's to give up
+        (a server's running batch): layers that run as compiled steps write their new state into
+        its tensors instead of new ones, and ``batch`` must not be used afterwards."""
         tokens = self._checked(tokens)
         threads.adapt()
         if len(tokens) != batch.size:
             raise ValueError(f"{len(tokens)} tokens for a batch of {batch.size} streams")
         layers_state = list(batch.layers)
-        x = self._through_layers(self._w["emb"][torch.tensor(tokens)], layers_state, self._arch_layer)  # rows: streams
+        layer = self._arch_layer_in_place if in_place else self._arch_layer
+        x = self._through_layers(self._w["emb"][torch.tensor(tokens)], layers_state, layer)  # rows: streams
         logits = self._head(x)
         return logits.float().cpu(), BatchState(tuple(layers_state), tuple(n + 1 for n in batch.n_tokens))
 
@@ -225,6 +231,11 @@ class RWKV:
     def _arch_layer(self, x, lw, st, carry):  # (batched decoding: a row per stream)
         if "native.step" in lw:
             return lw["native.step"](x, st, carry)
+        return self._arch.layer(x, lw, st, self.config, carry)
+
+    def _arch_layer_in_place(self, x, lw, st, carry):  # (the same, the state's tensors written over)
+        if "native.step" in lw:
+            return lw["native.step"](x, st, carry, in_place=True)
         return self._arch.layer(x, lw, st, self.config, carry)
 
     def _through_layers(self, x, layers_state: list, step):

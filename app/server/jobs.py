@@ -422,7 +422,8 @@ class Worker:
     def _step(self, model) -> None:
         """One token of every decoding reply, in one forward pass."""
         tokens = [rep.token for rep in self._replies]
-        logits, self._batch = model.forward_batch(tokens, self._batch)
+        # (the running batch is this worker's alone: the steps write its new state over the old)
+        logits, self._batch = model.forward_batch(tokens, self._batch, in_place=True)
         self.largest_batch = max(self.largest_batch, len(tokens))
         keep = []
         for b, rep in enumerate(self._replies):

@@ -1206,7 +1206,8 @@ struct RnV7Layer {
 };
 
 // One token for each of B streams through one layer. x, att_x, ffn_x, v_first: B x C; s: B x H x N x N.
-// New values go to the *_out arrays (which may not alias the inputs); v_first is written in layer 0
+// New values go to the *_out arrays, which may be the inputs themselves (the state updated in place:
+// each value is read before its place is written) but not x; v_first is written in layer 0
 // and read in the others. Returns 0, or -1 for a layer this step does not take.
 RN_API int rn_v7_step(const RnV7Layer* L, int64_t B, const float* x, float* x_out, const float* att_x,
                       float* att_x_out, const float* s, float* s_out, const float* ffn_x, float* ffn_x_out,
@@ -1322,9 +1323,9 @@ RN_API int rn_v7_step(const RnV7Layer* L, int64_t B, const float* x, float* x_ou
         for (int64_t c = 0; c < C; c++) xm[c] = x[b * C + c] + xa[b * C + c];
         float* xn = y + b * C;
         layer_norm(xm, L->ln2_w, L->ln2_b, C, xn);
-        for (int64_t c = 0; c < C; c++) {
-            ffn_x_out[b * C + c] = xn[c];
+        for (int64_t c = 0; c < C; c++) {  // (ffn_x read before ffn_x_out is written: they may be one)
             mixed[b * C + c] = xn[c] + (ffn_x[b * C + c] - xn[c]) * L->ffn_xk[c];
+            ffn_x_out[b * C + c] = xn[c];
         }
     });
     product(L->fk, mixed, B, big, acts);

@@ -200,3 +200,29 @@ def test_the_step_computes_the_same_on_any_number_of_threads(make_checkpoint, on
     finally:
         native.set_threads(None)
         native.share_torch_threads(False)
+
+
+@needs_kernels
+@pytest.mark.parametrize("version", ["v7.0", "v6.0"])
+def test_a_batch_updated_in_place_gives_what_a_new_one_gives(make_checkpoint, version):
+    """forward_batch(..., in_place=True) (the API server's running batch): the steps write the new
+    state over the batch's own tensors; logits and states are those of the functional call."""
+    from roost.engine.model import BatchState
+
+    model = load_model(make_checkpoint(version, n_layer=3, n_embd=128), "cpu int4")
+    starts = [model.forward(p)[1] for p in ([1, 2], [3000], [9, 9, 9])]
+    want_logits, want = model.forward_batch([5, 6, 7], BatchState.stack(starts))
+    given = BatchState.stack(starts)
+    tensors = [t for layer in given.layers for t in layer]
+    got_logits, got = model.forward_batch([5, 6, 7], given, in_place=True)
+    assert torch.equal(got_logits, want_logits)
+    for lg, lw in zip(got.layers, want.layers):
+        for a, b in zip(lg, lw):
+            assert torch.equal(a, b)
+    assert all(any(a is t for t in tensors) for layer in got.layers for a in layer)  # the same tensors, written over
+    copies = [got.state(b) for b in range(3)]  # (copies: what the streams hold before the next step)
+    again, _ = model.forward_batch([8, 8, 8], got, in_place=True)  # and it goes on
+    for b, st in enumerate(copies):
+        alone = model.forward([8], st)[0]
+        top = alone.topk(5).indices
+        _close(again[b][top], alone[top], f"stream {b} after two steps in place")
