@@ -207,14 +207,16 @@ def resumable_ids(cache: PrefixCache, model, text: str) -> list[int]:
 
 
 def generate_resumed(model, cache: PrefixCache, ids: Sequence[int], params, *, text: str | None = None,
-                     state=None, stop_flag=None, on_piece=None, prefill_chunk: int = PREFILL_CHUNK) -> Resumed:
+                     state=None, stop_flag=None, on_piece=None, on_progress=None,
+                     prefill_chunk: int = PREFILL_CHUNK) -> Resumed:
     """Generate after prompt `ids`, resuming from the longest stored proper prefix of them.
 
     Keeps the state before the prompt's last token (a later prompt that repeats or extends this one
     resumes there) and the state after the reply's fed tokens (the next turn). `text`: the prompt as
     text (see :func:`resumable_ids`), remembered with its reply for the next turn. `state`: start
-    from this state instead (no lookup; nothing is stored). (The API server does the same for
-    many replies at once, decoded together: roost.server.jobs.)"""
+    from this state instead (no lookup; nothing is stored). `on_progress(read, total)`: after each
+    chunk of the prompt read (tokens not resumed from a stored state). (The API server does the
+    same for many replies at once, decoded together: roost.server.jobs.)"""
     from roost.engine.generate import Generation
 
     ids = list(ids)
@@ -230,6 +232,8 @@ def generate_resumed(model, cache: PrefixCache, ids: Sequence[int], params, *, t
             cache.record(len(ids), c0)
             return Resumed(None, len(ids), cached, c0)
         _, state = model.forward(head[c0:c0 + prefill_chunk], state)
+        if on_progress is not None:
+            on_progress(min(c0 + prefill_chunk, len(head)), len(head))
     if head and use_cache:
         cache.store(model, ids[:-1], state)
     if text is not None and use_cache:

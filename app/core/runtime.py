@@ -119,7 +119,7 @@ class Runtime:
     def chat(self, key, history: list[tuple[str, str]], text: str, *, params, system: str = "",
              think: bool | str | None = None, on_piece: Callable[[str], None] | None = None, stop_flag=None,
              reasoning: bool | None = None, path: list[int] | None = None, message: int | None = None,
-             persona: str | Path | None = None) -> Reply:
+             persona: str | Path | None = None, on_progress: Callable[[int, int], None] | None = None) -> Reply:
         """One turn of conversation `key`. `history` is [(role, shown text), ...] before this turn.
         `reasoning`: use the G1 thinking format (default: when the loaded model is a G1 one); `think`:
         False, True or a level "low" / "medium" / "high" (roost.engine.prompts).
@@ -163,7 +163,7 @@ class Runtime:
             prompt = start[1] + build_prompt(fmt, messages, think=think, hint=False)
             ids = resumable_ids(self.cache, model, prompt)
             done = generate_resumed(model, self.cache, ids, params.with_stops(fmt.stop_strings), text=prompt,
-                                    stop_flag=stop_flag, on_piece=on_piece)
+                                    stop_flag=stop_flag, on_piece=on_piece, on_progress=on_progress)
             r = done.result
             if r is None:  # stopped while reading the prompt
                 return Reply("", "", "cancelled", 0, done.fed_tokens, 0, 0.0)
@@ -258,8 +258,8 @@ class Runtime:
 
     # --- completion ----------------------------------------------------------------------------
     def complete(self, prompt: str, *, params, on_piece: Callable[[str], None] | None = None,
-                 stop_flag=None) -> Reply:
-        r = self.generate(prompt, params=params, on_piece=on_piece, stop_flag=stop_flag)
+                 stop_flag=None, on_progress: Callable[[int, int], None] | None = None) -> Reply:
+        r = self.generate(prompt, params=params, on_piece=on_piece, stop_flag=stop_flag, on_progress=on_progress)
         return Reply(r.text, "", r.finish_reason, len(r.tokens), r.prompt_tokens,
                      r.prompt_tokens + len(r.tokens), r.tokens_per_second)
 
@@ -272,13 +272,14 @@ class Runtime:
             yield self._need_model()
 
     def generate(self, prompt: str | Sequence[int], *, params, state=None,
-                 on_piece: Callable[[str], None] | None = None, stop_flag=None):
+                 on_piece: Callable[[str], None] | None = None, stop_flag=None,
+                 on_progress: Callable[[int, int], None] | None = None):
         """One generation on a text or token-id prompt, from `state` (None: a fresh state), holding
         the lock. Returns the engine's GenerationResult (text, tokens, finish_reason, state, ...)."""
         from roost.engine.generate import Generation
 
         with self.exclusive() as model:
-            gen = Generation(model, prompt, params, state=state, stop_flag=stop_flag)
+            gen = Generation(model, prompt, params, state=state, stop_flag=stop_flag, on_prefill_progress=on_progress)
             for piece in gen:
                 if on_piece:
                     on_piece(piece)

@@ -41,6 +41,7 @@ class ChatPage(ChatFiles, QWidget):
         self.reply_id: int | None = None  # the id of the message it writes
         self.partial = ""
         self._saved_at = 0.0  # when the reply's text was last saved while it streams
+        self.read_so_far: tuple[int, int] | None = None  # a long prompt's tokens read, of how many
         self.stop_flag = None
         self.edit_pos: int | None = None
         self.expanded: set[int] = set()
@@ -57,6 +58,7 @@ class ChatPage(ChatFiles, QWidget):
         ctl.modelChanged.connect(self._model_changed)
         ctl.libraryChanged.connect(lambda: self.persona.fill())
         ctl.piece.connect(self.on_piece)
+        ctl.reading.connect(self.on_reading)
         ctl.done.connect(self.on_done)
         ctl.failed.connect(self.on_failed)
         ctl.firstRun.connect(self._first_run)
@@ -370,6 +372,7 @@ class ChatPage(ChatFiles, QWidget):
 
         self.stop_flag = StopFlag()
         self.partial = ""
+        self.read_so_far = None
         self._saved_at = time.monotonic()
         conv = self.ctl.store.get(self.conv_id)
         think = self.think.currentData() if self.ctl.info.reasoning else None
@@ -427,6 +430,13 @@ class ChatPage(ChatFiles, QWidget):
             self.render_timer.start()
         if time.monotonic() - self._saved_at >= self.SAVE_EVERY:  # what a kill -9 would leave
             self._save_partial(done=False)
+
+    def on_reading(self, rid: int, done: int, total: int) -> None:
+        """A long message is being read before the reply starts: say how far (in the reply's place)."""
+        if rid != self.rid or self.partial:
+            return
+        self.read_so_far = (done, total)
+        self._render_streaming()  # (at once: a chunk of the prompt takes a while, and the reply comes after)
 
     def on_done(self, rid: int, reply) -> None:
         if rid != self.rid:
@@ -527,6 +537,10 @@ class ChatPage(ChatFiles, QWidget):
         if streaming:
             thought, content = self._split(self.partial)
             content += " ▍"
+            if not self.partial and self.read_so_far is not None:
+                done, total = self.read_so_far
+                content = "*" + tr("Reading your message… {pct}% ({done:,} of {total:,} tokens)",
+                                   pct=100 * done // max(total, 1), done=done, total=total) + "* ▍"
         # a reply left unfinished in the file (Roost was killed or crashed while writing it)
         interrupted = m.writing and not streaming and not (self.rid is not None and m.id == self.reply_id)
         return self.view.message_html(m, content, thought, expanded=m.position in self.expanded,

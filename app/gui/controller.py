@@ -32,6 +32,7 @@ class Controller(QObject):
     modelChanged = Signal()  # a model loaded, unloaded or failed to load
     statusChanged = Signal()  # loading progress, generating, speed or the error changed
     piece = Signal(int, str)  # request id, text: a reply as it is written
+    reading = Signal(int, int, int)  # request id, prompt tokens read, of how many (a long prompt)
     done = Signal(int, object)  # request id, Reply
     failed = Signal(int, str)  # request id, what went wrong (said plainly)
     jobChanged = Signal(object)  # a download job changed (delivered on the UI thread)
@@ -311,6 +312,7 @@ class Controller(QObject):
         w.loadFailed.connect(self._on_load_failed)
         w.unloaded.connect(self._on_unloaded)
         w.piece.connect(self._on_piece)
+        w.reading.connect(self.reading)
         w.done.connect(self._on_done)
         w.failed.connect(self._on_failed)
 

@@ -23,6 +23,7 @@ TEXT = {
     "Sampling": "采样参数", "Persona": "角色",
     "You": "你", "Thinking": "思考过程", "Thinking ({n} characters)": "思考过程（{n} 字）", "show": "展开", "hide": "收起", "copy": "复制", "edit": "编辑",
     "{n} tokens in context": "上下文 {n} 个词元",
+    "Reading your message… {pct}% ({done:,} of {total:,} tokens)": "正在读取你的消息… {pct}%（{done:,} / {total:,} 个词元）",
     "Interrupted: Roost closed before this reply was finished.": "已中断：这条回复写完之前 Roost 被关闭了。",
     "Editing a question: sending makes a new version of it. Esc cancels.": "正在编辑问题：发送后成为它的新版本。按 Esc 取消。",
     "Load a model to start chatting.": "请先加载模型再开始对话。",

@@ -30,6 +30,7 @@ class EngineWorker(QObject):
     loadFailed = Signal(str)
     unloaded = Signal()
     piece = Signal(int, str)  # request id, text
+    reading = Signal(int, int, int)  # request id, prompt tokens read, of how many (long prompts)
     done = Signal(int, object)  # request id, Reply
     failed = Signal(int, str)
 
@@ -70,12 +71,20 @@ class EngineWorker(QObject):
         self._run(rid, lambda on_piece: self.runtime.chat(
             req["key"], req["history"], req["text"], params=req["params"], system=req.get("system", ""),
             think=req.get("think"), on_piece=on_piece, stop_flag=req["stop"], path=req.get("path"),
-            message=req.get("message"), persona=req.get("persona")))
+            message=req.get("message"), persona=req.get("persona"), on_progress=self._reading(rid)))
 
     @Slot(int, object)
     def complete(self, rid: int, req: dict) -> None:
         self._run(rid, lambda on_piece: self.runtime.complete(
-            req["text"], params=req["params"], on_piece=on_piece, stop_flag=req["stop"]))
+            req["text"], params=req["params"], on_piece=on_piece, stop_flag=req["stop"],
+            on_progress=self._reading(rid)))
+
+    def _reading(self, rid: int):
+        """Progress of a long prompt's reading, said as `reading` (a prompt of a chunk or two: nothing)."""
+        def said(done: int, total: int) -> None:
+            if total > 512:
+                self.reading.emit(rid, done, total)
+        return said
 
     def _run(self, rid: int, call) -> None:
         from roost.engine.errors import RoostError

@@ -663,3 +663,31 @@ def test_a_reply_is_saved_as_it_streams_and_one_cut_off_is_shown_interrupted(qtb
     chat.conv_id = conv.id
     chat.render()
     assert shows(chat.view, "Once upon a time") and shows(chat.view, "Interrupted: Roost closed before")
+
+
+def test_a_long_message_says_how_far_its_reading_has_come(qtbot, window, make_checkpoint):
+    """A long message is read before the reply starts: the reply's place says how far, instead of
+    a blinking cursor alone (a 100k-character message took 80 s)."""
+    win = window()
+    load(qtbot, win, make_checkpoint("v6.0"))
+    chat = win.chat
+    chat.sampling.set_values({"max_tokens": 3})
+    seen, shown = [], []
+    win.ctl.reading.connect(lambda rid, done, total: seen.append((done, total)))
+    draw = chat._message_html
+
+    def drawn(m, streaming=False):
+        html = draw(m, streaming)
+        if streaming:
+            shown.append(html)
+        return html
+
+    chat._message_html = drawn
+    send(qtbot, win, " ".join(f"word{i}" for i in range(900)))
+    qtbot.waitUntil(lambda: chat.rid is None, timeout=60000)
+    assert seen and seen[-1][0] == seen[-1][1] > 512 and [d for d, _t in seen] == sorted(d for d, _t in seen)
+    assert any("Reading your message…" in h and "tokens)" in h for h in shown)
+    send(qtbot, win, "Short.")  # a short one says nothing of the kind
+    seen.clear()
+    qtbot.waitUntil(lambda: chat.rid is None, timeout=60000)
+    assert not seen
