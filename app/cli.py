@@ -427,19 +427,22 @@ def _models(args) -> int:
     folder = paths.models_dir()
     rows, partial = model_rows(folder, load_catalog(), probe(folder), every_release=args.all)
     rows.sort(key=lambda r: (r.model is None, r.model.version if r.model else 0, r.model.billions if r.model else 0))
-    print(f"{'model':<22} {'size':>8} {'strategy':<30} {'speed':<7} {'fit':<34} file")
+    print(f"{'model':<22} {'size':>8} {'strategy':<30} {'on this computer':<44} file")
     for r in rows:
         damaged = " [damaged: delete it and download it again / 已损坏]" if r.problem else ""
         if r.model is None:
             damaged = " [damaged or not a model / 已损坏或不是模型]" if r.problem else ""
-            print(f"{r.name[:22]:<22} {gib(r.path.stat().st_size):>8} {'(a file of yours)':<30} {'':<7} {'':<34} "
+            print(f"{r.name[:22]:<22} {gib(r.path.stat().st_size):>8} {'(a file of yours)':<30} {'':<44} "
                   f"{r.file}{damaged}")
             continue
         a, m = r.advice, r.model
         mark = (damaged or " [downloaded]" if r.downloaded else " [partly downloaded]" if r.file in partial
                 else " [removed upstream]" if not m.available else "")
-        print(f"{m.display:<22} {gib(m.size_bytes):>8} {a.strategy:<30} {a.speed:<7} "
-              f"{a.label + ' / ' + a.label_zh:<34} {m.file}{mark}")
+        # (the app's words: Advice.fit_words, and the speed to expect)
+        fit_en, fit_zh = a.fit_words
+        expected = a.expected_speed[0].replace(" tokens/s", " tok/s").replace("about ", "~")
+        there = f"{fit_en}{', ' + expected if expected else ''} / {fit_zh}"
+        print(f"{m.display:<22} {gib(m.size_bytes):>8} {a.strategy:<30} {there:<44} {m.file}{mark}")
     from roost.core.library import personas
 
     found = personas(folder)

@@ -21,6 +21,9 @@ OS_SHARE = 0.85  # of total RAM, the most a model can ever get: the OS and deskt
 CPU_READ, GPU_READ, MPS_READ = 15e9, 400e9, 80e9
 CPU_SHARE = 0.6
 CPU_SHARE_AVX2 = 0.4  # on AVX2 CPUs (no AVX-512): 0.38-0.41 measured, RWKV-6 and RWKV-7 in 8 bits (Zen 3)
+# with the compiled kernels (hardware.Machine.kernels), measured with 8-bit weights, 2 threads (Intel
+# Xeon, 21.5 GB/s): 0.85 with AVX512-VNNI (v7 1.5B, 83 ms a token), 0.66 with AVX2 only (9.4 tok/s)
+CPU_SHARE_KERNELS = {"AVX512-VNNI": 0.8, "other": 0.65}
 # what the models list says about speed, from the expected tokens per second
 FAST, COMFORTABLE, SLOW, TIGHT, WONT_FIT = "fast", "comfortable", "slow", "tight", "won't fit"
 FAST_TPS, COMFORTABLE_TPS = 15.0, 5.0
@@ -34,6 +37,9 @@ INT4_BYTES = 0.65  # bytes per weight read with cpu int4 (4-bit groups; the head
 MATRIX_SHARE = 0.65
 INT4_RATIO = {"AVX512": 1.7, "other": 0.9}
 LABELS_ZH = {RUNS_WELL: "运行流畅", CLOSE_OTHERS: "可运行，请先关闭其他程序", WILL_NOT_FIT: "内存不足，无法运行"}
+# the one set of words for how a model does on this computer (Advice.fit), in the app and the commands
+FIT_WORDS = {FAST: ("Fast", "流畅"), COMFORTABLE: ("Comfortable", "可以接受"), SLOW: ("Slow", "较慢"),
+             TIGHT: ("Close other programs first", "需先关闭其他程序"), WONT_FIT: ("Won't fit", "内存不够")}
 
 
 @dataclass(frozen=True)
@@ -58,11 +64,6 @@ class Advice:
     need: dict  # bytes per device
 
     @property
-    def speed(self) -> str:
-        t = self.tokens_per_second
-        return "fast" if t >= 15 else "usable" if t >= 4 else "slow"
-
-    @property
     def fit(self) -> str:
         """One word for the models list: fast, comfortable or slow (by the expected speed), tight
         (it fits only once other programs are closed) or won't fit."""
@@ -72,6 +73,21 @@ class Advice:
             return TIGHT
         t = self.tokens_per_second
         return FAST if t >= FAST_TPS else COMFORTABLE if t >= COMFORTABLE_TPS else SLOW
+
+    @property
+    def fit_words(self) -> tuple[str, str]:
+        """The fit in words: (English, Chinese)."""
+        return FIT_WORDS[self.fit]
+
+    @property
+    def expected_speed(self) -> tuple[str, str]:
+        """What to expect, (English, Chinese): "about 7 tokens/s" (a rough estimate from this
+        computer's measured memory speed); "" where it will not run."""
+        if self.fit == WONT_FIT or self.tokens_per_second <= 0:
+            return "", ""
+        t = self.tokens_per_second
+        n = f"{t:.0f}" if t >= 10 else f"{t:.1f}"
+        return f"about {n} tokens/s", f"约每秒 {n} 个词元"
 
     @property
     def label_zh(self) -> str:
@@ -106,7 +122,10 @@ def int4_speed_bytes(machine: Machine, shape: ModelShape) -> float:
 
 def cpu_read(machine: Machine) -> float:
     """Effective bytes/s generation reads weights at on this machine's CPU."""
-    share = CPU_SHARE_AVX2 if machine.cpu_capability == "AVX2" else CPU_SHARE
+    if machine.kernels:
+        share = CPU_SHARE_KERNELS.get(machine.kernels, CPU_SHARE_KERNELS["other"])
+    else:
+        share = CPU_SHARE_AVX2 if machine.cpu_capability == "AVX2" else CPU_SHARE
     return machine.read_rate * share if machine.read_rate > 0 else CPU_READ * share / CPU_SHARE
 
 

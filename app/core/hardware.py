@@ -39,6 +39,9 @@ class Machine:
     # how many times faster a token's product runs over 4-bit weights than over 8-bit ones
     # (engine.int4.speed_against_int8, measured once); 0: not measured or no 4-bit kernel
     int4_ratio: float = 0.0
+    # the instruction set the compiled kernels run with here (engine.native.isa(): "AVX512-VNNI",
+    # "AVX2", "NEON"...); "": generation runs on the PyTorch path (no kernels, or not probed)
+    kernels: str = ""
 
     @property
     def usable_gpu(self) -> Gpu | None:
@@ -61,12 +64,15 @@ def probe(models_dir: str | os.PathLike | None = None, *, measure: bool = True) 
             folder = folder.parent
         disk = shutil.disk_usage(folder).free
     gpus, notes = _nvml_gpus()
-    torch_cuda, mps, capability = False, False, ""
+    torch_cuda, mps, capability, kernels = False, False, "", ""
     try:
         import torch
 
+        from roost.engine import native
+
         torch_cuda = torch.cuda.is_available()
         capability = torch.backends.cpu.get_cpu_capability()
+        kernels = native.isa() if native.available() else ""
         mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
         if torch_cuda and not gpus:
             gpus = tuple(_torch_gpu(i) for i in range(torch.cuda.device_count()))
@@ -81,13 +87,15 @@ def probe(models_dir: str | os.PathLike | None = None, *, measure: bool = True) 
                    ram_total=vm.total, ram_free=vm.available, disk_free=disk, gpus=gpus,
                    torch_cuda=torch_cuda, mps=mps, notes=notes,
                    read_rate=read_rate(cpu, cores, vm.total) if measure else 0.0, cpu_capability=capability,
-                   int4_ratio=int4_ratio(cpu, cores, vm.total) if measure else 0.0)
+                   int4_ratio=int4_ratio(cpu, cores, vm.total) if measure else 0.0, kernels=kernels)
 
 
 def read_rate(cpu: str, cores: int, ram: int) -> float:
-    """This computer's memory read rate in bytes/s: measured once (a fraction of a second) and kept
-    in the data folder (``machine.json``) for this CPU and memory size; 0.0 if it cannot be."""
-    return _remembered("read_rate", lambda: measure_read_rate(), cpu, cores, ram)
+    """This computer's memory read rate in bytes/s: measured at each probe (a fraction of a second)
+    and the best reading kept in the data folder (``machine.json``) for this CPU and memory size:
+    other programs only ever slow a reading down, and one taken while the machine was busy (11 GB/s
+    against 21.5 quiet here) must not make every model look slow for good. 0.0 if it cannot be."""
+    return _remembered("read_rate", lambda: measure_read_rate(), cpu, cores, ram, best=True)
 
 
 def int4_ratio(cpu: str, cores: int, ram: int) -> float:
@@ -101,9 +109,11 @@ def int4_ratio(cpu: str, cores: int, ram: int) -> float:
     return _remembered(name, lambda: measure_int4_ratio(), cpu, cores, ram)
 
 
-def _remembered(name: str, measure: Callable[[], float], cpu: str, cores: int, ram: int) -> float:
+def _remembered(name: str, measure: Callable[[], float], cpu: str, cores: int, ram: int, *,
+                best: bool = False) -> float:
     """The figure ``name`` of ``machine.json`` when it was measured on this computer (the same CPU,
-    cores and memory size), else ``measure()``, kept there beside the others when it is > 0."""
+    cores and memory size), else ``measure()``, kept there beside the others when it is > 0.
+    ``best``: measured each time all the same, and the larger of the two kept and returned."""
     import json
 
     from roost.core import paths
@@ -117,11 +127,14 @@ def _remembered(name: str, measure: Callable[[], float], cpu: str, cores: int, r
     except (OSError, ValueError):
         saved = {}
     try:
-        if float(saved.get(name, 0)) > 0:
-            return float(saved[name])
+        before = float(saved.get(name, 0))
     except (TypeError, ValueError):
-        pass
+        before = 0.0
+    if before > 0 and not best:
+        return before
     value = measure()
+    if best and before >= value:
+        return before
     if value > 0:
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)

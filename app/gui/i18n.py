@@ -23,6 +23,7 @@ TEXT = {
     "Sampling": "采样参数", "Persona": "角色",
     "You": "你", "Thinking": "思考过程", "Thinking ({n} characters)": "思考过程（{n} 字）", "show": "展开", "hide": "收起", "copy": "复制", "edit": "编辑",
     "{n} tokens in context": "上下文 {n} 个词元",
+    "Expected speed on this computer: {speed}.": "在这台电脑上的预计速度：{speed}。",
     "Reading your message… {pct}% ({done:,} of {total:,} tokens)": "正在读取你的消息… {pct}%（{done:,} / {total:,} 个词元）",
     "Interrupted: Roost closed before this reply was finished.": "已中断：这条回复写完之前 Roost 被关闭了。",
     "Editing a question: sending makes a new version of it. Esc cancels.": "正在编辑问题：发送后成为它的新版本。按 Esc 取消。",
@@ -41,8 +42,6 @@ TEXT = {
         "上次 Roost 在以“{strategy}”方式加载 {name} 时意外结束（程序崩溃或被强制关闭，详情见日志）。这次没有再自动加载它。请换一种运行方式，或在“模型”页选择。",
     "Load with {strategy}": "以 {strategy} 加载", "Load again": "重新加载",
     "Technical details": "技术细节", "Runs as “{strategy}”.": "运行方式：“{strategy}”。",
-    "Fast": "流畅", "Comfortable": "可以接受", "Slow": "较慢", "Close other programs first": "需先关闭其他程序",
-    "Won't fit": "内存不够",
     "cuda: runs on the NVIDIA graphics card (fastest when the model fits in its memory).":
         "cuda：在 NVIDIA 显卡上运行（模型能放进显存时最快）。",
     "mps: runs on the Apple Silicon graphics unit.": "mps：在 Apple 芯片的图形单元上运行。",

@@ -25,9 +25,6 @@ if TYPE_CHECKING:  # (importing the library at start-up would load torch before 
     from roost.core.library import ModelRow as Row
 
 PRESETS = ["cpu int8", "cpu int4", "cpu bf16", "cpu fp32", "cuda fp16", "cuda int8", "cuda fp16 *20 -> cpu fp32", "mps fp32"]
-# the fit label of a model on this computer, as the list shows it
-FIT_TEXT = {"fast": "Fast", "comfortable": "Comfortable", "slow": "Slow", "tight": "Close other programs first",
-            "won't fit": "Won't fit"}
 FIT_COLORS = {"fast": "#2e8b57", "comfortable": "#3b7dd8", "slow": "#c77700", "tight": "#c77700",
               "won't fit": "#c0392b"}
 # the words a strategy is made of, each with one line on what it means
@@ -99,7 +96,7 @@ class CatalogTable(QAbstractTableModel):
             size = row.model.size_bytes if row.model else (row.path.stat().st_size if row.path.exists() else 0)
             return human_size(size)
         if col == 3:
-            return tr(FIT_TEXT[row.advice.fit]) if row.advice else ""
+            return pick(*row.advice.fit_words) if row.advice else ""  # (the words roost models prints)
         return self.page.status_text(row)
 
     def data(self, index, role=Qt.DisplayRole):
@@ -375,7 +372,11 @@ class ModelsPage(QWidget):
                                  f"{pick(row.model.description, row.model.description_zh)}")
         else:
             self.details.setText(f"<b>{row.path.name}</b>")
-        self.reason.setText(pick(row.advice.reason, row.advice.reason_zh) if row.advice else "")
+        reason = pick(row.advice.reason, row.advice.reason_zh) if row.advice else ""
+        expected = pick(*row.advice.expected_speed) if row.advice else ""
+        if expected:
+            reason = tr("Expected speed on this computer: {speed}.", speed=expected) + " " + reason
+        self.reason.setText(reason)
         if job is not None and job.state == "failed" and job.error:
             self.reason.setText(split_bilingual(job.error))
         elif damaged:

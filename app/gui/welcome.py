@@ -71,7 +71,9 @@ class WelcomePanel(QWidget):
         self.machine.setText(" · ".join(hw))
         self.name.setText(f"{model.display} — {human_size(model.size_bytes)}")
         self.about.setText(pick(model.description, model.description_zh))
-        self.reason.setText(pick(advice.reason, advice.reason_zh))
+        expected = pick(*advice.expected_speed)
+        self.reason.setText((tr("Expected speed on this computer: {speed}.", speed=expected) + " " if expected else "")
+                            + pick(advice.reason, advice.reason_zh))
         self.button.setEnabled(True)
 
     def start(self) -> None:

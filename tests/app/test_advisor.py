@@ -127,7 +127,7 @@ def test_the_split_puts_as_many_layers_on_the_gpu_as_fit():
 def test_speed_classes_order_sensibly():
     cpu = choose_strategy(M_7B, pc(64))
     gpu = choose_strategy(M_7B, pc(64, gpu=24))
-    assert gpu.tokens_per_second > cpu.tokens_per_second and gpu.speed == "fast"
+    assert gpu.tokens_per_second > cpu.tokens_per_second and gpu.fit == "fast"
 
 
 def test_catalog_covers_the_families_with_both_languages():
@@ -167,18 +167,22 @@ def test_the_fit_label_tells_models_apart_by_speed_and_memory():
     assert choose_strategy(M_1_5B, slow_ram).fit == SLOW
 
 
-def test_the_read_rate_is_measured_once_per_computer(tmp_path, monkeypatch):
+def test_the_best_read_rate_of_a_computer_is_kept_and_a_busy_reading_does_not_stick(tmp_path, monkeypatch):
+    """Other programs only slow a reading down: a computer's read rate is measured at each probe and
+    the best reading kept (one taken while the machine was busy, 11 GB/s against 21.5 quiet, made
+    a 24 GB machine's list call 1.5B models slow for good)."""
     from roost.core import hardware
 
     monkeypatch.setenv("ROOST_HOME", str(tmp_path))
     assert hardware.measure_read_rate(mib=32, passes=3) > 1e8  # a real reading: bytes per second
-    calls = []
-    monkeypatch.setattr(hardware, "measure_read_rate", lambda: calls.append(1) or 33e9)
-    assert hardware.read_rate("cpu A", 8, 16 << 30) == 33e9
-    assert hardware.read_rate("cpu A", 8, 16 << 30) == 33e9 and len(calls) == 1  # remembered
-    assert hardware.read_rate("cpu B", 8, 16 << 30) == 33e9 and len(calls) == 2  # another computer
+    readings = iter([11e9, 21.5e9, 15e9, 40e9, 9e9])
+    monkeypatch.setattr(hardware, "measure_read_rate", lambda: next(readings))
+    assert hardware.read_rate("cpu A", 8, 16 << 30) == 11e9  # (busy at the first probe)
+    assert hardware.read_rate("cpu A", 8, 16 << 30) == 21.5e9  # quiet: the truth comes out
+    assert hardware.read_rate("cpu A", 8, 16 << 30) == 21.5e9  # busy again: the best stays
+    assert hardware.read_rate("cpu B", 8, 16 << 30) == 40e9  # another computer: its own
     (tmp_path / "machine.json").write_text("{broken")
-    assert hardware.read_rate("cpu A", 8, 16 << 30) == 33e9 and len(calls) == 3  # a damaged file: measured again
+    assert hardware.read_rate("cpu A", 8, 16 << 30) == 9e9  # a damaged file: what is measured now
 
 
 def test_the_4_bit_kernels_speed_is_measured_once_beside_the_read_rate(tmp_path, monkeypatch):
@@ -193,7 +197,7 @@ def test_the_4_bit_kernels_speed_is_measured_once_beside_the_read_rate(tmp_path,
     assert hardware.read_rate("cpu A", 8, 16 << 30) == 33e9
     assert hardware.int4_ratio("cpu A", 8, 16 << 30) == 1.25
     assert hardware.int4_ratio("cpu A", 8, 16 << 30) == 1.25 and hardware.read_rate("cpu A", 8, 16 << 30) == 33e9
-    assert calls == ["read", "int4"]  # both remembered, neither measured again
+    assert calls.count("int4") == 1  # remembered (the read rate is read again, its best kept)
     from roost.engine import native
 
     name = f"int4_ratio_{native.FORMAT}" if native.available() else "int4_ratio"  # (kernels' figure apart)
@@ -239,3 +243,22 @@ def test_a_4_bit_figure_measured_before_the_compiled_kernels_is_not_theirs(tmp_p
     (tmp_path / "machine.json").write_text(json.dumps({**key, "int4_ratio": 0.9}))  # PyTorch's, on an AVX2 CPU
     monkeypatch.setattr(hardware, "measure_int4_ratio", lambda: 1.7)
     assert hardware.int4_ratio("cpu A", 8, 16 << 30) == 1.7
+
+
+def test_with_the_compiled_kernels_the_expected_speed_is_theirs_and_said_in_one_set_of_words():
+    """The compiled kernels read weights at ~0.8 of the memory's speed (the PyTorch path 0.4-0.6):
+    the advisor expects that where the probe found them, and the app and `roost models` say the
+    fit in the same words (Advice.fit_words) with the speed to expect."""
+    from dataclasses import replace
+
+    from roost.core.advisor import FIT_WORDS
+
+    quiet = replace(pc(24), read_rate=21.5e9, cpu_capability="AVX512")
+    torch_path = choose_strategy(M_1_5B, quiet)
+    kernels = choose_strategy(M_1_5B, replace(quiet, kernels="AVX512-VNNI"))
+    assert torch_path.strategy == kernels.strategy == "cpu int8"
+    assert 10 <= kernels.tokens_per_second <= 14  # (measured here: 11.8 tok/s)
+    assert kernels.tokens_per_second > 1.25 * torch_path.tokens_per_second
+    assert kernels.fit_words == FIT_WORDS[kernels.fit] and kernels.fit_words[1]
+    assert kernels.expected_speed[0].startswith("about ") and kernels.expected_speed[0].endswith(" tokens/s")
+    assert choose_strategy(M_14B, replace(pc(8), read_rate=40e9)).expected_speed == ("", "")
