@@ -67,6 +67,7 @@ class Controller(QObject):
         self.load_fraction = 0.0
         self.generating = False
         self.tps = 0.0  # tokens/s of the running generation
+        self.read_fraction: float | None = None  # how much of a long prompt is read (None: not reading)
         self.error: str | None = None
         self.error_action = None  # (button text, callable) offered beside the error, or None
         self.api_server = None  # roost.server.run.ApiServer while it runs
@@ -312,7 +313,7 @@ class Controller(QObject):
         w.loadFailed.connect(self._on_load_failed)
         w.unloaded.connect(self._on_unloaded)
         w.piece.connect(self._on_piece)
-        w.reading.connect(self.reading)
+        w.reading.connect(self._on_reading)
         w.done.connect(self._on_done)
         w.failed.connect(self._on_failed)
 
@@ -366,7 +367,7 @@ class Controller(QObject):
         """Send a chat ("chat") or completion ("complete") request to the worker; returns its id.
         The reply streams through `piece`, then `done` or `failed` with that id."""
         rid = next(self._rids)
-        self.generating, self.tps, self._pieces = True, 0.0, 0
+        self.generating, self.tps, self._pieces, self.read_fraction = True, 0.0, 0, None
         self.statusChanged.emit()
         self.busyChanged.emit()
         signal = self.engine.requestChat if kind == "chat" else self.engine.requestComplete
@@ -378,8 +379,14 @@ class Controller(QObject):
         if self.runtime is not None:
             self.runtime.forget(key)
 
+    def _on_reading(self, rid: int, done: int, total: int) -> None:
+        self.read_fraction = done / max(total, 1) if done < total else None
+        self.statusChanged.emit()
+        self.reading.emit(rid, done, total)
+
     def _on_piece(self, rid: int, text: str) -> None:
         now = time.monotonic()
+        self.read_fraction = None
         self._pieces += 1
         if self._pieces == 1:
             self._first_piece = now
@@ -398,7 +405,7 @@ class Controller(QObject):
         self.failed.emit(rid, message)
 
     def _finished(self, tps: float) -> None:
-        self.generating, self.tps, self._pieces = False, tps, 0
+        self.generating, self.tps, self._pieces, self.read_fraction = False, tps, 0, None
         self.statusChanged.emit()
         self.busyChanged.emit()
 

@@ -12,6 +12,7 @@ TEXT = {
     "Loading {name} … {pct}%": "正在加载 {name} … {pct}%",
     "Ready: {name} ({strategy})": "就绪：{name}（{strategy}）",
     "Generating… {tps:.1f} tokens/s": "生成中… {tps:.1f} 词元/秒",
+    "Reading the message… {pct}%": "正在读取消息… {pct}%",
     "Error: {msg}": "错误：{msg}",
     "RAM {used} used of {total}": "内存 已用 {used} / 共 {total}",
     "VRAM {used} used of {total}": "显存 已用 {used} / 共 {total}",

@@ -161,6 +161,8 @@ class MainWindow(QMainWindow):
             text = tr("Loading {name} … {pct}%", name=ctl.loading, pct=int(ctl.load_fraction * 100))
         elif ctl.error:
             text = tr("Error: {msg}", msg=ctl.error.splitlines()[0])
+        elif ctl.generating and ctl.read_fraction is not None:  # a long prompt: no token yet
+            text = tr("Reading the message… {pct}%", pct=int(ctl.read_fraction * 100))
         elif ctl.generating:
             text = tr("Generating… {tps:.1f} tokens/s", tps=ctl.tps)
         elif ctl.info:

@@ -673,7 +673,8 @@ def test_a_long_message_says_how_far_its_reading_has_come(qtbot, window, make_ch
     chat = win.chat
     chat.sampling.set_values({"max_tokens": 3})
     seen, shown = [], []
-    win.ctl.reading.connect(lambda rid, done, total: seen.append((done, total)))
+    status = []
+    win.ctl.reading.connect(lambda rid, done, total: seen.append((done, total)) or status.append(win.status_label.text()))
     draw = chat._message_html
 
     def drawn(m, streaming=False):
@@ -687,6 +688,7 @@ def test_a_long_message_says_how_far_its_reading_has_come(qtbot, window, make_ch
     qtbot.waitUntil(lambda: chat.rid is None, timeout=60000)
     assert seen and seen[-1][0] == seen[-1][1] > 512 and [d for d, _t in seen] == sorted(d for d, _t in seen)
     assert any("Reading your message…" in h and "tokens)" in h for h in shown)
+    assert status[0].startswith("Reading the message…") and "tokens/s" not in status[0]  # (not "0.0 tokens/s")
     send(qtbot, win, "Short.")  # a short one says nothing of the kind
     seen.clear()
     qtbot.waitUntil(lambda: chat.rid is None, timeout=60000)
