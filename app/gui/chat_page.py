@@ -546,6 +546,13 @@ class ChatPage(ChatFiles, QWidget):
         return self.view.message_html(m, content, thought, expanded=m.position in self.expanded,
                                       interrupted=interrupted)
 
+    def restyle(self) -> None:
+        """The theme changed: the messages again, in its colours (bubbles, text, code)."""
+        if self.rid is None:
+            self.render()
+        else:
+            self._render_streaming()
+
     def render(self) -> None:
         """Show the conversation (its last `shown` messages); the last message is drawn on its own,
         so that it alone is redrawn while a reply streams (`_render_streaming`)."""

@@ -91,4 +91,17 @@ def apply_theme(app: QApplication, theme: str) -> str:
     app.setPalette(pal)
     app.setStyleSheet(SHEET % {"accent": ACCENT, "down": _icon_path("chevron-down.svg"),
                                "up": _icon_path("chevron-up.svg")})
+    restyle(app)
     return theme
+
+
+def restyle(app) -> None:
+    """After a theme change while Roost runs: every icon in the new text colour, and what a window
+    draws in colours of its own (the chat's bubbles) drawn again (its ``restyle``)."""
+    from roost.gui import icons
+
+    icons.refresh()
+    for widget in app.topLevelWidgets():
+        again = getattr(widget, "restyle", None)
+        if callable(again):
+            again()

@@ -105,6 +105,10 @@ class MainWindow(QMainWindow):
         self.statusBar().addPermanentWidget(self.load_bar)
         self.statusBar().addPermanentWidget(self.mem_label)
 
+    def restyle(self) -> None:
+        """The theme changed (roost.gui.theme.restyle): the pages that draw in colours of their own."""
+        self.chat.restyle()
+
     def changeEvent(self, event) -> None:
         if event.type() == QEvent.ApplicationPaletteChange:  # the theme changed: icons in its colours
             from roost.gui import icons

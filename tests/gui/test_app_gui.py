@@ -303,3 +303,36 @@ def test_the_highlighted_item_of_a_drop_down_is_visible_in_both_themes(qtbot, wi
             combo.hidePopup()
     finally:
         apply_theme(QApplication.instance(), "light")
+
+
+def test_switching_to_dark_while_a_chat_is_open_redraws_its_bubbles_and_icons(qtbot, window):
+    """The open chat's bubbles took the new theme only after a restart (light bubbles with light
+    text in the dark theme) and the sidebar's icons stayed dark on dark."""
+    from PySide6.QtWidgets import QApplication
+
+    from roost.gui import render
+    from roost.gui.theme import apply_theme
+
+    win = window()
+    win.show()
+    store = win.ctl.store
+    conv = store.new("Shown")
+    store.append(conv.id, "user", "What is RWKV?")
+    store.append(conv.id, "assistant", "An RNN with transformer-level quality.")
+    win.chat.conv_id = conv.id
+    win.chat.render()
+
+    def lightest(item) -> int:
+        image = item.icon().pixmap(20, 20).toImage()
+        return max(image.pixelColor(x, y).lightness() for x in range(image.width()) for y in range(image.height())
+                   if image.pixelColor(x, y).alpha() > 200)
+
+    try:
+        apply_theme(QApplication.instance(), "light")
+        assert render.LIGHT.bot_bubble in win.chat.view.toHtml()
+        apply_theme(QApplication.instance(), "dark")
+        html = win.chat.view.toHtml()
+        assert render.DARK.bot_bubble in html and render.LIGHT.bot_bubble not in html
+        assert lightest(win._items[2]) > 160  # the Models page's icon, in the dark theme's light text colour
+    finally:
+        apply_theme(QApplication.instance(), "light")
