@@ -24,6 +24,8 @@ TEXT = {
     "Sampling": "采样参数", "Persona": "角色",
     "You": "你", "Thinking": "思考过程", "Thinking ({n} characters)": "思考过程（{n} 字）", "show": "展开", "hide": "收起", "copy": "复制", "edit": "编辑",
     "{n} tokens in context": "上下文 {n} 个词元",
+    "Changes not saved yet.": "有尚未保存的更改。", "Discard changes": "放弃更改",
+    "Save the changes to Settings?": "保存对设置的更改吗？",
     "Expected speed on this computer: {speed}.": "在这台电脑上的预计速度：{speed}。",
     "Reading your message… {pct}% ({done:,} of {total:,} tokens)": "正在读取你的消息… {pct}%（{done:,} / {total:,} 个词元）",
     "Interrupted: Roost closed before this reply was finished.": "已中断：这条回复写完之前 Roost 被关闭了。",

@@ -5,14 +5,17 @@ from __future__ import annotations
 from PySide6.QtCore import Qt, QUrl
 from PySide6.QtGui import QDesktopServices, QGuiApplication
 from PySide6.QtWidgets import (
+    QAbstractSpinBox,
     QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QMessageBox,
     QPushButton,
     QScrollArea,
     QSpinBox,
@@ -92,24 +95,89 @@ class SettingsPage(QWidget):
         v.addWidget(self._api_box(s))
         v.addWidget(self._states_box(s))
         v.addWidget(self._weights_box(s))
-        buttons = QHBoxLayout()
-        # what Save did, on a row of its own: a refusal can be long and must wrap, not widen the page
+        v.addStretch(1)
+        scroll = QScrollArea(widgetResizable=True, accessibleName=tr("Settings"))  # (a tab stop: arrows scroll)
+        scroll.setWidget(inner)
+        # the bar under the page, always in view: what Save did (a refusal can be long and wraps),
+        # whether there are changes not saved yet, and the buttons
+        bar = QFrame(objectName="card")
+        bv = QVBoxLayout(bar)
+        bv.setContentsMargins(8, 6, 8, 6)
         self.saved = QLabel(objectName="hint", wordWrap=True, textInteractionFlags=Qt.TextSelectableByMouse)
+        buttons = QHBoxLayout()
+        self.btn = {}
         for label, slot, name, accent in [("Open log", self.open_log, "log", False),
                                           ("Copy diagnostics", self.copy_diagnostics, "diagnostics", False),
-                                          (None, None, None, False), ("Save", self.save, "save", True)]:
+                                          (None, None, None, False), ("Discard changes", self.discard, "undo", False),
+                                          ("Save", self.save, "save", True)]:
             if label is None:
                 buttons.addStretch(1)
                 continue
             b = QPushButton(tr(label), clicked=slot, objectName="primary" if accent else "")
             icons.give(b, name, on_accent=accent)
             buttons.addWidget(b)
-        v.addLayout(buttons)
-        v.addWidget(self.saved)
-        v.addStretch(1)
-        scroll = QScrollArea(widgetResizable=True, accessibleName=tr("Settings"))  # (a tab stop: arrows scroll)
-        scroll.setWidget(inner)
-        QVBoxLayout(self).addWidget(scroll)
+            self.btn[name] = b
+        bv.addWidget(self.saved)
+        bv.addLayout(buttons)
+        outer = QVBoxLayout(self)
+        outer.addWidget(scroll, 1)
+        outer.addWidget(bar)
+        self._snapshot = self._form()
+        for w in inner.findChildren(QLineEdit):
+            if w not in (self.api_host, self.api_key, self.api_origins):  # (the API box applies its own)
+                w.textChanged.connect(self._edited)
+        for w in inner.findChildren(QComboBox):
+            w.currentIndexChanged.connect(self._edited)
+        for w in inner.findChildren(QAbstractSpinBox):
+            if w is not self.api_port:
+                w.valueChanged.connect(self._edited)
+        self._edited()
+
+    # --- changes not saved yet -------------------------------------------------------------------
+    def _form(self) -> dict:
+        """What the page's fields show now (Save's fields; the API box applies its own at once)."""
+        return {"folder": self.folder.text(), "source": self.source.currentIndex(), "token": self.token.text(),
+                "proxy": self.proxy.text(), "lang": self.lang.currentIndex(), "theme": self.theme.currentIndex(),
+                "send_key": self.send_key.currentIndex(), "strategy": self.strategy.currentText(),
+                "threads": self.threads.value(), "sampling": self.sampling.values(),
+                "states": self.state_budget.value(), "weights": self.weight_budget.value()}
+
+    def dirty(self) -> bool:
+        """Whether a field was changed since the page was shown, saved or its changes discarded."""
+        return self._form() != self._snapshot
+
+    def _edited(self, *_args) -> None:
+        dirty = self.dirty()
+        self.btn["save"].setEnabled(dirty)
+        self.btn["undo"].setEnabled(dirty)
+        if dirty:
+            self.saved.setText(tr("Changes not saved yet."))
+        elif self.saved.text() == tr("Changes not saved yet."):
+            self.saved.setText("")
+
+    def discard(self) -> None:
+        """Back to what was saved."""
+        f = self._snapshot
+        self.folder.setText(f["folder"])
+        for box, key in ((self.source, "source"), (self.lang, "lang"), (self.theme, "theme"),
+                         (self.send_key, "send_key")):
+            box.setCurrentIndex(f[key])
+        self.token.setText(f["token"])
+        self.proxy.setText(f["proxy"])
+        self.strategy.setEditText(f["strategy"])
+        self.threads.setValue(f["threads"])
+        self.sampling.set_values(f["sampling"])
+        self.state_budget.setValue(f["states"])
+        self.weight_budget.setValue(f["weights"])
+        self._edited()
+
+    def ask_unsaved(self) -> str:
+        """Leaving the page with changes not saved: "save", "discard" or "cancel" (stay)."""
+        box = QMessageBox(QMessageBox.Question, tr("Settings"), tr("Save the changes to Settings?"),
+                          QMessageBox.Save | QMessageBox.Discard | QMessageBox.Cancel, self)
+        box.setDefaultButton(QMessageBox.Save)
+        answer = box.exec()
+        return {QMessageBox.Save: "save", QMessageBox.Discard: "discard"}.get(answer, "cancel")
 
     # --- the local API server --------------------------------------------------------------------
     def _api_box(self, s) -> QGroupBox:
@@ -280,6 +348,8 @@ class SettingsPage(QWidget):
         self.folder.setText(str(new.models_folder()))
         self.show_state_usage()
         self.show_weight_usage()
+        self._snapshot = self._form()
+        self._edited()
         self.saved.setText(" ".join(messages) or tr("Saved."))
 
     def open_log(self) -> None:

@@ -73,7 +73,7 @@ class MainWindow(QMainWindow):
             icons.give(item, key)
             self._items.append(item)  # (icons.give keeps only a weak reference)
             self.pages.addWidget(page)
-        self.sidebar.currentRowChanged.connect(self.pages.setCurrentIndex)
+        self.sidebar.currentRowChanged.connect(self._page_chosen)
         self.sidebar.setCurrentRow(0)
         self.sidebar.setAccessibleName(tr("Pages"))
         for n, name in enumerate(("chat", "completion", "models", "settings"), 1):  # Ctrl+1 ... Ctrl+4
@@ -146,6 +146,20 @@ class MainWindow(QMainWindow):
         self.show_page("chat")
         self.status_label.setText(tr("Persona {name} added: choose it in the chat's Persona menu (with a model it "
                                      "fits).", name=path.stem))
+
+    def _page_chosen(self, row: int) -> None:
+        """Another page: from Settings with changes not saved, the user says first what becomes of them."""
+        leaving = self.pages.currentWidget()
+        if leaving is self.settings_page and row != self.pages.indexOf(self.settings_page) \
+                and self.settings_page.dirty():
+            answer = self.settings_page.ask_unsaved()
+            if answer == "cancel":
+                self.sidebar.blockSignals(True)
+                self.sidebar.setCurrentRow(self.pages.indexOf(self.settings_page))
+                self.sidebar.blockSignals(False)
+                return
+            self.settings_page.save() if answer == "save" else self.settings_page.discard()
+        self.pages.setCurrentIndex(row)
 
     def show_page(self, name: str) -> None:
         index = {"chat": 0, "completion": 1, "models": 2, "settings": 3}[name]

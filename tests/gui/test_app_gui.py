@@ -336,3 +336,38 @@ def test_switching_to_dark_while_a_chat_is_open_redraws_its_bubbles_and_icons(qt
         assert lightest(win._items[2]) > 160  # the Models page's icon, in the dark theme's light text colour
     finally:
         apply_theme(QApplication.instance(), "light")
+
+
+def test_settings_changes_are_saved_from_a_bar_in_view_and_never_dropped_silently(qtbot, window, monkeypatch):
+    """Save sat at the bottom of a long scrolling page and leaving the page dropped the changes:
+    the bar stays in view and says there are changes; leaving asks (save, discard or stay)."""
+    win = window()
+    win.show()
+    win.resize(900, 600)
+    win.show_page("settings")
+    page = win.settings_page
+    qtbot.wait(50)
+    save = page.btn["save"]
+    assert not save.isEnabled() and not page.dirty()
+    bottom = save.mapTo(page, save.rect().bottomLeft()).y()
+    assert save.isVisible() and 0 < bottom <= page.height()  # in view at 900 x 600, no scrolling
+    page.threads.setValue(3)
+    assert page.dirty() and save.isEnabled() and "not saved" in page.saved.text()
+
+    answers = []
+    monkeypatch.setattr(page, "ask_unsaved", lambda: answers.pop(0))
+    answers.append("cancel")
+    win.show_page("chat")
+    assert win.pages.currentWidget() is page and win.sidebar.currentRow() == 3 and page.threads.value() == 3
+    answers.append("discard")
+    win.show_page("chat")
+    assert win.pages.currentWidget() is win.chat and page.threads.value() == 0
+    assert win.ctl.settings.current.threads == 0 and not page.dirty()
+    win.show_page("settings")
+    page.threads.setValue(2)
+    answers.append("save")
+    win.show_page("models")
+    assert win.pages.currentWidget() is win.models and win.ctl.settings.current.threads == 2 and not page.dirty()
+    win.show_page("settings")
+    win.show_page("chat")  # nothing changed: no question
+    assert win.pages.currentWidget() is win.chat and answers == []
