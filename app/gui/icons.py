@@ -14,6 +14,7 @@ NAMES = {  # what the app calls an action -> the Phosphor icon
     "import": "ph.upload-simple", "download": "ph.download-simple", "pause": "ph.pause", "resume": "ph.play",
     "cancel": "ph.x", "load": "ph.play", "unload": "ph.eject", "refresh": "ph.arrow-clockwise",
     "file": "ph.file-plus", "sampling": "ph.sliders-horizontal", "undo": "ph.arrow-counter-clockwise",
+    "restart": "ph.arrows-clockwise",
     "browse": "ph.folder-open", "log": "ph.file-text", "diagnostics": "ph.clipboard-text", "save": "ph.floppy-disk",
     "generate": "ph.magic-wand", "copy": "ph.copy", "pin": "ph.push-pin",
 }

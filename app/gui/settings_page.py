@@ -108,7 +108,8 @@ class SettingsPage(QWidget):
         self.btn = {}
         for label, slot, name, accent in [("Open log", self.open_log, "log", False),
                                           ("Copy diagnostics", self.copy_diagnostics, "diagnostics", False),
-                                          (None, None, None, False), ("Discard changes", self.discard, "undo", False),
+                                          (None, None, None, False), ("Restart now", self.restart, "restart", False),
+                                          ("Discard changes", self.discard, "undo", False),
                                           ("Save", self.save, "save", True)]:
             if label is None:
                 buttons.addStretch(1)
@@ -117,6 +118,7 @@ class SettingsPage(QWidget):
             icons.give(b, name, on_accent=accent)
             buttons.addWidget(b)
             self.btn[name] = b
+        self.btn["restart"].hide()  # (after a new language is saved)
         bv.addWidget(self.saved)
         bv.addLayout(buttons)
         outer = QVBoxLayout(self)
@@ -343,7 +345,8 @@ class SettingsPage(QWidget):
                 messages.append(split_bilingual(str(e)))
         new = store.current
         if new.language != old.language:
-            messages.append(tr("The language changes the next time Roost starts."))
+            messages.append(tr("The language changes when Roost starts again: Restart now, or later."))
+            self.btn["restart"].show()
         apply_theme(QGuiApplication.instance(), new.theme)  # (the controller applies the proxy and the folder)
         self.folder.setText(str(new.models_folder()))
         self.show_state_usage()
@@ -351,6 +354,19 @@ class SettingsPage(QWidget):
         self._snapshot = self._form()
         self._edited()
         self.saved.setText(" ".join(messages) or tr("Saved."))
+
+    def restart(self) -> None:
+        """Start Roost again (the new language), then close this window as the user would: a
+        reply being written is stopped and kept, downloads resume in the new one."""
+        import sys
+
+        from PySide6.QtCore import QProcess
+
+        args = sys.argv[1:] if getattr(sys, "frozen", False) else sys.argv  # (a bundle: its own binary)
+        if not QProcess.startDetached(sys.executable, list(args)):
+            self.saved.setText(tr("Roost could not start again; close it and start it yourself."))
+            return
+        self.window().close()
 
     def open_log(self) -> None:
         from roost.core.logs import log_file

@@ -371,3 +371,28 @@ def test_settings_changes_are_saved_from_a_bar_in_view_and_never_dropped_silentl
     win.show_page("settings")
     win.show_page("chat")  # nothing changed: no question
     assert win.pages.currentWidget() is win.chat and answers == []
+
+
+def test_a_new_language_offers_to_restart_roost_now(qtbot, window, monkeypatch):
+    """The language applies when Roost starts again: Save says so and offers Restart now, which
+    starts Roost again and closes this window as the user would (nothing written is lost)."""
+    import sys
+
+    from PySide6.QtCore import QProcess
+
+    win = window()
+    win.show()
+    win.show_page("settings")
+    page = win.settings_page
+    assert not page.btn["restart"].isVisibleTo(page)
+    page.lang.setCurrentIndex(page.lang.findData("zh"))
+    page.save()
+    assert win.ctl.settings.current.language == "zh" and page.btn["restart"].isVisibleTo(page)
+    assert "Restart now" in page.saved.text()
+    started = []
+    monkeypatch.setattr(QProcess, "startDetached", staticmethod(lambda program, args: started.append((program, args))
+                                                                 or True))
+    closed = []
+    monkeypatch.setattr(win, "close", lambda: closed.append(True))
+    qtbot.mouseClick(page.btn["restart"], Qt.LeftButton)
+    assert started == [(sys.executable, list(sys.argv))] and closed == [True]
