@@ -1122,6 +1122,9 @@ RN_INLINE void wkv_heads_body(const V7Heads& p, int64_t lo, int64_t hi) {
 #if RN_X86
 RN_TARGET("avx2,fma,f16c")
 void wkv_heads_avx2(const V7Heads& p, int64_t lo, int64_t hi) { wkv_heads_body(p, lo, hi); }
+void (*const wkv_heads_wide)(const V7Heads&, int64_t, int64_t) = wkv_heads_avx2;
+#else
+void (*const wkv_heads_wide)(const V7Heads&, int64_t, int64_t) = nullptr;
 #endif
 void wkv_heads_plain(const V7Heads& p, int64_t lo, int64_t hi) { wkv_heads_body(p, lo, hi); }
 
@@ -1158,12 +1161,15 @@ RN_INLINE void wkv6_heads_body(const V6Heads& p, int64_t lo, int64_t hi) {
 #if RN_X86
 RN_TARGET("avx2,fma,f16c")
 void wkv6_heads_avx2(const V6Heads& p, int64_t lo, int64_t hi) { wkv6_heads_body(p, lo, hi); }
+void (*const wkv6_heads_wide)(const V6Heads&, int64_t, int64_t) = wkv6_heads_avx2;
 RN_TARGET("avx2,fma,f16c")
 void rank_up_avx2(const float* h, const float* w, int64_t D, int64_t C, float* out) {
     for (int64_t c = 0; c < C; c++) out[c] = 0.f;
     for (int64_t d = 0; d < D; d++)
         for (int64_t c = 0; c < C; c++) out[c] += h[d] * w[d * C + c];
 }
+#else
+void (*const wkv6_heads_wide)(const V6Heads&, int64_t, int64_t) = nullptr;
 #endif
 void wkv6_heads_plain(const V6Heads& p, int64_t lo, int64_t hi) { wkv6_heads_body(p, lo, hi); }
 
@@ -1175,6 +1181,19 @@ void rank_up(const float* h, const float* w, int64_t D, int64_t C, float* out) {
     for (int64_t c = 0; c < C; c++) out[c] = 0.f;
     for (int64_t d = 0; d < D; d++)
         for (int64_t c = 0; c < C; c++) out[c] += h[d] * w[d * C + c];
+}
+
+// the wkv of every (stream, head) pair, split between the pool's threads: `wide` with AVX2 (the
+// same code, compiled for it), else `plain`; the wide one is null where the build has no x86 paths
+template <class Heads>
+void all_heads(const Heads& heads, int64_t pairs, void (*wide)(const Heads&, int64_t, int64_t),
+               void (*plain)(const Heads&, int64_t, int64_t)) {
+    const auto fn = wide != nullptr && (isa() == AVX2 || isa() == AVX512_VNNI) ? wide : plain;
+    pool().run([&heads, pairs, fn](int part, int parts) {
+        int64_t lo, hi;
+        split(pairs, part, parts, 1, &lo, &hi);
+        fn(heads, lo, hi);
+    });
 }
 
 // fn(b) for each of B streams: on the pool where there are several (each stream's share of the
@@ -1287,17 +1306,7 @@ RN_API int rn_v7_step(const RnV7Layer* L, int64_t B, const float* x, float* x_ou
         }
     };
     per_stream(B, mix_stream);
-    V7Heads heads{C, H, N, rr, ww, kv, vv, kk, aa, s, s_out, y};
-    const bool wide = isa() == AVX2 || isa() == AVX512_VNNI;
-    pool().run([&heads, B, H, wide](int part, int parts) {
-        int64_t lo_, hi_;
-        split(B * H, part, parts, 1, &lo_, &hi_);
-#if RN_X86
-        if (wide) { wkv_heads_avx2(heads, lo_, hi_); return; }
-#endif
-        (void)wide;
-        wkv_heads_plain(heads, lo_, hi_);
-    });
+    all_heads(V7Heads{C, H, N, rr, ww, kv, vv, kk, aa, s, s_out, y}, B * H, wkv_heads_wide, wkv_heads_plain);
     per_stream(B, [&](int64_t b) {  // group norm per head, the bonus r k r_k v, the gate
         const float *r = rr + b * C, *k = kv + b * C, *v = vv + b * C, *g = lo + (2 * B + b) * C;
         float* yb = y + b * C;
@@ -1406,17 +1415,7 @@ RN_API int rn_v6_step(const RnV6Layer* L, int64_t B, const float* x, float* x_ou
             gv[b * C + c] = g * sigmoidf(g);
         }
     });
-    V6Heads heads{C, H, N, rv, ww, kv, vv, L->u, s, s_out, y};
-    const bool wide = isa() == AVX2 || isa() == AVX512_VNNI;
-    pool().run([&heads, B, H, wide](int part, int parts) {
-        int64_t lo_, hi_;
-        split(B * H, part, parts, 1, &lo_, &hi_);
-#if RN_X86
-        if (wide) { wkv6_heads_avx2(heads, lo_, hi_); return; }
-#endif
-        (void)wide;
-        wkv6_heads_plain(heads, lo_, hi_);
-    });
+    all_heads(V6Heads{C, H, N, rv, ww, kv, vv, L->u, s, s_out, y}, B * H, wkv6_heads_wide, wkv6_heads_plain);
     per_stream(B, [&](int64_t b) {  // group norm per head, the gate
         float* yb = y + b * C;
         const float* g = gv + b * C;
