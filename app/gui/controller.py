@@ -42,6 +42,7 @@ class Controller(QObject):
     personaImported = Signal(object)  # Path of a state-tuning file (a persona) just imported
     firstRun = Signal(object, object, object)  # machine, recommended model, its Advice: nothing installed
     navigate = Signal(str)  # a page asks for another page: "chat", "completion", "models", "settings"
+    closeRequested = Signal()  # a page asks the window to close as the user would (a restart)
     busyChanged = Signal()  # a generation started or ended (controls that need the engine free)
     apiChanged = Signal()  # the API server started, stopped or failed; `api_status` says how
     _job = Signal(object)  # from the download queue's thread; delivered on the UI thread

@@ -366,7 +366,7 @@ class SettingsPage(QWidget):
         if not QProcess.startDetached(sys.executable, list(args)):
             self.saved.setText(tr("Roost could not start again; close it and start it yourself."))
             return
-        self.window().close()
+        self.ctl.closeRequested.emit()
 
     def open_log(self) -> None:
         from roost.core.logs import log_file

@@ -35,6 +35,7 @@ class MainWindow(QMainWindow):
         self.setAcceptDrops(True)  # a model file dropped anywhere on the window is imported
         self.ctl.statusChanged.connect(self.update_status)
         self.ctl.navigate.connect(self.show_page)
+        self.ctl.closeRequested.connect(self.close)
         self.ctl.personaImported.connect(self._persona_imported)
         self.mem_timer = QTimer(self, interval=2000, timeout=self._update_memory)
         self.mem_timer.start()

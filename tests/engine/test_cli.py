@@ -75,7 +75,10 @@ def test_doctor_and_models_describe_this_machine():
     report = json.loads(r.stdout)
     assert report["machine"]["ram_total"] > 0 and report["recommended"]["strategy"]
     r = roost("models")
-    assert r.returncode == 0 and "RWKV-7 G1" in r.stdout and "runs well" in r.stdout
+    assert r.returncode == 0 and "RWKV-7 G1" in r.stdout
+    g1 = next(line for line in r.stdout.splitlines() if line.startswith("RWKV-7 G1 0.1B"))
+    # the app's words for the fit, the speed to expect, in both languages; the old "usable" is gone
+    assert "Fast, ~" in g1 and " tok/s / 流畅" in g1 and "usable" not in r.stdout
 
 
 def test_models_lists_state_tuned_personas_with_the_models_they_fit(make_checkpoint, tmp_path):
