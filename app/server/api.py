@@ -38,9 +38,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from roost.engine.sampling import CHAT_SAMPLING, COMPLETION_SAMPLING
 from roost.server import fields, tools
 from roost.engine.resume import PrefixCache
-from roost.server.fields import ApiError
+from roost.server.fields import ApiError, lone_surrogate
 from roost.server.stream import ThoughtSplitter, job_error, job_events, sse, stream_events
-from roost.server.web import CLIENT_ORIGINS, ClientOriginsOnly, NoTrailingSlash
+from roost.server.web import CLIENT_ORIGINS, ClientOriginsOnly, LoopbackHostsOnly, NoTrailingSlash
 from roost.server.jobs import (
     Closed,
     Job,
@@ -60,7 +60,7 @@ CHAT_DEFAULTS, COMPLETION_DEFAULTS = CHAT_SAMPLING, COMPLETION_SAMPLING
 FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
 def create_app(runtime, *, model_id: str | None = None, api_key: str | None = None, max_queue: int = 64,
                max_batch: int = 16,
-               allow_origins: tuple[str, ...] = (),
+               allow_origins: tuple[str, ...] = (), loopback_only: bool = False,
                max_body_bytes: int = MAX_BODY_BYTES, max_tokens_limit: int = MAX_TOKENS_LIMIT,
                chat_max_tokens: int = CHAT_MAX_TOKENS, cache: PrefixCache | None = None,
                cache_entries: int | None = None, cache_bytes: int | None = None,
@@ -71,7 +71,9 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
     full file name is accepted too). With ``api_key`` every request must carry
     ``Authorization: Bearer <api_key>``. ``allow_origins``: web origins allowed besides
     CLIENT_ORIGINS (exact, e.g. ``https://chat.example.org`` or ``null``); with an API key every
-    origin is. ``app.state.roost`` is the :class:`Worker` (stats)."""
+    origin is. ``loopback_only`` (a server on a loopback address without a key): requests must be
+    addressed to a loopback name (web.LoopbackHostsOnly). ``app.state.roost`` is the
+    :class:`Worker` (stats)."""
     if cache is None and (cache_entries is not None or cache_bytes is not None):  # limits of its own
         cache = PrefixCache(32 if cache_entries is None else cache_entries,
                             512 * 2 ** 20 if cache_bytes is None else cache_bytes)
@@ -96,6 +98,8 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
         app.add_middleware(CORSMiddleware, allow_origin_regex=f"(?i:{CLIENT_ORIGINS})", allow_origins=extra,
                            allow_methods=["*"], allow_headers=["*"], allow_private_network=True)
         app.add_middleware(ClientOriginsOnly, extra)
+        if loopback_only:
+            app.add_middleware(LoopbackHostsOnly)
     else:  # the key protects it: any page that has the key may call it
         app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"],
                            allow_private_network=True)
@@ -204,8 +208,16 @@ def create_app(runtime, *, model_id: str | None = None, api_key: str | None = No
         except (ValueError, UnicodeDecodeError):
             raise ApiError(400, "We could not parse the JSON body of your request. The API expects a JSON "
                                 "object, but what was sent was not valid JSON.", code="invalid_json") from None
+        except RecursionError:  # (arrays or objects nested thousands deep)
+            raise ApiError(400, "The JSON body of your request is nested too deeply to read.",
+                           code="invalid_json") from None
         if not isinstance(body, dict):
             raise ApiError(400, "The request body must be a JSON object.", code="invalid_json")
+        unpaired = lone_surrogate(body)
+        if unpaired is not None:
+            raise ApiError(400, f"Invalid '{unpaired}': it contains a lone UTF-16 surrogate (such as \\ud800), "
+                                "which is no character; send text as valid Unicode.", param=unpaired,
+                           code="invalid_value")
         return body
 
     def submit(job: Job) -> None:

@@ -79,6 +79,9 @@ def sampling(body: dict, defaults: dict, *, default_max: int, limit: int, chat: 
         values["top_k"] = top_k
     seed = number(body, "seed", integer=True)
     if seed is not None:
+        if not -2 ** 63 <= seed < 2 ** 64:  # (what a 64-bit generator takes; decided before any stream starts)
+            raise ApiError(400, f"Invalid 'seed': {seed} is out of range; a seed is a whole number from -2^63 to "
+                                "2^64 - 1.", param="seed", code="invalid_value")
         values["seed"] = seed
     key = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = number(body, key, integer=True)
@@ -328,3 +331,22 @@ def unsupported(body: dict, *, chat: bool) -> None:
     for name, bad, message in checks:
         if bad(body.get(name)):
             raise ApiError(400, message, param=name, code="unsupported_parameter")
+
+
+def lone_surrogate(body) -> str | None:
+    """Where in a parsed JSON body a string holds a lone UTF-16 surrogate (JSON's "\\ud800"
+    escapes parse into such strings, which no tokenizer can encode), as a param path
+    ("messages[0].content"); None where there is none."""
+    stack = [(body, "")]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return where or "body"
+        elif isinstance(value, dict):
+            stack += [(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()]
+        elif isinstance(value, list):
+            stack += [(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    return None

@@ -113,7 +113,13 @@ class ApiServer:
 
         sock = bind_socket(self.host, self.port)
         self.port = sock.getsockname()[1]  # the one chosen, when port 0 asked for any free one
-        self.app = create_app(self.runtime, api_key=self.api_key, **self.app_options)
+        import ipaddress
+
+        try:
+            loopback = self.host == "localhost" or ipaddress.ip_address(self.host).is_loopback
+        except ValueError:  # a name other than localhost
+            loopback = False
+        self.app = create_app(self.runtime, api_key=self.api_key, loopback_only=loopback, **self.app_options)
         config = uvicorn.Config(self.app, log_level=self.log_level, timeout_graceful_shutdown=5,
                                 access_log=False)
         worker = self.app.state.roost

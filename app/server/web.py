@@ -58,3 +58,39 @@ class ClientOriginsOnly:
                 await error.response()(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def _host_name(value: str) -> str:
+    """The host of a Host header, without its port ("[::1]:8000" -> "::1")."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:value.find("]")] if "]" in value else value[1:]
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+LOOPBACK_HOST = re.compile(r"localhost|[a-z0-9.-]+\.localhost|127(\.[0-9]{1,3}){3}|::1")
+
+
+class LoopbackHostsOnly:
+    """A server on this computer's loopback address answers only requests addressed to it by a
+    loopback name (`Host: localhost`, 127.0.0.1, [::1], this computer's own name): a web page that
+    makes its own domain resolve to 127.0.0.1 (DNS rebinding) sends `Host: its-domain` and is
+    refused, as Ollama does."""
+
+    def __init__(self, app, extra: tuple[str, ...] = ()):
+        import socket
+
+        self.app = app
+        self.extra = {h.lower() for h in extra} | {socket.gethostname().lower()}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            host = _host_name(dict(scope.get("headers") or ()).get(b"host", b"").decode("latin-1"))
+            if host and host not in self.extra and not LOOPBACK_HOST.fullmatch(host):
+                error = ApiError(403, f"Requests addressed to {host} are refused: this server answers only "
+                                      "localhost, 127.0.0.1 and [::1] (a web page can make its own domain point "
+                                      "here). Serve on another address, or set an API key, to be reached by another "
+                                      "name.", code="host_not_allowed")
+                await error.response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

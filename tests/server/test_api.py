@@ -484,3 +484,35 @@ def test_runtime_generate_continues_from_a_given_state(runtime):
     resumed = runtime.generate(tail, params=params, state=state, on_piece=pieces.append)
     assert resumed.tokens == whole.tokens and "".join(pieces) == resumed.text == whole.text
     assert resumed.prompt_tokens == len(tail)
+
+
+def test_defects_real_clients_found_get_plain_400s(server, model):
+    """A seed beyond 64 bits, a body nested 100k deep and a lone surrogate: each a 400 naming what is
+    wrong (they were an overflow message, or a 200 and then an error event when streamed; a 500 with
+    a traceback; a raw codec message)."""
+    url = server.base_url
+    hi = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
+    for stream in (False, True):
+        r = httpx2.post(f"{url}/chat/completions", json={**hi, "seed": 2 ** 64, "stream": stream}, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "seed", r.text  # before any stream starts
+    assert httpx2.post(f"{url}/chat/completions", json={**hi, "seed": 2 ** 64 - 1}, timeout=60).status_code == 200
+    deep = b'{"model": "x", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    r = httpx2.post(f"{url}/chat/completions", content=deep, headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json" and "Traceback" not in r.text
+    body = json.dumps({**hi, "messages": [{"role": "user", "content": "a\ud800b"}]})  # ("\\ud800" in the JSON)
+    assert "\\ud800" in body
+    r = httpx2.post(f"{url}/chat/completions", content=body, headers={"content-type": "application/json"}, timeout=30)
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["param"] == "messages[0].content" and "surrogate" in err["message"]
+    assert server.worker.failed == 0
+
+
+def test_requests_addressed_to_another_name_are_refused_on_loopback(server, model):
+    """DNS rebinding: a page that makes its own domain resolve to 127.0.0.1 sends `Host: its-domain`;
+    a loopback server without a key answers only loopback names, as Ollama does."""
+    url = server.base_url
+    for host in ("evil.test", "evil.test:8000", "192.168.1.20"):
+        r = httpx2.get(f"{url}/models", headers={"Host": host}, timeout=30)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "host_not_allowed", (host, r.text)
+    for host in ("localhost", f"localhost:{server.port}", f"127.0.0.1:{server.port}", "[::1]:8000", "roost.localhost"):
+        assert httpx2.get(f"{url}/models", headers={"Host": host}, timeout=30).status_code == 200, host
