@@ -19,7 +19,6 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,6 +34,7 @@ from roost.engine.int8 import HAS_INT8PACK, Int8Linear, Packer, quantize_rows
 from roost.engine.linear import PackedLinear, linear, low_rank_in_blocks, pack_for_cpu, packs_low_rank
 from roost.engine.native import BlockLinear
 from roost.engine.options import LoadOptions
+from roost.engine.states import BatchState, State  # noqa: F401 (the model's state types, imported from here too)
 from roost.engine.strategy import Placement, Strategy, check_devices, machine_devices, parse_strategy, plan_layers
 
 log = logging.getLogger(__name__)
@@ -46,60 +46,6 @@ def act_dtype(stage) -> torch.dtype:
     return torch.float32 if stage.device == "cpu" else _DTYPES[stage.dtype]
 REFINE_TOP = 64  # logits recomputed in float32 when the head runs in bf16 or int8
 RESCALE_EVERY = 6  # fp16, RWKV-4/5/6: halve the residual stream every 6 layers (as ChatRWKV)
-
-
-@dataclass(frozen=True)
-class State:
-    """The recurrent state after some tokens: one tuple of tensors per layer. Immutable."""
-
-    layers: tuple[tuple[torch.Tensor, ...], ...]
-    n_tokens: int = 0  # how many tokens produced this state
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for layer in self.layers for t in layer)
-
-
-@dataclass(frozen=True)
-class BatchState:
-    """The states of B streams decoded together (:meth:`RWKV.forward_batch`): each tensor of a
-    :class:`State` with a leading batch dimension, its own (every way in copies). Immutable but
-    for ``forward_batch(..., in_place=True)``, which writes over the one it is given; streams join
-    with :meth:`stack` and :meth:`join`, leave with :meth:`select`, and come out as a State with
-    :meth:`state` (a copy)."""
-
-    layers: tuple[tuple[torch.Tensor, ...], ...]
-    n_tokens: tuple[int, ...]
-
-    @property
-    def size(self) -> int:
-        return len(self.n_tokens)
-
-    @classmethod
-    def stack(cls, states: Sequence[State]) -> "BatchState":
-        if not states:
-            raise ValueError("a batch needs at least one state")
-        layers = tuple(tuple(torch.stack([s.layers[i][j] for s in states]) for j in range(len(layer)))
-                       for i, layer in enumerate(states[0].layers))
-        return cls(layers, tuple(s.n_tokens for s in states))
-
-    def state(self, b: int) -> State:
-        """Stream `b`'s state, as a State of its own (copied out of the batch)."""
-        return State(tuple(tuple(t[b].clone() for t in layer) for layer in self.layers), self.n_tokens[b])
-
-    def select(self, keep: Sequence[int]) -> "BatchState":
-        """The batch of the streams at positions `keep`, in that order."""
-        idx = torch.tensor(list(keep), dtype=torch.long)
-        layers = tuple(tuple(t.index_select(0, idx.to(t.device)) for t in layer) for layer in self.layers)
-        return BatchState(layers, tuple(self.n_tokens[i] for i in keep))
-
-    def join(self, states: Sequence[State]) -> "BatchState":
-        """This batch with `states` added at its end."""
-        if not states:
-            return self
-        more = BatchState.stack(states)
-        layers = tuple(tuple(torch.cat((a, b.to(a.device))) for a, b in zip(la, lb))
-                       for la, lb in zip(self.layers, more.layers))
-        return BatchState(layers, self.n_tokens + more.n_tokens)
 
 
 class RWKV:
@@ -214,7 +160,7 @@ class RWKV:
         if len(tokens) != batch.size:
             raise ValueError(f"{len(tokens)} tokens for a batch of {batch.size} streams")
         layers_state = list(batch.layers)
-        layer = self._arch_layer_in_place if in_place else self._arch_layer
+        layer = functools.partial(self._arch_layer, in_place=True) if in_place else self._arch_layer
         x = self._through_layers(self._w["emb"][torch.tensor(tokens)], layers_state, layer)  # rows: streams
         logits = self._head(x)
         return logits.float().cpu(), BatchState(tuple(layers_state), tuple(n + 1 for n in batch.n_tokens))
@@ -228,14 +174,9 @@ class RWKV:
             raise ValueError(f"token ids out of range for vocabulary {self.config.vocab_size}: {bad[:5]}")
         return tokens
 
-    def _arch_layer(self, x, lw, st, carry):  # (batched decoding: a row per stream)
-        if "native.step" in lw:
-            return lw["native.step"](x, st, carry)
-        return self._arch.layer(x, lw, st, self.config, carry)
-
-    def _arch_layer_in_place(self, x, lw, st, carry):  # (the same, the state's tensors written over)
-        if "native.step" in lw:
-            return lw["native.step"](x, st, carry, in_place=True)
+    def _arch_layer(self, x, lw, st, carry, in_place: bool = False):  # (batched decoding: a row per stream)
+        if "native.step" in lw:  # (in_place: the compiled step writes the new state over st)
+            return lw["native.step"](x, st, carry, in_place=in_place)
         return self._arch.layer(x, lw, st, self.config, carry)
 
     def _through_layers(self, x, layers_state: list, step):

@@ -3,7 +3,7 @@
     save_state(path, state, {"what": ...})          # safetensors: no code in the file, ever
     state, meta = load_state(path, model)            # StateFileError when it is damaged or does not fit
 
-A state is one tuple of tensors per layer (:class:`~roost.engine.model.State`); each tensor is
+A state is one tuple of tensors per layer (:class:`~roost.engine.states.State`); each tensor is
 stored in its own precision (float32 on the CPU), so a state read back is bit-identical to the one
 saved. The file's metadata carries what the caller needs to know what the state belongs to (the
 model's :func:`identity`, the tokens it saw); :func:`load_state` checks every tensor's shape and

@@ -4,6 +4,7 @@ import of a file the user already has, delete, and unfinished downloads to resum
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from roost.core import download
 from roost.core.catalog import CatalogModel
+from roost.core.paths import MODEL_SUFFIXES
 from roost.core.download import (
     ChecksumError,
     Control,
@@ -23,7 +25,6 @@ from roost.core.download import (
 )
 from roost.core.sources import HUB, candidates
 
-MODEL_SUFFIXES = (".pth", ".safetensors")
 
 
 @dataclass(frozen=True)
@@ -251,10 +252,11 @@ class ModelRow:
     def downloaded(self) -> bool:
         return self.path.is_file()
 
-    @property
+    @functools.cached_property
     def problem(self) -> str | None:
         """Why the file here cannot be used, with what to do (English, then Chinese); None when
-        it looks whole or is not here (see file_problem)."""
+        it looks whole or is not here (see file_problem). Found once per row: the list asks at
+        every paint, and a folder change makes new rows."""
         return file_problem(self.path, self.model) if self.downloaded else None
 
 

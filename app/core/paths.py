@@ -93,6 +93,9 @@ def portable_models_dir() -> Path | None:
         return None
 
 
+MODEL_SUFFIXES = (".pth", ".safetensors")  # the files the models folder holds models in
+
+
 def models_dir(create: bool = True) -> Path:
     """The models folder in force: $ROOST_MODELS_DIR, the user's choice (Settings), a portable pack's,
     or the per-user default."""

@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
 )
 
 from roost.gui import icons
+from roost.gui.chat_conversations import PAGE, ChatConversations
 from roost.gui.chat_files import ChatFiles
 from roost.gui.chat_view import ChatList, ChatView, Composer
 from roost.gui.i18n import tr
@@ -29,9 +30,8 @@ from roost.gui.sampling import SamplingPanel
 from roost.gui.welcome import WelcomePanel
 
 THINK_LEVELS = [("Don't think", False), ("Think a bit", "low"), ("Think", "medium"), ("Think a lot", "high")]
-PAGE = 100  # messages shown at first in a long chat, and added by each "show earlier"
 
-class ChatPage(ChatFiles, QWidget):
+class ChatPage(ChatConversations, ChatFiles, QWidget):
     SAVE_EVERY = 2.0  # seconds between saves of a reply's text while it streams
     def __init__(self, ctl):
         super().__init__()
@@ -45,7 +45,6 @@ class ChatPage(ChatFiles, QWidget):
         self.stop_flag = None
         self.edit_pos: int | None = None
         self.expanded: set[int] = set()
-        self.context_tokens = 0
         self.context_of: dict[int, int] = {}  # each chat's tokens in context after its last reply here
         self.drafts: dict[int, tuple[str, int | None]] = {}  # each chat's unsent text (and the question it edits)
         self.follow = False  # the next render scrolls to the end (a message was just sent)
@@ -208,140 +207,6 @@ class ChatPage(ChatFiles, QWidget):
         self.persona.fill()
         self.update_controls()
 
-    # --- conversations -------------------------------------------------------------------------
-    def reload_list(self) -> None:
-        """The chats, pinned first, then grouped by when they last changed (a search lists the best
-        matches first, without groups)."""
-        query = self.search.text().strip()
-        found = self.ctl.store.list(query)
-        self.list.fill(found, self.conv_id, grouped=not query)
-        if query and not found:  # a search without hits says so, rather than showing nothing
-            self.list.say(tr("No chat contains “{query}”.", query=query))
-        if self.conv_id is None:
-            first = self.list.first_chat()
-            if first is not None:
-                self.list.setCurrentItem(first)
-            else:
-                self.render()
-
-    def _item_for(self, conv_id):
-        return self.list.item_for(conv_id)
-
-    def _list_menu(self, pos) -> None:
-        from PySide6.QtWidgets import QMenu
-
-        item = self.list.itemAt(pos)
-        conv = self.ctl.store.get(item.data(Qt.UserRole)) if item is not None and item.data(Qt.UserRole) else None
-        if conv is None:
-            return
-        menu = QMenu(self)
-        menu.addAction(tr("Unpin") if conv.pinned else tr("Pin"), lambda: self.pin_chat(conv.id, not conv.pinned))
-        menu.addAction(tr("Rename"), lambda: self.list.editItem(item))
-        menu.addAction(tr("Export…"), self.export)
-        menu.addAction(tr("Delete"), self.delete_chat)
-        self.list.setCurrentItem(item)
-        menu.exec(self.list.viewport().mapToGlobal(pos))
-
-    def pin_chat(self, conv_id: int, on: bool = True) -> None:
-        self.ctl.store.pin(conv_id, on)
-        self.reload_list()
-
-    def _renamed_inline(self, item) -> None:
-        conv_id = item.data(Qt.UserRole)
-        if conv_id is None:
-            return
-        title = item.text().strip()
-        if title:
-            self.ctl.store.rename(conv_id, title)
-        self.reload_list()
-
-    def _on_select(self, item, _prev=None) -> None:
-        if item is None or self.rid is not None:
-            return
-        if item.data(Qt.UserRole) == self.conv_id:
-            return
-        self._keep_draft()
-        self.conv_id = item.data(Qt.UserRole)
-        self.expanded, self.shown = set(), PAGE
-        self._show_draft()
-        self.context_tokens = self.context_of.get(self.conv_id, 0)
-        self.persona.show_for(self.conv_id)
-        self.update_controls()
-        self.render()
-
-    # --- drafts: each chat keeps what was typed in it, and the question being edited -------------
-    def _keep_draft(self) -> None:
-        if self.conv_id is None:
-            return
-        text = self.input.toPlainText()
-        if text.strip() or self.edit_pos is not None:
-            self.drafts[self.conv_id] = (text, self.edit_pos)
-        else:
-            self.drafts.pop(self.conv_id, None)
-
-    def _show_draft(self) -> None:
-        text, pos = self.drafts.pop(self.conv_id, ("", None)) if self.conv_id is not None else ("", None)
-        self.input.setPlainText(text)
-        self.input.moveCursor(QTextCursor.End)
-        self._editing(pos)
-
-    def _editing(self, pos: int | None) -> None:
-        """Whether the message box edits the question at `pos` (None: it writes a new one)."""
-        self.edit_pos = pos
-        self.edit_hint.setVisible(pos is not None)
-
-    def escape(self) -> None:
-        """Esc in the message box: stops a reply being written, else cancels an edit (the box empties)."""
-        if self.rid is not None:
-            self.stop()
-        elif self.edit_pos is not None:
-            self._editing(None)
-            self.input.clear()
-
-    def new_chat(self) -> None:
-        if self.rid is not None:
-            return
-        conv = self.ctl.store.new(tr("New chat"))
-        self.persona.apply_to(conv.id)  # the menu's choice
-        self._keep_draft()
-        self.conv_id = conv.id
-        self._show_draft()
-        self.context_tokens = 0
-        self.reload_list()
-        self.render()
-        self.input.setFocus()
-
-    def rename_chat(self) -> None:
-        item = self._item_for(self.conv_id) if self.conv_id else None
-        if item is not None:
-            self.list.editItem(item)  # in place; Enter keeps the new title
-
-    def delete_chat(self) -> None:
-        """Delete the open chat at once; Undo (beside the list) brings it back until Roost closes."""
-        if self.conv_id is None or self.rid is not None:
-            return
-        conv = self.ctl.store.get(self.conv_id)
-        self.ctl.store.delete(self.conv_id)
-        self.ctl.forget(self.conv_id)
-        self.drafts.pop(self.conv_id, None)
-        self.context_of.pop(self.conv_id, None)
-        self.context_tokens = 0
-        self.input.clear()
-        self._editing(None)
-        self.deleted, self.conv_id = self.conv_id, None
-        self.undo_label.setText(tr("Deleted “{title}”.", title=conv.title if conv else ""))
-        self.undo_bar.show()
-        self.reload_list()
-
-    def undo_delete(self) -> None:
-        if self.deleted is None:
-            return
-        self.ctl.store.restore(self.deleted)
-        self.conv_id, self.deleted = self.deleted, None
-        self.undo_bar.hide()
-        self.reload_list()
-        self.render()
-
     # --- sending -------------------------------------------------------------------------------
     def send(self) -> None:
         text = self.input.toPlainText().strip()
@@ -445,7 +310,7 @@ class ChatPage(ChatFiles, QWidget):
         if self.stop_flag is not None and self.stop_flag.is_set():
             self._drop_empty_reply()
         if reply.context_tokens:
-            self.context_tokens = self.context_of[self.conv_id] = reply.context_tokens
+            self.context_of[self.conv_id] = reply.context_tokens
         self._finish()
 
     def _drop_empty_reply(self) -> None:
@@ -493,6 +358,11 @@ class ChatPage(ChatFiles, QWidget):
             self.rid = None
 
     # --- view ----------------------------------------------------------------------------------
+    @property
+    def context_tokens(self) -> int:
+        """The open chat's tokens in context after its last reply here (0: not known)."""
+        return self.context_of.get(self.conv_id, 0)
+
     def update_controls(self) -> None:
         ready = self.ctl.info is not None
         busy = self.rid is not None

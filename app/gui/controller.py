@@ -114,6 +114,8 @@ class Controller(QObject):
         copy that finishes, deleted elsewhere): half a second after the last change."""
         from PySide6.QtCore import QFileSystemWatcher, QTimer
 
+        from roost.core.paths import MODEL_SUFFIXES
+
         if getattr(self, "_watcher", None) is None:
             self._watcher = QFileSystemWatcher(self)
             self._relist = QTimer(self, singleShot=True, interval=500)
@@ -126,7 +128,7 @@ class Controller(QObject):
         folder = self.models_folder()
         if folder.is_dir():
             self._watcher.addPath(str(folder))
-            files = [str(p) for p in folder.iterdir() if p.is_file() and p.suffix in (".pth", ".safetensors")]
+            files = [str(p) for p in folder.iterdir() if p.is_file() and p.suffix in MODEL_SUFFIXES]
             if files:
                 self._watcher.addPaths(files)
 

@@ -7,6 +7,7 @@ import os
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import pytest
+from PySide6.QtCore import Qt
 
 
 @pytest.fixture
@@ -71,3 +72,23 @@ def chat_titles(page):
 
     items = [page.list.item(i) for i in range(page.list.count())]
     return [i.text() for i in items if i.data(Qt.UserRole) is not None]
+
+
+def send(qtbot, win, text):
+    win.chat.input.setPlainText(text)
+    qtbot.mouseClick(win.chat.send_btn, Qt.LeftButton)
+
+
+def shown_chat(qtbot, window, width: int, texts: list[str]):
+    """A window shown `width` wide with a chat open whose messages are `texts` (question first)."""
+    win = window()
+    win.show()
+    win.resize(width, 700)
+    store = win.ctl.store
+    conv = store.new("Shown")
+    for i, text in enumerate(texts):
+        store.append(conv.id, "user" if i % 2 == 0 else "assistant", text)
+    win.chat.conv_id = conv.id
+    win.chat.render()
+    qtbot.wait(50)
+    return win, conv

@@ -9,7 +9,7 @@ import pytest
 from PySide6.QtCore import Qt
 
 GUI = Path(__file__).resolve().parents[2] / "app" / "gui"
-PAGES = ["chat_page.py", "chat_view.py", "completion_page.py", "models_page.py", "settings_page.py", "welcome.py", "sampling.py"]
+PAGES = ["chat_page.py", "chat_conversations.py", "chat_view.py", "completion_page.py", "models_page.py", "settings_page.py", "welcome.py", "sampling.py"]
 WINDOW_WAYS = {"window", "parent", "parentWidget", "nativeParentWidget", "topLevelWidgets", "activeWindow",
                "win", "main_window"}
 
